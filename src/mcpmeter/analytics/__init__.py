@@ -1,0 +1,1 @@
+"""Answers to the stakeholder questions, computed from a store."""

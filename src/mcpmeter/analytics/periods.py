@@ -1,0 +1,72 @@
+"""Time windows: ``period`` strings (1h … 90d) or explicit from/to."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime, timezone
+from typing import NamedTuple
+
+from ..exceptions import ValidationError
+
+NAMED_PERIODS = ("1h", "6h", "12h", "1d", "7d", "30d", "90d")
+_UNITS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
+_PERIOD = re.compile(r"^(\d{1,4})([mhdw])$")
+MAX_SPAN_MS = 400 * 86_400_000
+
+
+class Window(NamedTuple):
+    start_ms: int
+    end_ms: int
+
+    @property
+    def span_ms(self) -> int:
+        return self.end_ms - self.start_ms
+
+    def previous(self) -> "Window":
+        return Window(self.start_ms - self.span_ms, self.start_ms)
+
+
+def period_ms(text: str) -> int:
+    match = _PERIOD.match(text.strip())
+    if not match or int(match.group(1)) == 0:
+        raise ValidationError(
+            f"period {text!r} is not understood",
+            hint=f"use one of {', '.join(NAMED_PERIODS)} (or N followed by m, h, d or w)",
+        )
+    span = int(match.group(1)) * _UNITS[match.group(2)]
+    if span > MAX_SPAN_MS:
+        raise ValidationError(f"period {text!r} is longer than 400 days")
+    return span
+
+
+def parse_time(text: str, name: str) -> int:
+    """RFC 3339 / ISO 8601 (a date alone means midnight UTC) or epoch milliseconds."""
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationError(f"{name}={text!r} is not a time", hint="use RFC 3339, e.g. 2026-11-01T00:00:00Z, or epoch milliseconds") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(moment.timestamp() * 1000)
+
+
+def window(period: str | None = "7d", start: str | None = None, end: str | None = None, now_ms: int | None = None) -> Window:
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    end_ms = parse_time(end, "to") if end else now_ms
+    if start:
+        start_ms = parse_time(start, "from")
+    else:
+        start_ms = end_ms - period_ms(period or "7d")
+    if start_ms >= end_ms:
+        raise ValidationError("`from` must be before `to`")
+    if end_ms - start_ms > MAX_SPAN_MS:
+        raise ValidationError("the time range is longer than 400 days")
+    return Window(start_ms, end_ms)
+
+
+def iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")

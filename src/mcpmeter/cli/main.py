@@ -1,0 +1,361 @@
+"""`mcpmeter`: run the collector, read reports, manage keys and the store."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import Any, Callable
+
+import click
+
+from .. import __version__, settings
+from ..exceptions import MCPMeterError
+
+DB_HELP = "Store: SQLite file path (default: MCPMETER_DB, else mcpmeter.db in MCPMETER_HOME)."
+
+
+def friendly(fn: Callable) -> Callable:
+    """Turn our errors into one line plus a hint, exit code 1; never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except MCPMeterError as exc:
+            click.echo(f"error: {exc}", err=True)
+            if exc.hint:
+                click.echo(f"hint: {exc.hint}", err=True)
+            sys.exit(1)
+
+    return wrapper
+
+
+def db_option(fn: Callable) -> Callable:
+    return click.option("--db", metavar="PATH", default=None, help=DB_HELP)(fn)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="mcpmeter")
+def cli() -> None:
+    """Usage analytics for MCP servers.
+
+    \b
+    Record:  Meter(server=...) in Python, or `mcpmeter proxy` in front of any server.
+    Collect: `mcpmeter serve` (collector, API, dashboard) on 127.0.0.1:8890.
+    Ask:     `mcpmeter report` for users, popular tools, success rate and latency.
+    """
+
+
+# ---- serve -------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--host", default=None, help="Address to bind (default MCPMETER_HOST, 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port (default MCPMETER_PORT, 8890).")
+@db_option
+@click.option("--demo", is_flag=True, help="Fill an empty store with realistic sample data first.")
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]), show_default=True)
+@friendly
+def serve(host: str | None, port: int | None, db: str | None, demo: bool, log_level: str) -> None:
+    """Run the collector: ingest API, usage API and health endpoints."""
+    import logging
+
+    import uvicorn
+
+    from ..collector import create_app
+    from ..collector.bootstrap import ensure_local_keys, register_env_keys
+    from ..storage import open_store
+
+    host = settings.get("MCPMETER_HOST", host)
+    port = settings.get("MCPMETER_PORT", port)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    store = open_store(db)
+    local_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', 'localhost') else host}:{port}"
+    created = ensure_local_keys(store, local_url)
+    env_keys = register_env_keys(store)
+    if demo and store.count_events(_everything(store)) == 0:
+        _fill_demo(store)
+    click.echo(f"mcpmeter {__version__} collector on {local_url}  (store: {store.url})", err=True)
+    if created:
+        click.echo("created API keys for project 'default' (saved for local use; `mcpmeter keys list`)", err=True)
+    if env_keys:
+        click.echo(f"registered ingest keys from the environment: {', '.join(env_keys)}", err=True)
+    uvicorn.run(create_app(store), host=host, port=port, log_level=log_level if log_level != "info" else "warning",
+                access_log=False, lifespan="on")
+
+
+def _everything(store):
+    from ..storage.base import EventFilter
+
+    project = store.ensure_project("default")
+    return EventFilter(project.id, 0, 1 << 62)
+
+
+def _fill_demo(store) -> int:
+    from rich.progress import Progress
+
+    from .. import demo
+
+    with Progress(transient=True) as progress:
+        task = progress.add_task("Generating demo data", total=None)
+        total = demo.fill(store, progress=lambda n: progress.update(task, completed=n))
+    click.echo(f"added {total} demo events", err=True)
+    return total
+
+
+# ---- report ------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--period", default="7d", show_default=True, help="1h, 6h, 12h, 1d, 7d, 30d, 90d (or N[m|h|d|w]).")
+@click.option("--from", "start", default=None, help="Start (RFC 3339 or epoch ms); overrides --period.")
+@click.option("--to", "end", default=None, help="End (default now).")
+@click.option("--server", default=None, help="Only this server.")
+@click.option("--tool", default=None, help="Only this tool.")
+@click.option("--client", default=None, help="Only this client (e.g. claude-code).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "markdown"]), default="table", show_default=True)
+@click.option("--url", default=None, help="Read from a collector instead of a store (default MCPMETER_URL).")
+@click.option("--api-key", default=None, help="Read key for --url (default MCPMETER_API_KEY).")
+@click.option("--project", default="default", show_default=True, help="Project to report on (store only).")
+@db_option
+@friendly
+def report(period, start, end, server, tool, client, fmt, url, api_key, project, db) -> None:
+    """Who uses it, what is popular, is it working, what happened recently."""
+    from . import render
+
+    url = url if db else settings.get("MCPMETER_URL", url)
+    if url:
+        from ..client import get_json
+
+        data = get_json(url, "/v1/usage/summary",
+                        {"period": period, "from": start, "to": end, "server": server, "tool": tool, "client": client},
+                        settings.get("MCPMETER_API_KEY", api_key))
+    else:
+        data = _local_summary(db, project, period, start, end, server, tool, client)
+    output: dict[str, Callable[[dict[str, Any]], Any]] = {
+        "json": lambda s: click.echo(render.to_json(s)),
+        "csv": lambda s: click.echo(render.to_csv(s), nl=False),
+        "markdown": lambda s: click.echo(render.to_markdown(s), nl=False),
+        "table": render.print_table,
+    }
+    output[fmt](data)
+
+
+def _local_summary(db, project_name, period, start, end, server, tool, client) -> dict[str, Any]:
+    from ..analytics.periods import window
+    from ..analytics.summary import summary
+    from ..storage import open_store
+
+    store = open_store(db, upgrade=False)
+    try:
+        _require_schema(store)
+        project = store.project_by_name(project_name)
+        if project is None:
+            raise MCPMeterError(f"no project {project_name!r} in {store.url}", hint="nothing recorded yet? `mcpmeter demo` fills a store with sample data")
+        data = summary(store, project.id, window(period, start, end), server, tool, client)
+        data["project"] = project.name
+        return data
+    finally:
+        store.close()
+
+
+def _require_schema(store) -> None:
+    if store.schema_version() == 0:
+        raise MCPMeterError(f"{store.url} holds no mcpmeter data yet", hint="record something first, or run `mcpmeter demo`")
+
+
+# ---- keys --------------------------------------------------------------------------------
+
+
+@cli.group()
+def keys() -> None:
+    """Create, list and revoke API keys (stored hashed; shown once)."""
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="A name to recognise the key by.")
+@click.option("--scopes", default="ingest", show_default=True, help="Comma-separated: ingest, read, admin.")
+@click.option("--project", default="default", show_default=True, help="Project (created if new).")
+@click.option("--expires-days", type=click.IntRange(min=1), default=None, help="Expire after this many days.")
+@db_option
+@friendly
+def keys_create(name, scopes, project, expires_days, db) -> None:
+    """Create a key and print it (the only time it is shown)."""
+    import time
+
+    from .. import keys as keylib
+    from ..storage import open_store
+
+    try:
+        scope_list = keylib.parse_scopes(scopes)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--scopes") from None
+    store = open_store(db)
+    proj = store.ensure_project(project)
+    key = keylib.new_key()
+    expires = int(time.time() * 1000) + expires_days * 86_400_000 if expires_days else None
+    store.add_key(proj.id, name, keylib.hash_key(key), keylib.display_prefix(key), scope_list, expires)
+    click.echo(key)
+    click.echo(f"created key {name!r} for project {project!r} with scopes {','.join(scope_list)}; store it now, it is not shown again", err=True)
+
+
+@keys.command("list")
+@click.option("--project", default=None, help="Only this project.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@db_option
+@friendly
+def keys_list(project, as_json, db) -> None:
+    """List keys: name, prefix, scopes, project, created, last used, state."""
+    import time
+
+    from ..analytics.periods import iso
+    from ..storage import open_store
+
+    store = open_store(db)
+    project_id = None
+    if project:
+        proj = store.project_by_name(project)
+        if proj is None:
+            raise MCPMeterError(f"no project {project!r}", hint="`mcpmeter keys list` shows every project's keys")
+        project_id = proj.id
+    now = int(time.time() * 1000)
+    rows = [
+        {"name": k.name, "prefix": k.prefix, "project": k.project, "scopes": sorted(k.scopes),
+         "created": iso(k.created_at), "last_used": iso(k.last_used_at) if k.last_used_at else None,
+         "state": "active" if k.active(now) else ("revoked" if k.revoked_at else "expired")}
+        for k in store.list_keys(project_id)
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_edge=False, header_style="bold")
+    for column in ("name", "prefix", "project", "scopes", "created", "last used", "state"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(r["name"], r["prefix"] + "…", r["project"], ",".join(r["scopes"]), r["created"], r["last_used"] or "never", r["state"])
+    Console().print(table)
+
+
+@keys.command("revoke")
+@click.argument("name_or_prefix")
+@click.option("--project", default=None, help="Only in this project.")
+@db_option
+@friendly
+def keys_revoke(name_or_prefix, project, db) -> None:
+    """Revoke a key by its name or its prefix (e.g. mcpm_AbC123)."""
+    from ..storage import open_store
+
+    store = open_store(db)
+    project_id = None
+    if project:
+        proj = store.project_by_name(project)
+        if proj is None:
+            raise MCPMeterError(f"no project {project!r}")
+        project_id = proj.id
+    count = store.revoke_key(project_id, name_or_prefix.rstrip("…"))
+    if not count:
+        raise MCPMeterError(f"no active key named or prefixed {name_or_prefix!r}", hint="`mcpmeter keys list` shows them")
+    click.echo(f"revoked {count} key(s); collectors refuse them within a second", err=True)
+
+
+# ---- db ----------------------------------------------------------------------------------
+
+
+@cli.group()
+def db() -> None:
+    """Schema migrations of the store."""
+
+
+@db.command("upgrade")
+@click.option("--to", "target", type=int, default=None, help="Target version (default: newest).")
+@db_option
+@friendly
+def db_upgrade(target, db) -> None:
+    """Apply migrations up to the newest (or --to) version."""
+    from ..storage import open_store
+
+    store = open_store(db, upgrade=False)
+    applied = store.upgrade(target)
+    click.echo(f"{store.url}: schema version {store.schema_version()}" + (f" (applied {', '.join(map(str, applied))})" if applied else " (up to date)"))
+
+
+@db.command("downgrade")
+@click.option("--to", "target", type=click.IntRange(min=0), required=True, help="Version to go back to (0 removes everything).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@db_option
+@friendly
+def db_downgrade(target, yes, db) -> None:
+    """Revert migrations above --to. Data in dropped tables is lost."""
+    from ..storage import open_store
+
+    store = open_store(db, upgrade=False)
+    current = store.schema_version()
+    if target >= current:
+        click.echo(f"{store.url}: already at schema version {current}")
+        return
+    if not yes and not click.confirm(f"Revert {store.url} from version {current} to {target}? Tables of later versions are dropped", default=False):
+        raise MCPMeterError("cancelled")
+    reverted = store.downgrade(target)
+    click.echo(f"{store.url}: schema version {store.schema_version()} (reverted {', '.join(map(str, reverted))})")
+
+
+@db.command("status")
+@db_option
+@friendly
+def db_status(db) -> None:
+    """Show the store and its schema version."""
+    from ..storage import open_store
+    from ..storage.sqlite_migrations import MIGRATIONS
+
+    store = open_store(db, upgrade=False)
+    click.echo(f"{store.url}: schema version {store.schema_version()} (newest known: {MIGRATIONS[-1].version})")
+
+
+# ---- push, demo -----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--url", default=None, help="Collector to upload to (default MCPMETER_URL).")
+@click.option("--api-key", default=None, help="Ingest key (default MCPMETER_API_KEY).")
+@click.option("--project", default="default", show_default=True, help="Local project to upload.")
+@db_option
+@friendly
+def push(url, api_key, project, db) -> None:
+    """Upload a local store's history to a team collector (idempotent: safe to repeat)."""
+    from ..push import push_store
+
+    url = settings.get("MCPMETER_URL", url)
+    if not url:
+        raise MCPMeterError("no collector to push to", hint="pass --url https://collector.example:8890 or set MCPMETER_URL")
+    accepted, duplicates = push_store(db, project, url, settings.get("MCPMETER_API_KEY", api_key))
+    click.echo(f"pushed to {url}: {accepted} new, {duplicates} already there", err=True)
+
+
+@cli.command()
+@click.option("--days", type=click.IntRange(1, 180), default=90, show_default=True)
+@click.option("--users", type=click.IntRange(1, 100_000), default=40, show_default=True)
+@click.option("--calls-per-day", type=click.IntRange(1, 10_000_000), default=300, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@db_option
+@friendly
+def demo(days, users, calls_per_day, seed, db) -> None:
+    """Fill a store with realistic sample data (servers, tools, clients, users, errors)."""
+    from rich.progress import Progress
+
+    from .. import demo as demolib
+    from ..storage import open_store
+
+    store = open_store(db)
+    with Progress(transient=True) as progress:
+        task = progress.add_task("Generating demo data", total=None)
+        total = demolib.fill(store, days=days, users=users, calls_per_day=calls_per_day, seed=seed,
+                             progress=lambda n: progress.update(task, completed=n))
+    click.echo(f"added {total} demo events to {store.url}", err=True)
+
+
+def main() -> None:
+    cli(prog_name="mcpmeter")

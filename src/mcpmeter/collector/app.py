@@ -1,0 +1,127 @@
+"""The collector's ASGI application."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .. import settings
+from ..events import Limits
+from ..exceptions import AuthError, MCPMeterError, StorageError
+from ..storage.base import Store
+from . import ingest, usage
+from .auth import Authenticator
+from .openapi import openapi_schema
+from .responses import error
+from .writer import Writer
+
+log = logging.getLogger("mcpmeter.collector")
+
+
+@dataclass
+class CollectorConfig:
+    local_trust: bool = field(default_factory=lambda: settings.get("MCPMETER_LOCAL_TRUST"))
+    max_body_bytes: int = field(default_factory=lambda: settings.get("MCPMETER_MAX_BODY_BYTES"))
+    limits: Limits = field(default_factory=lambda: Limits(
+        max_events=settings.get("MCPMETER_MAX_BATCH_EVENTS"),
+        max_age_ms=settings.get("MCPMETER_MAX_EVENT_AGE_DAYS") * 86_400_000,
+        max_skew_ms=settings.get("MCPMETER_MAX_CLOCK_SKEW_SECONDS") * 1000,
+    ))
+    key_touch_interval: float = 5.0
+
+
+class Collector:
+    """State shared by the handlers: the store, the writer, the authenticator."""
+
+    def __init__(self, store: Store, config: CollectorConfig) -> None:
+        self.store = store
+        self.config = config
+        self.writer = Writer(store)
+        self.auth = Authenticator(store, config.local_trust)
+        self.started = time.time()
+        self.counters = {"accepted": 0, "duplicates": 0, "rejected": 0, "requests_failed": 0}
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    collector: Collector = request.app.state.collector
+    problems = []
+    if not collector.writer.alive:
+        problems.append("the writer thread is not running")
+    try:
+        await run_in_threadpool(collector.store.schema_version)
+    except StorageError as exc:
+        problems.append(str(exc))
+    if problems:
+        return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
+    return JSONResponse({"status": "ready", "pending_events": collector.writer.pending_rows})
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(openapi_schema())
+
+
+async def _handle_errors(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, AuthError):
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return error(exc.status, str(exc), exc.hint, headers)
+    if isinstance(exc, StorageError):
+        log.error("storage error: %s", exc)
+        return error(503, "the store is unavailable; nothing was stored", "retry later", {"Retry-After": "5"})
+    if isinstance(exc, MCPMeterError):
+        return error(400, str(exc), exc.hint)
+    raise exc
+
+
+def create_app(store: Store, config: CollectorConfig | None = None) -> Starlette:
+    collector = Collector(store, config or CollectorConfig())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        collector.writer.start()
+        toucher = asyncio.create_task(_touch_keys_forever(collector))
+        try:
+            yield
+        finally:
+            toucher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await toucher
+            await run_in_threadpool(collector.writer.stop)
+            with contextlib.suppress(StorageError):
+                await run_in_threadpool(collector.auth.flush_last_used)
+
+    routes = [
+        Route("/v1/events", ingest.post_events, methods=["POST"]),
+        Route("/v1/usage/summary", usage.get_summary, methods=["GET"]),
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={MCPMeterError: _handle_errors},
+    )
+    app.state.collector = collector
+    return app
+
+
+async def _touch_keys_forever(collector: Collector) -> None:
+    while True:
+        await asyncio.sleep(collector.config.key_touch_interval)
+        try:
+            await run_in_threadpool(collector.auth.flush_last_used)
+        except StorageError as exc:
+            log.warning("could not record key use: %s", exc)

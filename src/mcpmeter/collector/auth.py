@@ -1,0 +1,102 @@
+"""Who is asking: API keys (Bearer or X-API-Key), or a trusted loopback caller."""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+import time
+from typing import NamedTuple
+
+from starlette.requests import Request
+
+from .. import keys
+from ..exceptions import AuthError
+from ..storage.base import KeyInfo, Project, Store
+
+DEFAULT_PROJECT = "default"
+_CACHE_SECONDS = 1.0  # a revoked key stops working within this long
+
+
+class Principal(NamedTuple):
+    project: Project
+    scopes: frozenset[str]
+    key_id: int | None  # None: trusted loopback caller
+
+
+def is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def presented_key(request: Request) -> str | None:
+    header = request.headers.get("authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise AuthError("the Authorization header must be `Bearer <key>`")
+        return value.strip()
+    return request.headers.get("x-api-key") or None
+
+
+class Authenticator:
+    def __init__(self, store: Store, local_trust: bool) -> None:
+        self.store = store
+        self.local_trust = local_trust
+        self._cache: dict[str, tuple[float, KeyInfo | None]] = {}
+        self._projects: dict[int, Project] = {}
+        self._default: Project | None = None
+        self._lock = threading.Lock()
+        self.last_used: dict[int, int] = {}  # key id -> ms; flushed to the store periodically
+
+    def authenticate(self, request: Request, scope: str) -> Principal:
+        key = presented_key(request)
+        if key is None:
+            client = request.client.host if request.client else None
+            if self.local_trust and is_loopback(client):
+                if self._default is None:
+                    self._default = self.store.ensure_project(DEFAULT_PROJECT)
+                return Principal(self._default, frozenset(keys.SCOPES), None)
+            raise AuthError("an API key is required", hint="send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`")
+        info = self._lookup(keys.hash_key(key))
+        now_ms = int(time.time() * 1000)
+        if info is None:
+            raise AuthError("unknown API key", hint="check MCPMETER_API_KEY; `mcpmeter keys list` shows the keys")
+        if not info.active(now_ms):
+            raise AuthError(f"API key {info.prefix}… has been revoked or has expired", hint="create a new one with `mcpmeter keys create`")
+        if not keys.allows(info.scopes, scope):
+            raise AuthError(
+                f"API key {info.prefix}… lacks the `{scope}` scope (it has: {', '.join(sorted(info.scopes))})",
+                status=403,
+                hint=f"use a key created with --scopes {scope}",
+            )
+        self.last_used[info.id] = now_ms
+        return Principal(self._project(info.project_id), info.scopes, info.id)
+
+    def _lookup(self, key_hash: str) -> KeyInfo | None:
+        now = time.monotonic()
+        cached = self._cache.get(key_hash)
+        if cached and now - cached[0] < _CACHE_SECONDS:
+            return cached[1]
+        info = self.store.key_by_hash(key_hash)
+        with self._lock:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[key_hash] = (now, info)
+        return info
+
+    def _project(self, project_id: int) -> Project:
+        project = self._projects.get(project_id)
+        if project is None:
+            project = self.store.project_by_id(project_id)
+            if project is None:
+                raise AuthError("the key's project no longer exists", status=403)
+            self._projects[project_id] = project
+        return project
+
+    def flush_last_used(self) -> None:
+        pending, self.last_used = self.last_used, {}
+        self.store.touch_keys(pending)

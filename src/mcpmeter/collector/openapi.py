@@ -1,0 +1,97 @@
+"""The OpenAPI 3.1 description of the collector's HTTP API, served at /openapi.json.
+
+The event schema is generated from the same msgspec Struct that validates requests, so
+the document cannot drift from what the collector actually accepts.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import msgspec
+
+from .. import __version__
+from ..analytics.periods import NAMED_PERIODS
+from ..events import Event
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {400: "Malformed request", 401: "Missing or unknown API key", 403: "Key lacks the scope",
+            413: "Body too large", 415: "Unsupported content type", 422: "Every event was rejected",
+            503: "Store unavailable or overloaded; retry after Retry-After"}
+    return {str(c): _json(_ERROR, text[c]) for c in codes}
+
+
+@lru_cache(maxsize=1)
+def openapi_schema() -> dict[str, Any]:
+    (event_ref,), components = msgspec.json.schema_components([Event], ref_template="#/components/schemas/{name}")
+    filters = [
+        {"name": "period", "in": "query", "schema": {"type": "string", "default": "7d", "examples": list(NAMED_PERIODS)},
+         "description": "Window ending now (or at `to`): 1h, 6h, 12h, 1d, 7d, 30d, 90d, or N[m|h|d|w]."},
+        {"name": "from", "in": "query", "schema": {"type": "string"}, "description": "Start, RFC 3339 or epoch ms (overrides period)."},
+        {"name": "to", "in": "query", "schema": {"type": "string"}, "description": "End, RFC 3339 or epoch ms (default now)."},
+        {"name": "server", "in": "query", "schema": {"type": "string"}},
+        {"name": "tool", "in": "query", "schema": {"type": "string"}},
+        {"name": "client", "in": "query", "schema": {"type": "string"}},
+    ]
+    components.update({
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}, "hint": {"type": "string"}}},
+        "Rejection": {"type": "object", "required": ["index", "error"], "properties": {
+            "index": {"type": "integer"}, "id": {"type": ["string", "null"]}, "error": {"type": "string"}}},
+        "IngestResult": {"type": "object", "required": ["accepted", "duplicates", "rejected"], "properties": {
+            "accepted": {"type": "integer", "description": "Events stored by this request"},
+            "duplicates": {"type": "integer", "description": "Events whose id was already stored (not counted again)"},
+            "rejected": {"type": "array", "items": {"$ref": "#/components/schemas/Rejection"}},
+            "error": {"type": "string"}}},
+        "Summary": {"type": "object", "required": ["users", "calls", "errors", "tools"], "properties": {
+            "project": {"type": "string"}, "from": {"type": "string"}, "to": {"type": "string"},
+            "users": {"type": "integer"}, "calls": {"type": "integer"}, "errors": {"type": "integer"},
+            "success_rate": {"type": ["number", "null"]},
+            "latency_ms": {"type": "object"}, "calls_last_7d": {"type": "integer"},
+            "tools": {"type": "array", "items": {"type": "object"}},
+            "daily": {"type": "array", "items": {"type": "object"}}}},
+    })
+    security = [{"bearer": []}, {"apiKey": []}]
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "mcpmeter collector", "version": __version__,
+                 "description": "Usage analytics for MCP servers: ingest tool-call events, ask usage questions."},
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            },
+        },
+        "paths": {
+            "/v1/events": {"post": {
+                "summary": "Ingest a batch of events",
+                "description": "A JSON array of events or {\"events\": [...]}, optionally gzip-encoded. "
+                               "A 2xx answer means the accepted events are durably stored. Events are "
+                               "idempotent by id: a retried event counts once.",
+                "security": security,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
+                    {"type": "array", "items": event_ref},
+                    {"type": "object", "required": ["events"], "additionalProperties": False,
+                     "properties": {"events": {"type": "array", "items": event_ref}}},
+                ]}}}},
+                "responses": {"200": _json({"$ref": "#/components/schemas/IngestResult"}, "Stored (see rejected for events that were not)"),
+                              **_errors(400, 401, 403, 413, 415, 422, 503)},
+            }},
+            "/v1/usage/summary": {"get": {
+                "summary": "Users, calls, success rate, latency and top tools for a window",
+                "security": security, "parameters": filters,
+                "responses": {"200": _json({"$ref": "#/components/schemas/Summary"}, "The summary"), **_errors(400, 401, 403)},
+            }},
+            "/health": {"get": {"summary": "Liveness", "responses": {"200": _json({"type": "object"}, "Alive")}}},
+            "/ready": {"get": {"summary": "Readiness: store reachable and writer running",
+                               "responses": {"200": _json({"type": "object"}, "Ready"), "503": _json({"type": "object"}, "Not ready")}}},
+        },
+    }

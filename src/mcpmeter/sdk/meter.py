@@ -1,0 +1,240 @@
+"""``Meter``: the one object a server owner creates.
+
+The recording path only appends a small tuple to a bounded deque (no I/O, no JSON, no
+locks); a background worker turns tuples into events and ships them. Modes are decided
+once, here, not per call: a disabled meter returns the undecorated function.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import inspect
+import os
+import sys
+import time
+import weakref
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from .. import settings
+from ..events import Event
+from ..identity import local_user
+from ..paths import spool_path
+from .ids import event_id
+from .internal import internal_error
+from .stats import Stats
+
+F = TypeVar("F", bound=Callable[..., Any])
+_clock = time.perf_counter
+
+
+def _default_server_name() -> str:
+    name = settings.get("MCPMETER_SERVER_NAME")
+    if name:
+        return name
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    return Path(path).stem if path else "mcp-server"
+
+
+class Meter:
+    """Records tool calls of one MCP server.
+
+    >>> meter = Meter(server="weblab")
+    >>> @meter.tool(category="rag")
+    ... def search(query: str) -> str: ...
+    """
+
+    def __init__(
+        self,
+        server: str | None = None,
+        *,
+        server_version: str | None = None,
+        url: str | None = None,
+        api_key: str | None = None,
+        db: str | None = None,
+        user: str | None = None,
+        disabled: bool | None = None,
+        batch_size: int | None = None,
+        flush_interval: float | None = None,
+        max_queue: int | None = None,
+        spool: str | os.PathLike | None = None,
+        transport: str = "stdio",
+    ) -> None:
+        self.server = server or _default_server_name()
+        self.server_version = server_version
+        self.user = user if user is not None else local_user()
+        self.transport_name = transport
+        self.disabled = bool(settings.get("MCPMETER_DISABLED", disabled))
+        self.url = settings.get("MCPMETER_URL", url)
+        self.batch_size = settings.get("MCPMETER_BATCH_SIZE", batch_size)
+        self.flush_interval = settings.get("MCPMETER_FLUSH_INTERVAL", flush_interval)
+        self.max_queue = settings.get("MCPMETER_MAX_QUEUE", max_queue)
+        self.stats = Stats()
+        self._api_key = settings.get("MCPMETER_API_KEY", api_key)
+        self._db = db
+        self._spool_path = Path(spool) if spool else spool_path()
+        self._spool_max = settings.get("MCPMETER_SPOOL_MAX_MB") * 1024 * 1024
+        self._queue: deque = deque()
+        self._worker = None
+        if not self.disabled:
+            self._start()
+            _live_meters.add(self)
+
+    # ---- lifecycle --------------------------------------------------------------------
+
+    def _start(self) -> None:
+        from .worker import Worker
+
+        self._worker = Worker(self, self._make_sink)
+        self._worker.start()
+
+    def _make_sink(self):
+        from .sinks import HttpSink, LocalSink
+
+        if self.url:
+            return HttpSink(self.url, self._api_key, self._spool_path, self._spool_max, self.stats)
+        return LocalSink(self._db, self.stats)
+
+    def _after_fork(self) -> None:
+        # The parent's worker thread does not exist in the child; start afresh, keep nothing.
+        self._queue.clear()
+        self.stats = Stats()
+        if not self.disabled:
+            self._start()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Deliver (or spool) everything recorded so far. True when done within ``timeout``."""
+        if self._worker is None:
+            return True
+        return self._worker.flush(timeout)
+
+    def shutdown(self, timeout: float = 5.0) -> bool:
+        """Flush, then stop the worker. Recording after shutdown is a no-op."""
+        if self._worker is None:
+            return True
+        done = self._worker.stop(timeout)
+        self._worker = None
+        self.disabled = True
+        _live_meters.discard(self)
+        return done
+
+    # ---- recording --------------------------------------------------------------------
+
+    def tool(self, fn: F | None = None, *, name: str | None = None, category: str | None = None) -> Any:
+        """Decorate a sync or async tool function; usable as ``@meter.tool`` or ``@meter.tool(...)``."""
+        if fn is not None:
+            return self._wrap(fn, name or fn.__name__, category)
+        return lambda f: self._wrap(f, name or f.__name__, category)
+
+    def _wrap(self, fn: F, tool_name: str, category: str | None) -> F:
+        if self.disabled:
+            return fn
+        queue = self._queue
+        append = queue.append
+        cap = self.max_queue
+        stats = self.stats
+        meter = self
+
+        if inspect.iscoroutinefunction(fn):
+            @functools.wraps(fn)
+            async def async_wrapper(*args, **kwargs):
+                start = _clock()
+                try:
+                    result = await fn(*args, **kwargs)
+                except BaseException as exc:
+                    meter._failed(tool_name, category, start, exc)
+                    raise
+                if len(queue) < cap:
+                    append((tool_name, category, start, _clock() - start, None, None))
+                else:
+                    stats.drop("queue_full")
+                return result
+
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            start = _clock()
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                meter._failed(tool_name, category, start, exc)
+                raise
+            if len(queue) < cap:
+                append((tool_name, category, start, _clock() - start, None, None))
+            else:
+                stats.drop("queue_full")
+            return result
+
+        return wrapper  # type: ignore[return-value]
+
+    def _failed(self, tool_name: str, category: str | None, start: float, exc: BaseException) -> None:
+        if len(self._queue) < self.max_queue:
+            self._queue.append((tool_name, category, start, _clock() - start, type(exc).__name__, str(exc)[:1024]))
+        else:
+            self.stats.drop("queue_full")
+
+    def record(
+        self,
+        tool: str | None = None,
+        *,
+        kind: str = "tool_call",
+        duration_ms: float | None = None,
+        ok: bool | None = None,
+        error_type: str | None = None,
+        error_message: str | None = None,
+        category: str | None = None,
+        ts: float | None = None,
+        user: str | None = None,
+        **fields: Any,
+    ) -> None:
+        """Record one event by hand (any kind). ``ts`` is epoch seconds (default now).
+
+        Extra keyword arguments are event fields (``session_id``, ``client_name``,
+        ``attributes``…). Invalid input is reported on stderr, never raised.
+        """
+        if self.disabled:
+            return
+        try:
+            ts_ms = int((time.time() if ts is None else ts) * 1000)
+            event = Event(
+                id=event_id(ts_ms), kind=kind, ts=ts_ms, server=self.server,
+                server_version=self.server_version, tool=tool, category=category,
+                duration_ms=duration_ms,
+                ok=(error_type is None) if ok is None and kind == "tool_call" else ok,
+                error_type=error_type, error_message=error_message,
+                user=user if user is not None else self.user,
+                transport=fields.pop("transport", self.transport_name), **fields,
+            )
+        except TypeError as exc:
+            internal_error("record() got an unknown field", exc)
+            return
+        if len(self._queue) < self.max_queue:
+            self._queue.append(event)
+        else:
+            self.stats.drop("queue_full")
+
+
+_live_meters: "weakref.WeakSet[Meter]" = weakref.WeakSet()
+
+
+def _shutdown_all() -> None:
+    for meter in list(_live_meters):
+        try:
+            meter.shutdown(timeout=5.0)
+        except Exception as exc:  # never fail interpreter exit
+            internal_error("shutdown at exit failed", exc)
+
+
+def _after_fork_in_child() -> None:
+    for meter in list(_live_meters):
+        meter._after_fork()
+
+
+atexit.register(_shutdown_all)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+

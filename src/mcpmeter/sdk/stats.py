@@ -1,0 +1,23 @@
+"""What the recorder did: sent, spooled, replayed, and dropped by reason."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Stats:
+    recorded: int = 0
+    sent: int = 0
+    spooled: int = 0
+    replayed: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    reported_drops: int = 0  # drops already sent to the collector as an sdk.dropped event
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        self.dropped[reason] += count
+
+    def as_dict(self) -> dict:
+        return {"recorded": self.recorded, "sent": self.sent, "spooled": self.spooled,
+                "replayed": self.replayed, "dropped": dict(self.dropped)}

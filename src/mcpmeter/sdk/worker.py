@@ -1,0 +1,142 @@
+"""The background worker: one daemon thread per Meter.
+
+It wakes on a short timer (or when asked to flush), turns the queued tuples into events,
+and hands full batches - or whatever is there once the flush interval has passed - to
+the sink. The caller of a tool never waits for any of this.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable
+
+from ..events import Event
+from .ids import event_id
+from .internal import internal_error
+
+_TICK = 0.2
+
+
+class Worker:
+    def __init__(self, meter, make_sink: Callable) -> None:
+        self.meter = meter
+        self._make_sink = make_sink
+        self._sink = None
+        self._wake = threading.Event()
+        self._stop = False
+        self._waiters: list[tuple[threading.Event, float]] = []
+        self._lock = threading.Lock()
+        self._pending: list[Event] = []
+        self._last_send = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="mcpmeter-worker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def flush(self, timeout: float) -> bool:
+        if not self._thread.is_alive():
+            return False
+        done = threading.Event()
+        with self._lock:
+            self._waiters.append((done, time.monotonic() + timeout))
+        self._wake.set()
+        return done.wait(timeout)
+
+    def stop(self, timeout: float) -> bool:
+        flushed = self.flush(timeout)
+        self._stop = True
+        self._wake.set()
+        self._thread.join(timeout)
+        return flushed
+
+    def _run(self) -> None:
+        try:
+            self._sink = self._make_sink()
+        except Exception as exc:
+            internal_error("cannot start recording; events will be dropped", exc)
+            self._fail_all()
+            return
+        try:
+            while not self._stop:
+                self._wake.wait(_TICK)
+                self._wake.clear()
+                self._cycle()
+            self._cycle()
+        finally:
+            try:
+                self._sink.close()
+            except Exception as exc:
+                internal_error("closing the sink failed", exc)
+
+    def _cycle(self) -> None:
+        with self._lock:
+            waiters, self._waiters = self._waiters, []
+        try:
+            self._drain()
+            deadline = min((d for _, d in waiters), default=None)
+            now = time.monotonic()
+            due = waiters or now - self._last_send >= self.meter.flush_interval
+            while len(self._pending) >= self.meter.batch_size or (due and self._pending):
+                batch = self._pending[: self.meter.batch_size]
+                if not self._sink.deliver(batch, deadline):
+                    break  # sink asked to keep them; retried next cycle
+                del self._pending[: len(batch)]
+                self._last_send = time.monotonic()
+            else:
+                self._report_drops()
+                self._sink.idle(deadline)
+        except Exception as exc:
+            internal_error("the worker failed a cycle", exc)
+        finally:
+            for done, _ in waiters:
+                done.set()
+
+    def _drain(self) -> None:
+        """Move queued tuples (and ready events) into ``_pending`` as events."""
+        meter = self.meter
+        queue = meter._queue
+        offset = time.time() - time.perf_counter()
+        server, version, user, transport = meter.server, meter.server_version, meter.user, meter.transport_name
+        pending = self._pending
+        room = max(meter.max_queue - len(pending), 0)
+        while queue:
+            item = queue.popleft()
+            if room <= 0:
+                meter.stats.drop("queue_full")
+                continue
+            room -= 1
+            meter.stats.recorded += 1
+            if isinstance(item, Event):
+                pending.append(item)
+                continue
+            tool, category, start, duration, error_type, message = item
+            ts = int((start + offset) * 1000)
+            pending.append(Event(
+                id=event_id(ts), kind="tool_call", ts=ts, server=server, server_version=version,
+                tool=tool, category=category, duration_ms=round(duration * 1000, 3),
+                ok=error_type is None, error_type=error_type, error_message=message,
+                user=user, transport=transport,
+            ))
+
+    def _report_drops(self) -> None:
+        stats = self.meter.stats
+        total = sum(stats.dropped.values())
+        if total > stats.reported_drops:
+            ts = int(time.time() * 1000)
+            attrs = {reason: count for reason, count in stats.dropped.items()}
+            stats.reported_drops = total
+            self._pending.append(Event(id=event_id(ts), kind="sdk.dropped", ts=ts, server=self.meter.server, attributes=attrs))
+
+    def _fail_all(self) -> None:
+        while not self._stop:
+            self._wake.wait(_TICK)
+            self._wake.clear()
+            with self._lock:
+                waiters, self._waiters = self._waiters, []
+            dropped = len(self.meter._queue)
+            self.meter._queue.clear()
+            if dropped:
+                self.meter.stats.drop("sink_unavailable", dropped)
+            for done, _ in waiters:
+                done.set()

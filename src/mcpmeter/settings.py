@@ -1,0 +1,97 @@
+"""Every setting mcpmeter reads, in one table.
+
+Precedence everywhere: an explicit argument (Python or CLI flag), then the environment
+variable, then the default. ``docs/settings.md`` is checked against this table by a test,
+so a setting cannot be added without being documented.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .exceptions import ConfigError
+
+
+@dataclass(frozen=True)
+class Setting:
+    env: str
+    default: Any
+    parse: Callable[[str], Any]
+    help: str
+    used_by: str  # "sdk", "collector", "cli", "all"
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected true/false, got {raw!r}")
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError(f"expected a positive whole number, got {raw!r}")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if value <= 0:
+        raise ValueError(f"expected a positive number, got {raw!r}")
+    return value
+
+
+SETTINGS: dict[str, Setting] = {
+    s.env: s
+    for s in [
+        Setting("MCPMETER_URL", None, str, "Collector base URL. Unset: record into the local store.", "all"),
+        Setting("MCPMETER_API_KEY", None, str, "API key sent to the collector (Bearer). Unset: the key saved by a local `mcpmeter serve` for that URL.", "all"),
+        Setting("MCPMETER_DB", None, str, "Store: a SQLite file path (or `sqlite:///path`). Unset: `mcpmeter.db` in MCPMETER_HOME.", "all"),
+        Setting("MCPMETER_HOME", None, str, "Directory for the default store, saved credentials and the SDK spool. Unset: the user data directory (`~/.local/share/mcpmeter` on Linux).", "all"),
+        Setting("MCPMETER_SERVER_NAME", None, str, "Server name recorded when `Meter(server=...)` / `--server-name` is not given.", "sdk"),
+        Setting("MCPMETER_USER", None, str, "User identifier recorded for stdio use. Unset: the OS user. Always stored as a keyed hash.", "sdk"),
+        Setting("MCPMETER_DISABLED", False, _bool, "`true` turns the recorder into a no-op (nothing is queued or sent).", "sdk"),
+        Setting("MCPMETER_BATCH_SIZE", 500, _positive_int, "Events per batch sent by the SDK.", "sdk"),
+        Setting("MCPMETER_FLUSH_INTERVAL", 1.0, _positive_float, "Seconds between SDK flushes when batches are not full.", "sdk"),
+        Setting("MCPMETER_MAX_QUEUE", 100_000, _positive_int, "Events the SDK keeps in memory before it drops (and counts) new ones.", "sdk"),
+        Setting("MCPMETER_SPOOL_MAX_MB", 256, _positive_int, "Size cap of the SDK's local spool used while the collector is unreachable.", "sdk"),
+        Setting("MCPMETER_HOST", "127.0.0.1", str, "Address `mcpmeter serve` binds to.", "collector"),
+        Setting("MCPMETER_PORT", 8890, _positive_int, "Port `mcpmeter serve` listens on.", "collector"),
+        Setting("MCPMETER_LOCAL_TRUST", True, _bool, "Serve keyless requests from loopback addresses as the default project. Requests from other addresses always need a key.", "collector"),
+        Setting("MCPMETER_MAX_BODY_BYTES", 10 * 1024 * 1024, _positive_int, "Largest request body (after gzip decompression) the collector accepts.", "collector"),
+        Setting("MCPMETER_MAX_BATCH_EVENTS", 10_000, _positive_int, "Most events in one ingest request.", "collector"),
+        Setting("MCPMETER_MAX_EVENT_AGE_DAYS", 180, _positive_int, "Events older than this are rejected (also the raw-event retention).", "collector"),
+        Setting("MCPMETER_MAX_CLOCK_SKEW_SECONDS", 86_400, _positive_int, "Events this far in the future are rejected.", "collector"),
+        Setting("MCPMETER_API_KEY_<NAME>", None, str, "Ingest keys registered for the default project at collector start; NAME (lower-cased) becomes the key's name.", "collector"),
+    ]
+}
+
+
+def get(env: str, explicit: Any = None) -> Any:
+    """Resolve one setting: explicit value, then environment, then default."""
+    if explicit is not None:
+        return explicit
+    setting = SETTINGS[env]
+    raw = os.environ.get(env)
+    if raw is None or raw == "":
+        return setting.default
+    try:
+        return setting.parse(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{env}={raw!r} is not valid: {exc}", hint=setting.help) from None
+
+
+def env_api_keys(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """``MCPMETER_API_KEY_<NAME>`` variables as {name: key}."""
+    environ = os.environ if environ is None else environ
+    prefix = "MCPMETER_API_KEY_"
+    return {
+        name[len(prefix):].lower(): value
+        for name, value in environ.items()
+        if name.startswith(prefix) and len(name) > len(prefix) and value
+    }

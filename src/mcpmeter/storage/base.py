@@ -1,0 +1,103 @@
+"""The storage interface every backend implements (SQLite now, PostgreSQL later).
+
+Backends speak in plain tuples and small records; everything that is about meaning
+(validation, hashing, analytics) lives outside them. All methods are synchronous and
+thread-safe: the collector calls writes from one writer thread and reads from a pool.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, NamedTuple, Protocol, Sequence
+
+
+class Project(NamedTuple):
+    id: int
+    name: str
+    user_salt: str
+    created_at: int
+
+
+class KeyInfo(NamedTuple):
+    id: int
+    project_id: int
+    project: str
+    name: str
+    prefix: str
+    scopes: frozenset[str]
+    created_at: int
+    last_used_at: int | None
+    revoked_at: int | None
+    expires_at: int | None
+
+    def active(self, now_ms: int) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now_ms)
+
+
+class IngestResult(NamedTuple):
+    accepted: int
+    duplicates: int
+
+
+class Migration(NamedTuple):
+    version: int
+    name: str
+    up: str
+    down: str
+
+
+class EventFilter(NamedTuple):
+    """Which events a read covers: one project, a half-open time range [start_ms, end_ms)."""
+
+    project_id: int
+    start_ms: int
+    end_ms: int
+    server: str | None = None
+    tool: str | None = None
+    client: str | None = None
+
+
+class ToolStats(NamedTuple):
+    server: str
+    tool: str
+    calls: int
+    errors: int
+    users: int
+    last_ts: int
+    durations: list[float]  # sorted ascending; for percentiles
+
+
+class Store(Protocol):
+    url: str
+
+    # schema
+    def schema_version(self) -> int: ...
+    def upgrade(self, target: int | None = None) -> list[int]: ...
+    def downgrade(self, target: int) -> list[int]: ...
+
+    # projects and keys
+    def ensure_project(self, name: str) -> Project: ...
+    def project_by_name(self, name: str) -> Project | None: ...
+    def project_by_id(self, project_id: int) -> Project | None: ...
+    def add_key(self, project_id: int, name: str, key_hash: str, prefix: str, scopes: Iterable[str], expires_at: int | None = None, replace: bool = False) -> KeyInfo: ...
+    def key_by_hash(self, key_hash: str) -> KeyInfo | None: ...
+    def list_keys(self, project_id: int | None = None) -> list[KeyInfo]: ...
+    def revoke_key(self, project_id: int | None, name_or_prefix: str) -> int: ...
+    def touch_keys(self, last_used: dict[int, int]) -> None: ...
+
+    # events
+    def ingest(self, groups: Sequence[tuple[int, Sequence[tuple]]]) -> list[IngestResult]:
+        """Store each (project_id, rows) group in ONE transaction; rows follow ``events.ROW_FIELDS``.
+
+        Returns one result per group. An event id already stored for that project is a
+        duplicate and is not stored again. When this returns, the rows are durable.
+        """
+        ...
+
+    # reads
+    def count_events(self, f: EventFilter, kind: str | None = "tool_call") -> int: ...
+    def distinct_users(self, f: EventFilter) -> int: ...
+    def tool_stats(self, f: EventFilter) -> list[ToolStats]: ...
+    def daily_calls(self, f: EventFilter) -> list[tuple[str, int, int]]: ...
+    def export_events(self, project_id: int, after: int = 0, limit: int = 5000) -> list[tuple]: ...
+
+    def close(self) -> None: ...
