@@ -95,3 +95,22 @@ def env_api_keys(environ: dict[str, str] | None = None) -> dict[str, str]:
         for name, value in environ.items()
         if name.startswith(prefix) and len(name) > len(prefix) and value
     }
+
+
+def markdown() -> str:
+    """docs/settings.md, generated from SETTINGS (``python -m mcpmeter.settings > docs/settings.md``)."""
+    lines = [
+        "# Settings", "",
+        "Every setting, in one table. Precedence: an explicit argument (Python keyword or CLI flag), then the",
+        "environment variable, then the default. Generated from `src/mcpmeter/settings.py` with",
+        "`python -m mcpmeter.settings > docs/settings.md`; a test fails when this file is out of date.", "",
+        "| Variable | Default | Used by | Meaning |", "|---|---|---|---|",
+    ]
+    for s in SETTINGS.values():
+        default = "–" if s.default is None else f"`{s.default}`"
+        lines.append(f"| `{s.env}` | {default} | {s.used_by} | {s.help} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown(), end="")

@@ -15,16 +15,41 @@ _PERIOD = re.compile(r"^(\d{1,4})([mhdw])$")
 MAX_SPAN_MS = 400 * 86_400_000
 
 
+HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
+HOUR_GRAIN_MAX_MS = 2 * DAY_MS  # windows up to two days are counted by the hour, longer ones by the day
+
+
 class Window(NamedTuple):
+    """A half-open range [start_ms, end_ms) aligned to its grain's boundaries (UTC)."""
+
     start_ms: int
     end_ms: int
+    grain: str = "hour"  # "hour" | "day"
 
     @property
     def span_ms(self) -> int:
         return self.end_ms - self.start_ms
 
+    @property
+    def grain_ms(self) -> int:
+        return HOUR_MS if self.grain == "hour" else DAY_MS
+
     def previous(self) -> "Window":
-        return Window(self.start_ms - self.span_ms, self.start_ms)
+        return Window(self.start_ms - self.span_ms, self.start_ms, self.grain)
+
+
+def align(start_ms: int, end_ms: int, grain: str | None = None) -> Window:
+    """Widen [start, end) to whole hours (spans up to two days) or whole UTC days.
+
+    Every figure is computed over the aligned window, and answers say which window that
+    was, so rollups (hourly and daily) answer exactly, with no partial buckets.
+    """
+    grain = grain or ("hour" if end_ms - start_ms <= HOUR_GRAIN_MAX_MS else "day")
+    size = HOUR_MS if grain == "hour" else DAY_MS
+    start = start_ms - start_ms % size
+    end = -(-end_ms // size) * size
+    return Window(start, max(end, start + size), grain)
 
 
 def period_ms(text: str) -> int:
@@ -54,18 +79,30 @@ def parse_time(text: str, name: str) -> int:
     return int(moment.timestamp() * 1000)
 
 
-def window(period: str | None = "7d", start: str | None = None, end: str | None = None, now_ms: int | None = None) -> Window:
+def window(period: str | None = "7d", start: str | None = None, end: str | None = None,
+           now_ms: int | None = None, grain: str | None = None) -> Window:
+    """The aligned window for a request.
+
+    ``period=7d`` means the last seven calendar days including today (UTC); ``period=6h``
+    the last six clock hours including the current one. ``from``/``to`` are widened to
+    whole buckets.
+    """
+    if grain not in (None, "hour", "day"):
+        raise ValidationError(f"grain {grain!r} is not understood", hint="use hour or day")
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     end_ms = parse_time(end, "to") if end else now_ms
     if start:
         start_ms = parse_time(start, "from")
+        if start_ms >= end_ms:
+            raise ValidationError("`from` must be before `to`")
     else:
-        start_ms = end_ms - period_ms(period or "7d")
-    if start_ms >= end_ms:
-        raise ValidationError("`from` must be before `to`")
+        span = period_ms(period or "7d")
+        grain = grain or ("hour" if span <= HOUR_GRAIN_MAX_MS else "day")
+        size = HOUR_MS if grain == "hour" else DAY_MS
+        start_ms = end_ms - end_ms % size - (max(span // size, 1) - 1) * size
     if end_ms - start_ms > MAX_SPAN_MS:
         raise ValidationError("the time range is longer than 400 days")
-    return Window(start_ms, end_ms)
+    return align(start_ms, end_ms, grain)
 
 
 def iso(ms: int) -> str:

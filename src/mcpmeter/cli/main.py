@@ -115,12 +115,14 @@ def _fill_demo(store) -> int:
 @click.option("--tool", default=None, help="Only this tool.")
 @click.option("--client", default=None, help="Only this client (e.g. claude-code).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "markdown"]), default="table", show_default=True)
+@click.option("--csv-table", type=click.Choice(["tools", "timeseries", "errors", "clients"]), default="tools", show_default=True,
+              help="Which table --format csv writes.")
 @click.option("--url", default=None, help="Read from a collector instead of a store (default MCPMETER_URL).")
 @click.option("--api-key", default=None, help="Read key for --url (default MCPMETER_API_KEY).")
 @click.option("--project", default="default", show_default=True, help="Project to report on (store only).")
 @db_option
 @friendly
-def report(period, start, end, server, tool, client, fmt, url, api_key, project, db) -> None:
+def report(period, start, end, server, tool, client, fmt, csv_table, url, api_key, project, db) -> None:
     """Who uses it, what is popular, is it working, what happened recently."""
     from . import render
 
@@ -128,14 +130,14 @@ def report(period, start, end, server, tool, client, fmt, url, api_key, project,
     if url:
         from ..client import get_json
 
-        data = get_json(url, "/v1/usage/summary",
+        data = get_json(url, "/v1/usage/report",
                         {"period": period, "from": start, "to": end, "server": server, "tool": tool, "client": client},
                         settings.get("MCPMETER_API_KEY", api_key))
     else:
         data = _local_summary(db, project, period, start, end, server, tool, client)
     output: dict[str, Callable[[dict[str, Any]], Any]] = {
         "json": lambda s: click.echo(render.to_json(s)),
-        "csv": lambda s: click.echo(render.to_csv(s), nl=False),
+        "csv": lambda s: click.echo(render.to_csv(s, csv_table), nl=False),
         "markdown": lambda s: click.echo(render.to_markdown(s), nl=False),
         "table": render.print_table,
     }
@@ -144,7 +146,8 @@ def report(period, start, end, server, tool, client, fmt, url, api_key, project,
 
 def _local_summary(db, project_name, period, start, end, server, tool, client) -> dict[str, Any]:
     from ..analytics.periods import window
-    from ..analytics.summary import summary
+    from ..analytics.queries import Query
+    from ..analytics.report import build_report
     from ..storage import open_store
 
     store = open_store(db, upgrade=False)
@@ -153,9 +156,8 @@ def _local_summary(db, project_name, period, start, end, server, tool, client) -
         project = store.project_by_name(project_name)
         if project is None:
             raise MCPMeterError(f"no project {project_name!r} in {store.url}", hint="nothing recorded yet? `mcpmeter demo` fills a store with sample data")
-        data = summary(store, project.id, window(period, start, end), server, tool, client)
-        data["project"] = project.name
-        return data
+        data = build_report(store, Query(project.id, window(period, start, end), server, tool, client))
+        return {"project": project.name, **data}
     finally:
         store.close()
 

@@ -104,7 +104,7 @@ def create_app(store: Store, config: CollectorConfig | None = None) -> Starlette
 
     routes = [
         Route("/v1/events", ingest.post_events, methods=["POST"]),
-        Route("/v1/usage/summary", usage.get_summary, methods=["GET"]),
+        *usage.routes,
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),

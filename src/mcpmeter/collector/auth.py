@@ -37,7 +37,8 @@ def presented_key(request: Request) -> str | None:
     if header:
         scheme, _, value = header.partition(" ")
         if scheme.lower() != "bearer" or not value.strip():
-            raise AuthError("the Authorization header must be `Bearer <key>`")
+            raise AuthError("the Authorization header must be `Bearer <key>`",
+                            hint="send the key as `Authorization: Bearer <key>` or `X-API-Key: <key>`")
         return value.strip()
     return request.headers.get("x-api-key") or None
 

@@ -16,7 +16,7 @@ import time
 import weakref
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 from .. import settings
 from ..events import Event
@@ -62,7 +62,14 @@ class Meter:
         max_queue: int | None = None,
         spool: str | os.PathLike | None = None,
         transport: str = "stdio",
+        capture_arguments: bool = False,
+        capture_results: bool = False,
+        redact_keys: Iterable[str] | None = None,
+        capture_max_chars: int = 512,
     ) -> None:
+        # Whether the name was chosen (argument or MCPMETER_SERVER_NAME); if not,
+        # ``instrument()`` may take the MCP server's own name instead of the script's.
+        self._server_named = bool(server or settings.get("MCPMETER_SERVER_NAME"))
         self.server = server or _default_server_name()
         self.server_version = server_version
         self.user = user if user is not None else local_user()
@@ -73,6 +80,11 @@ class Meter:
         self.flush_interval = settings.get("MCPMETER_FLUSH_INTERVAL", flush_interval)
         self.max_queue = settings.get("MCPMETER_MAX_QUEUE", max_queue)
         self.stats = Stats()
+        # Contents of arguments/results are never recorded unless asked for (``instrument()`` only).
+        self.capture_arguments = capture_arguments
+        self.capture_results = capture_results
+        self.redact_keys = tuple(k.lower() for k in redact_keys) if redact_keys is not None else None
+        self.capture_max_chars = capture_max_chars
         self._api_key = settings.get("MCPMETER_API_KEY", api_key)
         self._db = db
         self._spool_path = Path(spool) if spool else spool_path()
@@ -171,6 +183,24 @@ class Meter:
 
         return wrapper  # type: ignore[return-value]
 
+    def instrument(self, server: Any, **options: Any) -> Any:
+        """Record every request an MCP server handles, with one line; returns ``server``.
+
+        Works for mcp 2.x ``Server`` / ``MCPServer`` and FastMCP servers. Options:
+        ``user`` (a callable ``(request_context) -> str | None``) and ``user_header``
+        choose who the user is on HTTP transports. See docs/instrument.md.
+        """
+        from .integrations import instrument
+
+        return instrument(self, server, **options)
+
+    def _enqueue(self, event: Event) -> None:
+        """Queue a ready event (the integrations' path); drops and counts when full."""
+        if len(self._queue) < self.max_queue:
+            self._queue.append(event)
+        else:
+            self.stats.drop("queue_full")
+
     def _failed(self, tool_name: str, category: str | None, start: float, exc: BaseException) -> None:
         if len(self._queue) < self.max_queue:
             self._queue.append((tool_name, category, start, _clock() - start, type(exc).__name__, str(exc)[:1024]))
@@ -194,15 +224,17 @@ class Meter:
         """Record one event by hand (any kind). ``ts`` is epoch seconds (default now).
 
         Extra keyword arguments are event fields (``session_id``, ``client_name``,
-        ``attributes``…). Invalid input is reported on stderr, never raised.
+        ``attributes``…); ``server`` and ``server_version`` override the meter's own for
+        this event (the proxy learns them from the handshake). Invalid input is reported
+        on stderr, never raised.
         """
         if self.disabled:
             return
         try:
             ts_ms = int((time.time() if ts is None else ts) * 1000)
             event = Event(
-                id=event_id(ts_ms), kind=kind, ts=ts_ms, server=self.server,
-                server_version=self.server_version, tool=tool, category=category,
+                id=event_id(ts_ms), kind=kind, ts=ts_ms, server=fields.pop("server", None) or self.server,
+                server_version=fields.pop("server_version", None) or self.server_version, tool=tool, category=category,
                 duration_ms=duration_ms,
                 ok=(error_type is None) if ok is None and kind == "tool_call" else ok,
                 error_type=error_type, error_message=error_message,

@@ -7,9 +7,9 @@ from pathlib import Path
 from .. import settings
 from ..exceptions import ConfigError
 from ..paths import default_db_path
-from .base import EventFilter, IngestResult, KeyInfo, Project, Store, ToolStats
+from .base import EventFilter, IngestResult, KeyInfo, Project, Store
 
-__all__ = ["open_store", "resolve_db", "Store", "EventFilter", "IngestResult", "KeyInfo", "Project", "ToolStats"]
+__all__ = ["open_store", "resolve_db", "Store", "EventFilter", "IngestResult", "KeyInfo", "Project"]
 
 
 def resolve_db(db: str | None = None) -> str:

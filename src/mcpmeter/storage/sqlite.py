@@ -15,13 +15,16 @@ from typing import Iterable, Sequence
 
 from ..events import ROW_FIELDS
 from ..exceptions import SchemaVersionError, StorageError
-from .base import EventFilter, IngestResult, KeyInfo, Project, ToolStats
+from .base import EventFilter, IngestResult, KeyInfo, Project
+from . import sqlite_rollups
+from .rollup import aggregate
 from .sqlite_migrations import MIGRATIONS
 
 _INSERT_EVENT = (
     f"INSERT OR IGNORE INTO events (project_id, {', '.join(ROW_FIELDS)}, received_at) "
     f"VALUES ({', '.join('?' * (len(ROW_FIELDS) + 2))})"
 )
+ROLLUP_VERSION = 2
 _KEY_COLUMNS = (
     "k.id, k.project_id, p.name, k.name, k.prefix, k.scopes, k.created_at, "
     "k.last_used_at, k.revoked_at, k.expires_at"
@@ -51,6 +54,7 @@ class SQLiteStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
         conn.execute("PRAGMA busy_timeout=30000")
+        sqlite_rollups.register_functions(conn)
         return conn
 
     def _reader(self) -> sqlite3.Connection:
@@ -105,6 +109,8 @@ class SQLiteStore:
             for m in MIGRATIONS:
                 if current < m.version <= target:
                     _run_script(conn, m.up)
+                    if m.version == ROLLUP_VERSION:  # rollups of events stored before they existed
+                        sqlite_rollups.rebuild(conn, ", ".join(ROW_FIELDS))
                     conn.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (m.version, m.name, _now_ms()))
                     applied.append(m.version)
             return applied
@@ -219,9 +225,19 @@ class SQLiteStore:
         def run(conn: sqlite3.Connection) -> list[IngestResult]:
             results = []
             for project_id, rows in groups:
+                if not rows:
+                    results.append(IngestResult(0, 0))
+                    continue
+                total = len(rows)
+                before = conn.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()[0]
                 cur = conn.executemany(_INSERT_EVENT, [(project_id, *row, received) for row in rows])
                 inserted = cur.rowcount if cur.rowcount >= 0 else len(rows)
-                results.append(IngestResult(inserted, len(rows) - inserted))
+                if inserted < len(rows):  # some were duplicates: roll up only the rows really stored
+                    new_ids = {i for (i,) in conn.execute("SELECT event_id FROM events WHERE rowid > ?", (before,))}
+                    rows = [row for row in rows if row[0] in new_ids]
+                    inserted = len(rows)
+                sqlite_rollups.apply(conn, project_id, aggregate(rows))
+                results.append(IngestResult(inserted, total - inserted))
             return results
 
         return self._write(run)
@@ -245,26 +261,111 @@ class SQLiteStore:
         where, params = self._where(f)
         return self._reader().execute(f"SELECT count(DISTINCT user_hash) FROM events WHERE {where}", params).fetchone()[0]
 
-    def tool_stats(self, f: EventFilter) -> list[ToolStats]:
-        where, params = self._where(f)
-        conn = self._reader()
-        stats = {
-            (server, tool): ToolStats(server, tool, calls, errors, users, last_ts, [])
-            for server, tool, calls, errors, users, last_ts in conn.execute(
-                f"SELECT server, tool, count(*), sum(ok = 0), count(DISTINCT user_hash), max(ts) "
-                f"FROM events WHERE {where} GROUP BY server, tool", params)
-        }
-        for server, tool, duration in conn.execute(
-            f"SELECT server, tool, duration_ms FROM events WHERE {where} AND duration_ms IS NOT NULL ORDER BY server, tool, duration_ms", params
-        ):
-            stats[(server, tool)].durations.append(duration)
-        return sorted(stats.values(), key=lambda s: (-s.calls, s.server, s.tool))
+    # ---- rollup reads (cost grows with buckets x dimensions, not with events) ----------
 
-    def daily_calls(self, f: EventFilter) -> list[tuple[str, int, int]]:
-        where, params = self._where(f)
+    def _dims(self, f: EventFilter, client_column: str = "client") -> tuple[str, list]:
+        sql, params = "", []
+        for column, value in (("server", f.server), ("tool", f.tool), (client_column, f.client)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                params.append(value)
+        return sql, params
+
+    def cells(self, f: EventFilter, grain: str, kinds: Sequence[str] = ("tool_call",)) -> list[tuple]:
+        """Rollup cells in the window: (bucket, kind, server, tool, client, calls, errors,
+        dur_count, dur_sum, dur_min, dur_max, hist)."""
+        table = "rollup_hour" if grain == "hour" else "rollup_day"
+        dims, params = self._dims(f)
+        marks = ", ".join("?" * len(kinds))
         return self._reader().execute(
-            f"SELECT date(ts / 1000, 'unixepoch') AS day, count(*), sum(ok = 0) FROM events WHERE {where} GROUP BY day ORDER BY day", params
+            f"SELECT bucket, kind, server, tool, client, calls, errors, dur_count, dur_sum, dur_min, dur_max, hist "
+            f"FROM {table} WHERE project_id = ? AND bucket >= ? AND bucket < ? AND kind IN ({marks}){dims}",
+            [f.project_id, f.start_ms, f.end_ms, *kinds, *params],
         ).fetchall()
+
+    def _user_source(self, f: EventFilter, grain: str, need_dims: bool = False) -> tuple[str, list]:
+        """A subquery of (bucket, server, tool, client, user_hash) rows for the window."""
+        filtered = need_dims or f.server is not None or f.tool is not None or f.client is not None
+        if grain == "day":
+            dims, params = self._dims(f)
+            return (f"SELECT day AS bucket, server, tool, client, user_hash FROM user_day "
+                    f"WHERE project_id = ? AND day >= ? AND day < ?{dims}", [f.project_id, f.start_ms, f.end_ms, *params])
+        if not filtered:
+            return ("SELECT hour AS bucket, NULL AS server, NULL AS tool, NULL AS client, user_hash FROM user_hour "
+                    "WHERE project_id = ? AND hour >= ? AND hour < ?", [f.project_id, f.start_ms, f.end_ms])
+        # Hour grain with filters: raw events (hour windows span at most two days).
+        dims, params = self._dims(f, client_column="client_name")
+        return (f"SELECT ts - ts % 3600000 AS bucket, server, tool, client_name AS client, user_hash FROM events "
+                f"WHERE project_id = ? AND ts >= ? AND ts < ? AND kind = 'tool_call' AND user_hash IS NOT NULL{dims}",
+                [f.project_id, f.start_ms, f.end_ms, *params])
+
+    def users(self, f: EventFilter, grain: str, group: Sequence[str] = ()) -> list[tuple]:
+        """Distinct users in the window, grouped by any of bucket, server, tool, client: rows (*group, count)."""
+        source, params = self._user_source(f, grain, need_dims=bool(set(group) & {"server", "tool", "client"}))
+        cols = ", ".join(group)
+        sql = f"SELECT {cols + ', ' if cols else ''}count(DISTINCT user_hash) FROM ({source})"
+        if cols:
+            sql += f" GROUP BY {cols}"
+        return self._reader().execute(sql, params).fetchall()
+
+    def new_users(self, f: EventFilter, grain: str) -> int:
+        """Users active in the window whose first call (on the filtered server, or anywhere) falls in it."""
+        source, params = self._user_source(f, grain)
+        first = "SELECT user_hash, min(first_seen) AS first_seen FROM user_first WHERE project_id = ?"
+        first_params: list = [f.project_id]
+        if f.server is not None:
+            first += " AND server = ?"
+            first_params.append(f.server)
+        first += " GROUP BY user_hash"
+        return self._reader().execute(
+            f"SELECT count(*) FROM (SELECT DISTINCT user_hash FROM ({source})) a JOIN ({first}) b USING (user_hash) "
+            f"WHERE b.first_seen >= ?",
+            [*params, *first_params, f.start_ms],
+        ).fetchone()[0]
+
+    def error_groups(self, f: EventFilter) -> list[tuple]:
+        """(server, tool, error_type, count, last_ts), most frequent first."""
+        dims, params = self._dims(f)
+        return self._reader().execute(
+            f"SELECT server, tool, error_type, sum(count), max(last_ts) FROM error_hour "
+            f"WHERE project_id = ? AND bucket >= ? AND bucket < ?{dims} GROUP BY server, tool, error_type "
+            f"ORDER BY sum(count) DESC, server, tool, error_type",
+            [f.project_id, f.start_ms, f.end_ms, *params],
+        ).fetchall()
+
+    def recent_errors(self, f: EventFilter, limit: int = 20) -> list[tuple]:
+        """Newest failed events: (ts, kind, server, tool, error_type, error_message, client_name, session_id)."""
+        dims, params = self._dims(f, client_column="client_name")
+        return self._reader().execute(
+            f"SELECT ts, kind, server, tool, error_type, error_message, client_name, session_id FROM events "
+            f"WHERE project_id = ? AND ok = 0 AND ts >= ? AND ts < ?{dims} ORDER BY ts DESC LIMIT ?",
+            [f.project_id, f.start_ms, f.end_ms, *params, limit],
+        ).fetchall()
+
+    def sessions(self, f: EventFilter, limit: int = 200_000) -> list[tuple]:
+        """Sessions that started in the window: (session_id, server, client, client_version,
+        protocol_version, transport, first_ts, last_ts, calls, errors, init_ts, list_ts, first_call_ts, tools)."""
+        sql = ("SELECT s.session_id, s.server, s.client, s.client_version, s.protocol_version, s.transport, s.first_ts, "
+               "s.last_ts, s.calls, s.errors, s.init_ts, s.list_ts, s.first_call_ts, "
+               "(SELECT count(*) FROM session_tools t WHERE t.project_id = s.project_id AND t.session_id = s.session_id) "
+               "FROM sessions s WHERE s.project_id = ? AND s.first_ts >= ? AND s.first_ts < ?")
+        params: list = [f.project_id, f.start_ms, f.end_ms]
+        for column, value in (("s.server", f.server), ("s.client", f.client)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                params.append(value)
+        if f.tool is not None:
+            sql += " AND EXISTS (SELECT 1 FROM session_tools t WHERE t.project_id = s.project_id AND t.session_id = s.session_id AND t.tool = ?)"
+            params.append(f.tool)
+        return self._reader().execute(sql + " ORDER BY s.first_ts LIMIT ?", [*params, limit]).fetchall()
+
+    def catalog(self, project_id: int, server: str | None = None) -> list[tuple]:
+        """Tools servers listed or were called with: (server, tool, first_seen, last_seen)."""
+        sql, params = "SELECT server, tool, first_seen, last_seen FROM tool_catalog WHERE project_id = ?", [project_id]
+        if server is not None:
+            sql += " AND server = ?"
+            params.append(server)
+        return self._reader().execute(sql + " ORDER BY server, tool", params).fetchall()
 
     def export_events(self, project_id: int, after: int = 0, limit: int = 5000) -> list[tuple]:
         """Stored events in insertion order as (cursor, *ROW_FIELDS); pass the last cursor as ``after``."""

@@ -62,3 +62,75 @@ MIGRATIONS: list[Migration] = [
         """,
     ),
 ]
+
+MIGRATIONS.append(
+    Migration(
+        2,
+        "rollups kept current at ingest: hourly/daily cells, users, errors, sessions, tool catalog",
+        up="""
+        CREATE TABLE rollup_hour (
+            project_id INTEGER NOT NULL, bucket INTEGER NOT NULL, kind TEXT NOT NULL,
+            server TEXT NOT NULL, tool TEXT NOT NULL, client TEXT NOT NULL,
+            calls INTEGER NOT NULL, errors INTEGER NOT NULL,
+            dur_count INTEGER NOT NULL, dur_sum REAL NOT NULL, dur_min REAL, dur_max REAL, hist BLOB,
+            PRIMARY KEY (project_id, bucket, kind, server, tool, client)
+        ) WITHOUT ROWID;
+        CREATE TABLE rollup_day (
+            project_id INTEGER NOT NULL, bucket INTEGER NOT NULL, kind TEXT NOT NULL,
+            server TEXT NOT NULL, tool TEXT NOT NULL, client TEXT NOT NULL,
+            calls INTEGER NOT NULL, errors INTEGER NOT NULL,
+            dur_count INTEGER NOT NULL, dur_sum REAL NOT NULL, dur_min REAL, dur_max REAL, hist BLOB,
+            PRIMARY KEY (project_id, bucket, kind, server, tool, client)
+        ) WITHOUT ROWID;
+        CREATE TABLE user_day (
+            project_id INTEGER NOT NULL, day INTEGER NOT NULL, server TEXT NOT NULL, tool TEXT NOT NULL,
+            client TEXT NOT NULL, user_hash TEXT NOT NULL,
+            PRIMARY KEY (project_id, day, server, tool, client, user_hash)
+        ) WITHOUT ROWID;
+        CREATE TABLE user_hour (
+            project_id INTEGER NOT NULL, hour INTEGER NOT NULL, user_hash TEXT NOT NULL,
+            PRIMARY KEY (project_id, hour, user_hash)
+        ) WITHOUT ROWID;
+        CREATE TABLE user_first (
+            project_id INTEGER NOT NULL, server TEXT NOT NULL, user_hash TEXT NOT NULL, first_seen INTEGER NOT NULL,
+            PRIMARY KEY (project_id, server, user_hash)
+        ) WITHOUT ROWID;
+        CREATE INDEX user_first_by_time ON user_first (project_id, first_seen);
+        CREATE TABLE error_hour (
+            project_id INTEGER NOT NULL, bucket INTEGER NOT NULL, server TEXT NOT NULL, tool TEXT NOT NULL,
+            client TEXT NOT NULL, error_type TEXT NOT NULL, count INTEGER NOT NULL, last_ts INTEGER NOT NULL,
+            PRIMARY KEY (project_id, bucket, server, tool, client, error_type)
+        ) WITHOUT ROWID;
+        CREATE TABLE sessions (
+            project_id INTEGER NOT NULL, session_id TEXT NOT NULL, server TEXT NOT NULL,
+            client TEXT, client_version TEXT, protocol_version TEXT, transport TEXT, user_hash TEXT,
+            first_ts INTEGER NOT NULL, last_ts INTEGER NOT NULL, calls INTEGER NOT NULL, errors INTEGER NOT NULL,
+            init_ts INTEGER, list_ts INTEGER, first_call_ts INTEGER,
+            PRIMARY KEY (project_id, session_id)
+        );
+        CREATE INDEX sessions_by_time ON sessions (project_id, first_ts);
+        CREATE TABLE session_tools (
+            project_id INTEGER NOT NULL, session_id TEXT NOT NULL, tool TEXT NOT NULL,
+            PRIMARY KEY (project_id, session_id, tool)
+        ) WITHOUT ROWID;
+        CREATE TABLE tool_catalog (
+            project_id INTEGER NOT NULL, server TEXT NOT NULL, tool TEXT NOT NULL,
+            first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL,
+            PRIMARY KEY (project_id, server, tool)
+        ) WITHOUT ROWID;
+        CREATE INDEX events_errors ON events (project_id, ts) WHERE ok = 0;
+        """,
+        down="""
+        DROP INDEX events_errors;
+        DROP TABLE tool_catalog;
+        DROP TABLE session_tools;
+        DROP TABLE sessions;
+        DROP TABLE error_hour;
+        DROP TABLE user_first;
+        DROP TABLE user_hour;
+        DROP TABLE user_day;
+        DROP TABLE rollup_day;
+        DROP TABLE rollup_hour;
+        """,
+    )
+)

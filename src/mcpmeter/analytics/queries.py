@@ -1,0 +1,261 @@
+"""Every usage question, answered from rollups.
+
+Each function takes a store and a ``Query`` (project, aligned window, filters) and returns
+plain JSON-ready data; the API, the CLI, the dashboard and the MCP server all call these.
+Latency percentiles come from merged histograms (within ±2.2 %, see histogram.py); counts
+and distinct users are exact.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Sequence
+
+from .. import histogram
+from ..storage.base import EventFilter, Store
+from .periods import DAY_MS, Window, align, iso
+
+TOP_TOOLS = 10
+
+
+class Query(NamedTuple):
+    project_id: int
+    window: Window
+    server: str | None = None
+    tool: str | None = None
+    client: str | None = None
+
+    @property
+    def filter(self) -> EventFilter:
+        return EventFilter(self.project_id, self.window.start_ms, self.window.end_ms, self.server, self.tool, self.client)
+
+    def previous(self) -> "Query":
+        return self._replace(window=self.window.previous())
+
+    def describe(self) -> dict[str, Any]:
+        return {"from": iso(self.window.start_ms), "to": iso(self.window.end_ms), "grain": self.window.grain,
+                "filters": {"server": self.server, "tool": self.tool, "client": self.client}}
+
+
+@dataclass
+class Agg:
+    calls: int = 0
+    errors: int = 0
+    dur_count: int = 0
+    dur_sum: float = 0.0
+    dur_min: float | None = None
+    dur_max: float | None = None
+    hist: dict[int, int] = field(default_factory=dict)
+
+    def add_cell(self, calls, errors, dur_count, dur_sum, dur_min, dur_max, hist_blob) -> None:
+        self.calls += calls
+        self.errors += errors
+        self.dur_count += dur_count
+        self.dur_sum += dur_sum
+        if dur_min is not None and (self.dur_min is None or dur_min < self.dur_min):
+            self.dur_min = dur_min
+        if dur_max is not None and (self.dur_max is None or dur_max > self.dur_max):
+            self.dur_max = dur_max
+        if hist_blob:
+            histogram.add_into(self.hist, histogram.decode(hist_blob))
+
+    def latency(self) -> dict[str, float | None]:
+        p50, p95, p99 = histogram.percentiles(self.hist, (50, 95, 99), self.dur_min, self.dur_max)
+        avg = round(self.dur_sum / self.dur_count, 3) if self.dur_count else None
+        return {"p50": p50, "p95": p95, "p99": p99, "avg": avg,
+                "min": _round(self.dur_min), "max": _round(self.dur_max)}
+
+    @property
+    def success_rate(self) -> float | None:
+        return round((self.calls - self.errors) / self.calls, 4) if self.calls else None
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _change(now: float | None, before: float | None) -> float | None:
+    """Relative change (0.25 = +25 %); None when there is nothing to compare with."""
+    if now is None or before is None or before == 0:
+        return None
+    return round((now - before) / before, 4)
+
+
+def aggregate_cells(cells: Sequence[tuple], key: Sequence[int] = ()) -> dict[tuple, Agg]:
+    """Fold rollup cells into one Agg per key (indexes into the cell tuple; () = one total)."""
+    out: dict[tuple, Agg] = {}
+    for cell in cells:
+        k = tuple(cell[i] for i in key)
+        agg = out.get(k)
+        if agg is None:
+            agg = out[k] = Agg()
+        agg.add_cell(*cell[5:12])
+    return out
+
+
+# Positions in a cell row: (bucket, kind, server, tool, client, ...)
+BUCKET, KIND, SERVER, TOOL, CLIENT = range(5)
+
+
+def _totals(store: Store, q: Query) -> tuple[Agg, dict[tuple, Agg], int, int]:
+    cells = store.cells(q.filter, q.window.grain)
+    per_tool = aggregate_cells(cells, (SERVER, TOOL))
+    total = Agg()
+    for agg in per_tool.values():
+        total.add_cell(agg.calls, agg.errors, agg.dur_count, agg.dur_sum, agg.dur_min, agg.dur_max, None)
+        histogram.add_into(total.hist, agg.hist)
+    users = store.users(q.filter, q.window.grain)[0][0]
+    new = store.new_users(q.filter, q.window.grain) if users else 0
+    return total, per_tool, users, new
+
+
+def summary(store: Store, q: Query) -> dict[str, Any]:
+    """Users (new/returning), calls, success rate, latency, top tools, change vs the previous window."""
+    total, per_tool, users, new = _totals(store, q)
+    prev_total, _, prev_users, _ = _totals(store, q.previous())
+    latency = total.latency()
+    prev_latency = prev_total.latency()
+    tool_users = {(s, t): n for s, t, n in store.users(q.filter, q.window.grain, ("server", "tool"))}
+    ranked = sorted(per_tool.items(), key=lambda kv: (-kv[1].calls, kv[0]))
+    week = q._replace(window=align(q.window.end_ms - 7 * DAY_MS, q.window.end_ms, "day"))
+    calls_7d = total.calls if week.window == q.window else sum(a.calls for a in aggregate_cells(store.cells(week.filter, "day")).values())
+    return {
+        **q.describe(),
+        "users": users,
+        "new_users": new,
+        "returning_users": users - new,
+        "calls": total.calls,
+        "errors": total.errors,
+        "success_rate": total.success_rate,
+        "latency_ms": latency,
+        "calls_last_7d": calls_7d,
+        "top_tools": [
+            {"server": s, "tool": t, "calls": a.calls, "share": round(a.calls / total.calls, 4) if total.calls else 0.0,
+             "errors": a.errors, "success_rate": a.success_rate, "users": tool_users.get((s, t), 0),
+             "p50_ms": a.latency()["p50"], "p95_ms": a.latency()["p95"]}
+            for (s, t), a in ranked[:TOP_TOOLS]
+        ],
+        "previous": {"from": iso(q.window.previous().start_ms), "to": iso(q.window.previous().end_ms),
+                     "users": prev_users, "calls": prev_total.calls, "errors": prev_total.errors,
+                     "success_rate": prev_total.success_rate, "latency_ms": prev_latency},
+        "change": {
+            "users": _change(users, prev_users),
+            "calls": _change(total.calls, prev_total.calls),
+            "success_rate": None if total.success_rate is None or prev_total.success_rate is None
+            else round(total.success_rate - prev_total.success_rate, 4),
+            "p95_ms": _change(latency["p95"], prev_latency["p95"]),
+        },
+    }
+
+
+def tools(store: Store, q: Query) -> dict[str, Any]:
+    """Per tool: calls, share, errors, error rate, latency, users, last used; and tools never called."""
+    per_tool = aggregate_cells(store.cells(q.filter, q.window.grain), (SERVER, TOOL))
+    total = sum(a.calls for a in per_tool.values())
+    tool_users = {(s, t): n for s, t, n in store.users(q.filter, q.window.grain, ("server", "tool"))}
+    catalog = {(s, t): (first, last) for s, t, first, last in store.catalog(q.project_id, q.server)}
+    rows = []
+    for (s, t), a in sorted(per_tool.items(), key=lambda kv: (-kv[1].calls, kv[0])):
+        rows.append({
+            "server": s, "tool": t, "calls": a.calls, "share": round(a.calls / total, 4) if total else 0.0,
+            "errors": a.errors, "error_rate": round(a.errors / a.calls, 4) if a.calls else None,
+            "success_rate": a.success_rate, "users": tool_users.get((s, t), 0), "latency_ms": a.latency(),
+            "last_used": iso(catalog[(s, t)][1]) if (s, t) in catalog else None,
+        })
+    called = set(per_tool)
+    never = [{"server": s, "tool": t, "first_seen": iso(first), "last_seen": iso(last)}
+             for (s, t), (first, last) in sorted(catalog.items())
+             if (s, t) not in called and (q.tool is None or t == q.tool)]
+    return {**q.describe(), "calls": total, "tools": rows, "never_called": never}
+
+
+def timeseries(store: Store, q: Query, by_tool: int = 8) -> dict[str, Any]:
+    """Per bucket: calls, errors, success rate, users, latency percentiles; calls per top tool."""
+    grain_ms = q.window.grain_ms
+    cells = store.cells(q.filter, q.window.grain)
+    per_bucket = aggregate_cells(cells, (BUCKET,))
+    per_bucket_tool = aggregate_cells(cells, (BUCKET, TOOL))
+    users = {b: n for b, n in store.users(q.filter, q.window.grain, ("bucket",))}
+    totals = aggregate_cells(cells, (TOOL,))
+    top = [t for (t,), _ in sorted(totals.items(), key=lambda kv: (-kv[1].calls, kv[0]))[:by_tool]]
+    points = []
+    for bucket in range(q.window.start_ms, q.window.end_ms, grain_ms):
+        a = per_bucket.get((bucket,), Agg())
+        lat = a.latency()
+        points.append({
+            "t": iso(bucket), "calls": a.calls, "errors": a.errors, "success_rate": a.success_rate,
+            "users": users.get(bucket, 0), "p50_ms": lat["p50"], "p95_ms": lat["p95"], "p99_ms": lat["p99"],
+            "by_tool": {t: per_bucket_tool[(bucket, t)].calls for t in top if (bucket, t) in per_bucket_tool},
+        })
+    return {**q.describe(), "tools": top, "points": points}
+
+
+def errors(store: Store, q: Query, samples: int = 20) -> dict[str, Any]:
+    """Top error types per tool with counts, and the most recent failures with their messages."""
+    groups = store.error_groups(q.filter)
+    total = sum(g[3] for g in groups)
+    recent = store.recent_errors(q.filter, samples)
+    return {
+        **q.describe(),
+        "errors": total,
+        "types": [{"server": s, "tool": t or None, "error_type": e, "count": n, "share": round(n / total, 4) if total else 0.0,
+                   "last_seen": iso(last)} for s, t, e, n, last in groups],
+        "recent": [{"ts": iso(ts), "kind": kind, "server": s, "tool": t, "error_type": e, "error_message": m,
+                    "client": c, "session_id": sid} for ts, kind, s, t, e, m, c, sid in recent],
+    }
+
+
+def clients(store: Store, q: Query) -> dict[str, Any]:
+    """Which clients call, in which versions, over which protocol versions."""
+    per_client = aggregate_cells(store.cells(q.filter, q.window.grain), (CLIENT,))
+    client_users = {c: n for c, n in store.users(q.filter, q.window.grain, ("client",))}
+    total = sum(a.calls for a in per_client.values())
+    versions: dict[tuple, int] = {}
+    protocols: dict[str, int] = {}
+    for row in store.sessions(q.filter):
+        client, version, protocol = row[2], row[3], row[4]
+        versions[(client or "", version or "")] = versions.get((client or "", version or ""), 0) + 1
+        protocols[protocol or "unknown"] = protocols.get(protocol or "unknown", 0) + 1
+    return {
+        **q.describe(),
+        "clients": [{"client": c or "unknown", "calls": a.calls, "share": round(a.calls / total, 4) if total else 0.0,
+                     "errors": a.errors, "users": client_users.get(c, 0)}
+                    for (c,), a in sorted(per_client.items(), key=lambda kv: (-kv[1].calls, kv[0]))],
+        "versions": [{"client": c or "unknown", "version": v or None, "sessions": n}
+                     for (c, v), n in sorted(versions.items(), key=lambda kv: (-kv[1], kv[0]))],
+        "protocol_versions": [{"protocol_version": p, "sessions": n} for p, n in sorted(protocols.items(), key=lambda kv: (-kv[1], kv[0]))],
+    }
+
+
+def _dist(values: list[float]) -> dict[str, float | None]:
+    values.sort()
+    def pct(q: float) -> float | None:
+        return round(values[max(1, math.ceil(q / 100 * len(values))) - 1], 3) if values else None
+    return {"count": len(values), "avg": round(sum(values) / len(values), 3) if values else None,
+            "p50": pct(50), "p95": pct(95), "max": values[-1] if values else None}
+
+
+def sessions(store: Store, q: Query) -> dict[str, Any]:
+    """Session length, calls and tools per session, and handshake latencies (initialize → tools/list → tools/call)."""
+    rows = store.sessions(q.filter)
+    length, calls, tools_used, init_list, list_call, init_call = [], [], [], [], [], []
+    for (_, _, _, _, _, _, first, last, n_calls, _, init_ts, list_ts, call_ts, n_tools) in rows:
+        length.append((last - first) / 1000)
+        calls.append(n_calls)
+        tools_used.append(n_tools)
+        if init_ts is not None and list_ts is not None and list_ts >= init_ts:
+            init_list.append(float(list_ts - init_ts))
+        if list_ts is not None and call_ts is not None and call_ts >= list_ts:
+            list_call.append(float(call_ts - list_ts))
+        if init_ts is not None and call_ts is not None and call_ts >= init_ts:
+            init_call.append(float(call_ts - init_ts))
+    return {
+        **q.describe(),
+        "sessions": len(rows),
+        "length_seconds": _dist(length),
+        "calls_per_session": _dist([float(c) for c in calls]),
+        "tools_per_session": _dist([float(t) for t in tools_used]),
+        "handshake_ms": {"initialize_to_list_tools": _dist(init_list), "list_tools_to_call_tool": _dist(list_call),
+                         "initialize_to_call_tool": _dist(init_call)},
+    }
