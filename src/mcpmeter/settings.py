@@ -67,6 +67,9 @@ SETTINGS: dict[str, Setting] = {
         Setting("MCPMETER_MAX_BATCH_EVENTS", 10_000, _positive_int, "Most events in one ingest request.", "collector"),
         Setting("MCPMETER_MAX_EVENT_AGE_DAYS", 180, _positive_int, "Events older than this are rejected (also the raw-event retention).", "collector"),
         Setting("MCPMETER_MAX_CLOCK_SKEW_SECONDS", 86_400, _positive_int, "Events this far in the future are rejected.", "collector"),
+        Setting("MCPMETER_RETENTION_DAYS", 180, _positive_int, "Days raw events (and raw measurements) are kept; older ones are pruned.", "collector"),
+        Setting("MCPMETER_ROLLUP_RETENTION_DAYS", 730, _positive_int, "Days hourly/daily rollups, sessions and server events are kept.", "collector"),
+        Setting("MCPMETER_PRUNE_INTERVAL_SECONDS", 3600, _positive_int, "How often a running collector prunes expired data.", "collector"),
         Setting("MCPMETER_API_KEY_<NAME>", None, str, "Ingest keys registered for the default project at collector start; NAME (lower-cased) becomes the key's name.", "collector"),
     ]
 }

@@ -188,7 +188,9 @@ def timeseries(store: Store, q: Query, by_tool: int = 8) -> dict[str, Any]:
             "users": users.get(bucket, 0), "p50_ms": lat["p50"], "p95_ms": lat["p95"], "p99_ms": lat["p99"],
             "by_tool": {t: per_bucket_tool[(bucket, t)].calls for t in top if (bucket, t) in per_bucket_tool},
         })
-    return {**q.describe(), "tools": top, "points": points}
+    markers = [{"ts": iso(ts), "server": server, "type": kind, "version": version, "message": message}
+               for ts, server, kind, version, message, _ in store.server_events(q.filter)]
+    return {**q.describe(), "tools": top, "points": points, "markers": markers}
 
 
 def errors(store: Store, q: Query, samples: int = 20) -> dict[str, Any]:

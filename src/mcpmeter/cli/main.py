@@ -305,6 +305,22 @@ def db_downgrade(target, yes, db) -> None:
     click.echo(f"{store.url}: schema version {store.schema_version()} (reverted {', '.join(map(str, reverted))})")
 
 
+@db.command("prune")
+@click.option("--retention-days", type=click.IntRange(min=1), default=None, help="Keep raw events this many days (default MCPMETER_RETENTION_DAYS, 180).")
+@click.option("--rollup-retention-days", type=click.IntRange(min=1), default=None, help="Keep rollups this many days (default MCPMETER_ROLLUP_RETENTION_DAYS, 730).")
+@db_option
+@friendly
+def db_prune(retention_days, rollup_retention_days, db) -> None:
+    """Delete data past its retention (for cron; a running collector also prunes hourly)."""
+    from ..retention import prune
+    from ..storage import open_store
+
+    store = open_store(db)
+    removed = prune(store, retention_days, rollup_retention_days)
+    click.echo(f"{store.url}: removed " + ", ".join(f"{n} {table}" for table, n in removed.items() if n) if any(removed.values())
+               else f"{store.url}: nothing to prune")
+
+
 @db.command("status")
 @db_option
 @friendly
@@ -357,6 +373,11 @@ def demo(days, users, calls_per_day, seed, db) -> None:
         total = demolib.fill(store, days=days, users=users, calls_per_day=calls_per_day, seed=seed,
                              progress=lambda n: progress.update(task, completed=n))
     click.echo(f"added {total} demo events to {store.url}", err=True)
+
+
+from ..proxy.cli import proxy  # noqa: E402  (defined with its feature, in proxy/)
+
+cli.add_command(proxy)
 
 
 def main() -> None:

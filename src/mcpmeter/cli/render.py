@@ -107,22 +107,26 @@ def to_markdown(r: dict[str, Any], title: str = "MCP usage report") -> str:
 
 
 def print_table(r: dict[str, Any]) -> None:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    import sys
+
+    # Piped output has no terminal width to fit; use a width that keeps the table on one line.
+    console = Console(width=None if sys.stdout.isatty() else 110)
     console.print(f"[bold]mcpmeter[/] · {r['from']} → {r['to']}" + (f" · project {r['project']}" if r.get("project") else ""))
     for question, answer in headline(r):
         console.print(f"  [dim]{question:<26}[/] [bold]{answer}[/]")
     if r["timeseries"]:
         unit = "hour" if r.get("grain") == "hour" else "day"
         console.print(f"  [dim]{'Calls per ' + unit:<26}[/] {sparkline([p['calls'] for p in r['timeseries']])}")
-    table = Table(show_edge=False, header_style="bold")
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), header_style="bold")
     for column, justify in (("Tool", "left"), ("Server", "left"), ("Calls", "right"), ("Share", "left"),
                             ("Success", "right"), ("Users", "right"), ("p50", "right"), ("p95", "right")):
-        table.add_column(column, justify=justify, no_wrap=True, overflow="ellipsis")
+        table.add_column(column, justify=justify, no_wrap=True, overflow="ellipsis", min_width=len(column) if column != "Tool" else 8)
     for t in r["tools"]:
-        table.add_row(t["tool"], t["server"], str(t["calls"]), f"{bar(t['share'], 8)} {t['share'] * 100:3.0f}%",
+        table.add_row(t["tool"], t["server"], str(t["calls"]), f"{t['share'] * 100:.0f}%",
                       _pct(t["success_rate"]), str(t["users"]), _ms(t["p50_ms"]), _ms(t["p95_ms"]))
     console.print(table)
     if r.get("never_called"):

@@ -18,7 +18,7 @@ from .. import settings
 from ..events import Limits
 from ..exceptions import AuthError, MCPMeterError, StorageError
 from ..storage.base import Store
-from . import ingest, usage
+from . import ingest, measurements, usage
 from .auth import Authenticator
 from .openapi import openapi_schema
 from .responses import error
@@ -37,6 +37,7 @@ class CollectorConfig:
         max_skew_ms=settings.get("MCPMETER_MAX_CLOCK_SKEW_SECONDS") * 1000,
     ))
     key_touch_interval: float = 5.0
+    prune_interval: float = field(default_factory=lambda: float(settings.get("MCPMETER_PRUNE_INTERVAL_SECONDS")))
 
 
 class Collector:
@@ -91,13 +92,14 @@ def create_app(store: Store, config: CollectorConfig | None = None) -> Starlette
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         collector.writer.start()
-        toucher = asyncio.create_task(_touch_keys_forever(collector))
+        tasks = [asyncio.create_task(_touch_keys_forever(collector)), asyncio.create_task(_prune_forever(collector))]
         try:
             yield
         finally:
-            toucher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await toucher
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await run_in_threadpool(collector.writer.stop)
             with contextlib.suppress(StorageError):
                 await run_in_threadpool(collector.auth.flush_last_used)
@@ -105,6 +107,7 @@ def create_app(store: Store, config: CollectorConfig | None = None) -> Starlette
     routes = [
         Route("/v1/events", ingest.post_events, methods=["POST"]),
         *usage.routes,
+        *measurements.routes,
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
@@ -125,3 +128,19 @@ async def _touch_keys_forever(collector: Collector) -> None:
             await run_in_threadpool(collector.auth.flush_last_used)
         except StorageError as exc:
             log.warning("could not record key use: %s", exc)
+
+
+async def _prune_forever(collector: Collector) -> None:
+    """Enforce retention on a schedule (first run shortly after start)."""
+    from ..retention import prune
+
+    delay = min(60.0, collector.config.prune_interval)
+    while True:
+        await asyncio.sleep(delay)
+        delay = collector.config.prune_interval
+        try:
+            removed = await run_in_threadpool(prune, collector.store)
+            if any(removed.values()):
+                log.info("pruned expired data: %s", {k: v for k, v in removed.items() if v})
+        except StorageError as exc:
+            log.warning("pruning failed (will retry): %s", exc)

@@ -62,21 +62,23 @@ class Worker:
                 self._wake.wait(_TICK)
                 self._wake.clear()
                 self._cycle()
-            self._cycle()
+            self._cycle(final=True)
         finally:
             try:
                 self._sink.close()
             except Exception as exc:
                 internal_error("closing the sink failed", exc)
 
-    def _cycle(self) -> None:
+    def _cycle(self, final: bool = False) -> None:
+        """One round of work; ``final`` (at stop) sends whatever is pending, due or not."""
         with self._lock:
             waiters, self._waiters = self._waiters, []
         try:
             self._drain()
+            self._report_drops()  # before sending, so a flush or the final round carries the report
             deadline = min((d for _, d in waiters), default=None)
             now = time.monotonic()
-            due = waiters or now - self._last_send >= self.meter.flush_interval
+            due = final or waiters or now - self._last_send >= self.meter.flush_interval
             while len(self._pending) >= self.meter.batch_size or (due and self._pending):
                 batch = self._pending[: self.meter.batch_size]
                 if not self._sink.deliver(batch, deadline):
@@ -84,7 +86,6 @@ class Worker:
                 del self._pending[: len(batch)]
                 self._last_send = time.monotonic()
             else:
-                self._report_drops()
                 self._sink.idle(deadline)
         except Exception as exc:
             internal_error("the worker failed a cycle", exc)

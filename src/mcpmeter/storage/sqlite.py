@@ -25,6 +25,13 @@ _INSERT_EVENT = (
     f"VALUES ({', '.join('?' * (len(ROW_FIELDS) + 2))})"
 )
 ROLLUP_VERSION = 2
+_MEASUREMENT_DAY_UPSERT = """
+INSERT INTO measurement_day VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?)
+ON CONFLICT (project_id, name, day, server, type, tags) DO UPDATE SET
+    count = count + 1, sum = sum + excluded.sum, min = min(min, excluded.min), max = max(max, excluded.max),
+    last_value = CASE WHEN excluded.last_ts >= last_ts THEN excluded.last_value ELSE last_value END,
+    last_ts = max(last_ts, excluded.last_ts)
+"""
 _KEY_COLUMNS = (
     "k.id, k.project_id, p.name, k.name, k.prefix, k.scopes, k.created_at, "
     "k.last_used_at, k.revoked_at, k.expires_at"
@@ -366,6 +373,84 @@ class SQLiteStore:
             sql += " AND server = ?"
             params.append(server)
         return self._reader().execute(sql + " ORDER BY server, tool", params).fetchall()
+
+    # ---- measurements and server events ------------------------------------------------
+
+    def ingest_measurements(self, project_id: int, rows: Sequence[tuple]) -> IngestResult:
+        """Rows (measurement_id, server, name, type, tags, ts, value); new ones fold into daily aggregates."""
+
+        def run(conn: sqlite3.Connection) -> IngestResult:
+            before = conn.execute("SELECT coalesce(max(rowid), 0) FROM measurements").fetchone()[0]
+            conn.executemany("INSERT OR IGNORE INTO measurements VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(project_id, *r) for r in rows])
+            new = conn.execute("SELECT server, name, type, tags, ts, value FROM measurements WHERE rowid > ?", (before,)).fetchall()
+            conn.executemany(_MEASUREMENT_DAY_UPSERT, [(project_id, ts - ts % 86_400_000, server, name, kind, tags, value, value, value, ts, value)
+                                                      for server, name, kind, tags, ts, value in new])
+            return IngestResult(len(new), len(rows) - len(new))
+
+        return self._write(run)
+
+    def measurement_days(self, f: EventFilter, name: str | None = None) -> list[tuple]:
+        """(day, server, name, type, tags, count, sum, min, max, last_value) for whole UTC days in the window."""
+        sql = ("SELECT day, server, name, type, tags, count, sum, min, max, last_value FROM measurement_day "
+               "WHERE project_id = ? AND day >= ? AND day < ?")
+        params: list = [f.project_id, f.start_ms - f.start_ms % 86_400_000, f.end_ms]
+        for column, value in (("name", name), ("server", f.server)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                params.append(value)
+        return self._reader().execute(sql + " ORDER BY name, day, server, tags", params).fetchall()
+
+    def ingest_server_events(self, project_id: int, rows: Sequence[tuple]) -> IngestResult:
+        """Rows (event_id, server, type, ts, version, message, attributes)."""
+
+        def run(conn: sqlite3.Connection) -> IngestResult:
+            cur = conn.executemany("INSERT OR IGNORE INTO server_events VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [(project_id, *r) for r in rows])
+            return IngestResult(cur.rowcount, len(rows) - cur.rowcount)
+
+        return self._write(run)
+
+    def server_events(self, f: EventFilter, limit: int = 1000) -> list[tuple]:
+        """(ts, server, type, version, message, attributes) in the window, oldest first."""
+        sql = "SELECT ts, server, type, version, message, attributes FROM server_events WHERE project_id = ? AND ts >= ? AND ts < ?"
+        params: list = [f.project_id, f.start_ms, f.end_ms]
+        if f.server is not None:
+            sql += " AND server = ?"
+            params.append(f.server)
+        return self._reader().execute(sql + " ORDER BY ts LIMIT ?", [*params, limit]).fetchall()
+
+    # ---- retention ------------------------------------------------------------------------
+
+    def prune(self, raw_before_ms: int, rollups_before_ms: int, chunk: int = 20_000) -> dict[str, int]:
+        """Delete raw data older than ``raw_before_ms`` and rollups older than ``rollups_before_ms``.
+
+        Raw events go in small transactions so ingest is never blocked for long. Rollups are
+        never touched for data inside their own retention, so their answers do not change.
+        """
+        removed = {"events": 0}
+        for (project_id,) in self._reader().execute("SELECT id FROM projects").fetchall():
+            while True:
+                n = self._write(lambda conn: conn.execute(
+                    "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events WHERE project_id = ? AND ts < ? LIMIT ?)",
+                    (project_id, raw_before_ms, chunk)).rowcount)
+                removed["events"] += n
+                if n < chunk:
+                    break
+        statements = {
+            "measurements": ("DELETE FROM measurements WHERE ts < ?", raw_before_ms),
+            "user_hour": ("DELETE FROM user_hour WHERE hour < ?", rollups_before_ms),
+            "rollup_hour": ("DELETE FROM rollup_hour WHERE bucket < ?", rollups_before_ms),
+            "rollup_day": ("DELETE FROM rollup_day WHERE bucket < ?", rollups_before_ms),
+            "user_day": ("DELETE FROM user_day WHERE day < ?", rollups_before_ms),
+            "error_hour": ("DELETE FROM error_hour WHERE bucket < ?", rollups_before_ms),
+            "session_tools": ("DELETE FROM session_tools WHERE (project_id, session_id) IN "
+                              "(SELECT project_id, session_id FROM sessions WHERE last_ts < ?)", rollups_before_ms),
+            "sessions": ("DELETE FROM sessions WHERE last_ts < ?", rollups_before_ms),
+            "measurement_day": ("DELETE FROM measurement_day WHERE day < ?", rollups_before_ms),
+            "server_events": ("DELETE FROM server_events WHERE ts < ?", rollups_before_ms),
+        }
+        for table, (sql, cutoff) in statements.items():
+            removed[table] = self._write(lambda conn: conn.execute(sql, (cutoff,)).rowcount)
+        return removed
 
     def export_events(self, project_id: int, after: int = 0, limit: int = 5000) -> list[tuple]:
         """Stored events in insertion order as (cursor, *ROW_FIELDS); pass the last cursor as ``after``."""

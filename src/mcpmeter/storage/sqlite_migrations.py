@@ -134,3 +134,35 @@ MIGRATIONS.append(
         """,
     )
 )
+
+MIGRATIONS.append(
+    Migration(
+        3,
+        "custom measurements (raw + daily aggregates) and server lifecycle events",
+        up="""
+        CREATE TABLE measurements (
+            project_id INTEGER NOT NULL, measurement_id TEXT NOT NULL, server TEXT NOT NULL, name TEXT NOT NULL,
+            type TEXT NOT NULL, tags TEXT NOT NULL, ts INTEGER NOT NULL, value REAL NOT NULL
+        );
+        CREATE UNIQUE INDEX measurements_by_id ON measurements (project_id, measurement_id);
+        CREATE INDEX measurements_by_time ON measurements (project_id, ts);
+        CREATE TABLE measurement_day (
+            project_id INTEGER NOT NULL, day INTEGER NOT NULL, server TEXT NOT NULL, name TEXT NOT NULL,
+            type TEXT NOT NULL, tags TEXT NOT NULL, count INTEGER NOT NULL, sum REAL NOT NULL,
+            min REAL NOT NULL, max REAL NOT NULL, last_ts INTEGER NOT NULL, last_value REAL NOT NULL,
+            PRIMARY KEY (project_id, name, day, server, type, tags)
+        ) WITHOUT ROWID;
+        CREATE TABLE server_events (
+            project_id INTEGER NOT NULL, event_id TEXT NOT NULL, server TEXT NOT NULL, type TEXT NOT NULL,
+            ts INTEGER NOT NULL, version TEXT, message TEXT, attributes TEXT,
+            PRIMARY KEY (project_id, event_id)
+        );
+        CREATE INDEX server_events_by_time ON server_events (project_id, ts);
+        """,
+        down="""
+        DROP TABLE server_events;
+        DROP TABLE measurement_day;
+        DROP TABLE measurements;
+        """,
+    )
+)

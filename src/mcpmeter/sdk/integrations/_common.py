@@ -1,0 +1,229 @@
+"""What every framework integration shares: who is calling, over what, how big, and the
+event that goes on the Meter's queue.
+
+Everything here runs inside the server's request, so it does the least it can: a few
+attribute reads, two ``msgspec`` size measurements, one ``Event`` and a deque append.
+Argument and result *contents* are only touched when the owner opted in.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Callable, Mapping
+
+import msgspec
+
+from ...events import MAX_ATTRIBUTE_VALUE, MAX_ERROR_MESSAGE, Event
+from ..ids import event_id
+from ..internal import internal_error
+
+DEFAULT_REDACT_KEYS = (
+    "password", "passwd", "secret", "token", "authorization", "api_key", "apikey", "api-key",
+    "cookie", "credential", "private_key", "session_key",
+)
+REDACTED = "[redacted]"
+CLIENT_INFO_KEY = "io.modelcontextprotocol/clientInfo"
+_SESSION_STATE_KEY = "mcpmeter.session_id"
+_MODERN_VERSIONS = frozenset({"2026-07-28"})
+
+_encode = msgspec.json.Encoder().encode
+_perf = time.perf_counter
+_wall = time.time
+
+UserResolver = Callable[[Any], "str | None"]
+
+
+def clip(value: Any, limit: int) -> str | None:
+    """A client-supplied value as text within the wire format's length limit."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def json_size(value: Any) -> int | None:
+    """Bytes of ``value`` as compact JSON (what it weighs on the wire), None if not JSON."""
+    try:
+        return len(_encode(value))
+    except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+        return None
+
+
+class Recorder:
+    """Turns one observed request into an event on ``meter``'s queue."""
+
+    __slots__ = (
+        "meter", "_user_fn", "_user_header", "_capture_args", "_capture_results",
+        "_redact", "_max_chars",
+    )
+
+    def __init__(self, meter, user: UserResolver | None = None, user_header: str | None = None) -> None:
+        self.meter = meter
+        self._user_fn = user
+        self._user_header = user_header.lower() if user_header else None
+        self._capture_args = bool(meter.capture_arguments)
+        self._capture_results = bool(meter.capture_results)
+        keys = meter.redact_keys if meter.redact_keys is not None else DEFAULT_REDACT_KEYS
+        self._redact = tuple(k.lower() for k in keys)
+        self._max_chars = max(16, min(int(meter.capture_max_chars), MAX_ATTRIBUTE_VALUE))
+
+    # ---- the request's context --------------------------------------------------------
+
+    def context_fields(self, srctx: Any, params: Mapping[str, Any] | None) -> tuple:
+        """(session_id, client_name, client_version, protocol_version, transport, user) for
+        an mcp ``ServerRequestContext`` (None outside a request: programmatic calls)."""
+        meter = self.meter
+        if srctx is None:
+            return None, None, None, None, meter.transport_name, self._user(None, None)
+        connection = getattr(srctx.session, "_connection", None)
+        version = srctx.protocol_version
+        name = client_version = session_id = None
+        client = connection.client_params if connection is not None else None
+        if client is not None:
+            info = client.client_info
+            name, client_version = info.name, info.version
+        elif params:
+            # initialize (not committed yet) carries clientInfo; 2026-07-28 requests carry it in _meta.
+            info = params.get("clientInfo")
+            if info is None:
+                meta = params.get("_meta")
+                info = meta.get(CLIENT_INFO_KEY) if isinstance(meta, Mapping) else None
+            if isinstance(info, Mapping):
+                name, client_version = info.get("name"), info.get("version")
+        if connection is not None:
+            session_id = connection.session_id
+            if session_id is None and version not in _MODERN_VERSIONS:
+                # A handshake connection without a transport session id (stdio, in-memory) is
+                # still one session: give it an id that lasts as long as the connection.
+                state = connection.state
+                session_id = state.get(_SESSION_STATE_KEY)
+                if session_id is None:
+                    session_id = state[_SESSION_STATE_KEY] = uuid.uuid4().hex
+        request = srctx.request
+        if request is None:
+            transport = meter.transport_name
+        else:
+            outbound = getattr(srctx.session, "_request_outbound", None)
+            kind = getattr(getattr(outbound, "transport", None), "kind", None)
+            transport = "streamable-http" if kind in ("streamable-http", None) else "sse"
+        return (
+            clip(session_id, 200), clip(name, 200), clip(client_version, 200), clip(version, 64),
+            transport, self._user(srctx, request),
+        )
+
+    def _user(self, srctx: Any, request: Any) -> str | None:
+        if self._user_fn is not None:
+            try:
+                user = self._user_fn(srctx)
+            except Exception as exc:  # the owner's resolver must not break the call
+                internal_error("the user resolver given to instrument() raised", exc)
+                return None
+            return clip(user, 512)
+        if request is None:
+            return self.meter.user  # stdio / in-process: MCPMETER_USER or the OS user
+        user = _token_principal(request)
+        if user is None and self._user_header is not None:
+            user = request.headers.get(self._user_header)
+        return clip(user, 512)
+
+    # ---- contents (opt-in) ------------------------------------------------------------
+
+    def capture(self, value: Any) -> str:
+        """``value`` with secret-looking keys redacted, as JSON text of at most the cap."""
+        try:
+            text = _encode(self._redacted(value, 0)).decode()
+        except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+            text = repr(value)
+        limit = self._max_chars
+        return text if len(text) <= limit else text[: limit - 1] + "…"
+
+    def _redacted(self, value: Any, depth: int) -> Any:
+        if depth > 32:
+            return "…"
+        if isinstance(value, Mapping):
+            keys = self._redact
+            return {
+                k: REDACTED if isinstance(k, str) and any(p in k.lower() for p in keys) else self._redacted(v, depth + 1)
+                for k, v in value.items()
+            }
+        if isinstance(value, (list, tuple)):
+            return [self._redacted(v, depth + 1) for v in value]
+        if hasattr(value, "model_dump"):  # pydantic models (FastMCP results)
+            return self._redacted(value.model_dump(mode="json", by_alias=True, exclude_none=True), depth + 1)
+        return value
+
+    # ---- the event --------------------------------------------------------------------
+
+    def emit(
+        self, kind: str, wall_start: float, duration: float, fields: tuple, *,
+        tool: str | None = None, ok: bool | None = None, error_type: str | None = None,
+        error_message: str | None = None, args_bytes: int | None = None,
+        result_bytes: int | None = None, attributes: dict | None = None,
+    ) -> None:
+        meter = self.meter
+        if meter.disabled:
+            return
+        session_id, client_name, client_version, protocol_version, transport, user = fields
+        ts = int(wall_start * 1000)
+        try:
+            event = Event(
+                id=event_id(ts), kind=kind, ts=ts, server=meter.server,
+                server_version=meter.server_version, tool=tool,
+                duration_ms=round(duration * 1000, 3), ok=ok,
+                error_type=clip(error_type, 200),
+                error_message=clip(error_message, MAX_ERROR_MESSAGE),
+                session_id=session_id, client_name=client_name, client_version=client_version,
+                protocol_version=protocol_version, transport=transport, user=user,
+                args_bytes=args_bytes, result_bytes=result_bytes, attributes=attributes or None,
+            )
+        except Exception as exc:  # never into the host server
+            internal_error("could not build an event for an instrumented request", exc)
+            return
+        meter._enqueue(event)
+
+
+def _token_principal(request: Any) -> str | None:
+    """The authenticated principal of an HTTP request: the token's subject, else its client id."""
+    user = request.scope.get("user") if hasattr(request, "scope") else None
+    token = getattr(user, "access_token", None)
+    if token is None:
+        try:
+            from mcp.server.auth.middleware.auth_context import get_access_token
+        except ImportError:  # pragma: no cover - mcp is what called us
+            return None
+        token = get_access_token()
+    if token is None:
+        return None
+    return getattr(token, "subject", None) or getattr(token, "client_id", None)
+
+
+def tool_name(value: Any) -> str:
+    """A tool name as the wire format accepts it (1-200 characters)."""
+    name = clip(value, 200)
+    return name if name else "(unnamed)"
+
+
+def failure_of(exc: BaseException) -> tuple[str, str]:
+    """(error_type, error_message) for an exception raised out of a request."""
+    from .conventions import error_type_for_code
+
+    error = getattr(exc, "error", None)
+    code = getattr(error, "code", None)
+    if isinstance(code, int):  # mcp.shared.exceptions.MCPError: a JSON-RPC error answer
+        return error_type_for_code(code), str(getattr(error, "message", "") or exc)
+    if type(exc).__name__ == "ValidationError" and type(exc).__module__.startswith("pydantic"):
+        return "invalid_params", "Invalid request parameters"  # pydantic text echoes client input
+    return type(exc).__name__, str(exc)
+
+
+def first_text(content: Any) -> str | None:
+    """The first text block of a tool result's content (its error message when isError)."""
+    if not content:
+        return None
+    for block in content:
+        text = block.get("text") if isinstance(block, Mapping) else getattr(block, "text", None)
+        if isinstance(text, str):
+            return text
+    return None
+
