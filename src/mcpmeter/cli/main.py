@@ -35,6 +35,15 @@ def db_option(fn: Callable) -> Callable:
     return click.option("--db", metavar="PATH", default=None, help=DB_HELP)(fn)
 
 
+def _open_store(db: str | None, upgrade: bool = True):
+    """Open the command's store; it is closed when the command ends, however it ends."""
+    from ..storage import open_store
+
+    store = open_store(db, upgrade=upgrade)
+    click.get_current_context().call_on_close(store.close)
+    return store
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="mcpmeter")
 def cli() -> None:
@@ -55,7 +64,8 @@ def cli() -> None:
 @click.option("--port", type=int, default=None, help="Port (default MCPMETER_PORT, 8890).")
 @db_option
 @click.option("--demo", is_flag=True, help="Fill an empty store with realistic sample data first.")
-@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]), show_default=True)
+@click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]), show_default=True,
+              help="How much the collector logs (to stderr).")
 @friendly
 def serve(host: str | None, port: int | None, db: str | None, demo: bool, log_level: str) -> None:
     """Run the collector: ingest API, usage API and health endpoints."""
@@ -65,12 +75,11 @@ def serve(host: str | None, port: int | None, db: str | None, demo: bool, log_le
 
     from ..collector import create_app
     from ..collector.bootstrap import ensure_local_keys, register_env_keys
-    from ..storage import open_store
 
     host = settings.get("MCPMETER_HOST", host)
     port = settings.get("MCPMETER_PORT", port)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    store = open_store(db)
+    store = _open_store(db)
     local_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', 'localhost') else host}:{port}"
     created = ensure_local_keys(store, local_url)
     env_keys = register_env_keys(store)
@@ -114,7 +123,8 @@ def _fill_demo(store) -> int:
 @click.option("--server", default=None, help="Only this server.")
 @click.option("--tool", default=None, help="Only this tool.")
 @click.option("--client", default=None, help="Only this client (e.g. claude-code).")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "markdown"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "markdown"]), default="table", show_default=True,
+              help="table for a terminal, json for programs, csv for spreadsheets, markdown for a wiki or PR.")
 @click.option("--csv-table", type=click.Choice(["tools", "timeseries", "errors", "clients"]), default="tools", show_default=True,
               help="Which table --format csv writes.")
 @click.option("--url", default=None, help="Read from a collector instead of a store (default MCPMETER_URL).")
@@ -187,13 +197,12 @@ def keys_create(name, scopes, project, expires_days, db) -> None:
     import time
 
     from .. import keys as keylib
-    from ..storage import open_store
 
     try:
         scope_list = keylib.parse_scopes(scopes)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--scopes") from None
-    store = open_store(db)
+    store = _open_store(db)
     proj = store.ensure_project(project)
     key = keylib.new_key()
     expires = int(time.time() * 1000) + expires_days * 86_400_000 if expires_days else None
@@ -212,9 +221,8 @@ def keys_list(project, as_json, db) -> None:
     import time
 
     from ..analytics.periods import iso
-    from ..storage import open_store
 
-    store = open_store(db)
+    store = _open_store(db)
     project_id = None
     if project:
         proj = store.project_by_name(project)
@@ -249,9 +257,8 @@ def keys_list(project, as_json, db) -> None:
 @friendly
 def keys_revoke(name_or_prefix, project, db) -> None:
     """Revoke a key by its name or its prefix (e.g. mcpm_AbC123)."""
-    from ..storage import open_store
 
-    store = open_store(db)
+    store = _open_store(db)
     project_id = None
     if project:
         proj = store.project_by_name(project)
@@ -278,9 +285,8 @@ def db() -> None:
 @friendly
 def db_upgrade(target, db) -> None:
     """Apply migrations up to the newest (or --to) version."""
-    from ..storage import open_store
 
-    store = open_store(db, upgrade=False)
+    store = _open_store(db, upgrade=False)
     applied = store.upgrade(target)
     click.echo(f"{store.url}: schema version {store.schema_version()}" + (f" (applied {', '.join(map(str, applied))})" if applied else " (up to date)"))
 
@@ -292,9 +298,8 @@ def db_upgrade(target, db) -> None:
 @friendly
 def db_downgrade(target, yes, db) -> None:
     """Revert migrations above --to. Data in dropped tables is lost."""
-    from ..storage import open_store
 
-    store = open_store(db, upgrade=False)
+    store = _open_store(db, upgrade=False)
     current = store.schema_version()
     if target >= current:
         click.echo(f"{store.url}: already at schema version {current}")
@@ -313,9 +318,8 @@ def db_downgrade(target, yes, db) -> None:
 def db_prune(retention_days, rollup_retention_days, db) -> None:
     """Delete data past its retention (for cron; a running collector also prunes hourly)."""
     from ..retention import prune
-    from ..storage import open_store
 
-    store = open_store(db)
+    store = _open_store(db)
     removed = prune(store, retention_days, rollup_retention_days)
     click.echo(f"{store.url}: removed " + ", ".join(f"{n} {table}" for table, n in removed.items() if n) if any(removed.values())
                else f"{store.url}: nothing to prune")
@@ -326,10 +330,9 @@ def db_prune(retention_days, rollup_retention_days, db) -> None:
 @friendly
 def db_status(db) -> None:
     """Show the store and its schema version."""
-    from ..storage import open_store
     from ..storage.sqlite_migrations import MIGRATIONS
 
-    store = open_store(db, upgrade=False)
+    store = _open_store(db, upgrade=False)
     click.echo(f"{store.url}: schema version {store.schema_version()} (newest known: {MIGRATIONS[-1].version})")
 
 
@@ -354,10 +357,10 @@ def push(url, api_key, project, db) -> None:
 
 
 @cli.command()
-@click.option("--days", type=click.IntRange(1, 180), default=90, show_default=True)
-@click.option("--users", type=click.IntRange(1, 100_000), default=40, show_default=True)
-@click.option("--calls-per-day", type=click.IntRange(1, 10_000_000), default=300, show_default=True)
-@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--days", type=click.IntRange(1, 180), default=90, show_default=True, help="Days of history to generate, ending now.")
+@click.option("--users", type=click.IntRange(1, 100_000), default=40, show_default=True, help="Distinct (fake) users.")
+@click.option("--calls-per-day", type=click.IntRange(1, 10_000_000), default=300, show_default=True, help="Tool calls on a busy weekday.")
+@click.option("--seed", type=int, default=7, show_default=True, help="Random seed: the same seed gives the same data.")
 @db_option
 @friendly
 def demo(days, users, calls_per_day, seed, db) -> None:
@@ -365,9 +368,8 @@ def demo(days, users, calls_per_day, seed, db) -> None:
     from rich.progress import Progress
 
     from .. import demo as demolib
-    from ..storage import open_store
 
-    store = open_store(db)
+    store = _open_store(db)
     with Progress(transient=True) as progress:
         task = progress.add_task("Generating demo data", total=None)
         total = demolib.fill(store, days=days, users=users, calls_per_day=calls_per_day, seed=seed,
@@ -378,6 +380,10 @@ def demo(days, users, calls_per_day, seed, db) -> None:
 from ..proxy.cli import proxy  # noqa: E402  (defined with its feature, in proxy/)
 
 cli.add_command(proxy)
+
+from ..mcp_server.cli import mcp  # noqa: E402  (defined with its feature, in mcp_server/)
+
+cli.add_command(mcp)
 
 
 def main() -> None:

@@ -12,11 +12,11 @@ CSV_TABLES = ("tools", "timeseries", "errors", "clients")
 _BLOCKS = " ▁▂▃▄▅▆▇█"
 
 
-def _pct(value: float | None) -> str:
+def pct(value: float | None) -> str:
     return "–" if value is None else f"{value * 100:.1f}%"
 
 
-def _ms(value: float | None) -> str:
+def ms(value: float | None) -> str:
     if value is None:
         return "–"
     return f"{value:.0f} ms" if value >= 10 else f"{value:.2f} ms"
@@ -51,8 +51,8 @@ def headline(r: dict[str, Any]) -> list[tuple[str, str]]:
         ("How many people use it?", f"{r['users']} distinct users{_delta(change.get('users'))}, "
                                     f"{r['new_users']} new, {r['returning_users']} returning"),
         ("What is popular?", f"{top['tool']}: {top['calls']} calls ({top['share'] * 100:.0f}% of {r['calls']})" if top else "no calls yet"),
-        ("Is it working?", f"{_pct(r['success_rate'])} success{_delta(change.get('success_rate'), True)}, "
-                           f"p50 {_ms(lat['p50'])}, p95 {_ms(lat['p95'])}, p99 {_ms(lat['p99'])}"),
+        ("Is it working?", f"{pct(r['success_rate'])} success{_delta(change.get('success_rate'), True)}, "
+                           f"p50 {ms(lat['p50'])}, p95 {ms(lat['p95'])}, p99 {ms(lat['p99'])}"),
         ("What happened recently?", f"{r['calls_last_7d']} calls in the last 7 days; {r['calls']} in this period{_delta(change.get('calls'))}"),
     ]
 
@@ -92,7 +92,7 @@ def to_markdown(r: dict[str, Any], title: str = "MCP usage report") -> str:
     lines += ["## Tools", "", "| Tool | Server | Calls | Share | Success | Users | p50 | p95 |", "|---|---|---:|---|---:|---:|---:|---:|"]
     for t in r["tools"]:
         lines.append(f"| `{t['tool']}` | {t['server']} | {t['calls']} | `{bar(t['share'], 10)}` {t['share'] * 100:.0f}% "
-                     f"| {_pct(t['success_rate'])} | {t['users']} | {_ms(t['p50_ms'])} | {_ms(t['p95_ms'])} |")
+                     f"| {pct(t['success_rate'])} | {t['users']} | {ms(t['p50_ms'])} | {ms(t['p95_ms'])} |")
     if r.get("never_called"):
         lines += ["", "Listed but not called in this period: " + ", ".join(f"`{t['tool']}` ({t['server']})" for t in r["never_called"])]
     if r.get("error_types"):
@@ -127,7 +127,7 @@ def print_table(r: dict[str, Any]) -> None:
         table.add_column(column, justify=justify, no_wrap=True, overflow="ellipsis", min_width=len(column) if column != "Tool" else 8)
     for t in r["tools"]:
         table.add_row(t["tool"], t["server"], str(t["calls"]), f"{t['share'] * 100:.0f}%",
-                      _pct(t["success_rate"]), str(t["users"]), _ms(t["p50_ms"]), _ms(t["p95_ms"]))
+                      pct(t["success_rate"]), str(t["users"]), ms(t["p50_ms"]), ms(t["p95_ms"]))
     console.print(table)
     if r.get("never_called"):
         console.print("  [dim]Listed, not called:[/] " + ", ".join(t["tool"] for t in r["never_called"]))

@@ -1,0 +1,227 @@
+"""`mcpmeter mcp`: an MCP server whose tools answer "how is our server doing?".
+
+Every tool returns the JSON answer as structured content and a short Markdown text of
+the same answer. A wrong argument, an unknown server or tool, or a collector that cannot
+be reached comes back as a tool error that says what to do; the server itself keeps
+running. Nothing here writes to stdout: in stdio mode it belongs to the protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Annotated, Any, Literal
+
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError
+from mcp_types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import Field, WithJsonSchema
+
+from .. import __version__
+from ..analytics.periods import NAMED_PERIODS
+from ..cli.render import headline, to_markdown
+from ..exceptions import MCPMeterError
+from . import text
+from .sources import Question, Source
+
+log = logging.getLogger("mcpmeter.mcp")
+
+INSTRUCTIONS = """\
+Usage analytics for MCP servers, recorded by mcpmeter: who uses them, which tools are popular,
+whether calls succeed and how fast they are, and what happened recently.
+Start with `usage_report` (period 7d unless asked otherwise); drill down with `top_tools`,
+`tool_errors`, `usage_timeseries`, `clients` and `sessions`. Every answer states the exact
+window (UTC, whole hours or days) it covers; quote it when reporting numbers."""
+
+Period = Annotated[str, WithJsonSchema({"type": "string", "pattern": r"^[0-9]{1,4}[mhdw]$", "examples": list(NAMED_PERIODS)}),
+                   Field(description="Time window ending now: 1h, 6h, 12h, 1d, 7d, 30d or 90d (any N followed by m, h, d or w "
+                                     "also works, e.g. 14d). Days are whole UTC calendar days including today.")]
+ServerName = Annotated[str | None, Field(description="Only this MCP server (its recorded name, e.g. `weblab`). Omit for all servers.")]
+ToolName = Annotated[str | None, Field(description="Only this tool. Omit for all tools.")]
+ClientName = Annotated[str | None, Field(description="Only calls from this MCP client (e.g. `claude-code`, `cursor`). Omit for all clients.")]
+Granularity = Annotated[Literal["hour", "day"] | None, Field(description="Bucket size. Default: hour for periods up to 2 days, else day. "
+                                                                          "Hourly points are offered for periods up to 7 days.")]
+
+READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
+MAX_HOURLY_POINTS = 7 * 24
+
+
+def explain(exc: MCPMeterError) -> str:
+    return f"{exc}" + (f". Hint: {exc.hint}" if exc.hint else "")
+
+
+def result(answer: dict[str, Any], readable: str) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=readable)], structured_content=answer)
+
+
+class Answers:
+    """Questions to a source, with the checks every tool shares (filters that name nothing)."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self._known: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    def ask(self, question: Question, period: str, *, server: str | None = None, tool: str | None = None,
+            client: str | None = None, grain: str | None = None) -> dict[str, Any]:
+        try:
+            answer = self.source.ask(question, period, server=server, tool=tool, client=client, grain=grain)
+            if server is not None or tool is not None:
+                self._check_names(server, tool)
+            return answer
+        except MCPMeterError as exc:
+            log.info("%s(%s) failed: %s", question, period, exc)
+            raise ToolError(explain(exc)) from None
+
+    def _check_names(self, server: str | None, tool: str | None) -> None:
+        """An unknown server or tool is almost always a typo: say so, and list the names that exist."""
+
+        def matches(known: set[tuple[str, str]]) -> bool:
+            return any((server is None or s == server) and (tool is None or t == tool) for s, t in known)
+
+        if matches(self._known):
+            return
+        with self._lock:  # the catalog grows as data arrives: look again before calling a name unknown
+            self._known = self.source.catalog()
+        if matches(self._known):
+            return
+        servers = sorted({s for s, _ in self._known})
+        if server is not None and server not in servers:
+            raise MCPMeterError(f"unknown server {server!r}",
+                                hint=f"servers with recorded usage: {', '.join(servers) or 'none yet'}")
+        tools = sorted({t for s, t in self._known if server is None or s == server})
+        where = f" on server {server!r}" if server else ""
+        raise MCPMeterError(f"unknown tool {tool!r}{where}", hint=f"tools seen{where}: {', '.join(tools) or 'none yet'}")
+
+
+def _grain_for(period: str, granularity: str | None) -> str | None:
+    if granularity != "hour":
+        return granularity
+    from ..analytics.periods import period_ms
+
+    try:
+        span = period_ms(period)
+    except MCPMeterError:
+        return granularity  # the query reports the bad period
+    if span > MAX_HOURLY_POINTS * 3_600_000:
+        raise ToolError(f"hourly points are offered for periods up to 7d ({MAX_HOURLY_POINTS} points), not {period}. "
+                        "Hint: use granularity=day, or a shorter period")
+    return granularity
+
+
+def build_server(source: Source) -> MCPServer:
+    """The MCP server, its tools, resources and prompt, reading from ``source``."""
+    answers = Answers(source)
+    mcp = MCPServer("mcpmeter", title="mcpmeter usage analytics", version=__version__, instructions=INSTRUCTIONS,
+                    log_level="WARNING")
+
+    @mcp.tool(title="Usage report", annotations=READ_ONLY)
+    def usage_report(period: Period = "7d", server: ServerName = None, tool: ToolName = None,
+                     client: ClientName = None) -> CallToolResult:
+        """How is it doing? The stakeholder report for a period: distinct users (new and returning),
+        calls and their change against the previous period of the same length, success rate,
+        latency p50/p95/p99, the tools by popularity, error types and clients. Start here.
+        Text: a compact Markdown report; structured content: every figure as JSON plus the headline answers."""
+        report = answers.ask("report", period, server=server, tool=tool, client=client)
+        report["headline"] = [{"question": q, "answer": a} for q, a in headline(report)]
+        return result(report, to_markdown(report, title="MCP usage report"))
+
+    @mcp.tool(title="Top tools", annotations=READ_ONLY)
+    def top_tools(period: Period = "7d", server: ServerName = None, client: ClientName = None,
+                  limit: Annotated[int, Field(ge=1, le=200, description="How many tools to return, most called first.")] = 10,
+                  ) -> CallToolResult:
+        """Which tools are popular? Tools ranked by calls, each with its share of all calls, errors,
+        success rate, distinct users, latency (p50/p95/p99/avg, ms) and when it was last used;
+        also the tools a server lists that nobody called in the period."""
+        a = answers.ask("tools", period, server=server, client=client)
+        shown = a["tools"][:limit]
+        return result({**a, "tools": shown, "tools_total": len(a["tools"])}, text.tools_text(a, shown))
+
+    @mcp.tool(title="Tool errors", annotations=READ_ONLY)
+    def tool_errors(period: Period = "7d", server: ServerName = None, tool: ToolName = None, client: ClientName = None,
+                    recent: Annotated[int, Field(ge=0, le=20, description="How many of the latest failures to include, with their messages.")] = 10,
+                    ) -> CallToolResult:
+        """Is it working? Failed calls grouped by tool and error type (count, share of all errors,
+        last seen), and the most recent failures with their error messages and clients."""
+        a = answers.ask("errors", period, server=server, tool=tool, client=client)
+        a["recent"] = a["recent"][:recent]
+        return result(a, text.errors_text(a))
+
+    @mcp.tool(title="Usage over time", annotations=READ_ONLY)
+    def usage_timeseries(period: Period = "7d", granularity: Granularity = None, server: ServerName = None,
+                         tool: ToolName = None, client: ClientName = None) -> CallToolResult:
+        """Trends: per hour or per day, calls, errors, success rate, distinct users, latency
+        p50/p95/p99, and calls of the most used tools. Every bucket of the window is present,
+        empty ones with zero calls."""
+        grain = _grain_for(period, granularity)
+        a = answers.ask("timeseries", period, server=server, tool=tool, client=client, grain=grain)
+        return result(a, text.timeseries_text(a))
+
+    @mcp.tool(title="Clients", annotations=READ_ONLY)
+    def clients(period: Period = "7d", server: ServerName = None, tool: ToolName = None) -> CallToolResult:
+        """Who calls from where? MCP clients (Claude Desktop, Claude Code, Cursor, …) by calls, share,
+        errors and distinct users; client versions and protocol versions by sessions."""
+        a = answers.ask("clients", period, server=server, tool=tool)
+        return result(a, text.clients_text(a))
+
+    @mcp.tool(title="Sessions", annotations=READ_ONLY)
+    def sessions(period: Period = "7d", server: ServerName = None, tool: ToolName = None,
+                 client: ClientName = None) -> CallToolResult:
+        """How do sessions go? Sessions started in the period: how long they last, calls and
+        distinct tools per session, and handshake latencies (initialize → tools/list → first tools/call)."""
+        a = answers.ask("sessions", period, server=server, tool=tool, client=client)
+        return result(a, text.sessions_text(a))
+
+    def resource_json(question: Question, period: str) -> str:
+        try:
+            return json.dumps(answers.ask(question, period), indent=2)
+        except ToolError as exc:
+            raise ResourceError(str(exc)) from None
+
+    @mcp.resource("mcpmeter://summary/7d", name="summary-7d", title="Usage summary, last 7 days",
+                  mime_type="application/json")
+    def summary_7d() -> str:
+        """Users, calls, success rate, latency, top tools and the change against the previous 7 days."""
+        return resource_json("summary", "7d")
+
+    @mcp.resource("mcpmeter://summary/{period}", name="summary", title="Usage summary for a period",
+                  mime_type="application/json")
+    def summary_for(period: str) -> str:
+        """The usage summary for any period: 1h, 6h, 12h, 1d, 7d, 30d, 90d."""
+        return resource_json("summary", period)
+
+    @mcp.resource("mcpmeter://tools", name="tools", title="Tools, last 7 days", mime_type="application/json")
+    def tools_list() -> str:
+        """Every tool with its calls, errors, users and latency in the last 7 days, and the tools listed but never called."""
+        return resource_json("tools", "7d")
+
+    @mcp.prompt(title="Weekly adoption report")
+    def weekly_adoption_report(
+        server: Annotated[str | None, Field(description="Only this MCP server; omit for all.")] = None,
+        audience: Annotated[str, Field(description="Who reads the report.")] = "stakeholders",
+    ) -> str:
+        """Write this week's adoption report for stakeholders from the usage tools."""
+        where = f"the MCP server `{server}`" if server else "our MCP servers"
+        arg = f', server="{server}"' if server else ""
+        return f"""Write a weekly adoption report on {where} for {audience}.
+
+Gather the facts with the mcpmeter tools first:
+1. `usage_report(period="7d"{arg})`: users (new and returning), calls, success rate, latency, and the change against the previous 7 days.
+2. `usage_timeseries(period="7d", granularity="day"{arg})`: the day-by-day trend.
+3. `top_tools(period="7d"{arg})`, and `top_tools(period="30d"{arg})` for context: what is popular, what is never called.
+4. `tool_errors(period="7d"{arg})`: what fails, and how often.
+5. `clients(period="7d"{arg})`: which MCP clients people use.
+
+Then write the report in Markdown, at most one page:
+- **Headline**: one or two sentences: is adoption growing, and is the server working well?
+- **Adoption**: distinct users, new vs returning, calls; each with its change week over week.
+- **What people use**: the top tools with their share of calls; tools nobody called.
+- **Reliability and speed**: success rate, p95 latency, the main error types and the tools they hit.
+- **Clients**: the clients in use.
+- **Recommended actions**: two or three concrete next steps backed by the numbers.
+
+Use only numbers the tools returned, state the dates the week covers (from the answers' `from`/`to`),
+and say plainly when there is too little data to draw a conclusion."""
+
+    return mcp
