@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench clean
+.PHONY: run test bench clean tools node-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,27 @@ $(VENV)/.test: $(BIN)/python pyproject.toml
 run: $(VENV)/.server
 	$(BIN)/mcpmeter serve --demo
 
-test: $(VENV)/.test
+# promtool and prometheus (tests run them against /metrics and the Grafana dashboard) and a
+# compose implementation (the deploy/ file is checked): installed from Debian's packages when missing.
+tools:
+	@command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null)
+	@docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null)
+
+# The Node reference MCP server the proxy tests drive (npm, into .cache/node).
+NODE_PREFIX := .cache/node
+EVERYTHING_SERVER := @modelcontextprotocol/server-everything@2026.8.31
+EVERYTHING := $(NODE_PREFIX)/node_modules/@modelcontextprotocol/server-everything/package.json
+
+$(EVERYTHING):
+	@command -v npm >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null)
+	npm install --silent --no-audit --no-fund --save-exact --prefix $(NODE_PREFIX) $(EVERYTHING_SERVER)
+
+node-deps: $(EVERYTHING)
+
+test: $(VENV)/.test tools $(EVERYTHING)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.test

@@ -12,7 +12,7 @@ import click
 from .. import __version__, settings
 from ..exceptions import MCPMeterError
 
-DB_HELP = "Store: SQLite file path (default: MCPMETER_DB, else mcpmeter.db in MCPMETER_HOME)."
+DB_HELP = "Store: SQLite file path or postgresql:// URL (default: MCPMETER_DB, else mcpmeter.db in MCPMETER_HOME)."
 
 
 def friendly(fn: Callable) -> Callable:
@@ -66,23 +66,30 @@ def cli() -> None:
 @click.option("--demo", is_flag=True, help="Fill an empty store with realistic sample data first.")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]), show_default=True,
               help="How much the collector logs (to stderr).")
+@click.option("--metrics-port", type=int, default=None,
+              help="Also serve /metrics (only) on this port, e.g. 9465 (default MCPMETER_METRICS_PORT, off).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Collector processes sharing the port. They share nothing but the store: use a postgresql:// store "
+                   "for more write throughput (on SQLite they take turns writing).")
 @friendly
-def serve(host: str | None, port: int | None, db: str | None, demo: bool, log_level: str) -> None:
-    """Run the collector: ingest API, usage API and health endpoints."""
+def serve(host: str | None, port: int | None, db: str | None, demo: bool, log_level: str, metrics_port: int | None,
+          workers: int) -> None:
+    """Run the collector: ingest API, usage API, health endpoints and /metrics."""
     import logging
 
-    import uvicorn
-
-    from ..collector import create_app
-    from ..collector.bootstrap import ensure_local_keys, register_env_keys
+    from ..collector import CollectorConfig, create_app
+    from ..collector.bootstrap import ensure_local_keys, register_env_keys, register_metrics_key
+    from ..exporters.serve import run
 
     host = settings.get("MCPMETER_HOST", host)
     port = settings.get("MCPMETER_PORT", port)
+    metrics_port = settings.get("MCPMETER_METRICS_PORT", metrics_port)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     store = _open_store(db)
     local_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', 'localhost') else host}:{port}"
     created = ensure_local_keys(store, local_url)
     env_keys = register_env_keys(store)
+    metrics_key = register_metrics_key(store)
     if demo and store.count_events(_everything(store)) == 0:
         _fill_demo(store)
     click.echo(f"mcpmeter {__version__} collector on {local_url}  (store: {store.url})", err=True)
@@ -90,8 +97,19 @@ def serve(host: str | None, port: int | None, db: str | None, demo: bool, log_le
         click.echo("created API keys for project 'default' (saved for local use; `mcpmeter keys list`)", err=True)
     if env_keys:
         click.echo(f"registered ingest keys from the environment: {', '.join(env_keys)}", err=True)
-    uvicorn.run(create_app(store), host=host, port=port, log_level=log_level if log_level != "info" else "warning",
-                access_log=False, lifespan="on")
+    if metrics_key:
+        click.echo("registered the read key MCPMETER_METRICS_KEY as `metrics` (for Prometheus)", err=True)
+    if workers > 1:
+        from ..collector.factory import run_workers
+
+        if metrics_port is not None:
+            raise MCPMeterError("--metrics-port works with one worker only", hint="scrape /metrics on the main port instead")
+        store.close()  # each worker opens its own
+        run_workers(db, host, port, workers, log_level)
+        return
+    config = CollectorConfig()
+    config.metrics.port = metrics_port
+    run(create_app(store, config), host, port, metrics_port, log_level)
 
 
 def _everything(store):

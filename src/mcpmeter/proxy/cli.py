@@ -57,6 +57,7 @@ def proxy(server_name, upstream, listen, user_from, url, api_key, db, log_level,
 
 def _run(server_name, upstream, listen, user_from, url, api_key, db, log_level, command) -> None:
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per forwarded request is noise
     server_name = settings.get("MCPMETER_SERVER_NAME", server_name)
     if upstream:
         if command:

@@ -2,13 +2,14 @@
 
 Three threads, one job each:
 
-- client → child: ``os.read`` our stdin, ``os.write`` the child's stdin, then hand the
-  chunk (with the time it was read) to the tracker's inbox;
+- client → child: ``os.read`` our stdin, put the chunk (with the time it was read) in the
+  tracker's inbox, ``os.write`` it to the child's stdin;
 - child → client: the same from the child's stdout to our stdout;
 - tracker: splits the chunks into lines and feeds them to the ``Tracker``.
 
-The forwarding threads never parse, never wait for the tracker and never take a lock of
-ours: bytes go out before anyone looks at them, unchanged. The child's stderr is our
+The forwarding threads never parse and never wait for the tracker: the inbox is an
+unbounded queue whose ``put`` does not block, and the bytes go out unchanged while the
+tracker reads its own reference to them in its own thread. The child's stderr is our
 stderr (inherited, not copied). Our own output goes to stderr only: at start the
 protocol stream is moved to a private descriptor and descriptor 1 is pointed at stderr,
 so even a stray ``print`` cannot corrupt the protocol.
@@ -40,7 +41,7 @@ log = logging.getLogger("mcpmeter.proxy")
 
 CHUNK = 1 << 16
 _CLIENT, _SERVER = 0, 1
-_FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_FORWARDED = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -62,6 +63,7 @@ class StdioProxy:
         self._client_gone = threading.Event()
         self._signals = 0
         self._proc: subprocess.Popen | None = None
+        self._tracking = not tracker.meter.disabled  # MCPMETER_DISABLED: a plain pass-through
 
     # ---- main thread ----------------------------------------------------------------------
 
@@ -95,8 +97,11 @@ class StdioProxy:
             to_child.start()
             code = proc.wait()
             to_client.join(1.0)  # the child's last bytes (a grandchild may hold its stdout: bounded)
-            reason = "client_disconnected" if self._client_gone.is_set() else "server_exited"
-            self._inbox.put((None, (reason, code), clock()))
+            if self._client_gone.is_set():
+                reason, ending = "client_disconnected", "client_closed"
+            else:
+                reason, ending = "server_exited", "signal" if self._signals else "server_exited"
+            self._inbox.put((None, (reason, {"reason": ending, "exit_code": code}), clock()))
             tracking.join(self.shutdown_timeout)
         finally:
             for sig, handler in previous.items():
@@ -122,6 +127,7 @@ class StdioProxy:
 
     def _pump(self, src: int, dst: int, direction: int, on_eof) -> None:
         read, put, clock = os.read, self._inbox.put, time.perf_counter
+        tracking = self._tracking
         writable = True
         while True:
             try:
@@ -130,6 +136,11 @@ class StdioProxy:
                 chunk = b""
             if not chunk:
                 break
+            # Queued *before* it is written: whatever the other side answers to these bytes
+            # is read after this put, so the tracker sees every exchange in causal order.
+            # The put never blocks; parsing happens in the tracker thread.
+            if tracking:
+                put((direction, chunk, clock()))
             if writable:
                 try:
                     _write_all(dst, chunk)
@@ -138,7 +149,6 @@ class StdioProxy:
                     # full pipe and what it answers is still recorded.
                     writable = False
                     log.debug("mcpmeter proxy: %s closed (%s)", "server stdin" if direction == _CLIENT else "client", exc)
-            put((direction, chunk, clock()))
         put((direction, b"", clock()))
         if on_eof is not None:
             on_eof()
@@ -179,8 +189,8 @@ class StdioProxy:
             direction, chunk, t = get()
             try:
                 if direction is None:  # the child has exited
-                    reason, code = chunk
-                    tracker.close(conn, reason, t, {"exit_code": code})
+                    reason, attributes = chunk
+                    tracker.close(conn, reason, t, attributes)
                     tracker.finish()
                     return
                 buf = partial[direction]

@@ -57,6 +57,7 @@ ERROR_TYPES = {
 
 MAX_DURATION_MS = 86_400_000  # the wire format's limit
 MAX_HELD = 1_000  # events kept while the server's name is unknown
+MAX_PENDING = 100_000  # unanswered requests kept per connection (a misbehaving peer cannot grow it further)
 
 
 # ---- wire views: only what we read --------------------------------------------------------
@@ -193,19 +194,20 @@ class Connection:
 
 
 class _Pending:
-    __slots__ = ("method", "tool", "start", "args_bytes", "user", "client_name", "client_version",
-                 "protocol_version")
+    """A request waiting for its response. Who the client is comes from the connection
+    when the event is built (the handshake may be processed after a request that
+    followed it); only a handshake's proposed protocol version is kept here."""
+
+    __slots__ = ("method", "tool", "start", "args_bytes", "user", "protocol_version")
 
     def __init__(self, method: str, tool: str | None, start: float, args_bytes: int | None,
-                 user: str | None, conn: Connection) -> None:
+                 user: str | None, protocol_version: str | None = None) -> None:
         self.method = method
         self.tool = tool
         self.start = start
         self.args_bytes = args_bytes
         self.user = user
-        self.client_name = conn.client_name
-        self.client_version = conn.client_version
-        self.protocol_version = conn.protocol_version
+        self.protocol_version = protocol_version
 
 
 def new_session_id() -> str:
@@ -221,16 +223,19 @@ class Tracker:
 
     The server's name is, in order: the ``server`` given (``--server-name`` or
     ``MCPMETER_SERVER_NAME``), the ``serverInfo`` of the handshake result, else
-    ``fallback_server``. Events are held back (bounded) until it is known, so that
-    every event of a run carries the same name.
+    ``fallback_server``. Events are held back (bounded) until the handshake is over, so
+    that the events of a conversation carry the same name. A fallback is provisional: a
+    ``serverInfo`` seen later (an HTTP proxy started mid-session, then a new session)
+    names the events from then on.
     """
 
-    def __init__(self, meter, *, transport: str, fallback_server: str, server: str | None = None) -> None:
+    def __init__(self, meter, *, transport: str, server: str | None = None, fallback_server: str | None = None) -> None:
         self.meter = meter
         self.transport = transport
         self.server = _text(server)
         self.server_version: str | None = None
-        self._fallback = _text(fallback_server) or "mcp-server"
+        self._fallback = _text(fallback_server) or self.server or "mcp-server"
+        self._provisional = False  # the name is the fallback: serverInfo may still replace it
         self._held: list[dict[str, Any]] = []
         self._offset = time.time() - time.perf_counter()
 
@@ -240,9 +245,9 @@ class Tracker:
               attributes: dict[str, Any] | None = None) -> None:
         """The conversation ended: unanswered requests fail with ``reason``; session_end."""
         t = time.perf_counter() if t is None else t
+        self._announce(conn)
         self.abandon(conn, list(conn.pending), reason, t)
         if conn.is_session:
-            self._announce(conn)
             attrs = {"reason": reason, **(attributes or {})}
             self._emit(conn, "session_end", ts=t, duration=t - conn.started, attributes=attrs)
 
@@ -288,16 +293,16 @@ class Tracker:
                         args_bytes = len(params.arguments)
             if method == "tools/call" and tool is None:
                 tool = "(unknown)"
-            pending = _Pending(method, tool, t, args_bytes, user if user is not None else conn.user, conn)
-            if proposed:  # a handshake: the version the client asks for, until the answer says
-                pending.protocol_version = proposed
-            conn.pending[key] = pending
+            # a handshake keeps the version the client proposes, until the answer says
+            conn.pending[key] = _Pending(method, tool, t, args_bytes, user if user is not None else conn.user, proposed)
             keys.append(key)
+            if len(conn.pending) > MAX_PENDING:
+                del conn.pending[next(iter(conn.pending))]  # the oldest is forgotten, not recorded
         return keys
 
     def from_server(self, conn: Connection, data: bytes, t: float) -> None:
         """A message (or batch) the server sent: responses complete pending requests."""
-        if not conn.pending and self.server is not None:
+        if not conn.pending:
             return  # nothing to match (notifications, logs): skip the parse entirely
         for msg in messages(data):
             if msg.method is not None or msg.id is UNSET:
@@ -393,8 +398,6 @@ class Tracker:
             if ok and protocol:
                 conn.protocol_version = protocol
         if pending.method in HANDSHAKE:
-            pending.client_name = pending.client_name or conn.client_name
-            pending.client_version = pending.client_version or conn.client_version
             pending.protocol_version = protocol or pending.protocol_version
             if ok and self.server is None:
                 self._resolve(None)  # the handshake is done: no serverInfo means none is coming
@@ -408,11 +411,12 @@ class Tracker:
         name, version = _implementation(info)
         if version:
             self.server_version = version
-        if name and self.server is None:
+        if name and (self.server is None or self._provisional):
             self._resolve(name)
 
     def _resolve(self, name: str | None) -> None:
         self.server = name or self._fallback
+        self._provisional = name is None
         held, self._held = self._held, []
         for event in held:
             self._record(event)
@@ -428,8 +432,7 @@ class Tracker:
         self._emit(
             conn, KINDS[pending.method], ts=pending.start, duration=t - pending.start, tool=pending.tool,
             ok=ok, error_type=error_type, error_message=error_message, user=pending.user,
-            client_name=pending.client_name, client_version=pending.client_version,
-            protocol_version=pending.protocol_version, args_bytes=pending.args_bytes,
+            protocol_version=pending.protocol_version or conn.protocol_version, args_bytes=pending.args_bytes,
             result_bytes=result_bytes, attributes=attributes,
         )
 
