@@ -55,7 +55,8 @@ async def post_events(request: Request) -> Response:
         return error(415, f"Content-Type {content_type!r} is not accepted", "send application/json")
     try:
         body = await read_body(request, limit)
-        events, rejected = decode_batch(body, collector.config.limits)
+        counts: dict[str, int] = {}
+        events, rejected = decode_batch(body, collector.config.limits, counts=counts)
     except BodyTooLarge:
         return error(413, f"the body is larger than {limit} bytes", "send smaller batches (MCPMETER_MAX_BODY_BYTES)")
     except BatchError as exc:
@@ -69,12 +70,13 @@ async def post_events(request: Request) -> Response:
     except StorageError:
         collector.counters["requests_failed"] += 1
         raise
+    duplicates = result.duplicates + counts["repeated"]  # an id repeated within the batch is a duplicate too
     collector.counters["accepted"] += result.accepted
-    collector.counters["duplicates"] += result.duplicates
+    collector.counters["duplicates"] += duplicates
     collector.counters["rejected"] += len(rejected)
     body = {
         "accepted": result.accepted,
-        "duplicates": result.duplicates,
+        "duplicates": duplicates,
         "rejected": [r.as_dict() for r in rejected],
     }
     if rejected and not events:

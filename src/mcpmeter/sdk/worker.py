@@ -16,6 +16,7 @@ from .ids import event_id
 from .internal import internal_error
 
 _TICK = 0.2
+_SPOOL_MARGIN = 0.5
 
 
 class Worker:
@@ -76,7 +77,11 @@ class Worker:
         try:
             self._drain()
             self._report_drops()  # before sending, so a flush or the final round carries the report
+            # Leave a margin before the caller's deadline so that what cannot be delivered
+            # in time is spooled (safe) before flush() returns, rather than just after.
             deadline = min((d for _, d in waiters), default=None)
+            if deadline is not None:
+                deadline -= min(_SPOOL_MARGIN, max(deadline - time.monotonic(), 0.0) / 4)
             now = time.monotonic()
             due = final or waiters or now - self._last_send >= self.meter.flush_interval
             while len(self._pending) >= self.meter.batch_size or (due and self._pending):
@@ -122,11 +127,11 @@ class Worker:
 
     def _report_drops(self) -> None:
         stats = self.meter.stats
-        total = sum(stats.dropped.values())
-        if total > stats.reported_drops:
+        # Report what was dropped since the last report (deltas, so the store can sum them).
+        attrs = {reason: n - stats.reported[reason] for reason, n in stats.dropped.items() if n > stats.reported[reason]}
+        if attrs:
             ts = int(time.time() * 1000)
-            attrs = {reason: count for reason, count in stats.dropped.items()}
-            stats.reported_drops = total
+            stats.reported.update(attrs)
             self._pending.append(Event(id=event_id(ts), kind="sdk.dropped", ts=ts, server=self.meter.server, attributes=attrs))
 
     def _fail_all(self) -> None:
