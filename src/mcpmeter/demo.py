@@ -65,8 +65,9 @@ def generate(days: int = 90, users: int = 40, calls_per_day: int = 300, seed: in
                        "protocol_version": rng.choices([p for p, _ in PROTOCOLS], [w for _, w in PROTOCOLS])[0],
                        "transport": rng.choice(["stdio", "stdio", "streamable-http"]), "user": rng.choice(active)}
             ts = day_start + int(rng.random() * (DAY_MS - 3_600_000))
-            handshake = "server_discover" if session["protocol_version"] == "2026-07-28" else "initialize"
-            yield {"id": event_id(ts), "kind": handshake, "ts": ts, "server": server, "duration_ms": round(rng.uniform(2, 15), 2), "ok": True, **session}
+            method = "server/discover" if session["protocol_version"] == "2026-07-28" else "initialize"
+            yield {"id": event_id(ts), "kind": "initialize", "ts": ts, "server": server, "duration_ms": round(rng.uniform(2, 15), 2),
+                   "ok": True, "attributes": {"mcp.method.name": method}, **session}
             ts += rng.randrange(50, 400)
             yield {"id": event_id(ts), "kind": "list_tools", "ts": ts, "server": server, "duration_ms": round(rng.uniform(1, 8), 2), "ok": True, **session}
             weights = [t[2] for t in tools]

@@ -29,7 +29,7 @@ AttrKey = Annotated[str, Meta(min_length=1, max_length=64)]
 AttrValue = Annotated[str, Meta(max_length=MAX_ATTRIBUTE_VALUE)] | int | float | bool | None
 
 
-class Event(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+class Event(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=False):
     id: EventId
     kind: Kind
     ts: Timestamp

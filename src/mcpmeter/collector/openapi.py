@@ -85,6 +85,34 @@ def openapi_schema() -> dict[str, Any]:
                 "responses": {"200": _json({"$ref": "#/components/schemas/IngestResult"}, "Stored (see rejected for events that were not)"),
                               **_errors(400, 401, 403, 413, 415, 422, 503)},
             }},
+            "/v1/traces": {"post": {
+                "summary": "Ingest OTLP/HTTP spans of MCP servers as events",
+                "description": "An OTLP ExportTraceServiceRequest, as protobuf (application/x-protobuf) or OTLP JSON "
+                               "(application/json: hex ids, lowerCamelCase), optionally gzip-encoded. SERVER spans "
+                               "with mcp.method.name (the OpenTelemetry MCP semantic conventions) become events "
+                               "(tools/call: tool_call, tools/list: list_tools, initialize and server/discover: "
+                               "initialize, other methods: their name); the event id comes from trace and span id, "
+                               "so a retried export counts once. Other spans are ignored and counted in "
+                               "X-MCPMeter-Ignored-Spans; MCP spans that are not valid events are reported in "
+                               "partialSuccess.rejectedSpans. Errors are a google.rpc.Status for protobuf requests.",
+                "security": security,
+                "requestBody": {"required": True, "content": {
+                    "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
+                    "application/json": {"schema": {"type": "object", "properties": {"resourceSpans": {"type": "array"}}}},
+                }},
+                "responses": {
+                    "200": {"description": "ExportTraceServiceResponse (partialSuccess when MCP spans were rejected)",
+                            "headers": {name: {"schema": {"type": "integer"}, "description": text} for name, text in (
+                                ("X-MCPMeter-Accepted", "Events stored by this request"),
+                                ("X-MCPMeter-Duplicates", "Spans already stored (a retried export)"),
+                                ("X-MCPMeter-Ignored-Spans", "Spans that are not MCP SERVER spans"))},
+                            "content": {"application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
+                                        "application/json": {"schema": {"type": "object", "properties": {
+                                            "partialSuccess": {"type": "object", "properties": {
+                                                "rejectedSpans": {"type": "string"}, "errorMessage": {"type": "string"}}}}}}}},
+                    **_errors(400, 401, 403, 413, 415, 503),
+                },
+            }},
             "/v1/usage/summary": {"get": {
                 "summary": "Users, calls, success rate, latency and top tools for a window",
                 "security": security, "parameters": filters,

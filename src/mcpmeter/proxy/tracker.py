@@ -31,12 +31,14 @@ PROTOCOL_VERSION_META_KEY = "io.modelcontextprotocol/protocolVersion"
 CLIENT_INFO_META_KEY = "io.modelcontextprotocol/clientInfo"
 SERVER_INFO_META_KEY = "io.modelcontextprotocol/serverInfo"
 
-# Methods we record, and the event kind each becomes.
+# Methods we record, and the event kind each becomes. Both handshakes are kind
+# "initialize" (as the SDK integrations and the OTLP receiver record them); the 2026-07-28
+# one is told apart by its `mcp.method.name` attribute.
 KINDS = {
     "tools/call": "tool_call",
     "tools/list": "list_tools",
     "initialize": "initialize",
-    "server/discover": "server_discover",
+    "server/discover": "initialize",
 }
 HANDSHAKE = frozenset({"initialize", "server/discover"})
 
@@ -393,6 +395,7 @@ class Tracker:
         else:
             return  # neither result nor error: not a response
         if pending.method == "server/discover":
+            attributes["mcp.method.name"] = "server/discover"
             # The version the client proposed; adopted when the probe succeeded.
             protocol = pending.protocol_version
             if ok and protocol:

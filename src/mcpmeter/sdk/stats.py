@@ -13,7 +13,7 @@ class Stats:
     spooled: int = 0
     replayed: int = 0
     dropped: Counter = field(default_factory=Counter)
-    reported_drops: int = 0  # drops already sent to the collector as an sdk.dropped event
+    reported: Counter = field(default_factory=Counter)  # drops already sent as sdk.dropped events
 
     def drop(self, reason: str, count: int = 1) -> None:
         self.dropped[reason] += count

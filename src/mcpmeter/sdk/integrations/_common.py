@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import time
 import uuid
+from random import getrandbits
 from typing import Any, Callable, Mapping
 
 import msgspec
 
 from ...events import MAX_ATTRIBUTE_VALUE, MAX_ERROR_MESSAGE, Event
-from ..ids import event_id
 from ..internal import internal_error
 
 DEFAULT_REDACT_KEYS = (
@@ -25,7 +25,12 @@ DEFAULT_REDACT_KEYS = (
 REDACTED = "[redacted]"
 CLIENT_INFO_KEY = "io.modelcontextprotocol/clientInfo"
 _SESSION_STATE_KEY = "mcpmeter.session_id"
-_MODERN_VERSIONS = frozenset({"2026-07-28"})
+_FIELDS_KEY = "mcpmeter.fields"
+try:  # protocol versions with no handshake: every request stands alone
+    from mcp_types.version import MODERN_PROTOCOL_VERSIONS as _MODERN
+except ImportError:  # pragma: no cover - mcp-types is what every supported framework runs on
+    _MODERN = ("2026-07-28",)
+_MODERN_VERSIONS = frozenset(_MODERN)
 
 _encode = msgspec.json.Encoder().encode
 _perf = time.perf_counter
@@ -72,11 +77,29 @@ class Recorder:
 
     def context_fields(self, srctx: Any, params: Mapping[str, Any] | None) -> tuple:
         """(session_id, client_name, client_version, protocol_version, transport, user) for
-        an mcp ``ServerRequestContext`` (None outside a request: programmatic calls)."""
-        meter = self.meter
+        an mcp ``ServerRequestContext`` (None outside a request: programmatic calls).
+
+        On a handshake connection everything but the user is fixed once the client has
+        initialized, so it is worked out once and kept in the connection's state.
+        """
         if srctx is None:
-            return None, None, None, None, meter.transport_name, self._user(None, None)
+            return None, None, None, None, self.meter.transport_name, self._user(None, None)
+        request = srctx.request
+        if request is None and self._user_fn is None:
+            user = self.meter.user  # stdio / in-process: MCPMETER_USER or the OS user
+        else:
+            user = self._user(srctx, request)
         connection = getattr(srctx.session, "_connection", None)
+        if connection is not None:
+            known = connection.state.get(_FIELDS_KEY)
+            if known is not None:
+                return (*known, user)
+        known = self._connection_fields(srctx, connection, params, request)
+        if connection is not None and connection.client_params is not None and known[3] not in _MODERN_VERSIONS:
+            connection.state[_FIELDS_KEY] = known
+        return (*known, user)
+
+    def _connection_fields(self, srctx: Any, connection: Any, params: Any, request: Any) -> tuple:
         version = srctx.protocol_version
         name = client_version = session_id = None
         client = connection.client_params if connection is not None else None
@@ -88,8 +111,8 @@ class Recorder:
             info = params.get("clientInfo")
             if info is None:
                 meta = params.get("_meta")
-                info = meta.get(CLIENT_INFO_KEY) if isinstance(meta, Mapping) else None
-            if isinstance(info, Mapping):
+                info = meta.get(CLIENT_INFO_KEY) if isinstance(meta, dict) else None
+            if isinstance(info, dict):
                 name, client_version = info.get("name"), info.get("version")
         if connection is not None:
             session_id = connection.session_id
@@ -100,17 +123,23 @@ class Recorder:
                 session_id = state.get(_SESSION_STATE_KEY)
                 if session_id is None:
                     session_id = state[_SESSION_STATE_KEY] = uuid.uuid4().hex
-        request = srctx.request
+            elif session_id is not None:
+                session_id = clip(session_id, 200)
         if request is None:
-            transport = meter.transport_name
+            transport = self.meter.transport_name
         else:
-            outbound = getattr(srctx.session, "_request_outbound", None)
-            kind = getattr(getattr(outbound, "transport", None), "kind", None)
-            transport = "streamable-http" if kind in ("streamable-http", None) else "sse"
-        return (
-            clip(session_id, 200), clip(name, 200), clip(client_version, 200), clip(version, 64),
-            transport, self._user(srctx, request),
-        )
+            # The legacy SSE transport posts to ?session_id=...; streamable HTTP uses a header.
+            query = getattr(request, "query_params", None)
+            transport = "sse" if query is not None and "session_id" in query else "streamable-http"
+        # Client-supplied text is clipped to the wire format's limits (an over-long value
+        # would get the whole event rejected).
+        if name is not None and (type(name) is not str or len(name) > 200):
+            name = clip(name, 200)
+        if client_version is not None and (type(client_version) is not str or len(client_version) > 200):
+            client_version = clip(client_version, 200)
+        if version is not None and len(version) > 64:
+            version = clip(version, 64)
+        return session_id, name, client_version, version, transport
 
     def _user(self, srctx: Any, request: Any) -> str | None:
         if self._user_fn is not None:
@@ -121,7 +150,7 @@ class Recorder:
                 return None
             return clip(user, 512)
         if request is None:
-            return self.meter.user  # stdio / in-process: MCPMETER_USER or the OS user
+            return self.meter.user
         user = _token_principal(request)
         if user is None and self._user_header is not None:
             user = request.headers.get(self._user_header)
@@ -161,18 +190,22 @@ class Recorder:
         error_message: str | None = None, args_bytes: int | None = None,
         result_bytes: int | None = None, attributes: dict | None = None,
     ) -> None:
+        # The id has the SDK's shape (ms prefix + 80 random bits) without a syscall per
+        # event: ``random`` is seeded from the OS and re-seeded in a forked child.
         meter = self.meter
         if meter.disabled:
             return
         session_id, client_name, client_version, protocol_version, transport, user = fields
         ts = int(wall_start * 1000)
+        if error_type is not None:
+            error_type = clip(error_type, 200)
+            error_message = clip(error_message, MAX_ERROR_MESSAGE)
         try:
             event = Event(
-                id=event_id(ts), kind=kind, ts=ts, server=meter.server,
+                id=f"{ts:012x}{getrandbits(80):020x}", kind=kind, ts=ts, server=meter.server,
                 server_version=meter.server_version, tool=tool,
                 duration_ms=round(duration * 1000, 3), ok=ok,
-                error_type=clip(error_type, 200),
-                error_message=clip(error_message, MAX_ERROR_MESSAGE),
+                error_type=error_type, error_message=error_message,
                 session_id=session_id, client_name=client_name, client_version=client_version,
                 protocol_version=protocol_version, transport=transport, user=user,
                 args_bytes=args_bytes, result_bytes=result_bytes, attributes=attributes or None,
@@ -200,6 +233,8 @@ def _token_principal(request: Any) -> str | None:
 
 def tool_name(value: Any) -> str:
     """A tool name as the wire format accepts it (1-200 characters)."""
+    if type(value) is str and 0 < len(value) <= 200:
+        return value
     name = clip(value, 200)
     return name if name else "(unnamed)"
 
@@ -217,12 +252,30 @@ def failure_of(exc: BaseException) -> tuple[str, str]:
     return type(exc).__name__, str(exc)
 
 
+def tool_failure(raised: BaseException) -> tuple[str, str | None]:
+    """(error_type, message or None) for the exception behind a failed tool call.
+
+    Frameworks wrap a tool's exception (``ToolError(...) from exc``); the type recorded is
+    the original's. Argument validation errors are described by field names only: pydantic's
+    text echoes the caller's values, which are not recorded unless the owner asks.
+    """
+    cause = raised.__cause__ if raised.__cause__ is not None else raised
+    for candidate in (cause, raised):
+        if type(candidate).__name__ == "ValidationError" and type(candidate).__module__.startswith("pydantic"):
+            try:
+                fields = sorted({".".join(str(p) for p in e["loc"]) for e in candidate.errors()})
+            except Exception:
+                fields = []
+            return "ValidationError", "invalid arguments: " + (", ".join(fields) or "?")
+    return failure_of(cause)[0], None
+
+
 def first_text(content: Any) -> str | None:
     """The first text block of a tool result's content (its error message when isError)."""
     if not content:
         return None
     for block in content:
-        text = block.get("text") if isinstance(block, Mapping) else getattr(block, "text", None)
+        text = block.get("text") if isinstance(block, dict) else getattr(block, "text", None)
         if isinstance(text, str):
             return text
     return None

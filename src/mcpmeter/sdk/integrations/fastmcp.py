@@ -12,7 +12,7 @@ from typing import Any
 
 from fastmcp.server.middleware import Middleware
 
-from ._common import Recorder, _perf, _wall, failure_of, first_text, json_size, tool_name
+from ._common import Recorder, _perf, _wall, failure_of, first_text, json_size, tool_failure, tool_name
 from .conventions import TOOL_ERROR
 
 try:
@@ -56,9 +56,8 @@ class MeterMiddleware(Middleware):
         except BaseException as exc:
             duration = _perf() - start
             try:
-                cause = exc.__cause__ if type(exc).__name__ == "ToolError" and exc.__cause__ is not None else exc
-                error_type, _ = failure_of(cause)
-                self._tool_event(message, wall, duration, None, False, error_type, str(exc))
+                error_type, error_message = tool_failure(exc) if isinstance(exc, Exception) else failure_of(exc)
+                self._tool_event(message, wall, duration, None, False, error_type, error_message or str(exc))
             except Exception as inner:
                 _internal(inner)
             raise

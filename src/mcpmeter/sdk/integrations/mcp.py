@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import contextvars
 import functools
-from typing import Any, Mapping
+from typing import Any
 
 from .conventions import TOOL_ERROR
-from ._common import Recorder, _perf, _wall, failure_of, first_text, json_size, tool_name
+from ._common import Recorder, _perf, _wall, failure_of, first_text, json_size, tool_failure, tool_name
 
 # The exception a wrapped MCPServer.call_tool raised during the current request.
 _tool_exception: contextvars.ContextVar[BaseException | None] = contextvars.ContextVar(
@@ -59,11 +59,11 @@ class MeterMiddleware:
         try:
             attributes = None
             if kind == "list_tools":
-                tools = result.get("tools") if isinstance(result, Mapping) else None
+                tools = result.get("tools") if isinstance(result, dict) else None
                 attributes = {"tools": len(tools)} if isinstance(tools, list) else None
             else:
                 attributes = {"mcp.method.name": method}
-                if method == "initialize" and isinstance(result, Mapping):
+                if method == "initialize" and isinstance(result, dict):
                     # the negotiated version (the connection commits it after the chain returns)
                     attributes["negotiated_version"] = result.get("protocolVersion")
             self.recorder.emit(kind, wall, duration, self.recorder.context_fields(ctx, ctx.params),
@@ -90,12 +90,12 @@ class MeterMiddleware:
             raised = _tool_exception.get()
             if raised is not None:
                 _tool_exception.set(None)
-            if isinstance(result, Mapping) and result.get("isError") is True:
-                error_type = TOOL_ERROR
+            if isinstance(result, dict) and result.get("isError") is True:
+                error_type, message = TOOL_ERROR, None
                 if raised is not None:
-                    cause = raised.__cause__ or raised
-                    error_type = type(cause).__name__
-                self._tool_event(ctx, wall, duration, result, False, error_type, first_text(result.get("content")))
+                    error_type, message = tool_failure(raised)
+                self._tool_event(ctx, wall, duration, result, False, error_type,
+                                 message or first_text(result.get("content")))
             else:
                 self._tool_event(ctx, wall, duration, result, True, None, None)
         except Exception as exc:
