@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench clean tools node-deps
+.PHONY: run test bench clean tools node-deps chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ tools:
 	@docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2>&1 || \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null)
 
+# Chromium for the dashboard tests (driven by Playwright; its own browser download is never used).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-liberation >/dev/null)
+
 # The Node reference MCP server the proxy tests drive (npm, into .cache/node).
 NODE_PREFIX := .cache/node
 EVERYTHING_SERVER := @modelcontextprotocol/server-everything@2026.8.31
@@ -42,7 +47,7 @@ $(EVERYTHING):
 
 node-deps: $(EVERYTHING)
 
-test: $(VENV)/.test tools $(EVERYTHING)
+test: $(VENV)/.test tools chromium $(EVERYTHING)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: $(VENV)/.test

@@ -16,6 +16,7 @@ import pytest
 from mcpmeter import keys as keylib
 from mcpmeter.sdk import internal
 from mcpmeter.storage import open_store
+from store_backends import BACKENDS, databases, pg_database, store_location
 
 ROOT = Path(__file__).resolve().parent.parent
 MCPMETER = [sys.executable, "-m", "mcpmeter"]
@@ -45,10 +46,36 @@ def sdk_errors_fail_loudly() -> Iterator[None]:
 
 
 @pytest.fixture
-def store(tmp_path: Path):
-    s = open_store(str(tmp_path / "store.db"))
-    yield s
-    s.close()
+def pg_dsn() -> Iterator[str]:
+    """The URL of a fresh PostgreSQL database, dropped after the test (fails if PostgreSQL is down)."""
+    with pg_database() as url:
+        yield url
+
+
+@pytest.fixture(params=BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Where a store of each backend lives, for tests that open, reopen or migrate it themselves."""
+    with store_location(request.param, tmp_path) as location:
+        yield location
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path):
+    """A migrated store of each backend; ``@pytest.mark.parametrize("store", ["sqlite"], indirect=True)``
+    limits a test that reaches into one backend's internals to that backend."""
+    if request.param == "sqlite":
+        s = open_store(str(tmp_path / "store.db"))
+        yield s
+        s.close()
+    else:
+        with pg_database(migrated=True) as url:
+            s = open_store(url)
+            yield s
+            s.close()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    databases.finish()  # the test databases still being dropped in the background
 
 
 def free_port() -> int:
@@ -75,19 +102,22 @@ def make_keys(store, project: str = "default") -> Keys:
 
 class Collector(NamedTuple):
     url: str
-    db: Path
+    db: Path | str
     process: subprocess.Popen
     log: Path
 
 
-def start_collector(db: Path, env: dict[str, str] | None = None, port: int | None = None, log: Path | None = None) -> Collector:
-    """A real `mcpmeter serve` process on 127.0.0.1; returns once /ready answers."""
+def start_collector(db: Path | str, env: dict[str, str] | None = None, port: int | None = None, log: Path | None = None,
+                    args: tuple[str, ...] = ()) -> Collector:
+    """A real `mcpmeter serve` process on 127.0.0.1; returns once /ready answers.
+
+    ``db`` is a SQLite path or a postgresql:// URL (then give ``log``); ``args`` are more `serve` options."""
     port = port or free_port()
-    log = log or db.with_suffix(f".{port}.log")
+    log = log or Path(db).with_suffix(f".{port}.log")
     full_env = {**os.environ, **(env or {})}
     with open(log, "ab") as fh:
         proc = subprocess.Popen(
-            [*MCPMETER, "serve", "--port", str(port), "--db", str(db), "--log-level", "warning"],
+            [*MCPMETER, "serve", "--port", str(port), "--db", str(db), "--log-level", "warning", *args],
             stdout=fh, stderr=subprocess.STDOUT, env=full_env,
         )
     url = f"http://127.0.0.1:{port}"

@@ -5,11 +5,18 @@ milliseconds, so the whole range from 1 µs to a day fits in under 600 bins. A h
 a sparse ``{bin: count}`` map, serialised with msgpack. Merging is addition, so rollups of
 any period combine exactly, and a percentile read from a merged histogram is within one bin
 (±2.2 %) of the exact value.
+
+Rollups that are read in bulk use a dense form instead (``encode_dense``): the counts as
+64-bit lanes of one integer, bin i in bits [64·i, 64·i + 64). Adding two such integers adds
+the histograms lane by lane, in C, so merging a month of rollups costs one big-integer
+addition per row rather than one dictionary update per bin.
 """
 
 from __future__ import annotations
 
 import math
+import sys
+from array import array
 from typing import Iterable
 
 import msgspec
@@ -37,12 +44,87 @@ def bin_value(index: int) -> float:
     return FLOOR_MS * 2 ** ((index - 0.5) / SUB_BUCKETS)
 
 
+def round_ms(value: float) -> float:
+    """A duration as answers report it: six significant digits, so rounding never adds more
+    than 0.0005 % to the bin error, even for durations of a few microseconds."""
+    return float(f"{value:.6g}")
+
+
 def encode(hist: dict[int, int]) -> bytes:
     return _encode(hist)
 
 
 def decode(blob: bytes | None) -> dict[int, int]:
-    return _decode(blob) if blob else {}
+    if not blob:
+        return {}
+    return unpack(packed(blob)) if blob[0] == DENSE else _decode(blob)
+
+
+# ---- the dense form ------------------------------------------------------------------------
+
+DENSE = 0x01  # first byte of a dense blob; a msgpack map never starts with it
+LANE = 64  # bits per bin: no count comes near 2**64
+
+
+def pack(hist: dict[int, int]) -> int:
+    return sum(count << (LANE * index) for index, count in hist.items())
+
+
+def packed(blob: bytes | None) -> int:
+    """A stored histogram (either form) as one integer; the sum of such integers is the merged histogram."""
+    if not blob:
+        return 0
+    if blob[0] == DENSE:
+        return int.from_bytes(blob[3:], "little") << (LANE * int.from_bytes(blob[1:3], "little"))
+    return pack(_decode(blob))
+
+
+def unpack(value: int) -> dict[int, int]:
+    if not value:
+        return {}
+    first = ((value & -value).bit_length() - 1) // LANE
+    value >>= LANE * first
+    lanes = array("Q", value.to_bytes(-(-value.bit_length() // LANE) * 8, "little"))
+    if sys.byteorder == "big":
+        lanes.byteswap()
+    return {first + i: count for i, count in enumerate(lanes) if count}
+
+
+class Sum:
+    """Adds stored histograms of either form: a dense one is one integer addition."""
+
+    __slots__ = ("dense", "sparse")
+
+    def __init__(self) -> None:
+        self.dense = 0
+        self.sparse: dict[int, int] = {}
+
+    def add(self, blob: bytes | None) -> None:
+        if blob:
+            if blob[0] == DENSE:
+                self.dense += packed(blob)
+            else:
+                add_into(self.sparse, _decode(blob))
+
+    def add_sum(self, other: "Sum") -> None:
+        self.dense += other.dense
+        add_into(self.sparse, other.sparse)
+
+    def result(self) -> dict[int, int]:
+        if not self.dense:
+            return self.sparse
+        total = unpack(self.dense)
+        add_into(total, self.sparse)
+        return total
+
+
+def encode_dense(value: int) -> bytes | None:
+    """Tag byte, first bin (uint16), then one little-endian uint64 per bin up to the last used."""
+    if not value:
+        return None
+    first = ((value & -value).bit_length() - 1) // LANE
+    value >>= LANE * first
+    return bytes((DENSE,)) + first.to_bytes(2, "little") + value.to_bytes(-(-value.bit_length() // LANE) * 8, "little")
 
 
 def add_into(target: dict[int, int], other: dict[int, int]) -> None:
@@ -79,7 +161,7 @@ def percentiles(hist: dict[int, int], qs: Iterable[float], lo: float | None = No
                 value = max(value, lo)
             if hi is not None:
                 value = min(value, hi)
-            out[current] = round(value, 3)
+            out[current] = round_ms(value)
             current = next(pending, None)
         if current is None:
             break

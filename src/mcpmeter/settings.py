@@ -46,12 +46,25 @@ def _positive_float(raw: str) -> float:
     return value
 
 
+def _signals(raw: str) -> frozenset[str]:
+    value = raw.strip().lower()
+    if value in {"", "0", "false", "no", "off", "none"}:
+        return frozenset()
+    if value in {"1", "true", "yes", "on", "all"}:
+        return frozenset({"metrics", "traces"})
+    signals = frozenset(part.strip() for part in value.split(",") if part.strip())
+    unknown = signals - {"metrics", "traces"}
+    if unknown:
+        raise ValueError(f"unknown signal(s) {', '.join(sorted(unknown))}; use metrics, traces or metrics,traces")
+    return signals
+
+
 SETTINGS: dict[str, Setting] = {
     s.env: s
     for s in [
         Setting("MCPMETER_URL", None, str, "Collector base URL. Unset: record into the local store.", "all"),
         Setting("MCPMETER_API_KEY", None, str, "API key sent to the collector (Bearer). Unset: the key saved by a local `mcpmeter serve` for that URL.", "all"),
-        Setting("MCPMETER_DB", None, str, "Store: a SQLite file path (or `sqlite:///path`). Unset: `mcpmeter.db` in MCPMETER_HOME.", "all"),
+        Setting("MCPMETER_DB", None, str, "Store: a SQLite file path (or `sqlite:///path`), or a `postgresql://user:password@host:5432/db` URL shared by several collectors (see docs/scaling.md). Unset: `mcpmeter.db` in MCPMETER_HOME.", "all"),
         Setting("MCPMETER_HOME", None, str, "Directory for the default store, saved credentials and the SDK spool. Unset: the user data directory (`~/.local/share/mcpmeter` on Linux).", "all"),
         Setting("MCPMETER_SERVER_NAME", None, str, "Server name recorded when `Meter(server=...)` / `--server-name` is not given.", "sdk"),
         Setting("MCPMETER_USER", None, str, "User identifier recorded for stdio use. Unset: the OS user. Always stored as a keyed hash.", "sdk"),
@@ -70,6 +83,12 @@ SETTINGS: dict[str, Setting] = {
         Setting("MCPMETER_RETENTION_DAYS", 180, _positive_int, "Days raw events (and raw measurements) are kept; older ones are pruned.", "collector"),
         Setting("MCPMETER_ROLLUP_RETENTION_DAYS", 730, _positive_int, "Days hourly/daily rollups, sessions and server events are kept.", "collector"),
         Setting("MCPMETER_PRUNE_INTERVAL_SECONDS", 3600, _positive_int, "How often a running collector prunes expired data.", "collector"),
+        Setting("MCPMETER_METRICS", True, _bool, "Count what this collector stores for `GET /metrics` (Prometheus) and OTLP export; `false` turns both off.", "collector"),
+        Setting("MCPMETER_METRICS_MAX_SERIES", 2000, _positive_int, "Distinct (server, tool) label pairs per project in the metrics; further ones are counted under tool `__other__` (and in `mcpmeter_metrics_overflow_events_total`).", "collector"),
+        Setting("MCPMETER_METRICS_PORT", None, _positive_int, "Also serve `/metrics` (and `/health`, nothing else) on this port, e.g. 9465 as the gateway's metrics service does.", "collector"),
+        Setting("MCPMETER_METRICS_KEY", None, str, "A key registered at collector start as a read-scope key of the default project named `metrics`, for Prometheus to scrape `/metrics` with (`authorization: credentials`).", "collector"),
+        Setting("MCPMETER_METRICS_KEY_FILE", None, str, "A file holding MCPMETER_METRICS_KEY (e.g. a Docker secret); used when MCPMETER_METRICS_KEY is not set.", "collector"),
+        Setting("MCPMETER_OTLP_EXPORT", None, _signals, "Forward what the collector stores as OTLP/HTTP: `metrics`, `traces` (events that came as spans) or `metrics,traces` (`true` = both). Where to: the standard `OTEL_EXPORTER_OTLP_*` variables.", "collector"),
         Setting("MCPMETER_API_KEY_<NAME>", None, str, "Ingest keys registered for the default project at collector start; NAME (lower-cased) becomes the key's name.", "collector"),
     ]
 }

@@ -99,7 +99,8 @@ def window(period: str | None = "7d", start: str | None = None, end: str | None 
         span = period_ms(period or "7d")
         grain = grain or ("hour" if span <= HOUR_GRAIN_MAX_MS else "day")
         size = HOUR_MS if grain == "hour" else DAY_MS
-        start_ms = end_ms - end_ms % size - (max(span // size, 1) - 1) * size
+        last = end_ms - 1  # [.., end) ends with the bucket holding end - 1, also when end is on a boundary
+        start_ms = last - last % size - (max(span // size, 1) - 1) * size
     if end_ms - start_ms > MAX_SPAN_MS:
         raise ValidationError("the time range is longer than 400 days")
     return align(start_ms, end_ms, grain)

@@ -46,7 +46,7 @@ class Agg:
     dur_sum: float = 0.0
     dur_min: float | None = None
     dur_max: float | None = None
-    hist: dict[int, int] = field(default_factory=dict)
+    hist: histogram.Sum = field(default_factory=histogram.Sum)
 
     def add_cell(self, calls, errors, dur_count, dur_sum, dur_min, dur_max, hist_blob) -> None:
         self.calls += calls
@@ -57,12 +57,11 @@ class Agg:
             self.dur_min = dur_min
         if dur_max is not None and (self.dur_max is None or dur_max > self.dur_max):
             self.dur_max = dur_max
-        if hist_blob:
-            histogram.add_into(self.hist, histogram.decode(hist_blob))
+        self.hist.add(hist_blob)
 
     def latency(self) -> dict[str, float | None]:
-        p50, p95, p99 = histogram.percentiles(self.hist, (50, 95, 99), self.dur_min, self.dur_max)
-        avg = round(self.dur_sum / self.dur_count, 3) if self.dur_count else None
+        p50, p95, p99 = histogram.percentiles(self.hist.result(), (50, 95, 99), self.dur_min, self.dur_max)
+        avg = histogram.round_ms(self.dur_sum / self.dur_count) if self.dur_count else None
         return {"p50": p50, "p95": p95, "p99": p99, "avg": avg,
                 "min": _round(self.dur_min), "max": _round(self.dur_max)}
 
@@ -72,7 +71,7 @@ class Agg:
 
 
 def _round(value: float | None) -> float | None:
-    return None if value is None else round(value, 3)
+    return None if value is None else histogram.round_ms(value)
 
 
 def _change(now: float | None, before: float | None) -> float | None:
@@ -98,28 +97,40 @@ def aggregate_cells(cells: Sequence[tuple], key: Sequence[int] = ()) -> dict[tup
 BUCKET, KIND, SERVER, TOOL, CLIENT = range(5)
 
 
-def _totals(store: Store, q: Query) -> tuple[Agg, dict[tuple, Agg], int, int]:
-    cells = store.cells(q.filter, q.window.grain)
+def _tool_cells(store: Store, f: EventFilter, grain: str) -> list[tuple]:
+    """Tool-call cells with every client together where the store keeps them so, else per client."""
+    read = getattr(store, "tool_cells", None)  # a store without it (PostgreSQL, for now) answers per client
+    return read(f, grain) if read is not None else store.cells(f, grain)
+
+
+def _totals(store: Store, q: Query, new_users: bool = True) -> tuple[Agg, dict[tuple, Agg], int, int, list[tuple]]:
+    cells = _tool_cells(store, q.filter, q.window.grain)
     per_tool = aggregate_cells(cells, (SERVER, TOOL))
     total = Agg()
     for agg in per_tool.values():
         total.add_cell(agg.calls, agg.errors, agg.dur_count, agg.dur_sum, agg.dur_min, agg.dur_max, None)
-        histogram.add_into(total.hist, agg.hist)
+        total.hist.add_sum(agg.hist)
     users = store.users(q.filter, q.window.grain)[0][0]
-    new = store.new_users(q.filter, q.window.grain) if users else 0
-    return total, per_tool, users, new
+    new = store.new_users(q.filter, q.window.grain) if users and new_users else 0
+    return total, per_tool, users, new, cells
 
 
 def summary(store: Store, q: Query) -> dict[str, Any]:
     """Users (new/returning), calls, success rate, latency, top tools, change vs the previous window."""
-    total, per_tool, users, new = _totals(store, q)
-    prev_total, _, prev_users, _ = _totals(store, q.previous())
+    total, per_tool, users, new, cells = _totals(store, q)
+    prev_total, _, prev_users, _, _ = _totals(store, q.previous(), new_users=False)
     latency = total.latency()
     prev_latency = prev_total.latency()
     tool_users = {(s, t): n for s, t, n in store.users(q.filter, q.window.grain, ("server", "tool"))}
     ranked = sorted(per_tool.items(), key=lambda kv: (-kv[1].calls, kv[0]))
-    week = q._replace(window=align(q.window.end_ms - 7 * DAY_MS, q.window.end_ms, "day"))
-    calls_7d = total.calls if week.window == q.window else sum(a.calls for a in aggregate_cells(store.cells(week.filter, "day")).values())
+    day_end = align(q.window.end_ms - 1, q.window.end_ms, "day").end_ms  # the end of the window's last UTC day
+    week = q._replace(window=Window(day_end - 7 * DAY_MS, day_end, "day"))  # seven whole days, as period=7d
+    if week.window == q.window:
+        calls_7d = total.calls
+    elif q.window.grain == "day" and q.window.start_ms <= week.window.start_ms:  # inside this window's cells
+        calls_7d = sum(c[5] for c in cells if c[BUCKET] >= week.window.start_ms)
+    else:
+        calls_7d = sum(c[5] for c in _tool_cells(store, week.filter, "day"))
     return {
         **q.describe(),
         "users": users,
@@ -130,10 +141,10 @@ def summary(store: Store, q: Query) -> dict[str, Any]:
         "success_rate": total.success_rate,
         "latency_ms": latency,
         "calls_last_7d": calls_7d,
-        "top_tools": [
+        "tools": [  # the top tools
             {"server": s, "tool": t, "calls": a.calls, "share": round(a.calls / total.calls, 4) if total.calls else 0.0,
              "errors": a.errors, "success_rate": a.success_rate, "users": tool_users.get((s, t), 0),
-             "p50_ms": a.latency()["p50"], "p95_ms": a.latency()["p95"]}
+             **{f"{k}_ms": v for k, v in a.latency().items() if k in ("p50", "p95", "p99")}}
             for (s, t), a in ranked[:TOP_TOOLS]
         ],
         "previous": {"from": iso(q.window.previous().start_ms), "to": iso(q.window.previous().end_ms),
@@ -151,17 +162,18 @@ def summary(store: Store, q: Query) -> dict[str, Any]:
 
 def tools(store: Store, q: Query) -> dict[str, Any]:
     """Per tool: calls, share, errors, error rate, latency, users, last used; and tools never called."""
-    per_tool = aggregate_cells(store.cells(q.filter, q.window.grain), (SERVER, TOOL))
+    per_tool = aggregate_cells(_tool_cells(store, q.filter, q.window.grain), (SERVER, TOOL))
     total = sum(a.calls for a in per_tool.values())
     tool_users = {(s, t): n for s, t, n in store.users(q.filter, q.window.grain, ("server", "tool"))}
     catalog = {(s, t): (first, last) for s, t, first, last in store.catalog(q.project_id, q.server)}
+    last_called = {(s, t): ts for s, t, ts in store.last_calls(q.project_id, q.server)}
     rows = []
     for (s, t), a in sorted(per_tool.items(), key=lambda kv: (-kv[1].calls, kv[0])):
         rows.append({
             "server": s, "tool": t, "calls": a.calls, "share": round(a.calls / total, 4) if total else 0.0,
             "errors": a.errors, "error_rate": round(a.errors / a.calls, 4) if a.calls else None,
             "success_rate": a.success_rate, "users": tool_users.get((s, t), 0), "latency_ms": a.latency(),
-            "last_used": iso(catalog[(s, t)][1]) if (s, t) in catalog else None,
+            "last_used": iso(last_called[(s, t)]) if (s, t) in last_called else None,
         })
     called = set(per_tool)
     never = [{"server": s, "tool": t, "first_seen": iso(first), "last_seen": iso(last)}
@@ -173,7 +185,7 @@ def tools(store: Store, q: Query) -> dict[str, Any]:
 def timeseries(store: Store, q: Query, by_tool: int = 8) -> dict[str, Any]:
     """Per bucket: calls, errors, success rate, users, latency percentiles; calls per top tool."""
     grain_ms = q.window.grain_ms
-    cells = store.cells(q.filter, q.window.grain)
+    cells = _tool_cells(store, q.filter, q.window.grain)
     per_bucket = aggregate_cells(cells, (BUCKET,))
     per_bucket_tool = aggregate_cells(cells, (BUCKET, TOOL))
     users = {b: n for b, n in store.users(q.filter, q.window.grain, ("bucket",))}
@@ -193,6 +205,21 @@ def timeseries(store: Store, q: Query, by_tool: int = 8) -> dict[str, Any]:
     return {**q.describe(), "tools": top, "points": points, "markers": markers}
 
 
+def users(store: Store, q: Query) -> dict[str, Any]:
+    """Distinct users per bucket, split into new (their first call ever falls in the bucket) and returning."""
+    grain_ms = q.window.grain_ms
+    active = dict(store.users(q.filter, q.window.grain, ("bucket",)))
+    points = []
+    for bucket in range(q.window.start_ms, q.window.end_ms, grain_ms):
+        n = active.get(bucket, 0)
+        one = q._replace(window=Window(bucket, bucket + grain_ms, q.window.grain))
+        new = store.new_users(one.filter, q.window.grain) if n else 0
+        points.append({"t": iso(bucket), "users": n, "new_users": new, "returning_users": n - new})
+    total = store.users(q.filter, q.window.grain)[0][0]
+    new_total = store.new_users(q.filter, q.window.grain) if total else 0
+    return {**q.describe(), "users": total, "new_users": new_total, "returning_users": total - new_total, "points": points}
+
+
 def errors(store: Store, q: Query, samples: int = 20) -> dict[str, Any]:
     """Top error types per tool with counts, and the most recent failures with their messages."""
     groups = store.error_groups(q.filter)
@@ -208,6 +235,21 @@ def errors(store: Store, q: Query, samples: int = 20) -> dict[str, Any]:
     }
 
 
+def _session_counts(store: Store, q: Query) -> list[tuple]:
+    """Sessions that started in the window per (client, client_version, protocol_version).
+
+    A backend that can count them itself (SQLite: one GROUP BY, exact however many sessions)
+    does; otherwise they are counted here from ``store.sessions``.
+    """
+    counted = getattr(store, "session_counts", None)
+    if counted is not None:
+        return counted(q.filter)
+    found: dict[tuple, int] = {}
+    for row in store.sessions(q.filter):
+        found[(row[2], row[3], row[4])] = found.get((row[2], row[3], row[4]), 0) + 1
+    return [(*key, n) for key, n in found.items()]
+
+
 def clients(store: Store, q: Query) -> dict[str, Any]:
     """Which clients call, in which versions, over which protocol versions."""
     per_client = aggregate_cells(store.cells(q.filter, q.window.grain), (CLIENT,))
@@ -215,10 +257,9 @@ def clients(store: Store, q: Query) -> dict[str, Any]:
     total = sum(a.calls for a in per_client.values())
     versions: dict[tuple, int] = {}
     protocols: dict[str, int] = {}
-    for row in store.sessions(q.filter):
-        client, version, protocol = row[2], row[3], row[4]
-        versions[(client or "", version or "")] = versions.get((client or "", version or ""), 0) + 1
-        protocols[protocol or "unknown"] = protocols.get(protocol or "unknown", 0) + 1
+    for client, version, protocol, n in _session_counts(store, q):
+        versions[(client or "", version or "")] = versions.get((client or "", version or ""), 0) + n
+        protocols[protocol or "unknown"] = protocols.get(protocol or "unknown", 0) + n
     return {
         **q.describe(),
         "clients": [{"client": c or "unknown", "calls": a.calls, "share": round(a.calls / total, 4) if total else 0.0,

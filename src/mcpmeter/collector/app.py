@@ -14,11 +14,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .. import settings
+from .. import dashboard, settings
 from ..events import Limits
 from ..exceptions import AuthError, MCPMeterError, StorageError
+from ..exporters import Metrics, MetricsConfig
 from ..storage.base import Store
-from . import ingest, measurements, usage
+from . import ingest, measurements, otlp, usage
 from .auth import Authenticator
 from .openapi import openapi_schema
 from .responses import error
@@ -38,6 +39,7 @@ class CollectorConfig:
     ))
     key_touch_interval: float = 5.0
     prune_interval: float = field(default_factory=lambda: float(settings.get("MCPMETER_PRUNE_INTERVAL_SECONDS")))
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 class Collector:
@@ -50,6 +52,7 @@ class Collector:
         self.auth = Authenticator(store, config.local_trust)
         self.started = time.time()
         self.counters = {"accepted": 0, "duplicates": 0, "rejected": 0, "requests_failed": 0}
+        self.metrics = Metrics(self, config.metrics)  # /metrics, request timing, OTLP export
 
 
 async def health(request: Request) -> Response:
@@ -92,6 +95,7 @@ def create_app(store: Store, config: CollectorConfig | None = None) -> Starlette
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette):
         collector.writer.start()
+        collector.metrics.start()
         tasks = [asyncio.create_task(_touch_keys_forever(collector)), asyncio.create_task(_prune_forever(collector))]
         try:
             yield
@@ -101,20 +105,25 @@ def create_app(store: Store, config: CollectorConfig | None = None) -> Starlette
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await run_in_threadpool(collector.writer.stop)
+            await run_in_threadpool(collector.metrics.stop)
             with contextlib.suppress(StorageError):
                 await run_in_threadpool(collector.auth.flush_last_used)
 
     routes = [
         Route("/v1/events", ingest.post_events, methods=["POST"]),
+        Route("/v1/traces", otlp.post_traces, methods=["POST"]),
         *usage.routes,
         *measurements.routes,
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
+        *collector.metrics.routes,
+        *dashboard.install(collector),  # /, /static, /v1/session, /v1/live, /v1/admin/*
     ]
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
+        middleware=collector.metrics.middleware,
         exception_handlers={MCPMeterError: _handle_errors},
     )
     app.state.collector = collector

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import threading
 import time
+from collections import Counter
 from typing import NamedTuple
 
 from starlette.requests import Request
@@ -43,6 +44,12 @@ def presented_key(request: Request) -> str | None:
     return request.headers.get("x-api-key") or None
 
 
+def _failed(reason: str, message: str, **kwargs) -> AuthError:
+    exc = AuthError(message, **kwargs)
+    exc.reason = reason  # type: ignore[attr-defined]
+    return exc
+
+
 class Authenticator:
     def __init__(self, store: Store, local_trust: bool) -> None:
         self.store = store
@@ -52,24 +59,48 @@ class Authenticator:
         self._default: Project | None = None
         self._lock = threading.Lock()
         self.last_used: dict[int, int] = {}  # key id -> ms; flushed to the store periodically
+        self.checks: Counter[tuple[str, str]] = Counter()  # (scope, result) -> checks
+        self.sessions = None  # dashboard.sessions.Sessions: a signed-in browser's cookie stands for its key
 
     def authenticate(self, request: Request, scope: str) -> Principal:
+        result = "error"
+        try:
+            principal = self._authenticate(request, scope)
+            result = "ok" if principal.key_id is not None else "loopback"
+            return principal
+        except AuthError as exc:
+            result = getattr(exc, "reason", "malformed")
+            raise
+        finally:
+            with self._lock:
+                self.checks[(scope, result)] += 1
+
+    def check_counts(self) -> dict[tuple[str, str], int]:
+        """Checks by (scope asked, result) since start: ``mcpmeter_auth_checks_total``."""
+        with self._lock:
+            return dict(self.checks)
+
+    def _authenticate(self, request: Request, scope: str) -> Principal:
         key = presented_key(request)
-        if key is None:
+        key_hash = keys.hash_key(key) if key is not None else None
+        if key_hash is None and self.sessions is not None:
+            key_hash = self.sessions.key_hash(request)
+        if key_hash is None:
             client = request.client.host if request.client else None
             if self.local_trust and is_loopback(client):
                 if self._default is None:
                     self._default = self.store.ensure_project(DEFAULT_PROJECT)
                 return Principal(self._default, frozenset(keys.SCOPES), None)
-            raise AuthError("an API key is required", hint="send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`")
-        info = self._lookup(keys.hash_key(key))
+            raise _failed("missing_key", "an API key is required", hint="send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`")
+        info = self._lookup(key_hash)
         now_ms = int(time.time() * 1000)
         if info is None:
-            raise AuthError("unknown API key", hint="check MCPMETER_API_KEY; `mcpmeter keys list` shows the keys")
+            raise _failed("unknown_key", "unknown API key", hint="check MCPMETER_API_KEY; `mcpmeter keys list` shows the keys")
         if not info.active(now_ms):
-            raise AuthError(f"API key {info.prefix}… has been revoked or has expired", hint="create a new one with `mcpmeter keys create`")
+            raise _failed("revoked", f"API key {info.prefix}… has been revoked or has expired", hint="create a new one with `mcpmeter keys create`")
         if not keys.allows(info.scopes, scope):
-            raise AuthError(
+            raise _failed(
+                "forbidden",
                 f"API key {info.prefix}… lacks the `{scope}` scope (it has: {', '.join(sorted(info.scopes))})",
                 status=403,
                 hint=f"use a key created with --scopes {scope}",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from .. import credentials, keys, settings
+from ..exceptions import ConfigError
 from ..storage.base import Store
 from .auth import DEFAULT_PROJECT
 
@@ -21,6 +23,26 @@ def register_env_keys(store: Store, environ: dict[str, str] | None = None) -> li
             store.add_key(project.id, name, keys.hash_key(key), keys.display_prefix(key), ["ingest"], replace=True)
         names.append(name)
     return names
+
+
+def register_metrics_key(store: Store, environ: dict[str, str] | None = None) -> bool:
+    """``MCPMETER_METRICS_KEY`` becomes a read key of the default project named ``metrics``
+    (what a Prometheus scrape config sends as its bearer token)."""
+    key = environ.get("MCPMETER_METRICS_KEY") if environ is not None else settings.get("MCPMETER_METRICS_KEY")
+    path = environ.get("MCPMETER_METRICS_KEY_FILE") if environ is not None else settings.get("MCPMETER_METRICS_KEY_FILE")
+    if not key and path:
+        try:
+            key = Path(path).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read MCPMETER_METRICS_KEY_FILE {path}: {exc.strerror}",
+                              hint="point it at a readable file holding the key, or set MCPMETER_METRICS_KEY") from None
+    if not key:
+        return False
+    project = store.ensure_project(DEFAULT_PROJECT)
+    existing = store.key_by_hash(keys.hash_key(key))
+    if existing is None or existing.project_id != project.id:
+        store.add_key(project.id, "metrics", keys.hash_key(key), keys.display_prefix(key), ["read"], replace=True)
+    return True
 
 
 def ensure_local_keys(store: Store, url: str) -> dict[str, str] | None:

@@ -43,6 +43,7 @@ routes = [
     Route("/v1/usage/summary", endpoint(queries.summary), methods=["GET"]),
     Route("/v1/usage/tools", endpoint(queries.tools), methods=["GET"]),
     Route("/v1/usage/timeseries", endpoint(queries.timeseries), methods=["GET"]),
+    Route("/v1/usage/users", endpoint(queries.users), methods=["GET"]),
     Route("/v1/usage/errors", endpoint(queries.errors), methods=["GET"]),
     Route("/v1/usage/clients", endpoint(queries.clients), methods=["GET"]),
     Route("/v1/usage/sessions", endpoint(queries.sessions), methods=["GET"]),

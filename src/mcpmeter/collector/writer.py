@@ -9,10 +9,12 @@ An answer is only given after the commit returned, so a 2xx always means durable
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import queue
 import threading
-from typing import Sequence
+import time
+from typing import Callable, Sequence
 
 from ..storage.base import IngestResult, Store
 
@@ -36,6 +38,10 @@ class Writer:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._count_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        # Called in the writer thread after each commit with the rows really inserted per
+        # project, the rows submitted, and the commit's duration (seconds): exporters' hook.
+        self.on_commit: Callable[[dict[int, list[tuple]], int, float], None] | None = None
+        self._hands_back_rows = "stored_rows" in inspect.signature(store.ingest).parameters
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="mcpmeter-writer", daemon=True)
@@ -86,20 +92,39 @@ class Writer:
                 return
 
     def _commit(self, group: list, size: int) -> None:
+        on_commit = self.on_commit
+        stored: dict[int, list[tuple]] | None = {} if on_commit is not None else None
+        started = time.perf_counter()
         try:
-            results = self.store.ingest([(project_id, rows) for project_id, rows, _, _ in group])
+            groups = [(project_id, rows) for project_id, rows, _, _ in group]
+            if stored is not None and self._hands_back_rows:
+                results = self.store.ingest(groups, stored)
+            else:
+                results = self.store.ingest(groups)
+                if stored is not None:  # a store that cannot say which rows were new: exact only without duplicates
+                    for (project_id, rows), result in zip(groups, results):
+                        if not result.duplicates:
+                            stored.setdefault(project_id, []).extend(rows)
         except Exception as exc:  # any failure fails every request of the group; none is acknowledged
             self.errors += 1
             log.error("storing %d events failed: %s", size, exc)
+            self._done(size)
             for _, _, loop, future in group:
                 loop.call_soon_threadsafe(_fail, future, exc)
         else:
             self.commits += 1
+            self._done(size)
+            if on_commit is not None:  # before answering: a 2xx means /metrics already counts the batch
+                try:
+                    on_commit(stored, size, time.perf_counter() - started)
+                except Exception:  # metrics must never fail an ingest that is already durable
+                    log.exception("counting a commit for metrics failed")
             for (_, _, loop, future), result in zip(group, results):
                 loop.call_soon_threadsafe(_succeed, future, result)
-        finally:
-            with self._count_lock:
-                self.pending_rows -= size
+
+    def _done(self, size: int) -> None:
+        with self._count_lock:
+            self.pending_rows -= size
 
 
 def _succeed(future: asyncio.Future, result: IngestResult) -> None:

@@ -25,18 +25,28 @@ def open_store(db: str | None = None, *, durable: bool = True, upgrade: bool = T
     ``synchronous=NORMAL``); a process crash loses nothing either way.
     """
     target = resolve_db(db)
+    store: Store
     if target.startswith(("postgresql://", "postgres://")):
-        raise ConfigError(
-            "PostgreSQL stores are not available in this version",
-            hint="use a SQLite path, e.g. --db ./mcpmeter.db",
-        )
-    if target.startswith("sqlite:///"):
-        target = target[len("sqlite:///"):]
-    elif "://" in target:
-        raise ConfigError(f"unknown store URL {target!r}", hint="give a SQLite file path")
-    from .sqlite import SQLiteStore
+        try:
+            from .postgres import PostgresStore
+        except ImportError:
+            raise ConfigError(
+                "PostgreSQL stores need psycopg, which is not installed",
+                hint="pip install 'mcpmeter[postgres]'",
+            ) from None
+        store = PostgresStore(target, durable=durable)
+    else:
+        if target.startswith("sqlite:///"):
+            target = target[len("sqlite:///"):]
+        elif "://" in target:
+            raise ConfigError(f"unknown store URL {target!r}", hint="give a SQLite file path or a postgresql:// URL")
+        from .sqlite import SQLiteStore
 
-    store = SQLiteStore(Path(target), durable=durable)
+        store = SQLiteStore(Path(target), durable=durable)
     if upgrade:
-        store.upgrade()
+        try:
+            store.upgrade()
+        except BaseException:
+            store.close()
+            raise
     return store

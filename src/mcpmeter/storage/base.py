@@ -76,11 +76,15 @@ class Store(Protocol):
     def touch_keys(self, last_used: dict[int, int]) -> None: ...
 
     # events
-    def ingest(self, groups: Sequence[tuple[int, Sequence[tuple]]]) -> list[IngestResult]:
+    def ingest(self, groups: Sequence[tuple[int, Sequence[tuple]]],
+               stored_rows: dict[int, list[tuple]] | None = None) -> list[IngestResult]:
         """Store each (project_id, rows) group in ONE transaction; rows follow ``events.ROW_FIELDS``.
 
         Returns one result per group. An event id already stored for that project is a
         duplicate and is not stored again. When this returns, the rows are durable.
+        With ``stored_rows``, the rows really inserted (duplicates left out) are added to it
+        per project once the transaction committed: what the collector's metrics count, so
+        that several collectors on one store count every event exactly once between them.
         """
         ...
 
@@ -92,6 +96,10 @@ class Store(Protocol):
 
     # rollup reads (cost grows with buckets x dimensions; ``f`` must be aligned to ``grain``)
     def cells(self, f: EventFilter, grain: str, kinds: Sequence[str] = ("tool_call",)) -> list[tuple]: ...
+    def tool_cells(self, f: EventFilter, grain: str) -> list[tuple]:
+        """Tool-call cells like ``cells`` but with every client together (client ''), from a
+        per-tool rollup where the backend has one; returning ``cells(f, grain)`` is correct too."""
+        ...
     def users(self, f: EventFilter, grain: str, group: Sequence[str] = ()) -> list[tuple]: ...
     def new_users(self, f: EventFilter, grain: str) -> int: ...
     def error_groups(self, f: EventFilter) -> list[tuple]: ...

@@ -93,13 +93,27 @@ class Deltas:
     user_day: set = field(default_factory=set)  # (day, server, tool, client, user)
     user_hour: set = field(default_factory=set)  # (hour, user)
     user_first: dict[tuple, int] = field(default_factory=dict)  # (server, user) -> ts
-    errors: dict[tuple, list] = field(default_factory=dict)  # (day, server, tool, client, error_type) -> [count, last_ts]
+    errors: dict[tuple, list] = field(default_factory=dict)  # (hour, server, tool, client, error_type) -> [count, last_ts]
     sessions: dict[str, SessionDelta] = field(default_factory=dict)
-    catalog: dict[tuple, list] = field(default_factory=dict)  # (server, tool) -> [first, last]
+    catalog: dict[tuple, list] = field(default_factory=dict)  # (server, tool) -> [first seen, last seen, last called]
+    # Tool calls per (day, server, tool), every client together: what most reads need.
+    tool_day: dict[tuple, Cell] = field(default_factory=dict)
+    tool_day_users: dict[tuple, set] = field(default_factory=dict)  # (day, server, tool) -> user hashes
 
 
 def _min(a: int | None, b: int) -> int:
     return b if a is None or b < a else a
+
+
+def _seen(catalog: dict[tuple, list], key: tuple, ts: int, called: bool) -> None:
+    span = catalog.get(key)
+    if span is None:
+        catalog[key] = [ts, ts, ts if called else None]
+        return
+    span[0] = min(span[0], ts)
+    span[1] = max(span[1], ts)
+    if called and (span[2] is None or ts > span[2]):
+        span[2] = ts
 
 
 def aggregate(rows: Sequence[tuple]) -> Deltas:
@@ -115,12 +129,7 @@ def aggregate(rows: Sequence[tuple]) -> Deltas:
         hour = ts - ts % HOUR_MS
         day = ts - ts % DAY_MS
         if kind == "tool_listed":  # the catalog of tools a server offers
-            span = d.catalog.get((server, tool))
-            if span is None:
-                d.catalog[(server, tool)] = [ts, ts]
-            else:
-                span[0] = min(span[0], ts)
-                span[1] = max(span[1], ts)
+            _seen(d.catalog, (server, tool), ts, called=False)
             continue
         key = (hour, kind, server, tool, client)
         cell = hour_cells.get(key)
@@ -129,7 +138,7 @@ def aggregate(rows: Sequence[tuple]) -> Deltas:
         ok = row[_OK]
         cell.add(ok, row[_DUR])
         if ok == 0:
-            ekey = (day, server, tool, client, row[_ERR] or "error")
+            ekey = (hour, server, tool, client, row[_ERR] or "error")
             entry = d.errors.get(ekey)
             if entry is None:
                 d.errors[ekey] = [1, ts]
@@ -143,12 +152,7 @@ def aggregate(rows: Sequence[tuple]) -> Deltas:
             if first is None or ts < first:
                 d.user_first[(server, user)] = ts
         if kind == "tool_call" and tool:
-            span = d.catalog.get((server, tool))
-            if span is None:
-                d.catalog[(server, tool)] = [ts, ts]
-            else:
-                span[0] = min(span[0], ts)
-                span[1] = max(span[1], ts)
+            _seen(d.catalog, (server, tool), ts, called=True)
         session_id = row[_SESSION]
         if session_id:
             s = d.sessions.get(session_id)
@@ -178,4 +182,12 @@ def aggregate(rows: Sequence[tuple]) -> Deltas:
         if target is None:
             target = d.day[dkey] = Cell()
         target.merge(cell)
+    for (day, kind, server, tool, _), cell in d.day.items():
+        if kind == "tool_call":
+            target = d.tool_day.get((day, server, tool))
+            if target is None:
+                target = d.tool_day[(day, server, tool)] = Cell()
+            target.merge(cell)
+    for day, server, tool, _, user in d.user_day:
+        d.tool_day_users.setdefault((day, server, tool), set()).add(user)
     return d

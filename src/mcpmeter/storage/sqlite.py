@@ -6,13 +6,16 @@ thread), and one reader connection per thread so reads never wait for writes.
 
 from __future__ import annotations
 
+import functools
 import secrets
 import sqlite3
 import threading
 import time
+from itertools import chain
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from .. import usersets
 from ..events import ROW_FIELDS
 from ..exceptions import SchemaVersionError, StorageError
 from .base import EventFilter, IngestResult, KeyInfo, Project
@@ -20,10 +23,6 @@ from . import sqlite_rollups
 from .rollup import aggregate
 from .sqlite_migrations import MIGRATIONS
 
-_INSERT_EVENT = (
-    f"INSERT OR IGNORE INTO events (project_id, {', '.join(ROW_FIELDS)}, received_at) "
-    f"VALUES ({', '.join('?' * (len(ROW_FIELDS) + 2))})"
-)
 ROLLUP_VERSION = 2
 _MEASUREMENT_DAY_UPSERT = """
 INSERT INTO measurement_day VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?)
@@ -42,6 +41,41 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+# Events go in with multi-row INSERTs of these many rows (largest first), so SQLite runs a
+# whole chunk per step: executemany() hands the GIL back and forth once per row, which
+# stalls the writer whenever the event loop is busy decoding the next requests.
+_INSERT_CHUNKS = (256, 64, 16, 4, 1)
+
+
+@functools.lru_cache(maxsize=len(_INSERT_CHUNKS))
+def _insert_events_sql(rows: int) -> str:
+    """INSERT of ``rows`` events; ?1 is the project id, ?2 the receive time, then each row's fields."""
+    width = len(ROW_FIELDS)
+    values = ", ".join(
+        "(?1, " + ", ".join(f"?{3 + r * width + c}" for c in range(width)) + ", ?2)" for r in range(rows)
+    )
+    return f"INSERT OR IGNORE INTO events (project_id, {', '.join(ROW_FIELDS)}, received_at) VALUES {values}"
+
+
+def _insert_chunks(conn: sqlite3.Connection) -> tuple[int, ...]:
+    """The chunk sizes whose statements stay within this SQLite's limit on bound parameters."""
+    limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    return tuple(size for size in _INSERT_CHUNKS if 2 + size * len(ROW_FIELDS) <= limit)
+
+
+def _insert_events(conn: sqlite3.Connection, chunks: tuple[int, ...], project_id: int, received: int,
+                   rows: Sequence[tuple]) -> int:
+    """Insert ``rows`` (in order, duplicates ignored); the number really inserted."""
+    inserted, start, total = 0, 0, len(rows)
+    for size in chunks:
+        while total - start >= size:
+            params = [project_id, received]
+            params.extend(chain.from_iterable(rows[start:start + size]))
+            inserted += conn.execute(_insert_events_sql(size), params).rowcount
+            start += size
+    return inserted
+
+
 class SQLiteStore:
     def __init__(self, path: Path, durable: bool = True) -> None:
         self.path = Path(path)
@@ -50,6 +84,7 @@ class SQLiteStore:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = self._connect()
+            self._insert_chunks = _insert_chunks(self._writer)
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(f"cannot open store {self.path}: {exc}", hint="check the path and its permissions") from None
         self._write_lock = threading.Lock()
@@ -117,7 +152,7 @@ class SQLiteStore:
                 if current < m.version <= target:
                     _run_script(conn, m.up)
                     if m.version == ROLLUP_VERSION:  # rollups of events stored before they existed
-                        sqlite_rollups.rebuild(conn, ", ".join(ROW_FIELDS))
+                        sqlite_rollups.rebuild(conn, ", ".join(ROW_FIELDS), m.version)
                     conn.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (m.version, m.name, _now_ms()))
                     applied.append(m.version)
             return applied
@@ -226,28 +261,42 @@ class SQLiteStore:
 
     # ---- events ---------------------------------------------------------------------
 
-    def ingest(self, groups: Sequence[tuple[int, Sequence[tuple]]]) -> list[IngestResult]:
+    def ingest(self, groups: Sequence[tuple[int, Sequence[tuple]]],
+               stored_rows: dict[int, list[tuple]] | None = None) -> list[IngestResult]:
         received = _now_ms()
 
-        def run(conn: sqlite3.Connection) -> list[IngestResult]:
+        def run(conn: sqlite3.Connection) -> tuple[list[IngestResult], dict[int, list[tuple]]]:
             results = []
+            stored: dict[int, list[tuple]] = {}  # project -> rows really inserted, in order
             for project_id, rows in groups:
                 if not rows:
                     results.append(IngestResult(0, 0))
                     continue
                 total = len(rows)
                 before = conn.execute("SELECT coalesce(max(rowid), 0) FROM events").fetchone()[0]
-                cur = conn.executemany(_INSERT_EVENT, [(project_id, *row, received) for row in rows])
-                inserted = cur.rowcount if cur.rowcount >= 0 else len(rows)
+                inserted = _insert_events(conn, self._insert_chunks, project_id, received, rows)
                 if inserted < len(rows):  # some were duplicates: roll up only the rows really stored
                     new_ids = {i for (i,) in conn.execute("SELECT event_id FROM events WHERE rowid > ?", (before,))}
-                    rows = [row for row in rows if row[0] in new_ids]
+                    kept = []
+                    for row in rows:  # the first of equal ids is the one stored
+                        if row[0] in new_ids:
+                            new_ids.discard(row[0])
+                            kept.append(row)
+                    rows = kept
                     inserted = len(rows)
-                sqlite_rollups.apply(conn, project_id, aggregate(rows))
+                stored.setdefault(project_id, []).extend(rows)
                 results.append(IngestResult(inserted, total - inserted))
-            return results
+            # One rollup delta per project for the whole group (rollups are additive): the
+            # requests of a group share most keys, so this saves most of the upserts.
+            for project_id, rows in stored.items():
+                sqlite_rollups.apply(conn, project_id, aggregate(rows))
+            return results, stored
 
-        return self._write(run)
+        results, stored = self._write(run)
+        if stored_rows is not None:  # only once committed
+            for project_id, rows in stored.items():
+                stored_rows.setdefault(project_id, []).extend(rows)
+        return results
 
     # ---- reads ----------------------------------------------------------------------
 
@@ -290,6 +339,26 @@ class SQLiteStore:
             [f.project_id, f.start_ms, f.end_ms, *kinds, *params],
         ).fetchall()
 
+    def tool_cells(self, f: EventFilter, grain: str) -> list[tuple]:
+        """Tool-call cells with every client together, in the shape of ``cells`` (client ''):
+        read from the per-tool daily rollup when it can answer (day grain, no client filter)."""
+        if grain != "day" or f.client is not None:
+            return self.cells(f, grain)
+        dims, params = self._dims(f)
+        return self._reader().execute(
+            "SELECT bucket, 'tool_call', server, tool, '', calls, errors, dur_count, dur_sum, dur_min, dur_max, hist "
+            f"FROM rollup_tool_day WHERE project_id = ? AND bucket >= ? AND bucket < ?{dims}",
+            [f.project_id, f.start_ms, f.end_ms, *params],
+        ).fetchall()
+
+    def _user_sets(self, f: EventFilter) -> list[tuple]:
+        """(bucket, server, tool, users as an int) per day and tool of the window (no client filter)."""
+        dims, params = self._dims(f)
+        as_int = usersets.as_int
+        return [(bucket, server, tool, as_int(users)) for bucket, server, tool, users in self._reader().execute(
+            f"SELECT bucket, server, tool, users FROM rollup_tool_day WHERE project_id = ? AND bucket >= ? AND bucket < ?{dims}",
+            [f.project_id, f.start_ms, f.end_ms, *params])]
+
     def _user_source(self, f: EventFilter, grain: str, need_dims: bool = False) -> tuple[str, list]:
         """A subquery of (bucket, server, tool, client, user_hash) rows for the window."""
         filtered = need_dims or f.server is not None or f.tool is not None or f.client is not None
@@ -302,12 +371,22 @@ class SQLiteStore:
                     "WHERE project_id = ? AND hour >= ? AND hour < ?", [f.project_id, f.start_ms, f.end_ms])
         # Hour grain with filters: raw events (hour windows span at most two days).
         dims, params = self._dims(f, client_column="client_name")
-        return (f"SELECT ts - ts % 3600000 AS bucket, server, tool, client_name AS client, user_hash FROM events "
+        return (f"SELECT ts - ts % 3600000 AS bucket, server, coalesce(tool, '') AS tool, "
+                f"coalesce(client_name, '') AS client, user_hash FROM events "  # '' = none, as in the rollups
                 f"WHERE project_id = ? AND ts >= ? AND ts < ? AND kind = 'tool_call' AND user_hash IS NOT NULL{dims}",
                 [f.project_id, f.start_ms, f.end_ms, *params])
 
     def users(self, f: EventFilter, grain: str, group: Sequence[str] = ()) -> list[tuple]:
         """Distinct users in the window, grouped by any of bucket, server, tool, client: rows (*group, count)."""
+        if grain == "day" and f.client is None and "client" not in group:  # unions of exact user sets
+            at = [("bucket", "server", "tool").index(g) for g in group]
+            sets: dict[tuple, int] = {}
+            for row in self._user_sets(f):
+                key = tuple(row[i] for i in at)
+                sets[key] = sets.get(key, 0) | row[3]
+            if not group:
+                return [(sets.get((), 0).bit_count(),)]
+            return [(*key, users.bit_count()) for key, users in sets.items() if users]
         source, params = self._user_source(f, grain, need_dims=bool(set(group) & {"server", "tool", "client"}))
         cols = ", ".join(group)
         sql = f"SELECT {cols + ', ' if cols else ''}count(DISTINCT user_hash) FROM ({source})"
@@ -317,6 +396,25 @@ class SQLiteStore:
 
     def new_users(self, f: EventFilter, grain: str) -> int:
         """Users active in the window whose first call (on the filtered server, or anywhere) falls in it."""
+        if f.tool is None and f.client is None:
+            # A user whose first call (there) falls in the window was active in it: count those.
+            if f.server is None:
+                sql, params = "SELECT count(*) FROM user_number WHERE project_id = ? AND first_seen >= ? AND first_seen < ?", []
+            else:
+                sql, params = "SELECT count(*) FROM user_first WHERE project_id = ? AND first_seen >= ? AND first_seen < ? AND server = ?", [f.server]
+            return self._reader().execute(sql, [f.project_id, f.start_ms, f.end_ms, *params]).fetchone()[0]
+        if grain == "day" and f.client is None:
+            active = 0
+            for row in self._user_sets(f):
+                active |= row[3]
+            if f.server is None:  # first call anywhere
+                first, params = "SELECT number FROM user_number WHERE project_id = ? AND first_seen >= ? AND first_seen < ?", []
+            else:
+                first = ("SELECT n.number FROM user_first u JOIN user_number n ON n.project_id = u.project_id "
+                         "AND n.user_hash = u.user_hash WHERE u.project_id = ? AND u.first_seen >= ? AND u.first_seen < ? AND u.server = ?")
+                params = [f.server]
+            rows = self._reader().execute(first, [f.project_id, f.start_ms, f.end_ms, *params])
+            return sum(1 for (n,) in rows if active >> n & 1)
         source, params = self._user_source(f, grain)
         first = "SELECT user_hash, min(first_seen) AS first_seen FROM user_first WHERE project_id = ?"
         first_params: list = [f.project_id]
@@ -366,6 +464,20 @@ class SQLiteStore:
             params.append(f.tool)
         return self._reader().execute(sql + " ORDER BY s.first_ts LIMIT ?", [*params, limit]).fetchall()
 
+    def session_counts(self, f: EventFilter) -> list[tuple]:
+        """Sessions that started in the window, counted per (client, client_version, protocol_version)."""
+        sql = ("SELECT s.client, s.client_version, s.protocol_version, count(*) FROM sessions s "
+               "WHERE s.project_id = ? AND s.first_ts >= ? AND s.first_ts < ?")
+        params: list = [f.project_id, f.start_ms, f.end_ms]
+        for column, value in (("s.server", f.server), ("s.client", f.client)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                params.append(value)
+        if f.tool is not None:
+            sql += " AND EXISTS (SELECT 1 FROM session_tools t WHERE t.project_id = s.project_id AND t.session_id = s.session_id AND t.tool = ?)"
+            params.append(f.tool)
+        return self._reader().execute(sql + " GROUP BY 1, 2, 3", params).fetchall()
+
     def catalog(self, project_id: int, server: str | None = None) -> list[tuple]:
         """Tools servers listed or were called with: (server, tool, first_seen, last_seen)."""
         sql, params = "SELECT server, tool, first_seen, last_seen FROM tool_catalog WHERE project_id = ?", [project_id]
@@ -373,6 +485,15 @@ class SQLiteStore:
             sql += " AND server = ?"
             params.append(server)
         return self._reader().execute(sql + " ORDER BY server, tool", params).fetchall()
+
+    def last_calls(self, project_id: int, server: str | None = None) -> list[tuple]:
+        """When each tool was last called (listings aside): (server, tool, last_called)."""
+        sql = "SELECT server, tool, last_called FROM tool_catalog WHERE project_id = ? AND last_called IS NOT NULL"
+        params: list = [project_id]
+        if server is not None:
+            sql += " AND server = ?"
+            params.append(server)
+        return self._reader().execute(sql, params).fetchall()
 
     # ---- measurements and server events ------------------------------------------------
 
@@ -440,6 +561,7 @@ class SQLiteStore:
             "user_hour": ("DELETE FROM user_hour WHERE hour < ?", rollups_before_ms),
             "rollup_hour": ("DELETE FROM rollup_hour WHERE bucket < ?", rollups_before_ms),
             "rollup_day": ("DELETE FROM rollup_day WHERE bucket < ?", rollups_before_ms),
+            "rollup_tool_day": ("DELETE FROM rollup_tool_day WHERE bucket < ?", rollups_before_ms),
             "user_day": ("DELETE FROM user_day WHERE day < ?", rollups_before_ms),
             "error_hour": ("DELETE FROM error_hour WHERE bucket < ?", rollups_before_ms),
             "session_tools": ("DELETE FROM session_tools WHERE (project_id, session_id) IN "

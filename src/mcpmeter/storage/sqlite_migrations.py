@@ -166,3 +166,56 @@ MIGRATIONS.append(
         """,
     )
 )
+
+MIGRATIONS.append(
+    Migration(
+        4,
+        "tool catalog: when each tool was last called, apart from when it was last listed",
+        up="""
+        ALTER TABLE tool_catalog ADD COLUMN last_called INTEGER;
+        UPDATE tool_catalog SET last_called = c.ts
+        FROM (SELECT project_id, server, tool, max(ts) AS ts FROM events WHERE kind = 'tool_call' GROUP BY project_id, server, tool) AS c
+        WHERE c.project_id = tool_catalog.project_id AND c.server = tool_catalog.server AND c.tool = tool_catalog.tool;
+        """,
+        down="""
+        ALTER TABLE tool_catalog DROP COLUMN last_called;
+        """,
+    )
+)
+
+MIGRATIONS.append(
+    Migration(
+        5,
+        "tool calls per day and tool over every client, with exact user sets (bitmaps over user numbers)",
+        up="""
+        CREATE TABLE user_number (
+            project_id INTEGER NOT NULL, user_hash TEXT NOT NULL, number INTEGER NOT NULL, first_seen INTEGER NOT NULL,
+            PRIMARY KEY (project_id, user_hash)
+        ) WITHOUT ROWID;
+        CREATE UNIQUE INDEX user_number_by_number ON user_number (project_id, number);
+        CREATE INDEX user_number_by_first ON user_number (project_id, first_seen);
+        INSERT INTO user_number (project_id, user_hash, number, first_seen)
+        SELECT project_id, user_hash, row_number() OVER (PARTITION BY project_id ORDER BY min(first_seen), user_hash) - 1,
+               min(first_seen)
+        FROM user_first GROUP BY project_id, user_hash;
+        CREATE TABLE rollup_tool_day (
+            project_id INTEGER NOT NULL, bucket INTEGER NOT NULL, server TEXT NOT NULL, tool TEXT NOT NULL,
+            calls INTEGER NOT NULL, errors INTEGER NOT NULL,
+            dur_count INTEGER NOT NULL, dur_sum REAL NOT NULL, dur_min REAL, dur_max REAL, hist BLOB, users BLOB,
+            PRIMARY KEY (project_id, bucket, server, tool)
+        ) WITHOUT ROWID;
+        INSERT INTO rollup_tool_day
+        SELECT r.project_id, r.bucket, r.server, r.tool, sum(r.calls), sum(r.errors), sum(r.dur_count), sum(r.dur_sum),
+               min(r.dur_min), max(r.dur_max), hist_sum(r.hist),
+               (SELECT user_set(n.number) FROM user_day u
+                JOIN user_number n ON n.project_id = u.project_id AND n.user_hash = u.user_hash
+                WHERE u.project_id = r.project_id AND u.day = r.bucket AND u.server = r.server AND u.tool = r.tool)
+        FROM rollup_day r WHERE r.kind = 'tool_call'
+        GROUP BY r.project_id, r.bucket, r.server, r.tool;
+        """,
+        down="""
+        DROP TABLE rollup_tool_day;
+        DROP TABLE user_number;
+        """,
+    )
+)

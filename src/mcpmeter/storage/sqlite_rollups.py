@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import sqlite3
 
-from .. import histogram
+from .. import histogram, usersets
 from .rollup import Deltas, aggregate
+from .sqlite_migrations import MIGRATIONS
+
+LATEST = MIGRATIONS[-1].version
 
 _CELL_UPSERT = """
 INSERT INTO {table} (project_id, bucket, kind, server, tool, client, calls, errors, dur_count, dur_sum, dur_min, dur_max, hist)
@@ -49,6 +52,13 @@ ON CONFLICT (project_id, session_id) DO UPDATE SET
 """
 
 _CATALOG_UPSERT = """
+INSERT INTO tool_catalog (project_id, server, tool, first_seen, last_seen, last_called) VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (project_id, server, tool) DO UPDATE SET
+    first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen),
+    last_called = max(coalesce(last_called, excluded.last_called), coalesce(excluded.last_called, last_called))
+"""
+# Schemas 2 and 3 (a rebuild during an upgrade, before schema 4; its migration fills last_called).
+_CATALOG_UPSERT_V2 = """
 INSERT INTO tool_catalog (project_id, server, tool, first_seen, last_seen) VALUES (?, ?, ?, ?, ?)
 ON CONFLICT (project_id, server, tool) DO UPDATE SET
     first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen)
@@ -57,6 +67,25 @@ ON CONFLICT (project_id, server, tool) DO UPDATE SET
 _USER_FIRST_UPSERT = """
 INSERT INTO user_first (project_id, server, user_hash, first_seen) VALUES (?, ?, ?, ?)
 ON CONFLICT (project_id, server, user_hash) DO UPDATE SET first_seen = min(first_seen, excluded.first_seen)
+"""
+
+_USER_NUMBER_UPSERT = """
+INSERT INTO user_number (project_id, user_hash, number, first_seen) VALUES (?, ?, ?, ?)
+ON CONFLICT (project_id, user_hash) DO UPDATE SET first_seen = min(first_seen, excluded.first_seen)
+"""
+
+_TOOL_DAY_UPSERT = """
+INSERT INTO rollup_tool_day (project_id, bucket, server, tool, calls, errors, dur_count, dur_sum, dur_min, dur_max, hist, users)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (project_id, bucket, server, tool) DO UPDATE SET
+    calls = calls + excluded.calls,
+    errors = errors + excluded.errors,
+    dur_count = dur_count + excluded.dur_count,
+    dur_sum = dur_sum + excluded.dur_sum,
+    dur_min = min(coalesce(dur_min, excluded.dur_min), coalesce(excluded.dur_min, dur_min)),
+    dur_max = max(coalesce(dur_max, excluded.dur_max), coalesce(excluded.dur_max, dur_max)),
+    hist = hist_add(hist, excluded.hist),
+    users = users_union(users, excluded.users)
 """
 
 
@@ -70,8 +99,44 @@ def _hist_merge(a: bytes | None, b: bytes | None) -> bytes | None:
     return histogram.encode(merged)
 
 
+def _hist_add(a: bytes | None, b: bytes | None) -> bytes | None:
+    """Merge into the dense form (rollup_tool_day)."""
+    return histogram.encode_dense(histogram.packed(a) + histogram.packed(b))
+
+
+class _HistSum:
+    """Aggregate: the dense merge of stored histograms of either form."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def step(self, blob: bytes | None) -> None:
+        self.total += histogram.packed(blob)
+
+    def finalize(self) -> bytes | None:
+        return histogram.encode_dense(self.total)
+
+
+class _UserSet:
+    """Aggregate: the set of user numbers."""
+
+    def __init__(self) -> None:
+        self.numbers: list[int] = []
+
+    def step(self, number: int | None) -> None:
+        if number is not None:
+            self.numbers.append(number)
+
+    def finalize(self) -> bytes | None:
+        return usersets.encode(usersets.from_numbers(self.numbers))
+
+
 def register_functions(conn: sqlite3.Connection) -> None:
     conn.create_function("hist_merge", 2, _hist_merge, deterministic=True)
+    conn.create_function("hist_add", 2, _hist_add, deterministic=True)
+    conn.create_function("users_union", 2, usersets.union, deterministic=True)
+    conn.create_aggregate("hist_sum", 1, _HistSum)
+    conn.create_aggregate("user_set", 1, _UserSet)
 
 
 def _cells(project_id: int, cells: dict) -> list[tuple]:
@@ -82,7 +147,29 @@ def _cells(project_id: int, cells: dict) -> list[tuple]:
     ]
 
 
-def apply(conn: sqlite3.Connection, project_id: int, d: Deltas) -> None:
+def _user_numbers(conn: sqlite3.Connection, p: int, d: Deltas) -> dict[str, int]:
+    """Each calling user's number in this project (numbering new ones), keeping their first call."""
+    first: dict[str, int] = {}
+    for (_, user), ts in d.user_first.items():
+        if ts < first.get(user, ts + 1):
+            first[user] = ts
+    users = list(first)
+    numbers: dict[str, int] = {}
+    for i in range(0, len(users), 500):
+        chunk = users[i:i + 500]
+        numbers.update(conn.execute(
+            f"SELECT user_hash, number FROM user_number WHERE project_id = ? AND user_hash IN ({', '.join('?' * len(chunk))})",
+            (p, *chunk)))
+    new = sorted((u for u in users if u not in numbers), key=lambda u: (first[u], u))
+    if new:
+        top = conn.execute("SELECT coalesce(max(number), -1) FROM user_number WHERE project_id = ?", (p,)).fetchone()[0]
+        numbers.update((u, top + 1 + i) for i, u in enumerate(new))
+    conn.executemany(_USER_NUMBER_UPSERT, [(p, u, numbers[u], first[u]) for u in users])
+    return numbers
+
+
+def apply(conn: sqlite3.Connection, project_id: int, d: Deltas, version: int = LATEST) -> None:
+    """Add the deltas to the rollups of a store at schema ``version`` (older only while upgrading)."""
     p = project_id
     conn.executemany(_HOUR_UPSERT, _cells(p, d.hour))
     conn.executemany(_DAY_UPSERT, _cells(p, d.day))
@@ -100,14 +187,26 @@ def apply(conn: sqlite3.Connection, project_id: int, d: Deltas) -> None:
         ])
         conn.executemany("INSERT OR IGNORE INTO session_tools VALUES (?, ?, ?)",
                          [(p, sid, tool) for sid, s in d.sessions.items() for tool in s.tools])
-    if d.catalog:
-        conn.executemany(_CATALOG_UPSERT, [(p, server, tool, a, b) for (server, tool), (a, b) in d.catalog.items()])
+    if d.catalog and version >= 4:
+        conn.executemany(_CATALOG_UPSERT, [(p, server, tool, *span) for (server, tool), span in d.catalog.items()])
+    elif d.catalog:
+        conn.executemany(_CATALOG_UPSERT_V2, [(p, server, tool, a, b) for (server, tool), (a, b, _) in d.catalog.items()])
+    if d.tool_day and version >= 5:
+        numbers = _user_numbers(conn, p, d)
+        conn.executemany(_TOOL_DAY_UPSERT, [
+            (p, *key, c.calls, c.errors, c.dur_count, c.dur_sum, c.dur_min, c.dur_max,
+             histogram.encode_dense(histogram.pack(c.hist)),
+             usersets.encode(usersets.from_numbers(numbers[u] for u in d.tool_day_users.get(key, ()))))
+            for key, c in d.tool_day.items()
+        ])
 
 
-def rebuild(conn: sqlite3.Connection, fields: str, chunk: int = 50_000) -> int:
-    """Recompute every rollup from the raw events (used when the rollup schema first appears)."""
-    for table in ("rollup_hour", "rollup_day", "user_day", "user_hour", "user_first", "error_hour",
-                  "sessions", "session_tools", "tool_catalog"):
+def rebuild(conn: sqlite3.Connection, fields: str, version: int = LATEST, chunk: int = 50_000) -> int:
+    """Recompute every rollup of a store at schema ``version`` from the raw events (used when
+    the rollup schema first appears; later migrations fill what they add from these)."""
+    tables = ["rollup_hour", "rollup_day", "user_day", "user_hour", "user_first", "error_hour",
+              "sessions", "session_tools", "tool_catalog"]
+    for table in tables + (["rollup_tool_day", "user_number"] if version >= 5 else []):
         conn.execute(f"DELETE FROM {table}")
     after, total = 0, 0
     while True:
@@ -120,6 +219,6 @@ def rebuild(conn: sqlite3.Connection, fields: str, chunk: int = 50_000) -> int:
         for row in rows:
             by_project.setdefault(row[1], []).append(row[2:])
         for project_id, project_rows in by_project.items():
-            apply(conn, project_id, aggregate(project_rows))
+            apply(conn, project_id, aggregate(project_rows), version)
         after = rows[-1][0]
         total += len(rows)

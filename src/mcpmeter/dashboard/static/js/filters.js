@@ -1,0 +1,96 @@
+// The filter bar: period (or a custom from/to range), server, tool and client. Every change
+// goes into the URL, so a view can be shared, and Back undoes it.
+
+import { PERIODS, readFilters, writeFilters } from "./api.js";
+import { esc, when } from "./format.js";
+
+function toInput(iso) { // "2026-11-01T00:00:00Z" -> "2026-11-01T00:00" (inputs show UTC)
+  return iso ? iso.replace(/:\d\dZ$|Z$/, "").slice(0, 16) : "";
+}
+
+function fromInput(value) {
+  return value ? value + ":00Z" : null;
+}
+
+function options(values, selected, all) {
+  const list = [...new Set([...(values || []), ...(selected ? [selected] : [])])].sort();
+  return `<option value="">${all}</option>` + list.map((v) => `<option value="${esc(v)}"${v === selected ? " selected" : ""}>${esc(v)}</option>`).join("");
+}
+
+export function filterBar(el, { onChange, tool = true }) {
+  let filters = readFilters();
+  let known = { servers: [], tools: [], clients: [] };
+  let custom = !!filters.from;
+  let window_ = null;
+
+  function render() {
+    const periods = PERIODS.map((p) => `<button type="button" data-period="${p}" aria-pressed="${!custom && filters.period === p}">${p}</button>`);
+    periods.push(`<button type="button" data-period="custom" aria-pressed="${custom}">Custom</button>`);
+    const from = filters.from || window_?.from, to = filters.to || window_?.to;
+    el.innerHTML = `
+      <div class="periods" role="group" aria-label="Period">${periods.join("")}</div>
+      <span class="custom" ${custom ? "" : "hidden"}>
+        <label>From <input type="datetime-local" id="f-from" value="${esc(toInput(from))}"></label>
+        <label>To <input type="datetime-local" id="f-to" value="${esc(toInput(to))}"></label>
+        <button type="button" id="f-apply">Apply</button>
+      </span>
+      <label>Server <select id="f-server">${options(known.servers, filters.server, "All servers")}</select></label>
+      ${tool ? `<label>Tool <select id="f-tool">${options(known.tools, filters.tool, "All tools")}</select></label>` : ""}
+      <label>Client <select id="f-client">${options(known.clients, filters.client, "All clients")}</select></label>
+      ${filters.server || filters.tool || filters.client ? `<button type="button" class="link clear" id="f-clear">Clear filters</button>` : ""}
+      <span class="window" id="f-window">${window_ ? describeWindow(window_) : ""}</span>`;
+    for (const b of el.querySelectorAll("[data-period]")) b.addEventListener("click", () => period(b.dataset.period));
+    el.querySelector("#f-apply").addEventListener("click", applyRange);
+    for (const name of ["server", "tool", "client"]) {
+      el.querySelector(`#f-${name}`)?.addEventListener("change", (e) => set({ [name]: e.target.value || null }));
+    }
+    el.querySelector("#f-clear")?.addEventListener("click", () => set({ server: null, tool: null, client: null }));
+  }
+
+  function describeWindow(w) {
+    return `${esc(when(w.from))} → ${esc(when(w.to))} UTC · by ${esc(w.grain)}`;
+  }
+
+  function period(p) {
+    if (p === "custom") {
+      custom = true;
+      return render();
+    }
+    custom = false;
+    set({ period: p, from: null, to: null });
+  }
+
+  function applyRange() {
+    const from = fromInput(el.querySelector("#f-from").value), to = fromInput(el.querySelector("#f-to").value);
+    if (!from) return;
+    set({ period: null, from, to });
+  }
+
+  function set(change) {
+    filters = { ...filters, ...change };
+    writeFilters(filters);
+    render();
+    onChange(filters);
+  }
+
+  addEventListener("popstate", () => {
+    filters = readFilters();
+    custom = !!filters.from;
+    render();
+    onChange(filters);
+  });
+
+  render();
+  return {
+    get filters() { return filters; },
+    setOptions(next) {
+      known = { ...known, ...next };
+      render();
+    },
+    setWindow(w) {
+      window_ = w;
+      const span = el.querySelector("#f-window");
+      if (span) span.innerHTML = describeWindow(w);
+    },
+  };
+}

@@ -1,0 +1,172 @@
+// Panels shared by the overview and the tool page: KPI cards, the time charts built from
+// /v1/usage/timeseries and /v1/usage/users, error tables, server events, live increments.
+
+import { toolURL } from "./api.js";
+import { barList, PALETTE, timeChart } from "./charts.js";
+import { change, compact, esc, int, ms, pct, when } from "./format.js";
+
+export const secs = (iso) => Date.parse(iso) / 1000;
+export const grainSeconds = (grain) => (grain === "hour" ? 3600 : 86400);
+
+/** One KPI card's content: the figure (raw value kept in data-value for checks) and a sub-line. */
+export function kpi(el, { value, shown, sub }) {
+  const v = el.querySelector(".value");
+  const changed = v.dataset.value !== undefined && v.dataset.value !== String(value);
+  v.dataset.value = value == null ? "" : String(value);
+  v.textContent = shown;
+  if (changed) {
+    v.classList.remove("flash");
+    void v.offsetWidth; // restart the animation
+    v.classList.add("flash");
+  }
+  el.querySelector(".sub").innerHTML = sub;
+}
+
+export function kpiCards(s) {
+  const lat = s.latency_ms || {};
+  return {
+    users: { value: s.users, shown: int(s.users),
+             sub: `${change(s.change?.users)} <span>${int(s.new_users)} new · ${int(s.returning_users)} returning</span>` },
+    calls: { value: s.calls, shown: int(s.calls), sub: `${change(s.change?.calls)} <span>${int(s.calls_last_7d)} in the last 7 days</span>` },
+    success_rate: { value: s.success_rate, shown: pct(s.success_rate),
+                    sub: `${change(s.change?.success_rate, { kind: "points" })} <span>${int(s.errors)} errors</span>` },
+    p95: { value: lat.p95, shown: ms(lat.p95),
+           sub: `${change(s.change?.p95_ms, { higherIsBetter: false })} <span>p50 ${ms(lat.p50)} · p99 ${ms(lat.p99)}</span>` },
+  };
+}
+
+export const KPI_LAYOUT = `
+  <section class="card kpi span-3" id="kpi-users"><div class="label">Distinct users</div><div class="value" data-kpi="users">–</div><div class="sub"></div></section>
+  <section class="card kpi span-3" id="kpi-calls"><div class="label">Tool calls</div><div class="value" data-kpi="calls">–</div><div class="sub"></div></section>
+  <section class="card kpi span-3" id="kpi-success_rate"><div class="label">Success rate</div><div class="value" data-kpi="success_rate">–</div><div class="sub"></div></section>
+  <section class="card kpi span-3" id="kpi-p95"><div class="label">Latency p95</div><div class="value" data-kpi="p95">–</div><div class="sub"></div></section>`;
+
+export function renderKpis(summary) {
+  for (const [name, card] of Object.entries(kpiCards(summary))) kpi(document.getElementById("kpi-" + name), card);
+}
+
+export function markerSpecs(markers) {
+  return (markers || []).map((m) => ({
+    t: secs(m.ts), short: m.type.replace("_", " "),
+    label: `${m.type.replace("_", " ")} · ${m.server}${m.version ? " " + m.version : ""}${m.message ? " — " + m.message : ""}`,
+  }));
+}
+
+const pctFmt = (v) => (v == null ? "–" : `${(+v).toFixed(v >= 99.95 || v < 10 ? 0 : 1)}%`);
+const intFmt = (v) => (Number.isInteger(v) ? compact(v) : v == null ? "–" : "");
+const msFmt = (v) => (v == null ? "–" : v >= 1000 ? `${+(v / 1000).toFixed(1)} s` : `${+v.toFixed(v < 10 ? 1 : 0)} ms`);
+
+/** Chart specs from a timeseries answer: calls (stacked by tool), errors + success rate, latency. */
+export function timeSpecs(ts, filters, { stackByTool = true } = {}) {
+  const x = ts.points.map((p) => secs(p.t));
+  const grain = grainSeconds(ts.grain);
+  const markers = markerSpecs(ts.markers);
+  let series;
+  if (stackByTool && ts.tools.length) {
+    series = ts.tools.map((tool, i) => ({
+      label: tool, type: "bar", color: PALETTE[i % PALETTE.length], fmt: int, tool,
+      href: toolURL(tool, filters), values: ts.points.map((p) => p.by_tool[tool] || 0),
+    }));
+    series.push({ label: "other tools", type: "bar", color: "--c-other", fmt: int, hideEmpty: true,
+                  values: ts.points.map((p) => p.calls - ts.tools.reduce((n, t) => n + (p.by_tool[t] || 0), 0)) });
+  } else {
+    series = [{ label: "calls", type: "bar", color: "--c1", fmt: int, values: ts.points.map((p) => p.calls) }];
+  }
+  return {
+    calls: { x, grain, markers, stacked: true, series, y: { fmt: intFmt } },
+    errors: {
+      x, grain, markers, y: { fmt: intFmt }, y2: { fmt: pctFmt, max: 100 },
+      series: [
+        { label: "errors", type: "bar", color: "--c-error", fmt: int, values: ts.points.map((p) => p.errors) },
+        { label: "success rate", type: "line", axis: "y2", color: "--c-ok", fmt: (v) => pctFmt(v),
+          values: ts.points.map((p) => (p.success_rate == null ? null : +(p.success_rate * 100).toFixed(2))) },
+      ],
+    },
+    latency: {
+      x, grain, markers, y: { fmt: msFmt },
+      series: ["p50", "p95", "p99"].map((k) => ({
+        label: k, type: "line", color: `--c-${k}`, fmt: ms, values: ts.points.map((p) => p[`${k}_ms`]),
+      })),
+    },
+  };
+}
+
+export function usersSpec(u, markers) {
+  return {
+    x: u.points.map((p) => secs(p.t)), grain: grainSeconds(u.grain), markers: markerSpecs(markers), stacked: true,
+    y: { fmt: intFmt },
+    series: [
+      { label: "returning", type: "bar", color: "--c-returning", fmt: int, values: u.points.map((p) => p.returning_users) },
+      { label: "new", type: "bar", color: "--c-new", fmt: int, values: u.points.map((p) => p.new_users) },
+    ],
+  };
+}
+
+/** Draw or update a chart in place (keeps the canvas when only the numbers change). */
+export function chart(id, spec) {
+  const el = document.getElementById(id);
+  if (el.__chart?.update) el.__chart.update(spec);
+  else timeChart(el, spec);
+}
+
+export function bars(id, rows, options) {
+  barList(document.getElementById(id), rows, options);
+}
+
+/** Apply a live message to the loaded answers; returns false when the window has moved on. */
+export function applyLive(message, data) {
+  const ts = data.timeseries, summary = data.summary;
+  if (!ts || !summary) return true;
+  const start = Date.parse(ts.from), end = Date.parse(ts.to), grainMs = grainSeconds(ts.grain) * 1000;
+  let fresh = true, calls = 0, errors = 0;
+  for (const [minute, server, tool, n, e] of message.counts) {
+    if (minute >= end) fresh = false;
+    if (minute < start || minute >= end) continue;
+    calls += n;
+    errors += e;
+    const p = ts.points[Math.floor((minute - start) / grainMs)];
+    if (!p) continue;
+    p.calls += n;
+    p.errors += e;
+    p.success_rate = p.calls ? (p.calls - p.errors) / p.calls : null;
+    if (ts.tools.includes(tool)) p.by_tool[tool] = (p.by_tool[tool] || 0) + n;
+    const row = summary.tools?.find((r) => r.tool === tool && r.server === server);
+    if (row) row.calls += n;
+  }
+  if (calls) {
+    summary.calls += calls;
+    summary.errors += errors;
+    summary.calls_last_7d += calls;
+    summary.success_rate = +((summary.calls - summary.errors) / summary.calls).toFixed(4);
+  }
+  return fresh;
+}
+
+export function errorsTable(id, recent, filters, { showTool = true } = {}) {
+  const el = document.getElementById(id);
+  if (!recent.length) {
+    el.innerHTML = `<div class="empty">No errors in this period</div>`;
+    return;
+  }
+  el.innerHTML = `<table><thead><tr><th>When</th>${showTool ? "<th>Tool</th>" : ""}<th>Error</th><th class="wide-only">Client</th></tr></thead><tbody>${
+    recent.map((r) => `<tr class="${showTool && r.tool ? "clickable" : ""}" data-href="${r.tool ? esc(toolURL(r.tool, filters, r.server)) : ""}">
+      <td class="num">${esc(when(r.ts))}</td>
+      ${showTool ? `<td><b>${esc(r.tool || r.kind)}</b><span class="msg">${esc(r.server)}</span></td>` : ""}
+      <td><span class="pill err">${esc(r.error_type || "error")}</span><span class="msg" title="${esc(r.error_message || "")}">${esc(r.error_message || "")}</span></td>
+      <td class="wide-only">${esc(r.client || "–")}</td></tr>`).join("")}</tbody></table>`;
+  for (const tr of el.querySelectorAll("tr.clickable")) tr.addEventListener("click", () => location.assign(tr.dataset.href));
+}
+
+export function markersList(id, markers) {
+  const el = document.getElementById(id);
+  el.innerHTML = markers.length
+    ? [...markers].reverse().map((m) => `<li><span class="pill type">${esc(m.type.replace("_", " "))}</span>
+        <b>${esc(m.server)}</b>${m.version ? ` <span class="muted">${esc(m.version)}</span>` : ""}
+        ${m.message ? `<span class="muted">${esc(m.message)}</span>` : ""}<span class="when">${esc(when(m.ts))}</span></li>`).join("")
+    : `<li class="empty">No deploys, restarts or config changes in this period</li>`;
+}
+
+export function panelError(id, error) {
+  const el = document.getElementById(id);
+  if (el) el.innerHTML = `<div class="error-note">Could not load: ${esc(error.message)}${error.hint ? ` — ${esc(error.hint)}` : ""}</div>`;
+}

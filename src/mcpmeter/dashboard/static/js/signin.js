@@ -1,0 +1,49 @@
+// The sign-in page: trade a pasted key for a session cookie, then go where the user was going.
+
+const next = (() => {
+  const target = new URLSearchParams(location.search).get("next") || "/";
+  return target.startsWith("/") && !target.startsWith("//") && !target.startsWith("/\\") ? target : "/";
+})();
+const form = document.getElementById("signin-form");
+const problem = document.getElementById("signin-error");
+const need = new URLSearchParams(location.search).get("need");
+
+function show(message) {
+  problem.textContent = message;
+  problem.hidden = !message;
+}
+
+// A link from another site arrives without the (SameSite=Strict) cookie: ask once more from here.
+fetch("/v1/session", { credentials: "same-origin", headers: { Accept: "application/json" } })
+  .then((r) => r.json())
+  .then((me) => {
+    if (me.signed_in && !(need === "admin" && !me.scopes.includes("admin"))) location.replace(next);
+    else if (need === "admin") show("That page needs a key with the admin scope.");
+  })
+  .catch(() => {});
+
+form.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  show("");
+  const key = form.elements.key.value.trim();
+  const button = document.getElementById("signin-submit");
+  button.disabled = true;
+  try {
+    const response = await fetch("/v1/session", {
+      method: "POST", credentials: "same-origin",
+      headers: { "Content-Type": "application/json", Accept: "application/json", "X-MCPMeter-CSRF": "1" },
+      body: JSON.stringify({ key }),
+    });
+    const body = await response.json().catch(() => ({}));
+    if (!response.ok) {
+      show(`${body.error || "Sign-in failed"}${body.hint ? " — " + body.hint : ""}`);
+      return;
+    }
+    form.elements.key.value = "";
+    location.replace(next);
+  } catch (err) {
+    show(`The collector did not answer: ${err.message}`);
+  } finally {
+    button.disabled = false;
+  }
+});

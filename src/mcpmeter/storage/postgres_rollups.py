@@ -1,0 +1,245 @@
+"""Applying rollup deltas to PostgreSQL with additive upserts (inside the ingest transaction).
+
+Several collectors may add to the same cells at once, so every update is relative
+(``calls = calls + excluded.calls``; the histogram merge is a SQL function that adds bin
+counts), never a read-modify-write in Python. One statement per table carries the deltas
+of every project of the transaction as arrays, in ascending key order, and the tables are
+always visited in the same order: two transactions wanting the same rows lock them in the
+same order, so they queue instead of deadlocking.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import msgspec
+
+from .postgres_migrations import MIGRATIONS
+from .rollup import Deltas, aggregate
+
+LATEST = MIGRATIONS[-1].version
+
+_json = msgspec.json.Encoder().encode
+
+
+def _cell_upsert(table: str) -> str:
+    return f"""
+INSERT INTO {table} AS r (project_id, bucket, kind, server, tool, client, calls, errors, dur_count, dur_sum, dur_min, dur_max, hist)
+SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bigint[], %b::bigint[],
+                     %b::bigint[], %b::float8[], %b::float8[], %b::float8[], %b::jsonb[])
+ON CONFLICT (project_id, bucket, kind, server, tool, client) DO UPDATE SET
+    calls = r.calls + excluded.calls,
+    errors = r.errors + excluded.errors,
+    dur_count = r.dur_count + excluded.dur_count,
+    dur_sum = r.dur_sum + excluded.dur_sum,
+    dur_min = least(r.dur_min, excluded.dur_min),
+    dur_max = greatest(r.dur_max, excluded.dur_max),
+    hist = mcpmeter_hist_merge(r.hist, excluded.hist)
+"""
+
+
+_HOUR_UPSERT = _cell_upsert("rollup_hour")
+_DAY_UPSERT = _cell_upsert("rollup_day")
+
+_USER_DAY = """
+INSERT INTO user_day SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[])
+ON CONFLICT DO NOTHING
+"""
+_USER_HOUR = "INSERT INTO user_hour SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[]) ON CONFLICT DO NOTHING"
+_USER_FIRST = """
+INSERT INTO user_first AS r SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::bigint[])
+ON CONFLICT (project_id, server, user_hash) DO UPDATE SET first_seen = least(r.first_seen, excluded.first_seen)
+"""
+_ERRORS = """
+INSERT INTO error_hour AS r SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[],
+                                                 %b::bigint[], %b::bigint[])
+ON CONFLICT (project_id, bucket, server, tool, client, error_type) DO UPDATE SET
+    count = r.count + excluded.count, last_ts = greatest(r.last_ts, excluded.last_ts)
+"""
+_SESSIONS = """
+INSERT INTO sessions AS r (project_id, session_id, server, client, client_version, protocol_version, transport, user_hash,
+                           first_ts, last_ts, calls, errors, init_ts, list_ts, first_call_ts)
+SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
+                     %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[])
+ON CONFLICT (project_id, session_id) DO UPDATE SET
+    client = coalesce(r.client, excluded.client),
+    client_version = coalesce(r.client_version, excluded.client_version),
+    protocol_version = coalesce(r.protocol_version, excluded.protocol_version),
+    transport = coalesce(r.transport, excluded.transport),
+    user_hash = coalesce(r.user_hash, excluded.user_hash),
+    first_ts = least(r.first_ts, excluded.first_ts),
+    last_ts = greatest(r.last_ts, excluded.last_ts),
+    calls = r.calls + excluded.calls,
+    errors = r.errors + excluded.errors,
+    init_ts = least(r.init_ts, excluded.init_ts),
+    list_ts = least(r.list_ts, excluded.list_ts),
+    first_call_ts = least(r.first_call_ts, excluded.first_call_ts)
+"""
+_SESSION_TOOLS = "INSERT INTO session_tools SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[]) ON CONFLICT DO NOTHING"
+_CATALOG = """
+INSERT INTO tool_catalog AS r (project_id, server, tool, first_seen, last_seen, last_called)
+SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::bigint[])
+ON CONFLICT (project_id, server, tool) DO UPDATE SET
+    first_seen = least(r.first_seen, excluded.first_seen), last_seen = greatest(r.last_seen, excluded.last_seen),
+    last_called = greatest(r.last_called, excluded.last_called)
+"""
+# Schema 2 and 3 (a rebuild during an upgrade that has not reached schema 4; its migration fills last_called).
+_CATALOG_V2 = """
+INSERT INTO tool_catalog AS r (project_id, server, tool, first_seen, last_seen)
+SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::bigint[], %b::bigint[])
+ON CONFLICT (project_id, server, tool) DO UPDATE SET
+    first_seen = least(r.first_seen, excluded.first_seen), last_seen = greatest(r.last_seen, excluded.last_seen)
+"""
+
+
+_USER_NUMBER_FIRST = """
+INSERT INTO user_number AS r (project_id, user_hash, number, first_seen)
+SELECT * FROM unnest(%b::bigint[], %b::text[], %b::int[], %b::bigint[])
+ON CONFLICT (project_id, user_hash) DO UPDATE SET first_seen = least(r.first_seen, excluded.first_seen)
+"""
+_TOOL_DAY = """
+INSERT INTO rollup_tool_day AS r (project_id, bucket, server, tool, calls, errors, dur_count, dur_sum, dur_min, dur_max, hist, users)
+SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::bigint[],
+                     %b::float8[], %b::float8[], %b::float8[], %b::jsonb[], %b::varbit[])
+ON CONFLICT (project_id, bucket, server, tool) DO UPDATE SET
+    calls = r.calls + excluded.calls,
+    errors = r.errors + excluded.errors,
+    dur_count = r.dur_count + excluded.dur_count,
+    dur_sum = r.dur_sum + excluded.dur_sum,
+    dur_min = least(r.dur_min, excluded.dur_min),
+    dur_max = greatest(r.dur_max, excluded.dur_max),
+    hist = mcpmeter_hist_merge(r.hist, excluded.hist),
+    users = mcpmeter_users_union(r.users, excluded.users)
+"""
+USERS_LOCK = 0x6D63_7075  # with the project id: numbering a project's new users, one transaction at a time
+
+
+def bits(users: int) -> str | None:
+    """A user set (bit n = user number n) as a PostgreSQL bit string, user 0 first."""
+    return format(users, "b")[::-1] if users else None
+
+
+def from_bits(text: str | None) -> int:
+    return int(text[::-1], 2) if text else 0
+
+
+def first_calls(by_project: dict[int, Deltas]) -> dict[int, dict[str, int]]:
+    """Per project, each calling user's first call in the deltas (any server)."""
+    out: dict[int, dict[str, int]] = {}
+    for p, d in by_project.items():
+        first = out.setdefault(p, {})
+        for (_, user), ts in d.user_first.items():
+            if ts < first.get(user, ts + 1):
+                first[user] = ts
+    return out
+
+
+def number_users(conn, users: dict[int, dict[str, int]]) -> dict[int, dict[str, int]]:
+    """Each user's number in its project, numbering new users 0, 1, 2 … in order of first call.
+
+    Runs first in the ingest transaction. Only a transaction that meets a user never seen
+    takes the project's advisory lock (the numbers must be dense per project, so two
+    collectors must not hand out the same next number); it holds no row locks yet then, so
+    it cannot be part of a deadlock.
+    """
+    numbers: dict[int, dict[str, int]] = {}
+    for p in sorted(users):
+        wanted = sorted(users[p])
+        known = dict(conn.execute("SELECT user_hash, number FROM user_number WHERE project_id = %s AND user_hash = ANY(%b)",
+                                  (p, wanted)).fetchall())
+        if len(known) < len(wanted):
+            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (USERS_LOCK, p))
+            known = dict(conn.execute("SELECT user_hash, number FROM user_number WHERE project_id = %s AND user_hash = ANY(%b)",
+                                      (p, wanted)).fetchall())
+            new = sorted((u for u in wanted if u not in known), key=lambda u: (users[p][u], u))
+            if new:
+                top = conn.execute("SELECT coalesce(max(number), -1) FROM user_number WHERE project_id = %s", (p,)).fetchone()[0]
+                known.update((u, top + 1 + i) for i, u in enumerate(new))
+                conn.execute("INSERT INTO user_number (project_id, user_hash, number, first_seen) "
+                             "SELECT %s, * FROM unnest(%b::text[], %b::int[], %b::bigint[])",
+                             (p, new, [known[u] for u in new], [users[p][u] for u in new]))
+        numbers[p] = known
+    return numbers
+
+
+def _columns(rows: list[tuple], width: int, floats: tuple[int, ...] = ()) -> list[list]:
+    """Rows (already in key order) as one list per column: the unnest() parameters, sent
+    in binary. ``floats`` are the double precision columns (a binary array is of one type)."""
+    if not rows:
+        return [[] for _ in range(width)]
+    columns = [list(column) for column in zip(*rows)]
+    for i in floats:
+        columns[i] = [None if v is None else float(v) for v in columns[i]]
+    return columns
+
+
+def _run(conn, sql: str, rows: Iterable[tuple], width: int, floats: tuple[int, ...] = ()) -> None:
+    ordered = sorted(rows)  # ascending key order (the key leads each row); str order is "C" collation order
+    if ordered:
+        conn.execute(sql, _columns(ordered, width, floats))
+
+
+def _cells(by_project: dict[int, Deltas], grain: str) -> list[tuple]:
+    return [
+        (p, *key, c.calls, c.errors, c.dur_count, c.dur_sum, c.dur_min, c.dur_max, _json(c.hist).decode() if c.hist else None)
+        for p, d in by_project.items() for key, c in getattr(d, grain).items()
+    ]
+
+
+def apply(conn, by_project: dict[int, Deltas], version: int = LATEST, numbers: dict[int, dict[str, int]] | None = None) -> None:
+    """Add the deltas of every project to the rollups of a store at schema ``version``
+    (older only while upgrading), table by table, in key order. From schema 5 on,
+    ``numbers`` (``number_users``) must hold every calling user's number."""
+    items = by_project.items()
+    _run(conn, _HOUR_UPSERT, _cells(by_project, "hour"), 13, (9, 10, 11))
+    _run(conn, _DAY_UPSERT, _cells(by_project, "day"), 13, (9, 10, 11))
+    _run(conn, _USER_DAY, [(p, *k) for p, d in items for k in d.user_day], 6)
+    _run(conn, _USER_HOUR, [(p, *k) for p, d in items for k in d.user_hour], 3)
+    _run(conn, _USER_FIRST, [(p, server, user, ts) for p, d in items for (server, user), ts in d.user_first.items()], 4)
+    _run(conn, _ERRORS, [(p, *k, n, last) for p, d in items for k, (n, last) in d.errors.items()], 8)
+    _run(conn, _SESSIONS, [
+        (p, sid, s.server, s.client, s.client_version, s.protocol_version, s.transport, s.user_hash,
+         s.first_ts, s.last_ts, s.calls, s.errors, s.init_ts, s.list_ts, s.first_call_ts)
+        for p, d in items for sid, s in d.sessions.items()
+    ], 15)
+    _run(conn, _SESSION_TOOLS, [(p, sid, tool) for p, d in items for sid, s in d.sessions.items() for tool in s.tools], 3)
+    if version >= 4:
+        _run(conn, _CATALOG, [(p, server, tool, *span) for p, d in items for (server, tool), span in d.catalog.items()], 6)
+    else:
+        _run(conn, _CATALOG_V2, [(p, server, tool, a, b) for p, d in items for (server, tool), (a, b, _) in d.catalog.items()], 5)
+    if version >= 5:
+        assert numbers is not None, "schema 5 rollups need the users' numbers"
+        firsts = first_calls(by_project)
+        _run(conn, _USER_NUMBER_FIRST, [(p, user, numbers[p][user], ts) for p, users in firsts.items() for user, ts in users.items()], 4)
+        rows = []
+        for p, d in items:
+            number = numbers.get(p, {})
+            for key, c in d.tool_day.items():
+                users = 0
+                for user in d.tool_day_users.get(key, ()):
+                    users |= 1 << number[user]
+                rows.append((p, *key, c.calls, c.errors, c.dur_count, c.dur_sum, c.dur_min, c.dur_max,
+                             _json(c.hist).decode() if c.hist else None, bits(users)))
+        _run(conn, _TOOL_DAY, rows, 12, (7, 8, 9))
+
+
+def rebuild(conn, fields: str, version: int, chunk: int = 50_000) -> int:
+    """Recompute the rollups of schema ``version`` from the raw events (used when the rollup
+    schema first appears; later migrations fill what they add from these)."""
+    for table in ("rollup_hour", "rollup_day", "user_day", "user_hour", "user_first", "error_hour",
+                  "sessions", "session_tools", "tool_catalog"):
+        conn.execute(f"DELETE FROM {table}")
+    after, total = 0, 0
+    while True:
+        rows = conn.execute(
+            f"SELECT seq, project_id, {fields} FROM events WHERE seq > %s ORDER BY seq LIMIT %s", (after, chunk)
+        ).fetchall()
+        if not rows:
+            return total
+        by_project: dict[int, list[tuple]] = {}
+        for row in rows:
+            by_project.setdefault(row[1], []).append(row[2:])
+        deltas = {p: aggregate(project_rows) for p, project_rows in by_project.items()}
+        apply(conn, deltas, version, number_users(conn, first_calls(deltas)) if version >= 5 else None)
+        after = rows[-1][0]
+        total += len(rows)

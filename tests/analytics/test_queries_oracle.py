@@ -1,0 +1,185 @@
+"""Every figure of every usage answer, checked against a hand computation on the raw events.
+
+About 6,000 random events (see analytics_oracle.generate) go through the real ingest path
+(decode_batch -> rows_for -> store.ingest) in shuffled batches of random sizes, into a real
+SQLite file and a real PostgreSQL database; then each answer, for each period and filter, must equal what the oracle
+computes from the event list for the window the answer reports.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from analytics_oracle import DAY, HOUR, Filters, Oracle, generate, ingest, pct_ok, same, window_of
+from mcpmeter.analytics import queries
+from mcpmeter.analytics.periods import window
+from mcpmeter.analytics.queries import Query
+from mcpmeter.analytics.report import build_report
+from mcpmeter.storage import open_store
+from store_backends import BACKENDS, store_location
+
+SEED = 20260101
+
+
+def anchored_now() -> int:
+    """A moment 17 min 23.456 s into the previous clock hour: the same alignment every run."""
+    real = int(time.time() * 1000)
+    return real - real % HOUR - HOUR + 1_043_456
+
+
+NOW = anchored_now()
+
+PERIODS = {
+    "1h": dict(period="1h"),
+    "6h": dict(period="6h"),
+    "1d": dict(period="1d"),
+    "7d": dict(period="7d"),
+    "30d": dict(period="30d"),
+    "90d": dict(period="90d"),
+    "7d to a midnight": dict(period="7d", end=str(NOW - NOW % DAY)),
+    "6h to an hour": dict(period="6h", end=str(NOW - NOW % HOUR - 5 * HOUR)),
+    "from-to days": dict(start=str(NOW - 20 * DAY + 5 * HOUR + 17), end=str(NOW - 3 * DAY - 2 * HOUR)),
+    "from-to hours": dict(start=str(NOW - 30 * HOUR - 123_456), end=str(NOW - 2 * HOUR - 7)),
+}
+FILTERS = {
+    "all": Filters(),
+    "server": Filters(server="weblab"),
+    "tool on two servers": Filters(tool="search"),
+    "client": Filters(client="cursor"),
+    "server+tool": Filters(server="archon", tool="search"),
+    "server+client": Filters(server="weblab", client="claude-code"),
+    "server+tool+client": Filters(server="weblab", tool="details", client="claude-code"),
+    "nothing matches": Filters(server="nope"),
+}
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def data(request, tmp_path_factory):
+    events = generate(SEED, NOW)
+    with store_location(request.param, tmp_path_factory.mktemp("oracle"), migrated=True) as location:
+        store = open_store(location, durable=False)
+        project = store.ensure_project("default")
+        accepted, duplicates = ingest(store, project, events, NOW, seed=SEED)
+        assert (accepted, duplicates) == (len(events), 0)
+        yield store, project, Oracle(events)
+        store.close()
+
+
+def query(project, period: str, f: Filters) -> Query:
+    return Query(project.id, window(now_ms=NOW, **PERIODS[period]), *f)
+
+
+def check(answer: dict, expected: dict) -> None:
+    problems = same(answer, expected)
+    assert not problems, "\n".join(problems[:25])
+
+
+def test_the_data_covers_what_the_checks_need(data):
+    _, _, oracle = data
+    kinds = {e.kind for e in oracle.events}
+    assert {"tool_call", "initialize", "server_discover", "list_tools", "tool_listed", "session_end"} <= kinds
+    recent = [e for e in oracle.calls if e.ts >= NOW - HOUR - NOW % HOUR]
+    assert len(recent) >= 20, "the 1h window needs calls"
+    assert sum(1 for e in oracle.calls if e.ok is False) >= 100
+    durations = [e.duration for e in oracle.calls if e.duration is not None]
+    assert min(durations) < 0.01 and max(durations) > 1000
+
+
+@pytest.mark.parametrize("period", PERIODS)
+@pytest.mark.parametrize("name", FILTERS)
+def test_summary(data, period, name):
+    store, project, oracle = data
+    q = query(project, period, FILTERS[name])
+    answer = queries.summary(store, q)
+    check(answer, oracle.summary(window_of(answer), FILTERS[name]))
+    p95, before = answer["latency_ms"]["p95"], answer["previous"]["latency_ms"]["p95"]
+    assert answer["change"]["p95_ms"] == (None if p95 is None or not before else round((p95 - before) / before, 4))
+
+
+@pytest.mark.parametrize("period", PERIODS)
+@pytest.mark.parametrize("name", FILTERS)
+def test_tools(data, period, name):
+    store, project, oracle = data
+    answer = queries.tools(store, query(project, period, FILTERS[name]))
+    check(answer, oracle.tools(window_of(answer), FILTERS[name]))
+
+
+@pytest.mark.parametrize("period", PERIODS)
+@pytest.mark.parametrize("name", FILTERS)
+def test_timeseries(data, period, name):
+    store, project, oracle = data
+    answer = queries.timeseries(store, query(project, period, FILTERS[name]))
+    check(answer, oracle.timeseries(window_of(answer), FILTERS[name]))
+
+
+@pytest.mark.parametrize("period", PERIODS)
+@pytest.mark.parametrize("name", FILTERS)
+def test_users(data, period, name):
+    store, project, oracle = data
+    answer = queries.users(store, query(project, period, FILTERS[name]))
+    check(answer, oracle.users_answer(window_of(answer), FILTERS[name]))
+
+
+@pytest.mark.parametrize("period", PERIODS)
+@pytest.mark.parametrize("name", FILTERS)
+def test_errors(data, period, name):
+    store, project, oracle = data
+    answer = queries.errors(store, query(project, period, FILTERS[name]))
+    check(answer, oracle.errors(window_of(answer), FILTERS[name]))
+
+
+@pytest.mark.parametrize("period", PERIODS)
+@pytest.mark.parametrize("name", FILTERS)
+def test_clients(data, period, name):
+    store, project, oracle = data
+    answer = queries.clients(store, query(project, period, FILTERS[name]))
+    check(answer, oracle.clients(window_of(answer), FILTERS[name]))
+
+
+@pytest.mark.parametrize("period", PERIODS)
+@pytest.mark.parametrize("name", FILTERS)
+def test_sessions(data, period, name):
+    store, project, oracle = data
+    answer = queries.sessions(store, query(project, period, FILTERS[name]))
+    check(answer, oracle.sessions_answer(window_of(answer), FILTERS[name]))
+
+
+@pytest.mark.parametrize("period", ["1d", "30d"])
+def test_the_report_is_the_same_figures(data, period):
+    store, project, oracle = data
+    report = build_report(store, query(project, period, Filters()))
+    w = window_of(report)
+    summary = oracle.summary(w, Filters())
+    check({k: report[k] for k in ("users", "new_users", "calls", "errors", "success_rate", "calls_last_7d")},
+          {k: summary[k] for k in ("users", "new_users", "calls", "errors", "success_rate", "calls_last_7d")})
+    tools = oracle.tools(w, Filters())
+    assert [(r["server"], r["tool"], r["calls"], r["users"], r["last_used"]) for r in report["tools"]] == [
+        (r["server"], r["tool"], r["calls"], r["users"], r["last_used"]) for r in tools["tools"]]
+    assert all(pct_ok(r["p99_ms"], e["latency_ms"]["p99"].exact) for r, e in zip(report["tools"], tools["tools"]))
+    series = oracle.timeseries(w, Filters())
+    assert [(p["t"], p["calls"], p["users"]) for p in report["timeseries"]] == [
+        (p["t"], p["calls"], p["users"]) for p in series["points"]]
+    assert report["error_types"] == oracle.errors(w, Filters())["types"]
+
+
+def test_periods_cover_what_they_say(data):
+    """7d is seven whole UTC days ending with today; 1d is 24 clock hours ending with this one;
+    a `to` on a boundary ends the window there, with the period's full length."""
+    store, project, _ = data
+    for period, grain, span, end in (
+            ("1h", HOUR, HOUR, NOW - NOW % HOUR + HOUR), ("6h", HOUR, 6 * HOUR, NOW - NOW % HOUR + HOUR),
+            ("1d", HOUR, DAY, NOW - NOW % HOUR + HOUR), ("7d", DAY, 7 * DAY, NOW - NOW % DAY + DAY),
+            ("30d", DAY, 30 * DAY, NOW - NOW % DAY + DAY), ("90d", DAY, 90 * DAY, NOW - NOW % DAY + DAY),
+            ("7d to a midnight", DAY, 7 * DAY, NOW - NOW % DAY), ("6h to an hour", HOUR, 6 * HOUR, NOW - NOW % HOUR - 5 * HOUR)):
+        w = window_of(queries.summary(store, query(project, period, Filters())))
+        assert (w.grain_ms, w.end - w.start, w.end) == (grain, span, end), period
+
+
+def test_calls_last_7d_is_the_7d_period(data):
+    """For every period ending now, calls_last_7d is what period=7d counts."""
+    store, project, _ = data
+    week = queries.summary(store, query(project, "7d", Filters()))["calls"]
+    for period in ("1h", "1d", "30d", "90d"):
+        assert queries.summary(store, query(project, period, Filters()))["calls_last_7d"] == week, period
