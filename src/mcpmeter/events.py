@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from typing import Annotated, Any, NamedTuple
+from typing import Annotated, Any, Callable, NamedTuple
 
 import msgspec
 from msgspec import Meta
@@ -88,11 +88,13 @@ class BatchError(ValueError):
 
 
 def decode_batch(body: bytes, limits: Limits = Limits(), now_ms: int | None = None,
-                 counts: dict[str, int] | None = None) -> tuple[list[Event], list[Rejection]]:
+                 counts: dict[str, int] | None = None,
+                 admit: Callable[[Event], str | None] | None = None) -> tuple[list[Event], list[Rejection]]:
     """Split a request body into valid events and per-event rejections.
 
     An id repeated within the batch is kept once; ``counts["repeated"]`` (when a dict is
     given) says how many repeats were dropped, so answers can count them as duplicates.
+    ``admit`` (the collector's per-project caps) may refuse a valid event with a reason.
     """
     try:
         decoded: list[Event] | dict[str, list[Event]] | None = _valid_batch_decoder.decode(body)
@@ -120,6 +122,9 @@ def decode_batch(body: bytes, limits: Limits = Limits(), now_ms: int | None = No
             rejected.append(Rejection(index, _id_of(raw) if decoded is None else raw.id, _message(exc)))
             continue
         if event.id in seen:  # the same id twice in one batch: keep the first
+            continue
+        if admit is not None and (refused := admit(event)) is not None:
+            rejected.append(Rejection(index, event.id, refused))
             continue
         seen.add(event.id)
         events.append(event)

@@ -41,3 +41,52 @@ class UserHasher:
                 self._memo.clear()
             self._memo[user] = digest
         return digest
+
+
+def client_user_key(home: "os.PathLike[str] | str | None" = None) -> bytes:
+    """The secret this machine hashes user identifiers with (``MCPMETER_HASH_USERS``):
+    ``user-key`` in MCPMETER_HOME, made once (owner-only) and kept."""
+    from pathlib import Path
+
+    from .paths import home_dir
+
+    path = Path(home) / "user-key" if home is not None else home_dir() / "user-key"
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"user-key.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(os.urandom(32).hex())
+    try:
+        os.link(tmp, path)  # atomic, and never replaces a key another process made first
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(tmp)
+    return bytes.fromhex(path.read_text().strip())
+
+
+class ClientUserHasher:
+    """``h:`` + HMAC-SHA256 (truncated) of a user identifier under this machine's key: raw
+    identifiers never leave the machine, and the collector's keyed hash of the ``h:`` form
+    is as stable as of the raw one."""
+
+    __slots__ = ("_key", "_memo")
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+        self._memo: dict[str, str] = {}
+
+    def __call__(self, user: str | None) -> str | None:
+        if user is None:
+            return None
+        digest = self._memo.get(user)
+        if digest is None:
+            digest = "h:" + hmac.new(self._key, user.encode(), hashlib.sha256).hexdigest()[:32]
+            if len(self._memo) >= 100_000:
+                self._memo.clear()
+            self._memo[user] = digest
+        return digest

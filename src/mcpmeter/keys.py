@@ -32,3 +32,17 @@ def parse_scopes(text: str) -> list[str]:
 
 def allows(scopes: frozenset[str], needed: str) -> bool:
     return needed in scopes or "admin" in scopes
+
+
+def parse_duration(text: str) -> int:
+    """``90s``, ``30m``, ``24h``, ``7d`` (or a number of seconds) as milliseconds."""
+    value = text.strip().lower()
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+    number, unit = (value[:-1], value[-1]) if value and value[-1] in units else (value, "s")
+    try:
+        amount = float(number)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration; use e.g. 90s, 30m, 24h or 7d") from None
+    if not 0 <= amount <= 3650 * 86_400:
+        raise ValueError(f"{text!r} is out of range (0 to 3650 days)")
+    return int(amount * units[unit] * 1000)

@@ -33,7 +33,8 @@ def _wire(row: tuple) -> dict:
     return event
 
 
-def push_store(db: str | None, project_name: str, url: str, api_key: str | None) -> tuple[int, int]:
+def push_store(db: str | None, project_name: str, url: str, api_key: str | None,
+               signing_secret: str | None = None) -> tuple[int, int]:
     from rich.progress import Progress
 
     from . import credentials
@@ -42,7 +43,10 @@ def push_store(db: str | None, project_name: str, url: str, api_key: str | None)
     project = store.project_by_name(project_name)
     if project is None:
         raise MCPMeterError(f"no project {project_name!r} in {store.url}", hint="nothing recorded locally yet")
-    transport = HttpTransport(url, api_key or credentials.key_for(url, "ingest"))
+    from . import settings
+
+    transport = HttpTransport(url, api_key or credentials.key_for(url, "ingest"),
+                              signing_secret=settings.get("MCPMETER_SIGNING_SECRET", signing_secret))
     encoder = msgspec.json.Encoder()
     accepted = duplicates = 0
     cursor = 0

@@ -39,6 +39,13 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError(f"expected a whole number, 0 or more, got {raw!r}")
+    return value
+
+
 def _positive_float(raw: str) -> float:
     value = float(raw)
     if value <= 0:
@@ -89,6 +96,22 @@ SETTINGS: dict[str, Setting] = {
         Setting("MCPMETER_METRICS_KEY", None, str, "A key registered at collector start as a read-scope key of the default project named `metrics`, for Prometheus to scrape `/metrics` with (`authorization: credentials`).", "collector"),
         Setting("MCPMETER_METRICS_KEY_FILE", None, str, "A file holding MCPMETER_METRICS_KEY (e.g. a Docker secret); used when MCPMETER_METRICS_KEY is not set.", "collector"),
         Setting("MCPMETER_OTLP_EXPORT", None, _signals, "Forward what the collector stores as OTLP/HTTP: `metrics`, `traces` (events that came as spans) or `metrics,traces` (`true` = both). Where to: the standard `OTEL_EXPORTER_OTLP_*` variables.", "collector"),
+        Setting("MCPMETER_SIGNING_SECRET", None, str, "Signing secret of a key created with `--require-signature`: the SDK, the proxy and `mcpmeter push` sign every request with it (HMAC-SHA256; see docs/security.md).", "all"),
+        Setting("MCPMETER_HASH_USERS", False, _bool, "`true`: the SDK replaces each user identifier with an HMAC under a secret kept in MCPMETER_HOME (`user-key`) before it leaves the machine; sent as `h:<hex>`.", "sdk"),
+        Setting("MCPMETER_SIGNATURE_TOLERANCE_SECONDS", 300, _positive_int, "How far a signed request's X-MCPMeter-Timestamp may be from the collector's clock; older (or newer) is refused as a possible replay.", "collector"),
+        Setting("MCPMETER_RATE_LIMIT_PER_KEY", 1000, _non_negative_int, "Requests per minute per API key, per collector process (token bucket); more get 429 with Retry-After. 0 turns it off.", "collector"),
+        Setting("MCPMETER_RATE_LIMIT_PER_IP", 1000, _non_negative_int, "Requests per minute per source address (loopback excepted), per collector process; more get 429 with Retry-After. 0 turns it off.", "collector"),
+        Setting("MCPMETER_MAX_CONNECTIONS", 1000, _positive_int, "Open connections (and requests in flight) one collector process serves; beyond, uvicorn answers 503.", "collector"),
+        Setting("MCPMETER_MAX_SERVERS_PER_PROJECT", 1000, _positive_int, "Distinct server names a project may have; events naming one more are rejected with a reason.", "collector"),
+        Setting("MCPMETER_MAX_TOOLS_PER_PROJECT", 10_000, _positive_int, "Distinct (server, tool) pairs a project may have; events naming one more are rejected with a reason.", "collector"),
+        Setting("MCPMETER_BUSY_TIMEOUT_SECONDS", 30.0, _positive_float, "How long a SQLite write waits for another process's lock before the collector answers 503 (and the sender retries).", "all"),
+        Setting("MCPMETER_OIDC_ISSUER", None, str, "OpenID Connect issuer URL for people's sign-in to the dashboard (its `/.well-known/openid-configuration` is read). Unset: sign-in with keys only.", "collector"),
+        Setting("MCPMETER_OIDC_CLIENT_ID", None, str, "The collector's client id at the OpenID provider.", "collector"),
+        Setting("MCPMETER_OIDC_CLIENT_SECRET", None, str, "The collector's client secret at the OpenID provider (unset for a public client: PKCE only).", "collector"),
+        Setting("MCPMETER_OIDC_REDIRECT_URL", None, str, "Where the provider sends people back: `https://<collector>/v1/oidc/callback`, as registered at the provider.", "collector"),
+        Setting("MCPMETER_OIDC_SCOPES", "openid email profile", str, "Scopes asked of the provider.", "collector"),
+        Setting("MCPMETER_OIDC_GROUPS_CLAIM", "groups", str, "ID-token claim holding the person's groups (for `group:NAME` grants).", "collector"),
+        Setting("MCPMETER_OIDC_ACCESS", None, str, "People's access besides `mcpmeter access grant`: JSON `{\"alice@example.com\": {\"weblab\": \"admin\"}, \"group:analysts\": {\"weblab\": \"viewer\"}, \"sub:123\": {...}}`; viewer reads, admin administers.", "collector"),
         Setting("MCPMETER_API_KEY_<NAME>", None, str, "Ingest keys registered for the default project at collector start; NAME (lower-cased) becomes the key's name.", "collector"),
     ]
 }

@@ -111,3 +111,21 @@ def test_an_empty_histogram_has_no_percentiles():
 def test_the_bins_span_a_microsecond_to_a_day_in_under_600_bins():
     assert bin_of(FLOOR_MS) == 0 and 0 < bin_of(86_400_000) < 600
     assert math.isclose(RELATIVE_ERROR, 2 ** (1 / 32) - 1) and RELATIVE_ERROR < 0.022
+
+
+@given(st.lists(st.lists(durations, max_size=60), min_size=1, max_size=8), st.lists(st.booleans(), min_size=8, max_size=8))
+def test_dense_and_sparse_blobs_add_up_alike(parts, dense):
+    """Rollups store either form (dense for the per-tool daily rollup); any mix sums exactly."""
+    total = histogram.Sum()
+    for part, as_dense in zip(parts, dense):
+        hist = build(part)
+        total.add(histogram.encode_dense(histogram.pack(hist)) if as_dense else (histogram.encode(hist) if hist else None))
+    whole = build(v for part in parts for v in part)
+    assert total.result() == whole
+    assert histogram.decode(histogram.encode_dense(histogram.pack(whole))) == whole
+
+
+@given(st.dictionaries(st.integers(0, 700), st.integers(1, 2**63), max_size=80))
+def test_the_dense_form_round_trips_every_count(hist):
+    blob = histogram.encode_dense(histogram.pack(hist))
+    assert histogram.decode(blob) == hist and histogram.unpack(histogram.packed(blob)) == hist

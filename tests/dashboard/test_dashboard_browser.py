@@ -338,6 +338,23 @@ def test_the_tool_page_drills_down_from_the_overview(site, page):
     clients = api(site, "/v1/usage/clients", **q)
     assert [label for label, _ in bar_texts(page, "clients")] == [c["client"] for c in clients["clients"]]
     assert page.text_content("#tool-name") == top["tool"]
+    shot(page, "dashboard-tool.png")
+
+
+def test_a_click_on_a_stacked_bar_opens_the_tool_it_belongs_to(site, page):
+    page.goto(site.url + "/?period=30d")
+    ready(page)
+    bottom = api(site, "/v1/usage/timeseries", period="30d")["tools"][0]
+    x, y = page.evaluate("""() => {  // the middle of the bottom segment of the busiest day's bar
+        const c = document.getElementById('chart-calls').__chart, u = c.u, first = c.spec.series[0].values;
+        const i = first.indexOf(Math.max(...first)), box = u.over.getBoundingClientRect();
+        return [box.left + u.valToPos(c.spec.x[i], 'x'), box.top + u.valToPos(first[i] / 2, 'y')];
+    }""")
+    page.mouse.move(x, y)
+    with page.expect_navigation():
+        page.mouse.click(x, y)
+    ready(page)
+    assert urlsplit(page.url).path == f"/tools/{bottom}"
 
 
 def test_admins_create_a_key_see_it_once_revoke_it_and_watch_health(site, page):
@@ -406,6 +423,12 @@ def sign_in(page, c: Collector, key: str, path: str = "/?period=30d") -> None:
 def test_sign_in_with_a_read_key_when_loopback_is_not_trusted(locked, page):
     c = locked.collector
     assert httpx.get(c.url + "/", follow_redirects=False).status_code == 303
+    page.goto(c.url + "/signin")
+    page.fill("#key", locked.a.ingest)  # a key that cannot read is refused, with a reason
+    page.click("#signin-submit")
+    page.wait_for_function("() => document.getElementById('signin-error').textContent.includes('cannot read usage')")
+    assert page.problems == ["console.error: Failed to load resource: the server responded with a status of 403 (Forbidden)"]
+    page.problems.clear()
     sign_in(page, c, locked.a.read)
     assert_kpis_match(page, api(c, "/v1/usage/summary", key=locked.a.read, period="30d"))
     assert all(chart["drawn"] and chart["points"] > 0 for chart in charts_drawn(page).values())
@@ -465,9 +488,14 @@ def test_a_key_of_one_project_sees_none_of_anothers(locked, browser):
         assert bar_texts(page, "tools") == [("beta_only_tool", "21 · 100.0%")]
         assert "weblab" not in page.evaluate("() => document.body.innerText")
         assert page.text_content("#project-name") == "beta"
+        assert api(c, "/v1/admin/health", key=locked.b.admin)["collector"]["live_subscribers"] >= 1
         assert not page.problems, page.problems
     finally:
         page.context.close()
+    deadline = time.monotonic() + 10
+    while api(c, "/v1/admin/health", key=locked.a.admin)["collector"]["live_subscribers"]:  # closed pages unsubscribe
+        assert time.monotonic() < deadline, "a closed page still holds a live subscription"
+        time.sleep(0.05)
 
 
 def test_the_collector_stops_promptly_while_live_streams_are_open(collector):

@@ -377,3 +377,30 @@ def test_users_are_stored_only_as_keyed_hashes(store):
     with psycopg.connect(store._pool.conninfo) as conn:
         for table in ISOLATED:
             assert conn.execute(f"SELECT count(*) FROM {table} t WHERE t::text LIKE '%%alice%%'").fetchone()[0] == 0, table
+
+
+@postgres_only
+def test_collectors_starting_together_can_replace_the_same_key(store):
+    """As register_env_keys does for MCPMETER_API_KEY_<NAME> in every collector at start."""
+    others = [open_store(store._pool.conninfo) for _ in range(3)]
+    try:
+        project = store.ensure_project("default")
+        barrier, failures = threading.Barrier(4), []
+
+        def replace(s) -> None:
+            barrier.wait()
+            try:
+                s.add_key(project.id, "ci", "hash-of-the-key", "mcpm_abc", ["ingest"], replace=True)
+            except StorageError as exc:
+                failures.append(exc)
+
+        threads = [threading.Thread(target=replace, args=(s,)) for s in [store, *others]]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not failures
+        assert [k.name for k in store.list_keys(project.id)] == ["ci"]
+    finally:
+        for s in others:
+            s.close()

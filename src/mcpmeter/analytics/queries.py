@@ -97,14 +97,8 @@ def aggregate_cells(cells: Sequence[tuple], key: Sequence[int] = ()) -> dict[tup
 BUCKET, KIND, SERVER, TOOL, CLIENT = range(5)
 
 
-def _tool_cells(store: Store, f: EventFilter, grain: str) -> list[tuple]:
-    """Tool-call cells with every client together where the store keeps them so, else per client."""
-    read = getattr(store, "tool_cells", None)  # a store without it (PostgreSQL, for now) answers per client
-    return read(f, grain) if read is not None else store.cells(f, grain)
-
-
 def _totals(store: Store, q: Query, new_users: bool = True) -> tuple[Agg, dict[tuple, Agg], int, int, list[tuple]]:
-    cells = _tool_cells(store, q.filter, q.window.grain)
+    cells = store.tool_cells(q.filter, q.window.grain)
     per_tool = aggregate_cells(cells, (SERVER, TOOL))
     total = Agg()
     for agg in per_tool.values():
@@ -130,7 +124,7 @@ def summary(store: Store, q: Query) -> dict[str, Any]:
     elif q.window.grain == "day" and q.window.start_ms <= week.window.start_ms:  # inside this window's cells
         calls_7d = sum(c[5] for c in cells if c[BUCKET] >= week.window.start_ms)
     else:
-        calls_7d = sum(c[5] for c in _tool_cells(store, week.filter, "day"))
+        calls_7d = sum(c[5] for c in store.tool_cells(week.filter, "day"))
     return {
         **q.describe(),
         "users": users,
@@ -162,7 +156,7 @@ def summary(store: Store, q: Query) -> dict[str, Any]:
 
 def tools(store: Store, q: Query) -> dict[str, Any]:
     """Per tool: calls, share, errors, error rate, latency, users, last used; and tools never called."""
-    per_tool = aggregate_cells(_tool_cells(store, q.filter, q.window.grain), (SERVER, TOOL))
+    per_tool = aggregate_cells(store.tool_cells(q.filter, q.window.grain), (SERVER, TOOL))
     total = sum(a.calls for a in per_tool.values())
     tool_users = {(s, t): n for s, t, n in store.users(q.filter, q.window.grain, ("server", "tool"))}
     catalog = {(s, t): (first, last) for s, t, first, last in store.catalog(q.project_id, q.server)}
@@ -185,7 +179,7 @@ def tools(store: Store, q: Query) -> dict[str, Any]:
 def timeseries(store: Store, q: Query, by_tool: int = 8) -> dict[str, Any]:
     """Per bucket: calls, errors, success rate, users, latency percentiles; calls per top tool."""
     grain_ms = q.window.grain_ms
-    cells = _tool_cells(store, q.filter, q.window.grain)
+    cells = store.tool_cells(q.filter, q.window.grain)
     per_bucket = aggregate_cells(cells, (BUCKET,))
     per_bucket_tool = aggregate_cells(cells, (BUCKET, TOOL))
     users = {b: n for b, n in store.users(q.filter, q.window.grain, ("bucket",))}

@@ -208,25 +208,42 @@ def keys() -> None:
 @click.option("--scopes", default="ingest", show_default=True, help="Comma-separated: ingest, read, admin.")
 @click.option("--project", default="default", show_default=True, help="Project (created if new).")
 @click.option("--expires-days", type=click.IntRange(min=1), default=None, help="Expire after this many days.")
+@click.option("--require-signature", is_flag=True,
+              help="Also make a signing secret (printed once): every ingest request with this key must be signed with it.")
 @db_option
 @friendly
-def keys_create(name, scopes, project, expires_days, db) -> None:
+def keys_create(name, scopes, project, expires_days, require_signature, db) -> None:
     """Create a key and print it (the only time it is shown)."""
     import time
 
     from .. import keys as keylib
+    from .security import audited_project
 
     try:
         scope_list = keylib.parse_scopes(scopes)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--scopes") from None
     store = _open_store(db)
-    proj = store.ensure_project(project)
+    proj = audited_project(store, project)
     key = keylib.new_key()
     expires = int(time.time() * 1000) + expires_days * 86_400_000 if expires_days else None
-    store.add_key(proj.id, name, keylib.hash_key(key), keylib.display_prefix(key), scope_list, expires)
+    info = store.add_key(proj.id, name, keylib.hash_key(key), keylib.display_prefix(key), scope_list, expires)
+    secret = None
+    if require_signature:
+        from ..collector.security import new_signing_secret
+
+        secret = new_signing_secret()
+        store.set_signing_secret(info.id, secret)
+    from ..collector import audit
+
+    audit.record(store, audit.os_actor(), "key.create", proj, name,
+                 {"prefix": info.prefix, "scopes": scope_list, "expires_at": expires, "signed": bool(secret)})
     click.echo(key)
+    if secret:
+        click.echo(f"signing secret: {secret}")
     click.echo(f"created key {name!r} for project {project!r} with scopes {','.join(scope_list)}; store it now, it is not shown again", err=True)
+    if secret:
+        click.echo("requests with this key must be signed: give the secret to the sender as MCPMETER_SIGNING_SECRET", err=True)
 
 
 @keys.command("list")
@@ -283,10 +300,16 @@ def keys_revoke(name_or_prefix, project, db) -> None:
         if proj is None:
             raise MCPMeterError(f"no project {project!r}")
         project_id = proj.id
-    count = store.revoke_key(project_id, name_or_prefix.rstrip("…"))
+    ref = name_or_prefix.rstrip("…")
+    revoked = [k for k in store.list_keys(project_id) if k.revoked_at is None and ref in (k.name, k.prefix)]
+    count = store.revoke_key(project_id, ref)
     if not count:
         raise MCPMeterError(f"no active key named or prefixed {name_or_prefix!r}", hint="`mcpmeter keys list` shows them")
-    click.echo(f"revoked {count} key(s); collectors refuse them within a second", err=True)
+    from ..collector import audit
+
+    for k in revoked:
+        audit.record(store, audit.os_actor(), "key.revoke", store.project_by_id(k.project_id), k.name, {"prefix": k.prefix})
+    click.echo(f"revoked {count} key(s); every collector on this store refuses them from its next request on", err=True)
 
 
 # ---- db ----------------------------------------------------------------------------------
@@ -363,7 +386,7 @@ def db_status(db) -> None:
 @click.option("--project", default="default", show_default=True, help="Local project to upload.")
 @db_option
 @friendly
-def push(url, api_key, project, db) -> None:
+def push(url, api_key, project, db) -> None:  # signs with MCPMETER_SIGNING_SECRET when set
     """Upload a local store's history to a team collector (idempotent: safe to repeat)."""
     from ..push import push_store
 
@@ -402,6 +425,13 @@ cli.add_command(proxy)
 from ..mcp_server.cli import mcp  # noqa: E402  (defined with its feature, in mcp_server/)
 
 cli.add_command(mcp)
+
+from .security import access, audit_command, keys_rotate, users  # noqa: E402  (defined with their feature, in cli/security.py)
+
+keys.add_command(keys_rotate)
+cli.add_command(audit_command)
+cli.add_command(access)
+cli.add_command(users)
 
 
 def main() -> None:

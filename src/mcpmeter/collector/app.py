@@ -19,8 +19,11 @@ from ..events import Limits
 from ..exceptions import AuthError, MCPMeterError, StorageError
 from ..exporters import Metrics, MetricsConfig
 from ..storage.base import Store
-from . import ingest, measurements, otlp, usage
+from ..oidc import OidcConfig
+from ..oidc import routes as oidc_routes
+from . import admin_security, ingest, measurements, otlp, usage
 from .auth import Authenticator
+from .security import NameCaps, RateLimited, RateLimits, SignatureChecker
 from .openapi import openapi_schema
 from .responses import error
 from .writer import Writer
@@ -37,6 +40,12 @@ class CollectorConfig:
         max_age_ms=settings.get("MCPMETER_MAX_EVENT_AGE_DAYS") * 86_400_000,
         max_skew_ms=settings.get("MCPMETER_MAX_CLOCK_SKEW_SECONDS") * 1000,
     ))
+    signature_tolerance: int = field(default_factory=lambda: settings.get("MCPMETER_SIGNATURE_TOLERANCE_SECONDS"))
+    rate_limit_per_key: int = field(default_factory=lambda: settings.get("MCPMETER_RATE_LIMIT_PER_KEY"))
+    rate_limit_per_ip: int = field(default_factory=lambda: settings.get("MCPMETER_RATE_LIMIT_PER_IP"))
+    max_servers: int = field(default_factory=lambda: settings.get("MCPMETER_MAX_SERVERS_PER_PROJECT"))
+    max_tools: int = field(default_factory=lambda: settings.get("MCPMETER_MAX_TOOLS_PER_PROJECT"))
+    oidc: "OidcConfig | None" = field(default_factory=lambda: OidcConfig.from_settings())
     key_touch_interval: float = 5.0
     prune_interval: float = field(default_factory=lambda: float(settings.get("MCPMETER_PRUNE_INTERVAL_SECONDS")))
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -49,7 +58,9 @@ class Collector:
         self.store = store
         self.config = config
         self.writer = Writer(store)
-        self.auth = Authenticator(store, config.local_trust)
+        self.auth = Authenticator(store, config.local_trust, RateLimits(config.rate_limit_per_key, config.rate_limit_per_ip))
+        self.signatures = SignatureChecker(config.signature_tolerance)
+        self.names = NameCaps(store, config.max_servers, config.max_tools)
         self.started = time.time()
         self.counters = {"accepted": 0, "duplicates": 0, "rejected": 0, "requests_failed": 0}
         self.metrics = Metrics(self, config.metrics)  # /metrics, request timing, OTLP export
@@ -81,6 +92,8 @@ async def _handle_errors(request: Request, exc: Exception) -> Response:
     if isinstance(exc, AuthError):
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return error(exc.status, str(exc), exc.hint, headers)
+    if isinstance(exc, RateLimited):
+        return error(429, str(exc), exc.hint, {"Retry-After": str(exc.retry_after)})
     if isinstance(exc, StorageError):
         log.error("storage error: %s", exc)
         return error(503, "the store is unavailable; nothing was stored", "retry later", {"Retry-After": "5"})
@@ -119,6 +132,8 @@ def create_app(store: Store, config: CollectorConfig | None = None) -> Starlette
         Route("/openapi.json", openapi, methods=["GET"]),
         *collector.metrics.routes,
         *dashboard.install(collector),  # /, /static, /v1/session, /v1/live, /v1/admin/*
+        *admin_security.routes,  # /v1/admin/audit, key rotation, access grants, erasing a user
+        *oidc_routes(collector),  # /v1/oidc/*: people's sign-in (when MCPMETER_OIDC_ISSUER is set)
     ]
     app = Starlette(
         routes=routes,

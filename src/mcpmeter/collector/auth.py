@@ -1,4 +1,10 @@
-"""Who is asking: API keys (Bearer or X-API-Key), or a trusted loopback caller."""
+"""Who is asking: API keys (Bearer or X-API-Key), a signed-in browser (a key's or a
+person's session), or a trusted loopback caller. Also where rate limits are applied.
+
+Revocation is immediate: key lookups are cached only while the store's ``keys_version``
+(bumped by a trigger whenever a key or an access grant is revoked, expires early, is
+replaced or changed) stays the same, and every request reads that number, so a request
+that starts after a revocation committed is refused by every collector on the store."""
 
 from __future__ import annotations
 
@@ -13,15 +19,19 @@ from starlette.requests import Request
 from .. import keys
 from ..exceptions import AuthError
 from ..storage.base import KeyInfo, Project, Store
+from .security import RateLimited, RateLimits
 
 DEFAULT_PROJECT = "default"
-_CACHE_SECONDS = 1.0  # a revoked key stops working within this long
+_CACHE_SECONDS = 300.0  # a key's record is re-read at least this often (and at once when keys_version moves)
+_UNKNOWN_SECONDS = 1.0  # an unknown key is looked up again after this long (a key created meanwhile works)
 
 
 class Principal(NamedTuple):
     project: Project
     scopes: frozenset[str]
-    key_id: int | None  # None: trusted loopback caller
+    key_id: int | None  # None: trusted loopback caller, or a person signed in with OpenID Connect
+    actor: str = "loopback"  # for the audit log: "key:mcpm_AbC123", "oidc:<subject> <email>", "loopback"
+    signing_secret: str | None = None  # the key requires signed submissions with this secret
 
 
 def is_loopback(host: str | None) -> bool:
@@ -51,25 +61,31 @@ def _failed(reason: str, message: str, **kwargs) -> AuthError:
 
 
 class Authenticator:
-    def __init__(self, store: Store, local_trust: bool) -> None:
+    def __init__(self, store: Store, local_trust: bool, limits: RateLimits | None = None) -> None:
         self.store = store
         self.local_trust = local_trust
-        self._cache: dict[str, tuple[float, KeyInfo | None]] = {}
+        self.limits = limits
+        self._cache: dict[str, tuple[float, KeyInfo | None, str | None]] = {}
+        self._version: int | None = None
         self._projects: dict[int, Project] = {}
         self._default: Project | None = None
         self._lock = threading.Lock()
         self.last_used: dict[int, int] = {}  # key id -> ms; flushed to the store periodically
         self.checks: Counter[tuple[str, str]] = Counter()  # (scope, result) -> checks
         self.sessions = None  # dashboard.sessions.Sessions: a signed-in browser's cookie stands for its key
+        self.people = None  # oidc.People: sessions of people signed in with OpenID Connect ("oidc:<id>")
 
     def authenticate(self, request: Request, scope: str) -> Principal:
         result = "error"
         try:
             principal = self._authenticate(request, scope)
-            result = "ok" if principal.key_id is not None else "loopback"
+            result = "ok" if principal.key_id is not None else ("person" if principal.actor.startswith("oidc:") else "loopback")
             return principal
         except AuthError as exc:
             result = getattr(exc, "reason", "malformed")
+            raise
+        except RateLimited:
+            result = "rate_limited"
             raise
         finally:
             with self._lock:
@@ -81,18 +97,24 @@ class Authenticator:
             return dict(self.checks)
 
     def _authenticate(self, request: Request, scope: str) -> Principal:
+        client = request.client.host if request.client else None
+        if self.limits is not None and not is_loopback(client):
+            self.limits.check_address(client)  # before any lookup: a flood of guesses costs the store nothing
         key = presented_key(request)
         key_hash = keys.hash_key(key) if key is not None else None
         if key_hash is None and self.sessions is not None:
             key_hash = self.sessions.key_hash(request)
+            if key_hash is not None and key_hash.startswith("oidc:"):
+                if self.people is None:
+                    raise _failed("unknown_key", "single sign-on is not configured on this collector", hint="sign in again")
+                return self.people.principal(key_hash[5:], scope, self._keys_version())
         if key_hash is None:
-            client = request.client.host if request.client else None
             if self.local_trust and is_loopback(client):
                 if self._default is None:
                     self._default = self.store.ensure_project(DEFAULT_PROJECT)
                 return Principal(self._default, frozenset(keys.SCOPES), None)
             raise _failed("missing_key", "an API key is required", hint="send it as `Authorization: Bearer <key>` or `X-API-Key: <key>`")
-        info = self._lookup(key_hash)
+        info, secret = self._lookup(key_hash)
         now_ms = int(time.time() * 1000)
         if info is None:
             raise _failed("unknown_key", "unknown API key", hint="check MCPMETER_API_KEY; `mcpmeter keys list` shows the keys")
@@ -105,20 +127,34 @@ class Authenticator:
                 status=403,
                 hint=f"use a key created with --scopes {scope}",
             )
+        if self.limits is not None:
+            self.limits.check_key(info.id, info.prefix)
         self.last_used[info.id] = now_ms
-        return Principal(self._project(info.project_id), info.scopes, info.id)
+        return Principal(self._project(info.project_id), info.scopes, info.id, f"key:{info.prefix}", secret)
 
-    def _lookup(self, key_hash: str) -> KeyInfo | None:
+    def _keys_version(self) -> int:
+        """The store's keys version; a change empties the cache (one small read per request)."""
+        version = self.store.keys_version()
+        if version != self._version:
+            with self._lock:
+                self._cache.clear()
+                self._version = version
+        return version
+
+    def _lookup(self, key_hash: str) -> tuple[KeyInfo | None, str | None]:
+        version = self._keys_version()
         now = time.monotonic()
         cached = self._cache.get(key_hash)
-        if cached and now - cached[0] < _CACHE_SECONDS:
-            return cached[1]
+        if cached and now - cached[0] < (_CACHE_SECONDS if cached[1] is not None else _UNKNOWN_SECONDS):
+            return cached[1], cached[2]
         info = self.store.key_by_hash(key_hash)
+        secret = self.store.signing_secret(info.id) if info is not None else None
         with self._lock:
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            self._cache[key_hash] = (now, info)
-        return info
+            if self._version == version:  # not if another thread saw a newer version meanwhile
+                self._cache[key_hash] = (now, info, secret)
+        return info, secret
 
     def _project(self, project_id: int) -> Project:
         project = self._projects.get(project_id)

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from .. import credentials, keys, settings
-from ..exceptions import ConfigError
+from ..exceptions import ConfigError, StorageError
 from ..storage.base import Store
 from .auth import DEFAULT_PROJECT
 
@@ -56,7 +56,14 @@ def ensure_local_keys(store: Store, url: str) -> dict[str, str] | None:
     created = {}
     for scope in keys.SCOPES:
         key = keys.new_key()
-        store.add_key(project.id, f"local-{scope}", keys.hash_key(key), keys.display_prefix(key), [scope])
+        try:
+            store.add_key(project.id, f"local-{scope}", keys.hash_key(key), keys.display_prefix(key), [scope])
+        except StorageError:
+            if any(k.name == f"local-{scope}" for k in store.list_keys(project.id)):
+                # Another collector starting on the same store made them first: use theirs.
+                log.info("local keys were created by another collector on this store")
+                return None
+            raise
         created[scope] = key
     path = credentials.save(url, created)
     log.info("created keys for project %r; saved to %s", DEFAULT_PROJECT, path)

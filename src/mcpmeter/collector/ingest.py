@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import zlib
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ..events import BatchError, decode_batch
 from ..ingest import rows_for
 from ..exceptions import StorageError
+from .auth import Principal
 from .responses import error
 from .writer import Overloaded
 
@@ -18,8 +20,12 @@ class BodyTooLarge(Exception):
     pass
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, gunzipped if sent with ``Content-Encoding: gzip``, at most ``limit`` bytes."""
+async def read_body(request: Request, limit: int, principal: Principal | None = None) -> bytes:
+    """The request body, gunzipped if sent with ``Content-Encoding: gzip``, at most ``limit`` bytes.
+
+    When the principal's key requires signed submissions, the signature is checked on the
+    raw bytes as sent (before gunzip); a bad or missing one raises ``SignatureError`` (401).
+    """
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge()
@@ -30,6 +36,8 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise BodyTooLarge()
         chunks.append(chunk)
     body = b"".join(chunks)
+    if principal is not None and principal.signing_secret is not None:
+        request.app.state.collector.signatures.verify(principal.signing_secret, request.headers, body)
     encoding = request.headers.get("content-encoding", "identity").lower()
     if encoding == "gzip":
         inflater = zlib.decompressobj(wbits=31)
@@ -53,10 +61,13 @@ async def post_events(request: Request) -> Response:
     content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
     if content_type not in ("application/json", ""):
         return error(415, f"Content-Type {content_type!r} is not accepted", "send application/json")
+    names = collector.names
+    if not names.loaded(principal.project.id):
+        await run_in_threadpool(names.load, principal.project.id)
     try:
-        body = await read_body(request, limit)
+        body = await read_body(request, limit, principal)
         counts: dict[str, int] = {}
-        events, rejected = decode_batch(body, collector.config.limits, counts=counts)
+        events, rejected = decode_batch(body, collector.config.limits, counts=counts, admit=names.admitter(principal.project.id))
     except BodyTooLarge:
         return error(413, f"the body is larger than {limit} bytes", "send smaller batches (MCPMETER_MAX_BODY_BYTES)")
     except BatchError as exc:

@@ -21,7 +21,7 @@ async def _ingest(request: Request, parse, store_rows) -> Response:
     collector = request.app.state.collector
     principal = collector.auth.authenticate(request, "ingest")
     try:
-        body = await read_body(request, collector.config.max_body_bytes)
+        body = await read_body(request, collector.config.max_body_bytes, principal)
         rows = parse(body, collector.config.limits)
     except BodyTooLarge:
         return error(413, f"the body is larger than {collector.config.max_body_bytes} bytes", "send smaller batches")

@@ -28,6 +28,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -302,10 +303,14 @@ async def post_traces(request: Request) -> Response:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return _failure(content_type, exc.status, str(exc), exc.hint, headers)
     limit = collector.config.max_body_bytes
+    if not collector.names.loaded(principal.project.id):
+        await run_in_threadpool(collector.names.load, principal.project.id)
     try:
-        body = await read_body(request, limit)
+        body = await read_body(request, limit, principal)
         converted = convert(parse_request(body, content_type))
-        events, rejected = _validate(converted.events, collector.config.limits)
+        events, rejected = _validate(converted.events, collector.config.limits, collector.names.admitter(principal.project.id))
+    except AuthError as exc:  # a signature that does not match
+        return _failure(content_type, exc.status, str(exc), exc.hint, {"WWW-Authenticate": "Bearer"})
     except BodyTooLarge:
         return _failure(content_type, 413, f"the body is larger than {limit} bytes",
                         "export smaller batches (OTEL_BSP_MAX_EXPORT_BATCH_SIZE) or raise MCPMETER_MAX_BODY_BYTES")
@@ -341,11 +346,11 @@ async def post_traces(request: Request) -> Response:
     return Response(json_format.MessageToJson(answer, indent=None).encode(), media_type=JSON, headers=headers)
 
 
-def _validate(candidates: list[dict[str, Any]], limits) -> tuple[list, list[Rejection]]:
+def _validate(candidates: list[dict[str, Any]], limits, admit=None) -> tuple[list, list[Rejection]]:
     """The /v1/events validation, on the events made from spans (one batch per request)."""
     if not candidates:
         return [], []
-    events, rejected = decode_batch(_encode(candidates), limits)
+    events, rejected = decode_batch(_encode(candidates), limits, admit=admit)
     # an event of the batch that is rejected carries the index of its span's event
     return events, [r._replace(id=r.id or candidates[r.index]["id"]) for r in rejected]
 

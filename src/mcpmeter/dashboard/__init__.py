@@ -17,8 +17,8 @@ from typing import Any
 from starlette.routing import BaseRoute
 
 from . import admin, live, sessions
-from .assets import Assets
 from .assets import routes as asset_routes
+from .assets import shared as shared_assets
 from .pages import Pages
 
 __all__ = ["install"]
@@ -40,5 +40,5 @@ def install(collector: Any) -> list[BaseRoute]:
             previous(stored, submitted, seconds)
 
     collector.writer.on_commit = on_commit
-    assets = Assets()
+    assets = shared_assets()
     return [*Pages(assets).routes, *asset_routes(assets), *sessions.routes, *live.routes, *admin.routes]

@@ -162,6 +162,6 @@ routes = [
     Route("/v1/admin/projects", projects, methods=["GET"]),
     Route("/v1/admin/keys", list_keys, methods=["GET"]),
     Route("/v1/admin/keys", create_key, methods=["POST"]),
-    Route("/v1/admin/keys/{ref:path}", revoke_key, methods=["DELETE"]),
+    Route("/v1/admin/keys/{ref}", revoke_key, methods=["DELETE"]),
     Route("/v1/admin/health", health, methods=["GET"]),
 ]

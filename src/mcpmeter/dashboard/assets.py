@@ -8,6 +8,7 @@ elsewhere: the charting library is vendored in ``static/vendor/``.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import mimetypes
@@ -66,6 +67,12 @@ class Assets:
         if asset.gzipped is not None and "gzip" in request.headers.get("accept-encoding", ""):
             return Response(asset.gzipped, media_type=asset.media_type, headers={**headers, "Content-Encoding": "gzip"})
         return Response(asset.body, media_type=asset.media_type, headers=headers)
+
+
+@functools.cache
+def shared() -> Assets:
+    """The package's own static files (read once per process: they do not change while it runs)."""
+    return Assets()
 
 
 def routes(assets: Assets) -> list[Route]:

@@ -212,10 +212,10 @@ async def get_live(request: Request) -> Response:
     live: Live = collector.live
     _end_streams_on_shutdown(live)
     params = request.query_params
-    sub = live.subscribe(principal.project.id, params.get("server") or None, params.get("tool") or None,
-                         params.get("client") or None)
 
     async def stream():
+        sub = live.subscribe(principal.project.id, params.get("server") or None, params.get("tool") or None,
+                             params.get("client") or None)
         try:
             yield b"retry: 2000\n\n" + _sse("hello", {"project": principal.project.name, "ts": int(time.time() * 1000)})
             while not live._closing:

@@ -114,7 +114,8 @@ async def get_session(request: Request) -> Response:
     try:
         principal = collector.auth.authenticate(request, "read")
     except AuthError as exc:
-        return JSONResponse({"signed_in": False, "reason": str(exc), "local_trust": collector.auth.local_trust})
+        return JSONResponse({"signed_in": False, "reason": str(exc), "local_trust": collector.auth.local_trust},
+                            headers={"Cache-Control": "no-store"})
     return JSONResponse({"signed_in": True, "via": how(request, collector.auth.sessions),
                          "project": principal.project.name, "scopes": sorted(principal.scopes)},
                         headers={"Cache-Control": "no-store"})

@@ -11,17 +11,19 @@ from typing import Any
 
 import uvicorn
 
+from .. import settings
 from ..exceptions import ConfigError
 
 
 def run(app: Any, host: str, port: int, metrics_port: int | None, log_level: str) -> None:
     level = log_level if log_level != "info" else "warning"
+    limit = settings.get("MCPMETER_MAX_CONNECTIONS")  # beyond it uvicorn answers 503 (and the SDK retries)
     if metrics_port is None:
-        uvicorn.run(app, host=host, port=port, log_level=level, access_log=False, lifespan="on")
+        uvicorn.run(app, host=host, port=port, log_level=level, access_log=False, lifespan="on", limit_concurrency=limit)
         return
     if metrics_port == port:
         raise ConfigError(f"--metrics-port {metrics_port} is the collector's own port",
                           hint="pick another port (the gateway's metrics port is 9465), or leave it out: /metrics is on the main port too")
-    config = uvicorn.Config(app, host=host, port=port, log_level=level, access_log=False, lifespan="on")
+    config = uvicorn.Config(app, host=host, port=port, log_level=level, access_log=False, lifespan="on", limit_concurrency=limit)
     metrics = uvicorn.Config(app, host=host, port=metrics_port, log_level=level)
     uvicorn.Server(config).run(sockets=[config.bind_socket(), metrics.bind_socket()])

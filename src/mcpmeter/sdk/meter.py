@@ -66,6 +66,8 @@ class Meter:
         capture_results: bool = False,
         redact_keys: Iterable[str] | None = None,
         capture_max_chars: int = 512,
+        signing_secret: str | None = None,
+        hash_users: bool | None = None,
     ) -> None:
         # Whether the name was chosen (argument or MCPMETER_SERVER_NAME); if not,
         # ``instrument()`` may take the MCP server's own name instead of the script's.
@@ -86,6 +88,13 @@ class Meter:
         self.redact_keys = tuple(k.lower() for k in redact_keys) if redact_keys is not None else None
         self.capture_max_chars = capture_max_chars
         self._api_key = settings.get("MCPMETER_API_KEY", api_key)
+        self._signing_secret = settings.get("MCPMETER_SIGNING_SECRET", signing_secret)
+        # Users hashed here, with this machine's key, before anything leaves the process (worker thread).
+        self._hash_user = None
+        if not self.disabled and settings.get("MCPMETER_HASH_USERS", hash_users):
+            from ..identity import ClientUserHasher, client_user_key
+
+            self._hash_user = ClientUserHasher(client_user_key())
         self._db = db
         self._spool_path = Path(spool) if spool else spool_path()
         self._spool_max = settings.get("MCPMETER_SPOOL_MAX_MB") * 1024 * 1024
@@ -107,7 +116,7 @@ class Meter:
         from .sinks import HttpSink, LocalSink
 
         if self.url:
-            return HttpSink(self.url, self._api_key, self._spool_path, self._spool_max, self.stats)
+            return HttpSink(self.url, self._api_key, self._spool_path, self._spool_max, self.stats, self._signing_secret)
         return LocalSink(self._db, self.stats)
 
     def _after_fork(self) -> None:

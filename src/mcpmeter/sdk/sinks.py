@@ -35,9 +35,10 @@ class Sink(Protocol):
 class HttpSink:
     REPLAY_EVERY = 5.0
 
-    def __init__(self, url: str, api_key: str | None, spool_path: Path, spool_max_bytes: int, stats: Stats) -> None:
+    def __init__(self, url: str, api_key: str | None, spool_path: Path, spool_max_bytes: int, stats: Stats,
+                 signing_secret: str | None = None) -> None:
         key = api_key or credentials.key_for(url, "ingest")
-        self.transport = HttpTransport(url, key)
+        self.transport = HttpTransport(url, key, signing_secret=signing_secret)
         self.url = self.transport.url
         self.stats = stats
         self._spool_path = spool_path

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from .. import __version__
 from ..exceptions import ConfigError
+from ..signing import signature_headers
 
 RETRY_STATUSES = {429, 502, 503, 504}
 SPOOL_STATUSES = {401, 403, 404, 500}  # fixable on the collector side: keep the data
@@ -32,7 +33,7 @@ class Outcome(NamedTuple):
 
 
 class HttpTransport:
-    def __init__(self, url: str, api_key: str | None, timeout: float = 10.0) -> None:
+    def __init__(self, url: str, api_key: str | None, timeout: float = 10.0, signing_secret: str | None = None) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ConfigError(f"MCPMETER_URL={url!r} is not an http(s) URL", hint="e.g. http://127.0.0.1:8890")
@@ -47,6 +48,7 @@ class HttpTransport:
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._conn: http.client.HTTPConnection | None = None
+        self._signing_secret = signing_secret  # each attempt is signed anew: a fresh timestamp, never a replay
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
@@ -63,7 +65,10 @@ class HttpTransport:
         """One attempt. Raises OSError / HTTPException on transport failure."""
         conn = self._connection()
         try:
-            conn.request("POST", self._path, body=body, headers=self._headers)
+            headers = self._headers
+            if self._signing_secret:
+                headers = {**headers, **signature_headers(self._signing_secret, body)}
+            conn.request("POST", self._path, body=body, headers=headers)
             response = conn.getresponse()
             data = response.read()
         except (OSError, http.client.HTTPException):

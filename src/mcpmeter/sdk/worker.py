@@ -104,6 +104,9 @@ class Worker:
         queue = meter._queue
         offset = time.time() - time.perf_counter()
         server, version, user, transport = meter.server, meter.server_version, meter.user, meter.transport_name
+        hash_user = meter._hash_user
+        if hash_user is not None:
+            user = hash_user(user)
         pending = self._pending
         room = max(meter.max_queue - len(pending), 0)
         while queue:
@@ -114,6 +117,8 @@ class Worker:
             room -= 1
             meter.stats.recorded += 1
             if isinstance(item, Event):
+                if hash_user is not None and item.user is not None:
+                    item.user = hash_user(item.user)
                 pending.append(item)
                 continue
             tool, category, start, duration, error_type, message = item

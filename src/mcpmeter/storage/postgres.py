@@ -34,6 +34,7 @@ from . import postgres_partitions as partitions
 from . import postgres_rollups
 from .base import EventFilter, IngestResult, KeyInfo, Project
 from .postgres_migrations import MIGRATIONS, READER_ROLE
+from .postgres_security import PostgresSecurity
 from .rollup import aggregate
 
 ROLLUP_VERSION = 2
@@ -98,7 +99,7 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
-class PostgresStore:
+class PostgresStore(PostgresSecurity):  # keys version, rotation, access, audit, erasure: postgres_security.py
     def __init__(self, url: str, durable: bool = True, pool_size: int = POOL_SIZE) -> None:
         self.url = redact(url)
         self._known_days: set[int] = set()
@@ -265,7 +266,8 @@ class PostgresStore:
         scope_text = ",".join(sorted(set(scopes)))
 
         def run(conn: psycopg.Connection) -> None:
-            if replace:
+            if replace:  # collectors starting together may replace the same key: one at a time
+                conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (project_id, name))
                 conn.execute("DELETE FROM api_keys WHERE project_id = %s AND name = %s", (project_id, name))
             conn.execute(
                 "INSERT INTO api_keys (project_id, name, prefix, key_hash, scopes, created_at, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",

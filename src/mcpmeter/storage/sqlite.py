@@ -15,13 +15,14 @@ from itertools import chain
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from .. import usersets
+from .. import settings, usersets
 from ..events import ROW_FIELDS
 from ..exceptions import SchemaVersionError, StorageError
 from .base import EventFilter, IngestResult, KeyInfo, Project
 from . import sqlite_rollups
 from .rollup import aggregate
 from .sqlite_migrations import MIGRATIONS
+from .sqlite_security import SQLiteSecurity
 
 ROLLUP_VERSION = 2
 _MEASUREMENT_DAY_UPSERT = """
@@ -76,7 +77,7 @@ def _insert_events(conn: sqlite3.Connection, chunks: tuple[int, ...], project_id
     return inserted
 
 
-class SQLiteStore:
+class SQLiteStore(SQLiteSecurity):  # keys version, rotation, access, audit, erasure: sqlite_security.py
     def __init__(self, path: Path, durable: bool = True) -> None:
         self.path = Path(path)
         self.url = str(self.path)
@@ -92,10 +93,11 @@ class SQLiteStore:
         self._readers: list[sqlite3.Connection] = []
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        busy = settings.get("MCPMETER_BUSY_TIMEOUT_SECONDS")  # then StorageError: the collector answers 503
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=busy)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
-        conn.execute("PRAGMA busy_timeout=30000")
+        conn.execute(f"PRAGMA busy_timeout={int(busy * 1000)}")
         sqlite_rollups.register_functions(conn)
         return conn
 
@@ -590,10 +592,15 @@ class SQLiteStore:
 
 
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
-    # executescript() would COMMIT our transaction; run statement by statement instead.
-    for statement in script.split(";"):
-        if statement.strip():
-            conn.execute(statement)
+    # executescript() would COMMIT our transaction; run statement by statement instead
+    # (a trigger's body holds semicolons: a statement ends where SQLite says it is complete).
+    statement = ""
+    for part in script.split(";"):
+        statement += part + ";"
+        if sqlite3.complete_statement(statement):
+            if statement.strip(" \t\n;"):
+                conn.execute(statement)
+            statement = ""
 
 
 def _key(row: tuple) -> KeyInfo:

@@ -219,3 +219,44 @@ MIGRATIONS.append(
         """,
     )
 )
+
+MIGRATIONS.append(
+    Migration(
+        6,
+        "security: signing secrets, a keys version for immediate revocation, people's access, audit log",
+        up="""
+        ALTER TABLE api_keys ADD COLUMN signing_secret TEXT;
+        CREATE TABLE security_state (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+        INSERT INTO security_state VALUES ('keys_version', 0);
+        CREATE TRIGGER api_keys_changed AFTER UPDATE OF revoked_at, expires_at, scopes, key_hash, signing_secret, project_id
+        ON api_keys BEGIN UPDATE security_state SET value = value + 1 WHERE name = 'keys_version'; END;
+        CREATE TRIGGER api_keys_removed AFTER DELETE ON api_keys
+        BEGIN UPDATE security_state SET value = value + 1 WHERE name = 'keys_version'; END;
+        CREATE TABLE access_grants (
+            project_id INTEGER NOT NULL REFERENCES projects(id), identity TEXT NOT NULL, role TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            PRIMARY KEY (project_id, identity)
+        );
+        CREATE INDEX access_grants_by_identity ON access_grants (identity);
+        CREATE TRIGGER access_granted AFTER INSERT ON access_grants
+        BEGIN UPDATE security_state SET value = value + 1 WHERE name = 'keys_version'; END;
+        CREATE TRIGGER access_changed AFTER UPDATE ON access_grants
+        BEGIN UPDATE security_state SET value = value + 1 WHERE name = 'keys_version'; END;
+        CREATE TRIGGER access_revoked AFTER DELETE ON access_grants
+        BEGIN UPDATE security_state SET value = value + 1 WHERE name = 'keys_version'; END;
+        CREATE TABLE audit_log (
+            id INTEGER PRIMARY KEY, ts INTEGER NOT NULL, project_id INTEGER, project TEXT, actor TEXT NOT NULL,
+            action TEXT NOT NULL, target TEXT, detail TEXT, source TEXT NOT NULL
+        );
+        CREATE INDEX audit_log_by_project ON audit_log (project_id, ts);
+        """,
+        down="""
+        DROP TRIGGER api_keys_changed;
+        DROP TRIGGER api_keys_removed;
+        DROP TABLE audit_log;
+        DROP TABLE access_grants;
+        DROP TABLE security_state;
+        ALTER TABLE api_keys DROP COLUMN signing_secret;
+        """,
+    )
+)

@@ -124,7 +124,7 @@ function build(chart) {
     cursor: { y: false, drag: { x: false, y: false }, points: { size: 7 } },
     tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), "Etc/UTC"),
     scales: {
-      x: { time: true, range: (u, min, max) => [min - half, max + half] },
+      x: { time: true, range: () => [chart.spec.x[0] - half, chart.spec.x[chart.spec.x.length - 1] + half] },
       y: { range: (u, min, max) => [spec.y?.min ?? 0, spec.y?.max ?? (max > 0 ? max * 1.12 : 1)] },
       y2: { range: (u, min, max) => [spec.y2?.min ?? Math.max(0, (min ?? 0) - 5), spec.y2?.max ?? max] },
     },

@@ -84,7 +84,9 @@ export function filterBar(el, { onChange, tool = true }) {
   return {
     get filters() { return filters; },
     setOptions(next) {
-      known = { ...known, ...next };
+      const merged = { ...known, ...next };
+      if (JSON.stringify(merged) === JSON.stringify(known)) return; // keep what the user is typing
+      known = merged;
       render();
     },
     setWindow(w) {

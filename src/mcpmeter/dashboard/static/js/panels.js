@@ -24,14 +24,15 @@ export function kpi(el, { value, shown, sub }) {
 
 export function kpiCards(s) {
   const lat = s.latency_ms || {};
+  const vs = (now, value, options) => (now ? change(value, options) : ""); // nothing now: nothing to compare
   return {
     users: { value: s.users, shown: int(s.users),
-             sub: `${change(s.change?.users)} <span>${int(s.new_users)} new · ${int(s.returning_users)} returning</span>` },
-    calls: { value: s.calls, shown: int(s.calls), sub: `${change(s.change?.calls)} <span>${int(s.calls_last_7d)} in the last 7 days</span>` },
+             sub: `${vs(s.users, s.change?.users)} <span>${int(s.new_users)} new · ${int(s.returning_users)} returning</span>` },
+    calls: { value: s.calls, shown: int(s.calls), sub: `${vs(s.calls, s.change?.calls)} <span>${int(s.calls_last_7d)} in the last 7 days</span>` },
     success_rate: { value: s.success_rate, shown: pct(s.success_rate),
-                    sub: `${change(s.change?.success_rate, { kind: "points" })} <span>${int(s.errors)} errors</span>` },
+                    sub: `${vs(s.calls, s.change?.success_rate, { kind: "points" })} <span>${int(s.errors)} errors</span>` },
     p95: { value: lat.p95, shown: ms(lat.p95),
-           sub: `${change(s.change?.p95_ms, { higherIsBetter: false })} <span>p50 ${ms(lat.p50)} · p99 ${ms(lat.p99)}</span>` },
+           sub: `${vs(lat.p95, s.change?.p95_ms, { higherIsBetter: false })} <span>p50 ${ms(lat.p50)} · p99 ${ms(lat.p99)}</span>` },
   };
 }
 

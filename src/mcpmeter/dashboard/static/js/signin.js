@@ -17,8 +17,14 @@ function show(message) {
 fetch("/v1/session", { credentials: "same-origin", headers: { Accept: "application/json" } })
   .then((r) => r.json())
   .then((me) => {
-    if (me.signed_in && !(need === "admin" && !me.scopes.includes("admin"))) location.replace(next);
-    else if (need === "admin") show("That page needs a key with the admin scope.");
+    const lacksAdmin = need === "admin" && !(me.scopes || []).includes("admin");
+    if (me.via === "session" && !lacksAdmin) location.replace(next);
+    else if (lacksAdmin) show("That page needs a key with the admin scope.");
+    else if (me.via === "local") {
+      const note = document.getElementById("signin-note");
+      note.textContent = `On this machine the dashboard opens without a key (project "${me.project}"). Sign in to use a key instead.`;
+      note.hidden = false;
+    }
   })
   .catch(() => {});
 
