@@ -116,7 +116,7 @@ def decode_batch(body: bytes, limits: Limits = Limits(), now_ms: int | None = No
     seen: set[str] = set()
     for index, raw in enumerate(parsed):
         try:
-            event = _event_decoder.decode(raw) if decoded is None else raw
+            event = _decode_event(raw) if decoded is None else raw
             _check(event, limits, now_ms)
         except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
             rejected.append(Rejection(index, _id_of(raw) if decoded is None else raw.id, _message(exc)))
@@ -131,6 +131,24 @@ def decode_batch(body: bytes, limits: Limits = Limits(), now_ms: int | None = No
     if counts is not None:
         counts["repeated"] = len(parsed) - len(events) - len(rejected)
     return events, rejected
+
+
+_WHOLE_NUMBER_FIELDS = ("ts", "args_bytes", "result_bytes")
+
+
+def _decode_event(raw: msgspec.Raw) -> Event:
+    """One event; a whole number written as a float (``450.0``) is a whole number, as JSON Schema says."""
+    try:
+        return _event_decoder.decode(raw)
+    except msgspec.ValidationError:
+        value = msgspec.json.decode(raw)
+        if not isinstance(value, dict) or not any(isinstance(value.get(f), float) for f in _WHOLE_NUMBER_FIELDS):
+            raise
+        for name in _WHOLE_NUMBER_FIELDS:
+            number = value.get(name)
+            if isinstance(number, float) and number.is_integer() and abs(number) < 2**63:
+                value[name] = int(number)
+        return _event_decoder.decode(msgspec.json.encode(value))
 
 
 def _check(event: Event, limits: Limits, now_ms: int) -> None:

@@ -479,7 +479,7 @@ def _latency(events: list[Ev]) -> dict:
 
 def _dist(values: list[float]) -> dict:
     values = sorted(values)
-    return {"count": len(values), "avg": Near(sum(values) / len(values) if values else None, abs=5e-4 + 1e-9),
+    return {"count": len(values), "avg": Near(sum(values) / len(values) if values else None, absolute=5e-4 + 1e-9),
             "p50": _round3(_pct(values, 50)), "p95": _round3(_pct(values, 95)), "max": values[-1] if values else None}
 
 
@@ -497,11 +497,11 @@ class Pct(NamedTuple):
 
 
 class Near(NamedTuple):
-    """A figure the answer rounds: equal within ``rel`` (relative) or ``abs`` (absolute)."""
+    """A figure the answer rounds: equal within ``relative`` or ``absolute`` tolerance."""
 
     value: float | None
-    rel: float = 0.0
-    abs: float = 0.0
+    relative: float = 0.0
+    absolute: float = 0.0
 
 
 CHANGE_OF_REPORTED_P95 = object()  # checked against the answer's own p95 figures
@@ -530,7 +530,7 @@ def same(actual: Any, expected: Any, path: str = "$") -> list[str]:
         e = expected.value
         if e is None or actual is None:
             return [] if e is None and actual is None else [f"{path}: {actual} != {e}"]
-        ok = abs(actual - e) <= max(expected.rel * abs(e), expected.abs)
+        ok = abs(actual - e) <= max(expected.relative * abs(e), expected.absolute)
         return [] if ok else [f"{path}: {actual} != {e}"]
     if expected is CHANGE_OF_REPORTED_P95:
         return []

@@ -25,6 +25,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Malformed request", 401: "Missing or unknown API key", 403: "Key lacks the scope",
             413: "Body too large", 415: "Unsupported content type", 422: "Every event was rejected",
+            429: "Rate limit of the key or address reached; retry after Retry-After seconds",
             503: "Store unavailable or overloaded; retry after Retry-After"}
     return {str(c): _json(_ERROR, text[c]) for c in codes}
 
@@ -32,15 +33,27 @@ def _errors(*codes: int) -> dict[str, Any]:
 @lru_cache(maxsize=1)
 def openapi_schema() -> dict[str, Any]:
     (event_ref,), components = msgspec.json.schema_components([Event], ref_template="#/components/schemas/{name}")
+    moment = {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "string", "pattern": "^[0-9]{1,15}$"},
+                        {"type": "string", "maxLength": 0, "description": "empty: not given"}]}
     filters = [
-        {"name": "period", "in": "query", "schema": {"type": "string", "default": "7d", "examples": list(NAMED_PERIODS)},
-         "description": "Window ending now (or at `to`): 1h, 6h, 12h, 1d, 7d, 30d, 90d, or N[m|h|d|w]."},
-        {"name": "from", "in": "query", "schema": {"type": "string"}, "description": "Start, RFC 3339 or epoch ms (overrides period)."},
-        {"name": "to", "in": "query", "schema": {"type": "string"}, "description": "End, RFC 3339 or epoch ms (default now)."},
+        {"name": "period", "in": "query",
+         "schema": {"type": "string", "default": "7d", "pattern": "^(0*[1-9][0-9]{0,3}[mhdw])?$", "examples": list(NAMED_PERIODS)},
+         "description": "Window ending now (or at `to`): 1h, 6h, 12h, 1d, 7d, 30d, 90d, or N[m|h|d|w], at most 400 days "
+                        "(a longer one is a 400)."},
+        {"name": "from", "in": "query", "schema": moment,
+         "description": "Start, RFC 3339 or epoch ms (overrides period). Must be before `to`, at most 400 days before it (else 400)."},
+        {"name": "to", "in": "query", "schema": moment, "description": "End, RFC 3339 or epoch ms (default now)."},
         {"name": "server", "in": "query", "schema": {"type": "string"}},
         {"name": "tool", "in": "query", "schema": {"type": "string"}},
         {"name": "client", "in": "query", "schema": {"type": "string"}},
     ]
+    # What msgspec cannot say: a tool_call names its tool; ts lies in the collector's window.
+    components["Event"]["if"] = {"properties": {"kind": {"const": "tool_call"}}, "required": ["kind"]}
+    components["Event"]["then"] = {"required": ["tool"], "properties": {"tool": {"type": "string"}}}
+    components["Event"]["properties"]["ts"]["description"] = (
+        "When it happened: RFC 3339, or epoch milliseconds. Events older than MCPMETER_MAX_EVENT_AGE_DAYS or further "
+        "in the future than MCPMETER_MAX_CLOCK_SKEW_SECONDS are rejected (listed in `rejected`; 422 when none is left).")
+    components.update(_otlp_json_schemas())
     components.update({
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}, "hint": {"type": "string"}}},
         "Rejection": {"type": "object", "required": ["index", "error"], "properties": {
@@ -83,7 +96,7 @@ def openapi_schema() -> dict[str, Any]:
                      "properties": {"events": {"type": "array", "items": event_ref}}},
                 ]}}}},
                 "responses": {"200": _json({"$ref": "#/components/schemas/IngestResult"}, "Stored (see rejected for events that were not)"),
-                              **_errors(400, 401, 403, 413, 415, 422, 503)},
+                              **_errors(400, 401, 403, 413, 415, 422, 429, 503)},
             }},
             "/v1/traces": {"post": {
                 "summary": "Ingest OTLP/HTTP spans of MCP servers as events",
@@ -98,7 +111,7 @@ def openapi_schema() -> dict[str, Any]:
                 "security": security,
                 "requestBody": {"required": True, "content": {
                     "application/x-protobuf": {"schema": {"type": "string", "format": "binary"}},
-                    "application/json": {"schema": {"type": "object", "properties": {"resourceSpans": {"type": "array"}}}},
+                    "application/json": {"schema": {"$ref": "#/components/schemas/OtlpTraces"}},
                 }},
                 "responses": {
                     "200": {"description": "ExportTraceServiceResponse (partialSuccess when MCP spans were rejected)",
@@ -110,16 +123,62 @@ def openapi_schema() -> dict[str, Any]:
                                         "application/json": {"schema": {"type": "object", "properties": {
                                             "partialSuccess": {"type": "object", "properties": {
                                                 "rejectedSpans": {"type": "string"}, "errorMessage": {"type": "string"}}}}}}}},
-                    **_errors(400, 401, 403, 413, 415, 503),
+                    **_errors(400, 401, 403, 413, 415, 429, 503),
                 },
             }},
             "/v1/usage/summary": {"get": {
                 "summary": "Users, calls, success rate, latency and top tools for a window",
                 "security": security, "parameters": filters,
-                "responses": {"200": _json({"$ref": "#/components/schemas/Summary"}, "The summary"), **_errors(400, 401, 403)},
+                "responses": {"200": _json({"$ref": "#/components/schemas/Summary"}, "The summary"), **_errors(400, 401, 403, 429)},
             }},
             "/health": {"get": {"summary": "Liveness", "responses": {"200": _json({"type": "object"}, "Alive")}}},
             "/ready": {"get": {"summary": "Readiness: store reachable and writer running",
                                "responses": {"200": _json({"type": "object"}, "Ready"), "503": _json({"type": "object"}, "Not ready")}}},
         },
     }
+
+
+def _otlp_json_schemas() -> dict[str, Any]:
+    """OTLP/JSON trace export, as far as the collector reads it (unknown fields are ignored)."""
+    ref = "#/components/schemas/{}".format
+    uint64 = {"anyOf": [{"type": "string", "pattern": "^[0-9]{1,19}$"}, {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}]}
+    uint32 = {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}
+    attributes = {"type": "array", "items": {"$ref": ref("OtlpKeyValue")}}
+    schemas = {
+        "OtlpAnyValue": {"type": "object", "maxProperties": 1, "properties": {
+            "stringValue": {"type": "string"}, "boolValue": {"type": "boolean"}, "doubleValue": {"type": "number"},
+            "intValue": {"anyOf": [{"type": "string", "pattern": "^-?[0-9]{1,18}$"},
+                                   {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1}]}}},
+        "OtlpKeyValue": {"type": "object", "properties": {"key": {"type": "string"}, "value": {"$ref": ref("OtlpAnyValue")}}},
+        "OtlpSpan": {"type": "object", "properties": {
+            "traceId": {"type": "string", "pattern": "^([0-9a-fA-F]{2})*$"}, "spanId": {"type": "string", "pattern": "^([0-9a-fA-F]{2})*$"},
+            "parentSpanId": {"type": "string", "pattern": "^([0-9a-fA-F]{2})*$"}, "traceState": {"type": "string"},
+            "name": {"type": "string"}, "kind": _enum("SPAN_KIND_UNSPECIFIED", "SPAN_KIND_INTERNAL", "SPAN_KIND_SERVER",
+                                                      "SPAN_KIND_CLIENT", "SPAN_KIND_PRODUCER", "SPAN_KIND_CONSUMER"),
+            "startTimeUnixNano": uint64, "endTimeUnixNano": uint64, "attributes": attributes,
+            "droppedAttributesCount": uint32, "flags": uint32,
+            "status": {"type": "object", "properties": {"message": {"type": "string"}, "code": _enum("STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR")}}}},
+        "OtlpScopeSpans": {"type": "object", "properties": {
+            "scope": {"type": "object", "properties": {"name": {"type": "string"}, "version": {"type": "string"}, "attributes": attributes}},
+            "spans": {"type": "array", "items": {"$ref": ref("OtlpSpan")}}, "schemaUrl": {"type": "string"}}},
+        "OtlpResourceSpans": {"type": "object", "properties": {
+            "resource": {"type": "object", "properties": {"attributes": attributes, "droppedAttributesCount": uint32}},
+            "scopeSpans": {"type": "array", "items": {"$ref": ref("OtlpScopeSpans")}}, "schemaUrl": {"type": "string"}}},
+        "OtlpTraces": {"type": "object", "properties": {"resourceSpans": {"type": "array", "items": {"$ref": ref("OtlpResourceSpans")}}}},
+    }
+    for schema in schemas.values():
+        _nullable_fields(schema)
+    return schemas
+
+
+def _enum(*names: str) -> dict[str, Any]:
+    """A protobuf enum in JSON: its name, or any int32 (proto3 enums are open)."""
+    return {"anyOf": [{"type": "string", "enum": list(names)}, {"type": "integer", "minimum": -(2**31), "maximum": 2**31 - 1}]}
+
+
+def _nullable_fields(schema: dict[str, Any]) -> None:
+    """Protobuf's JSON mapping reads ``null`` as "not set" for every field (not for array items)."""
+    for name, field in list(schema.get("properties", {}).items()):
+        if field.get("type") == "object":
+            _nullable_fields(field)
+        schema["properties"][name] = {"anyOf": [field, {"type": "null"}]}
