@@ -82,6 +82,7 @@ def parse_request(body: bytes, content_type: str) -> ExportTraceServiceRequest:
                 for span in _list(_dict(scope_spans).get("spans")):
                     span = _dict(span)
                     _hex_ids_to_base64(span)
+                    _whole_numbers(span, span.get("status"))
                     for link in _list(span.get("links")):
                         _hex_ids_to_base64(_dict(link))
         json_format.ParseDict(data, message, ignore_unknown_fields=True)
@@ -102,6 +103,14 @@ def _dict(value: Any) -> dict:
     if not isinstance(value, dict):
         raise OtlpError(f"expected an object, got {type(value).__name__}")
     return value
+
+
+def _whole_numbers(span: dict, status: Any) -> None:
+    """protobuf's JSON parser takes 2.5 for an enum or an integer field; OTLP does not."""
+    for obj, key in ((span, "kind"), (span, "flags"), (span, "droppedAttributesCount"), (status, "code")):
+        value = obj.get(key) if isinstance(obj, dict) else None
+        if isinstance(value, float) and not value.is_integer():
+            raise OtlpError(f"{key} must be a whole number, not {value!r}")
 
 
 def _hex_ids_to_base64(obj: dict) -> None:
