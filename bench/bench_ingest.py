@@ -191,6 +191,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+WORKERS = 1  # --workers: collector processes (`mcpmeter serve --workers N`)
+
+
 def start_collector(tmp: Path, port: int, src: str | None = None) -> tuple[subprocess.Popen, Path]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MCPMETER_")}
     env["MCPMETER_HOME"] = str(tmp)
@@ -199,7 +202,8 @@ def start_collector(tmp: Path, port: int, src: str | None = None) -> tuple[subpr
     logfile = tmp / "serve.log"
     with open(logfile, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mcpmeter", "serve", "--host", "127.0.0.1", "--port", str(port), "--db", str(tmp / "x.db")],
+            [sys.executable, "-m", "mcpmeter", "serve", "--host", "127.0.0.1", "--port", str(port), "--db", str(tmp / "x.db"),
+             *(["--workers", str(WORKERS)] if WORKERS > 1 else [])],
             env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
         )
     deadline = time.monotonic() + 30
@@ -361,8 +365,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeat", type=int, default=3, help="runs of each side; medians are reported")
     parser.add_argument("--baseline", metavar="SRC", help="also run, interleaved, the collector from this source tree "
                         "(e.g. `git archive HEAD src | tar -x -C /tmp/before`, then /tmp/before/src), for before/after figures")
+    parser.add_argument("--workers", type=int, default=1, help="collector worker processes (serve --workers)")
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args(argv)
+    global WORKERS
+    WORKERS = args.workers
 
     batches = args.events // args.batch
     load = os.getloadavg()
