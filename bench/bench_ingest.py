@@ -197,6 +197,7 @@ WORKERS = 1  # --workers: collector processes (`mcpmeter serve --workers N`)
 def start_collector(tmp: Path, port: int, src: str | None = None) -> tuple[subprocess.Popen, Path]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MCPMETER_")}
     env["MCPMETER_HOME"] = str(tmp)
+    env["MCPMETER_RATE_LIMIT_PER_KEY"] = "0"  # raw throughput: the limit (1000 requests/min) is measured in bench_security
     if src:  # another source tree (e.g. a `git worktree` of an older commit), for A/B runs
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [src, env.get("PYTHONPATH")]))
     logfile = tmp / "serve.log"

@@ -147,6 +147,7 @@ def run_collectors(admin: str, n: int, bodies: list[bytes], batches: int, client
     store.close()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MCPMETER_")}
     env["MCPMETER_HOME"] = str(tmp)
+    env["MCPMETER_RATE_LIMIT_PER_KEY"] = "0"  # raw throughput: the limit is measured in bench_security
     procs = []
     try:
         for i in range(n):

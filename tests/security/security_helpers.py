@@ -19,7 +19,7 @@ PUBLIC = {
     ("GET", "/v1/oidc/login"), ("GET", "/v1/oidc/callback"), ("POST", "/v1/oidc/project"),
 }
 INGEST_PATHS = {"/v1/events", "/v1/traces", "/v1/measurements", "/v1/server-events"}
-PAGES = {"/", "/tools/{tool:path}", "/admin"}  # HTML pages: a refusal is a redirect to /signin
+PAGES = {"/", "/tools/{tool}", "/admin"}  # HTML pages: a refusal is a redirect to /signin
 
 
 def required_scope(method: str, path: str) -> str | None:
@@ -41,10 +41,11 @@ def required_scope(method: str, path: str) -> str | None:
 
 
 def app_routes(app) -> Iterator[tuple[str, str]]:
+    """(method, path) of every route, parameters written without their convertors ({tool}, not {tool:path})."""
     for route in app.routes:
         if isinstance(route, Route):
             for method in sorted(route.methods or ()):
-                yield method, route.path
+                yield method, re.sub(r":\w+}", "}", route.path)
 
 
 def concrete(path: str) -> str:

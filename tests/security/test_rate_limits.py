@@ -90,3 +90,11 @@ def test_the_sdk_backs_off_on_429_and_delivers_every_event_once(tmp_path):
     store = open_store(str(db))
     assert stored_count(store) == 70
     store.close()
+
+
+def test_signing_in_with_guessed_keys_costs_the_address_its_budget(store):
+    make_keys(store)
+    with TestClient(create_app(store, config(per_ip=3))) as c:
+        statuses = [c.post("/v1/session", json={"key": f"mcpm_guess{i}"}, headers={"X-MCPMeter-CSRF": "1"}).status_code
+                    for i in range(4)]
+        assert statuses == [401, 401, 401, 429]

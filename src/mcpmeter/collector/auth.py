@@ -91,6 +91,12 @@ class Authenticator:
             with self._lock:
                 self.checks[(scope, result)] += 1
 
+    def check_address(self, request: Request) -> None:
+        """The per-address rate limit alone (for requests that authenticate another way, e.g. key sign-in)."""
+        client = request.client.host if request.client else None
+        if self.limits is not None and not is_loopback(client):
+            self.limits.check_address(client)
+
     def check_counts(self) -> dict[tuple[str, str], int]:
         """Checks by (scope asked, result) since start: ``mcpmeter_auth_checks_total``."""
         with self._lock:
@@ -98,8 +104,7 @@ class Authenticator:
 
     def _authenticate(self, request: Request, scope: str) -> Principal:
         client = request.client.host if request.client else None
-        if self.limits is not None and not is_loopback(client):
-            self.limits.check_address(client)  # before any lookup: a flood of guesses costs the store nothing
+        self.check_address(request)  # before any lookup: a flood of guesses costs the store nothing
         key = presented_key(request)
         key_hash = keys.hash_key(key) if key is not None else None
         if key_hash is None and self.sessions is not None:

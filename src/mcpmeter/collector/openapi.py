@@ -6,6 +6,7 @@ the document cannot drift from what the collector actually accepts.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -72,6 +73,13 @@ def openapi_schema() -> dict[str, Any]:
             "daily": {"type": "array", "items": {"type": "object"}}}},
     })
     security = [{"bearer": []}, {"apiKey": []}]
+    signature_params = [  # required by keys made with --require-signature (docs/security.md)
+        {"name": "X-MCPMeter-Timestamp", "in": "header", "required": False, "schema": {"type": "string"},
+         "description": "Signed requests: when the request was signed, in unix seconds (digits), within "
+                        "MCPMETER_SIGNATURE_TOLERANCE_SECONDS of the collector's clock. Read only for keys that require signatures."},
+        {"name": "X-MCPMeter-Signature", "in": "header", "required": False, "schema": {"type": "string"},
+         "description": "Signed requests: v1=<hex HMAC-SHA256 of `timestamp.body` (the raw body as sent) under the key's signing secret>."},
+    ]
     return {
         "openapi": "3.1.0",
         "info": {"title": "mcpmeter collector", "version": __version__,
@@ -90,6 +98,7 @@ def openapi_schema() -> dict[str, Any]:
                                "A 2xx answer means the accepted events are durably stored. Events are "
                                "idempotent by id: a retried event counts once.",
                 "security": security,
+                "parameters": signature_params,
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
                     {"type": "array", "items": event_ref},
                     {"type": "object", "required": ["events"], "additionalProperties": False,
@@ -151,8 +160,8 @@ def _otlp_json_schemas() -> dict[str, Any]:
                                    {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1}]}}},
         "OtlpKeyValue": {"type": "object", "properties": {"key": {"type": "string"}, "value": {"$ref": ref("OtlpAnyValue")}}},
         "OtlpSpan": {"type": "object", "properties": {
-            "traceId": {"type": "string", "pattern": "^([0-9a-fA-F]{2})*$"}, "spanId": {"type": "string", "pattern": "^([0-9a-fA-F]{2})*$"},
-            "parentSpanId": {"type": "string", "pattern": "^([0-9a-fA-F]{2})*$"}, "traceState": {"type": "string"},
+            "traceId": {"type": "string", "pattern": "^([0-9a-fA-F]{2})*$", "x-form": "a hex string"}, "spanId": {"type": "string", "pattern": "^([0-9a-fA-F]{2})*$", "x-form": "a hex string"},
+            "parentSpanId": {"type": "string", "pattern": "^([0-9a-fA-F]{2})*$", "x-form": "a hex string"}, "traceState": {"type": "string"},
             "name": {"type": "string"}, "kind": _enum("SPAN_KIND_UNSPECIFIED", "SPAN_KIND_INTERNAL", "SPAN_KIND_SERVER",
                                                       "SPAN_KIND_CLIENT", "SPAN_KIND_PRODUCER", "SPAN_KIND_CONSUMER"),
             "startTimeUnixNano": uint64, "endTimeUnixNano": uint64, "attributes": attributes,
@@ -182,3 +191,52 @@ def _nullable_fields(schema: dict[str, Any]) -> None:
         if field.get("type") == "object":
             _nullable_fields(field)
         schema["properties"][name] = {"anyOf": [field, {"type": "null"}]}
+
+
+def _is_type(value: Any, kind: str) -> bool:
+    if kind == "integer":
+        return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, float) and value.is_integer())
+    if kind == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, {"string": str, "boolean": bool, "null": type(None), "array": list, "object": dict}[kind])
+
+
+def schema_error(value: Any, schema: dict[str, Any], path: str = "$") -> str | None:
+    """Where ``value`` breaks ``schema`` (the subset of JSON Schema the OTLP schemas above use), or None.
+
+    The collector checks OTLP/JSON bodies with the very schemas it publishes, so the document
+    and the handler cannot disagree."""
+    if "$ref" in schema:
+        return schema_error(value, _OTLP[schema["$ref"].rsplit("/", 1)[1]], path)
+    if "anyOf" in schema:
+        errors = [schema_error(value, option, path) for option in schema["anyOf"]]
+        return None if any(e is None for e in errors) else errors[0]
+    kind = schema.get("type")
+    if kind is not None and not _is_type(value, kind):
+        return f"expected {'an' if kind[0] in 'aeiou' else 'a'} {kind} at {path}"
+    if "enum" in schema and value not in schema["enum"]:
+        return f"{path} must be one of {', '.join(map(str, schema['enum']))}"
+    if isinstance(value, str) and "pattern" in schema and not re.search(schema["pattern"], value):
+        return f"{path} {value[:40]!r} is not {schema.get('x-form', 'of the right form')}"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < schema.get("minimum", value) or value > schema.get("maximum", value):
+            return f"{path} is out of range"
+    if isinstance(value, list) and "items" in schema:
+        for i, item in enumerate(value):
+            if (error := schema_error(item, schema["items"], f"{path}[{i}]")) is not None:
+                return error
+    if isinstance(value, dict):
+        if len(value) > schema.get("maxProperties", len(value)):
+            return f"{path} may have at most {schema['maxProperties']} field(s)"
+        for name, sub in schema.get("properties", {}).items():
+            if name in value and (error := schema_error(value[name], sub, f"{path}.{name}")) is not None:
+                return error
+    return None
+
+
+_OTLP = _otlp_json_schemas()
+
+
+def otlp_json_error(body: Any) -> str | None:
+    """Why an OTLP/JSON body does not match the published schema, or None."""
+    return schema_error(body, _OTLP["OtlpTraces"])

@@ -37,6 +37,7 @@ from ..exceptions import AuthError, StorageError
 from ..ingest import rows_for
 from ..sdk.integrations.conventions import TOOL_ERROR, error_type_for_code, kind_for_method
 from .ingest import BodyTooLarge, read_body
+from .openapi import otlp_json_error
 from .writer import Overloaded
 
 PROTOBUF = "application/x-protobuf"
@@ -76,13 +77,15 @@ def parse_request(body: bytes, content_type: str) -> ExportTraceServiceRequest:
         raise OtlpError(f"the body is not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise OtlpError('an OTLP JSON body is an object with "resourceSpans"')
+    problem = otlp_json_error(data)  # the schema /openapi.json publishes
+    if problem is not None:
+        raise OtlpError(f"the body is not an OTLP JSON ExportTraceServiceRequest: {problem}")
     try:
         for resource_spans in _list(data.get("resourceSpans")):
             for scope_spans in _list(_dict(resource_spans).get("scopeSpans")):
                 for span in _list(_dict(scope_spans).get("spans")):
                     span = _dict(span)
                     _hex_ids_to_base64(span)
-                    _whole_numbers(span, span.get("status"))
                     for link in _list(span.get("links")):
                         _hex_ids_to_base64(_dict(link))
         json_format.ParseDict(data, message, ignore_unknown_fields=True)
@@ -103,14 +106,6 @@ def _dict(value: Any) -> dict:
     if not isinstance(value, dict):
         raise OtlpError(f"expected an object, got {type(value).__name__}")
     return value
-
-
-def _whole_numbers(span: dict, status: Any) -> None:
-    """protobuf's JSON parser takes 2.5 for an enum or an integer field; OTLP does not."""
-    for obj, key in ((span, "kind"), (span, "flags"), (span, "droppedAttributesCount"), (status, "code")):
-        value = obj.get(key) if isinstance(obj, dict) else None
-        if isinstance(value, float) and not value.is_integer():
-            raise OtlpError(f"{key} must be a whole number, not {value!r}")
 
 
 def _hex_ids_to_base64(obj: dict) -> None:

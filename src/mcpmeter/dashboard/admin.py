@@ -23,6 +23,7 @@ from starlette.routing import Route
 from .. import keys as keylib
 from ..analytics.periods import iso, window
 from ..analytics.queries import Query
+from ..collector import audit
 from ..collector.responses import error
 from ..exceptions import StorageError
 from ..storage.base import KeyInfo
@@ -77,6 +78,7 @@ async def create_key(request: Request) -> Response:
             return error(409, str(exc), exc.hint)
         raise
     row = _key_row(info, int(time.time() * 1000), {})
+    await audit.record_request(request, principal, "key.create", name, {"prefix": info.prefix, "scopes": sorted(scopes)})
     return JSONResponse({"project": principal.project.name, "key": key, **row,
                          "note": "this is the only time the key is shown; store it now"}, status_code=201,
                         headers={"Cache-Control": "no-store"})
@@ -88,6 +90,7 @@ async def revoke_key(request: Request) -> Response:
     count = await run_in_threadpool(collector.store.revoke_key, principal.project.id, ref)
     if not count:
         return error(404, f"no active key named or prefixed {ref!r} in this project", "GET /v1/admin/keys lists them")
+    await audit.record_request(request, principal, "key.revoke", ref, {"count": count})
     return JSONResponse({"project": principal.project.name, "revoked": count})
 
 

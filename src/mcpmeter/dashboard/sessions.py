@@ -126,6 +126,7 @@ async def post_session(request: Request) -> Response:
     collector = request.app.state.collector
     if request.headers.get(CSRF_HEADER) != "1":
         return error(403, "sign-in must carry the X-MCPMeter-CSRF header", "sign in from the dashboard's sign-in page")
+    collector.auth.check_address(request)  # guessing keys here costs the address's rate limit too (429)
     try:
         body = await request.json()
     except ValueError:

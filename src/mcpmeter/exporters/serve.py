@@ -17,7 +17,7 @@ from ..exceptions import ConfigError
 
 def run(app: Any, host: str, port: int, metrics_port: int | None, log_level: str) -> None:
     level = log_level if log_level != "info" else "warning"
-    limit = settings.get("MCPMETER_MAX_CONNECTIONS")  # beyond it uvicorn answers 503 (and the SDK retries)
+    limit = settings.get("MCPMETER_MAX_CONNECTIONS") + 1  # uvicorn counts the new connection too; beyond: 503
     if metrics_port is None:
         uvicorn.run(app, host=host, port=port, log_level=level, access_log=False, lifespan="on", limit_concurrency=limit)
         return

@@ -28,6 +28,17 @@ fetch("/v1/session", { credentials: "same-origin", headers: { Accept: "applicati
   })
   .catch(() => {});
 
+// Single sign-on (OpenID Connect), when the collector has it: back to `next` afterwards.
+fetch("/v1/oidc", { credentials: "same-origin", headers: { Accept: "application/json" } })
+  .then((r) => r.json())
+  .then((oidc) => {
+    if (!oidc.enabled) return;
+    const sso = document.getElementById("signin-sso");
+    sso.href = `${oidc.login}?${new URLSearchParams({ next })}`;
+    sso.hidden = false;
+  })
+  .catch(() => {});
+
 form.addEventListener("submit", async (event) => {
   event.preventDefault();
   show("");
