@@ -23,7 +23,7 @@ Name = Annotated[str, Meta(min_length=1, max_length=200)]
 ShortText = Annotated[str, Meta(max_length=200)]
 EventId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$")]
 Kind = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_./]*$")]
-Timestamp = Annotated[datetime, Meta(tz=True)] | Annotated[int, Meta(ge=0)]
+Timestamp = Annotated[datetime, Meta(tz=True)] | Annotated[int, Meta(ge=0, le=253_402_300_799_999)]  # epoch ms up to year 9999
 Size = Annotated[int, Meta(ge=0, le=1 << 40)]
 AttrKey = Annotated[str, Meta(min_length=1, max_length=64)]
 AttrValue = Annotated[str, Meta(max_length=MAX_ATTRIBUTE_VALUE)] | int | float | bool | None

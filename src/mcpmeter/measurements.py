@@ -60,8 +60,34 @@ def _check_time(value: datetime | int | None, now_ms: int, limits: Limits, where
 def _decode(decoder: msgspec.json.Decoder, body: bytes):
     try:
         return decoder.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except msgspec.ValidationError as exc:
+        # A whole number written as a float (``1700000000.0``) is a whole number, as JSON
+        # Schema says: retry once with such timestamps made integers.
+        value = msgspec.json.decode(body)
+        if _whole_timestamps(value):
+            try:
+                return decoder.decode(msgspec.json.encode(value))
+            except msgspec.ValidationError as again:
+                exc = again
         raise BatchError(str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise BatchError(str(exc)) from None
+
+
+def _whole_timestamps(value: object) -> bool:
+    """Turn integer-valued float ``timestamp``/``ts`` fields into ints, anywhere; True if any changed."""
+    changed = False
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in ("timestamp", "ts") and isinstance(item, float) and item.is_integer() and abs(item) < 2**63:
+                value[key] = int(item)
+                changed = True
+            else:
+                changed |= _whole_timestamps(item)
+    elif isinstance(value, list):
+        for item in value:
+            changed |= _whole_timestamps(item)
+    return changed
 
 
 def measurement_rows(body: bytes, limits: Limits = Limits(), now_ms: int | None = None) -> list[tuple]:

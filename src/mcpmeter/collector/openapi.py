@@ -15,6 +15,7 @@ import msgspec
 from .. import __version__
 from ..analytics.periods import NAMED_PERIODS
 from ..events import Event
+from ..measurements import MeasurementBatch, ServerEvent
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -33,7 +34,8 @@ def _errors(*codes: int) -> dict[str, Any]:
 
 @lru_cache(maxsize=1)
 def openapi_schema() -> dict[str, Any]:
-    (event_ref,), components = msgspec.json.schema_components([Event], ref_template="#/components/schemas/{name}")
+    (event_ref, batch_ref, server_event_ref), components = msgspec.json.schema_components(
+        [Event, MeasurementBatch, ServerEvent], ref_template="#/components/schemas/{name}")
     moment = {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "string", "pattern": "^[0-9]{1,15}$"},
                         {"type": "string", "maxLength": 0, "description": "empty: not given"}]}
     filters = [
@@ -69,8 +71,13 @@ def openapi_schema() -> dict[str, Any]:
             "users": {"type": "integer"}, "calls": {"type": "integer"}, "errors": {"type": "integer"},
             "success_rate": {"type": ["number", "null"]},
             "latency_ms": {"type": "object"}, "calls_last_7d": {"type": "integer"},
-            "tools": {"type": "array", "items": {"type": "object"}},
-            "daily": {"type": "array", "items": {"type": "object"}}}},
+            "new_users": {"type": "integer"}, "returning_users": {"type": "integer"},
+            "tools": {"type": "array", "items": {"type": "object"}, "description": "The top tools, most called first"},
+            "previous": {"type": "object"}, "change": {"type": "object"}}},
+        "Answer": {"type": "object", "required": ["project", "from", "to", "grain"], "properties": {
+            "project": {"type": "string"}, "from": {"type": "string"}, "to": {"type": "string"},
+            "grain": {"type": "string", "enum": ["hour", "day"]}, "filters": {"type": "object"}},
+            "description": "Every usage answer names the aligned window it covers; see docs/analytics.md"},
     })
     security = [{"bearer": []}, {"apiKey": []}]
     signature_params = [  # required by keys made with --require-signature (docs/security.md)
@@ -140,10 +147,59 @@ def openapi_schema() -> dict[str, Any]:
                 "security": security, "parameters": filters,
                 "responses": {"200": _json({"$ref": "#/components/schemas/Summary"}, "The summary"), **_errors(400, 401, 403, 429)},
             }},
+            **_usage_paths(security, filters),
+            **_write_paths(security, signature_params, batch_ref, server_event_ref),
             "/health": {"get": {"summary": "Liveness", "responses": {"200": _json({"type": "object"}, "Alive")}}},
             "/ready": {"get": {"summary": "Readiness: store reachable and writer running",
                                "responses": {"200": _json({"type": "object"}, "Ready"), "503": _json({"type": "object"}, "Not ready")}}},
         },
+    }
+
+
+_USAGE = {
+    "tools": "Per tool: calls, share, errors, error rate, latency, users, last used; tools listed but never called",
+    "timeseries": "Per hour or day: calls, errors, success rate, users, latency percentiles, calls of the top tools; server events as markers",
+    "errors": "Error types per tool with counts and share; the most recent failures with their messages",
+    "clients": "Clients with calls, share and users; client versions and protocol versions",
+    "sessions": "Sessions: length, calls and tools per session, handshake latencies",
+    "users": "Distinct, new and returning users per bucket",
+    "report": "Every answer above in one document (what `mcpmeter report --url` shows)",
+    "server-events": "Server lifecycle events (restart, deploy, config change) in the window",
+}
+
+
+def _usage_paths(security: list, filters: list) -> dict[str, Any]:
+    grain = {"name": "grain", "in": "query", "schema": {"type": "string", "enum": ["hour", "day"]},
+             "description": "Bucket size; default: hours for windows up to two days, else days."}
+    answer = _json({"$ref": "#/components/schemas/Answer"}, "The answer, for the aligned window it names")
+    paths = {
+        f"/v1/usage/{name}": {"get": {"summary": summary, "security": security, "parameters": [*filters, grain],
+                                      "responses": {"200": answer, **_errors(400, 401, 403, 429)}}}
+        for name, summary in _USAGE.items()
+    }
+    paths["/v1/usage/measurements"] = {"get": {
+        "summary": "Daily count/sum/min/max/avg/last of custom measurements", "security": security,
+        "parameters": [*filters, grain, {"name": "name", "in": "query", "schema": {"type": "string"}, "description": "Only this metric"}],
+        "responses": {"200": answer, **_errors(400, 401, 403, 429)}}}
+    return paths
+
+
+def _write_paths(security: list, signature_params: list, batch: dict, event: dict) -> dict[str, Any]:
+    result = _json({"$ref": "#/components/schemas/IngestResult"}, "Stored; duplicates were already there")
+    return {
+        "/v1/measurements": {"post": {
+            "summary": "Custom counters, gauges and timers with tags, aggregated per day",
+            "security": security, "parameters": signature_params,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": batch}}},
+            "responses": {"200": result, **_errors(400, 401, 403, 413, 422, 429, 503)}}},
+        "/v1/server-events": {"post": {
+            "summary": "Server lifecycle events (restart, deploy, config change), shown as markers on charts",
+            "security": security, "parameters": signature_params,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {"oneOf": [
+                {"type": "array", "items": event},
+                {"type": "object", "required": ["events"], "additionalProperties": False,
+                 "properties": {"events": {"type": "array", "items": event}}}]}}}},
+            "responses": {"200": result, **_errors(400, 401, 403, 413, 422, 429, 503)}}},
     }
 
 
