@@ -145,8 +145,15 @@ def stop_collector(c: Collector) -> None:
             c.process.wait()
 
 
-@pytest.fixture
-def collector(tmp_path: Path) -> Iterator[Collector]:
-    c = start_collector(tmp_path / "collector.db")
-    yield c
-    stop_collector(c)
+@pytest.fixture(params=BACKENDS)
+def collector(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Collector]:
+    """A real `mcpmeter serve` on each backend (SQLite file, fresh PostgreSQL database)."""
+    if request.param == "sqlite":
+        c = start_collector(tmp_path / "collector.db")
+        yield c
+        stop_collector(c)
+        return
+    with store_location(request.param, tmp_path) as url:
+        c = start_collector(url, log=tmp_path / "collector.log")
+        yield c
+        stop_collector(c)

@@ -150,8 +150,8 @@ def assert_report(r: dict, per_tool: Counter, errors: Counter, users: int) -> No
     }
 
 
-def test_two_users_calling_through_the_sdk_are_reported_exactly(tmp_path, program):
-    collector = start_collector(tmp_path / "e2e.db")
+def test_two_users_calling_through_the_sdk_are_reported_exactly(tmp_path, program, store_url):
+    collector = start_collector(store_url, log=tmp_path / "e2e.log")
     try:
         alice, bob = program(collector.url, "alice@example.com"), program(collector.url, "bob@example.com")
         calls = range(0, 90)
@@ -167,9 +167,9 @@ def test_two_users_calling_through_the_sdk_are_reported_exactly(tmp_path, progra
         stop_collector(collector)
 
 
-def test_a_collector_killed_mid_run_loses_nothing_and_counts_nothing_twice(tmp_path, program, isolated_env):
-    db = tmp_path / "crash.db"
-    collector = start_collector(db)
+def test_a_collector_killed_mid_run_loses_nothing_and_counts_nothing_twice(tmp_path, program, isolated_env, store_url):
+    db = store_url  # a SQLite file or a PostgreSQL database: both must lose nothing acknowledged
+    collector = start_collector(db, log=tmp_path / "crash.log")
     port = int(collector.url.rsplit(":", 1)[1])
     restarted = None
     try:
@@ -192,7 +192,7 @@ def test_a_collector_killed_mid_run_loses_nothing_and_counts_nothing_twice(tmp_p
         finally:
             spool.close()
 
-        restarted = start_collector(db, port=port)
+        restarted = start_collector(db, port=port, log=tmp_path / "crash.log")
         sdk.run(400, 100)
         stats = sdk.exit()
         assert stats["spooled"] > 0, "the collector was never down while the program called"

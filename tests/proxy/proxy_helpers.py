@@ -38,12 +38,16 @@ def proxy_env(home: Path, **extra: str) -> dict[str, str]:
 # ---- reading what was recorded --------------------------------------------------------------
 
 
-def recorded(where: Path, kind: str | None = None) -> list[dict[str, Any]]:
-    """The events (of ``kind``) in a store - ``where`` is an MCPMETER_HOME or a .db file - by time."""
-    db = where if where.suffix == ".db" else where / "mcpmeter.db"
-    if not db.exists():
-        return []
-    store = open_store(str(db))
+def recorded(where: Path | str, kind: str | None = None) -> list[dict[str, Any]]:
+    """The events (of ``kind``) in a store - ``where`` is an MCPMETER_HOME, a .db file or a
+    postgresql:// URL - by time."""
+    if isinstance(where, str):
+        store = open_store(where)
+    else:
+        db = where if where.suffix == ".db" else where / "mcpmeter.db"
+        if not db.exists():
+            return []
+        store = open_store(str(db))
     try:
         project = store.ensure_project("default")
         rows = store.export_events(project.id, 0, 100_000)
