@@ -191,6 +191,28 @@ def test_a_real_process_prints_no_traceback(tmp_path):
     assert done.stdout == ""
 
 
+def test_serving_on_a_taken_port_is_one_clear_line(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([*MCPMETER, "serve", "--port", str(port), "--db", str(tmp_path / "x.db")],
+                              capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use",
+        "hint: is another `mcpmeter serve` running there? choose another --port"], done.stderr
+    assert not (tmp_path / "x.db").exists()  # nothing was created before the check
+
+
+def test_a_wrong_period_is_reported_before_the_store_is_read(tmp_path):
+    done = subprocess.run([*MCPMETER, "report", "--period", "7x", "--db", str(tmp_path / "empty.db")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and done.stderr.startswith("error: period '7x' is not understood"), done.stderr
+
+
 def test_an_invalid_setting_is_a_friendly_error(db, monkeypatch):
     monkeypatch.setenv("MCPMETER_PORT", "eighty")
     result = mcpmeter("serve", "--db", db)

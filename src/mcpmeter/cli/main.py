@@ -84,6 +84,9 @@ def serve(host: str | None, port: int | None, db: str | None, demo: bool, log_le
     host = settings.get("MCPMETER_HOST", host)
     port = settings.get("MCPMETER_PORT", port)
     metrics_port = settings.get("MCPMETER_METRICS_PORT", metrics_port)
+    for taken in (port, metrics_port):
+        if taken:
+            _require_free_port(host, taken)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     store = _open_store(db)
     local_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', 'localhost') else host}:{port}"
@@ -110,6 +113,24 @@ def serve(host: str | None, port: int | None, db: str | None, demo: bool, log_le
     config = CollectorConfig()
     config.metrics.port = metrics_port
     run(create_app(store, config), host, port, metrics_port, log_level)
+
+
+def _require_free_port(host: str, port: int) -> None:
+    """Fail with one clear line, before any start-up work, when the address is taken."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise MCPMeterError(f"cannot resolve --host {host}: {exc}", hint="use an address such as 127.0.0.1 or 0.0.0.0") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            raise MCPMeterError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                                hint="is another `mcpmeter serve` running there? choose another --port") from None
 
 
 def _everything(store):
@@ -178,13 +199,14 @@ def _local_summary(db, project_name, period, start, end, server, tool, client) -
     from ..analytics.report import build_report
     from ..storage import open_store
 
+    win = window(period, start, end)  # a wrong period is reported before anything is opened
     store = open_store(db, upgrade=False)
     try:
         _require_schema(store)
         project = store.project_by_name(project_name)
         if project is None:
             raise MCPMeterError(f"no project {project_name!r} in {store.url}", hint="nothing recorded yet? `mcpmeter demo` fills a store with sample data")
-        data = build_report(store, Query(project.id, window(period, start, end), server, tool, client))
+        data = build_report(store, Query(project.id, win, server, tool, client))
         return {"project": project.name, **data}
     finally:
         store.close()
