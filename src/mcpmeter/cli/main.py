@@ -74,7 +74,7 @@ def cli() -> None:
 @friendly
 def serve(host: str | None, port: int | None, db: str | None, demo: bool, log_level: str, metrics_port: int | None,
           workers: int) -> None:
-    """Run the collector: ingest API, usage API, health endpoints and /metrics."""
+    """Run the collector: ingest and usage APIs, the web dashboard at /, /metrics and health endpoints."""
     import logging
 
     from ..collector import CollectorConfig, create_app
@@ -222,7 +222,7 @@ def _require_schema(store) -> None:
 
 @cli.group()
 def keys() -> None:
-    """Create, list and revoke API keys (stored hashed; shown once)."""
+    """Create, list, rotate and revoke API keys (stored hashed; shown once)."""
 
 
 @keys.command("create")
