@@ -58,3 +58,16 @@ def union(a: bytes | None, b: bytes | None) -> bytes | None:
     if not b:
         return a
     return encode(as_int(a) | as_int(b))
+
+
+def count_grouped(rows, group) -> list[tuple]:
+    """Distinct users from per-(bucket, server, tool) user sets ``rows`` of (bucket, server, tool,
+    users as an int), grouped by any of bucket, server, tool: rows (*group, count)."""
+    at = [("bucket", "server", "tool").index(g) for g in group]
+    sets: dict[tuple, int] = {}
+    for row in rows:
+        key = tuple(row[i] for i in at)
+        sets[key] = sets.get(key, 0) | row[3]
+    if not group:
+        return [(sets.get((), 0).bit_count(),)]
+    return [(*key, users.bit_count()) for key, users in sets.items() if users]

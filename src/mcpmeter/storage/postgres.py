@@ -27,7 +27,7 @@ import psycopg
 import psycopg_pool
 from psycopg import errors as pgerrors
 
-from .. import histogram
+from .. import histogram, usersets
 from ..events import ROW_FIELDS
 from ..exceptions import SchemaVersionError, StorageError
 from . import postgres_partitions as partitions
@@ -471,14 +471,7 @@ class PostgresStore(PostgresSecurity):  # keys version, rotation, access, audit,
     def users(self, f: EventFilter, grain: str, group: Sequence[str] = ()) -> list[tuple]:
         """Distinct users in the window, grouped by any of bucket, server, tool, client: rows (*group, count)."""
         if grain == "day" and f.client is None and "client" not in group:  # unions of exact user sets
-            at = [("bucket", "server", "tool").index(g) for g in group]
-            sets: dict[tuple, int] = {}
-            for row in self._user_sets(f):
-                key = tuple(row[i] for i in at)
-                sets[key] = sets.get(key, 0) | row[3]
-            if not group:
-                return [(sets.get((), 0).bit_count(),)]
-            return [(*key, users.bit_count()) for key, users in sets.items() if users]
+            return usersets.count_grouped(self._user_sets(f), group)
         source, params = self._user_source(f, grain, need_dims=bool(set(group) & {"server", "tool", "client"}))
         cols = ", ".join(group)
         sql = f"SELECT {cols + ', ' if cols else ''}count(DISTINCT user_hash) FROM ({source}) AS s"
