@@ -6,11 +6,15 @@ the same run, and never assert timings.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import platform
+import socket
 import statistics
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,3 +60,28 @@ def verdict(ok: bool) -> str:
 
 def log(*args) -> None:
     print(*args, file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(proc: subprocess.Popen, port: int, logfile: Path, timeout: float = 30.0) -> None:
+    """Return once the collector on ``port`` answers /ready; exit the benchmark if it dies or hangs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"mcpmeter serve exited with {proc.returncode}:\n{logfile.read_text()}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", "/ready")
+            if conn.getresponse().status == 200:
+                conn.close()
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise SystemExit(f"mcpmeter serve did not become ready:\n{logfile.read_text()}")

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,7 @@ import httpx
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import log, machine_line, median, table, verdict, write_json  # noqa: E402
+from _common import free_port, log, machine_line, median, table, verdict, write_json  # noqa: E402
 
 CACHE = Path("/tmp/mcpmeter-bench-analytics")  # bench_analytics.py's --cache default
 CHROMIUM = "/usr/bin/chromium"
@@ -74,12 +73,6 @@ def pick_store(events: int | None) -> tuple[Path, dict, str]:
 
     path, meta = bench_analytics.cached(CACHE, size, refill=False)
     return path, meta, f"filled {path} ({meta['fill_s']:.0f} s)"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serve(db: Path, home: Path) -> tuple[subprocess.Popen, str]:

@@ -29,7 +29,6 @@ import itertools
 import json
 import os
 import random
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -41,7 +40,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, log, machine_line, median, table, verdict, write_json  # noqa: E402
+from _common import ROOT, free_port, log, machine_line, median, table, verdict, wait_ready, write_json  # noqa: E402
 
 TARGET_EVENTS_PER_S = 100_000
 MARK = b"QQQQQQQQ"  # replaced by the request's sequence number (8 hex digits)
@@ -185,12 +184,6 @@ def run_reference(path: Path, batches: list[list[tuple]], unique_id: bool, per_c
 # ---- mcpmeter: the collector subprocess ----------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 WORKERS = 1  # --workers: collector processes (`mcpmeter serve --workers N`)
 
 
@@ -207,21 +200,8 @@ def start_collector(tmp: Path, port: int, src: str | None = None) -> tuple[subpr
              *(["--workers", str(WORKERS)] if WORKERS > 1 else [])],
             env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
         )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"mcpmeter serve exited with {proc.returncode}:\n{logfile.read_text()}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            conn.request("GET", "/ready")
-            if conn.getresponse().status == 200:
-                conn.close()
-                return proc, logfile
-        except OSError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"mcpmeter serve did not become ready:\n{logfile.read_text()}")
+    wait_ready(proc, port, logfile)
+    return proc, logfile
 
 
 class RssSampler(threading.Thread):

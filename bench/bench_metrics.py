@@ -27,7 +27,6 @@ import itertools
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,16 +37,10 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, log, machine_line, median, table, verdict, write_json  # noqa: E402
+from _common import ROOT, free_port, log, machine_line, median, table, verdict, write_json  # noqa: E402
 
 TARGET_SCRAPE_MS = 50.0
 MARK = b"QQQQQQQQ"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Collector:

@@ -41,7 +41,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from _common import log, machine_line, table, write_json  # noqa: E402
+from _common import free_port, log, machine_line, table, wait_ready, write_json  # noqa: E402
 from bench_ingest import MARK, body_for, reference_rows, templates  # noqa: E402
 
 DAY = 86_400_000
@@ -103,33 +103,6 @@ def reference(url: str, rows: list[tuple], method: str, per_tx: int = 1000) -> d
 # ---- 2. collectors end to end -----------------------------------------------------------------
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_ready(proc: subprocess.Popen, port: int, logfile: Path) -> None:
-    import http.client
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"mcpmeter serve exited with {proc.returncode}:\n{logfile.read_text()}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            conn.request("GET", "/ready")
-            if conn.getresponse().status == 200:
-                conn.close()
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"mcpmeter serve did not become ready:\n{logfile.read_text()}")
-
-
 def run_collectors(admin: str, n: int, bodies: list[bytes], batches: int, clients: int, max_seconds: float, tmp: Path) -> dict:
     import http.client
     import itertools
@@ -151,14 +124,14 @@ def run_collectors(admin: str, n: int, bodies: list[bytes], batches: int, client
     procs = []
     try:
         for i in range(n):
-            port = _free_port()
+            port = free_port()
             logfile = tmp / f"serve-{n}-{i}.log"
             with open(logfile, "wb") as out:
                 proc = subprocess.Popen([sys.executable, "-m", "mcpmeter", "serve", "--host", "127.0.0.1", "--port", str(port),
                                          "--db", url, "--log-level", "warning"], env=env, stdout=out, stderr=subprocess.STDOUT)
             procs.append((proc, port, logfile))
         for proc, port, logfile in procs:
-            _wait_ready(proc, port, logfile)
+            wait_ready(proc, port, logfile, timeout=60)
         seq = itertools.count()
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
         totals = {"accepted": 0, "duplicates": 0, "failed": 0}

@@ -23,7 +23,6 @@ import http.client
 import itertools
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,19 +34,13 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _common import ROOT, log, machine_line, median, table, verdict, write_json  # noqa: E402
+from _common import ROOT, free_port, log, machine_line, median, table, verdict, write_json  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "src"))
 from mcpmeter import keys as keylib  # noqa: E402
 from mcpmeter.collector.security import SignatureChecker, TokenBuckets, new_signing_secret  # noqa: E402
 from mcpmeter.signing import signature_headers  # noqa: E402
 from mcpmeter.storage import open_store  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(tmp: Path, name: str, env_extra: dict[str, str], signed: bool) -> tuple[subprocess.Popen, int, str, str | None]:
