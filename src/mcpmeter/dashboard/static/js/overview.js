@@ -8,7 +8,7 @@ import { filterBar } from "./filters.js";
 import { esc, int, pct, when } from "./format.js";
 import { connectLive, Feed } from "./live.js";
 import {
-  applyLive, bars, chart, errorsTable, KPI_LAYOUT, markersList, panelError, renderKpis, timeSpecs, usersSpec,
+  applyLive, bars, chart, errorsTable, finishLoad, KPI_LAYOUT, markersList, panelError, renderKpis, timeSpecs, usersSpec,
 } from "./panels.js";
 import { initShell } from "./shell.js";
 
@@ -83,7 +83,6 @@ const panels = {
 const PANEL_TARGET = { summary: "chart-tools", timeseries: "chart-calls", users: "chart-users", tools: "never-called",
                        errors: "recent-errors", clients: "chart-clients" };
 
-let marked = false;
 async function load() {
   const generation = ++page.generation;
   page.ready = false;
@@ -98,14 +97,7 @@ async function load() {
     }
   });
   await Promise.all(jobs);
-  if (generation !== page.generation) return;
-  await new Promise(requestAnimationFrame);
-  if (!marked) {
-    performance.mark("mcpmeter:charts-drawn");
-    marked = true;
-  }
-  page.ready = true;
-  document.body.dataset.ready = String(generation);
+  await finishLoad(page, generation);
 }
 
 // Live: counters and charts move with every accepted call; exact figures are re-read a few

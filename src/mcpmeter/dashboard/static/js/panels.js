@@ -171,3 +171,17 @@ export function panelError(id, error) {
   const el = document.getElementById(id);
   if (el) el.innerHTML = `<div class="error-note">Could not load: ${esc(error.message)}${error.hint ? ` — ${esc(error.hint)}` : ""}</div>`;
 }
+
+// A load is finished: charts are on screen (marked once, for the first-load benchmark) and the
+// page says which load it shows (tests wait for it). A superseded load says nothing.
+let drawnMarked = false;
+export async function finishLoad(page, generation) {
+  if (generation !== page.generation) return;
+  await new Promise(requestAnimationFrame);
+  if (!drawnMarked) {
+    performance.mark("mcpmeter:charts-drawn");
+    drawnMarked = true;
+  }
+  page.ready = true;
+  document.body.dataset.ready = String(generation);
+}

@@ -7,7 +7,7 @@ import { filterBar } from "./filters.js";
 import { esc, int, pct } from "./format.js";
 import { connectLive, Feed } from "./live.js";
 import {
-  applyLive, bars, chart, errorsTable, KPI_LAYOUT, markersList, panelError, renderKpis, timeSpecs, usersSpec,
+  applyLive, bars, chart, errorsTable, finishLoad, KPI_LAYOUT, markersList, panelError, renderKpis, timeSpecs, usersSpec,
 } from "./panels.js";
 import { initShell } from "./shell.js";
 
@@ -75,7 +75,6 @@ const panels = {
 };
 const PANEL_TARGET = { summary: "tool-servers", timeseries: "chart-calls", users: "chart-users", errors: "recent-errors", clients: "chart-clients" };
 
-let marked = false;
 async function load() {
   const generation = ++page.generation;
   page.ready = false;
@@ -89,14 +88,7 @@ async function load() {
       if (generation === page.generation && error.status !== 401) panelError(PANEL_TARGET[name], error);
     }
   }));
-  if (generation !== page.generation) return;
-  await new Promise(requestAnimationFrame);
-  if (!marked) {
-    performance.mark("mcpmeter:charts-drawn");
-    marked = true;
-  }
-  page.ready = true;
-  document.body.dataset.ready = String(generation);
+  await finishLoad(page, generation);
 }
 
 let refreshTimer = null;
