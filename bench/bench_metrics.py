@@ -116,8 +116,8 @@ def bench_scrape(args, tmp: Path) -> dict:
     from prometheus_client import generate_latest
     from starlette.testclient import TestClient
 
-    from mcpmeter.collector import create_app
-    from mcpmeter.exporters.prometheus import exposition
+    from mcpmeter.server.collector import create_app
+    from mcpmeter.server.exporters.prometheus import exposition
     from mcpmeter.storage import open_store
 
     events = catalog_events(args.servers, args.tools, int(time.time() * 1000))
@@ -244,7 +244,7 @@ def bench_ingest(args, tmp: Path) -> dict:
 def bench_hook(tmp: Path, events: int = 40_000) -> dict:
     """In-process, in the writer thread's terms: storing batches vs counting them for metrics."""
     from mcpmeter.events import decode_batch
-    from mcpmeter.exporters.aggregate import MetricsState
+    from mcpmeter.server.exporters.aggregate import MetricsState
     from mcpmeter.ingest import rows_for
     from mcpmeter.storage import open_store
 

@@ -38,7 +38,7 @@ from _common import ROOT, free_port, log, machine_line, median, table, verdict, 
 
 sys.path.insert(0, str(ROOT / "src"))
 from mcpmeter import keys as keylib  # noqa: E402
-from mcpmeter.collector.security import SignatureChecker, TokenBuckets, new_signing_secret  # noqa: E402
+from mcpmeter.server.collector.security import SignatureChecker, TokenBuckets, new_signing_secret  # noqa: E402
 from mcpmeter.signing import signature_headers  # noqa: E402
 from mcpmeter.storage import open_store  # noqa: E402
 

@@ -219,7 +219,7 @@ def test_a_locked_database_is_503_and_the_sdk_delivers_after(tmp_path):
 def test_events_from_a_clock_far_ahead_are_refused_with_a_reason(store):
     from starlette.testclient import TestClient
 
-    from mcpmeter.collector import create_app
+    from mcpmeter.server.collector import create_app
 
     keys = make_keys(store)
     with TestClient(create_app(store)) as c:

@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 from conftest import MCPMETER, make_keys, start_collector, stop_collector
 from foundation_helpers import event
 from mcpmeter import keys as keylib
-from mcpmeter.collector import create_app
+from mcpmeter.server.collector import create_app
 from mcpmeter.storage import open_store
 from security_helpers import wait_until
 

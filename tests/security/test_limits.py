@@ -10,7 +10,7 @@ from starlette.testclient import TestClient
 
 from conftest import make_keys, start_collector, stop_collector
 from foundation_helpers import event, stored_count
-from mcpmeter.collector import CollectorConfig, create_app
+from mcpmeter.server.collector import CollectorConfig, create_app
 from mcpmeter.storage import open_store
 from security_helpers import wait_until
 

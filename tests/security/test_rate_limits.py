@@ -11,8 +11,8 @@ from starlette.testclient import TestClient
 from conftest import make_keys, start_collector, stop_collector
 from foundation_helpers import event, stored_count
 from mcpmeter import Meter
-from mcpmeter.collector import CollectorConfig, create_app
-from mcpmeter.collector.security import TokenBuckets
+from mcpmeter.server.collector import CollectorConfig, create_app
+from mcpmeter.server.collector.security import TokenBuckets
 from mcpmeter.storage import open_store
 
 

@@ -19,7 +19,7 @@ from starlette.testclient import TestClient
 
 from conftest import make_keys, start_collector, stop_collector
 from foundation_helpers import event
-from mcpmeter.collector import create_app
+from mcpmeter.server.collector import create_app
 from security_helpers import PAGES, app_routes, concrete, required_scope
 
 OTHER = "zzsecretserverzz"  # a server name only project "other" has: it must never appear in "mine"'s answers

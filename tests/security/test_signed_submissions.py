@@ -15,8 +15,8 @@ from conftest import MCPMETER, make_keys, start_collector, stop_collector
 from foundation_helpers import event, stored_count
 from mcpmeter import Meter
 from mcpmeter import keys as keylib
-from mcpmeter.collector import create_app
-from mcpmeter.collector.security import new_signing_secret
+from mcpmeter.server.collector import create_app
+from mcpmeter.server.collector.security import new_signing_secret
 from mcpmeter.storage import open_store
 from security_helpers import gz, signed
 

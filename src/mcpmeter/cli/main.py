@@ -77,9 +77,9 @@ def serve(host: str | None, port: int | None, db: str | None, demo: bool, log_le
     """Run the collector: ingest and usage APIs, the web dashboard at /, /metrics and health endpoints."""
     import logging
 
-    from ..collector import CollectorConfig, create_app
-    from ..collector.bootstrap import ensure_local_keys, register_env_keys, register_metrics_key
-    from ..exporters.serve import run
+    from ..server.collector import CollectorConfig, create_app
+    from ..server.collector.bootstrap import ensure_local_keys, register_env_keys, register_metrics_key
+    from ..server.exporters.serve import run
 
     host = settings.get("MCPMETER_HOST", host)
     port = settings.get("MCPMETER_PORT", port)
@@ -103,7 +103,7 @@ def serve(host: str | None, port: int | None, db: str | None, demo: bool, log_le
     if metrics_key:
         click.echo("registered the read key MCPMETER_METRICS_KEY as `metrics` (for Prometheus)", err=True)
     if workers > 1:
-        from ..collector.factory import run_workers
+        from ..server.collector.factory import run_workers
 
         if metrics_port is not None:
             raise MCPMeterError("--metrics-port works with one worker only", hint="scrape /metrics on the main port instead")
@@ -252,11 +252,11 @@ def keys_create(name, scopes, project, expires_days, require_signature, db) -> N
     info = store.add_key(proj.id, name, keylib.hash_key(key), keylib.display_prefix(key), scope_list, expires)
     secret = None
     if require_signature:
-        from ..collector.security import new_signing_secret
+        from ..server.collector.security import new_signing_secret
 
         secret = new_signing_secret()
         store.set_signing_secret(info.id, secret)
-    from ..collector import audit
+    from ..server.collector import audit
 
     audit.record(store, audit.os_actor(), "key.create", proj, name,
                  {"prefix": info.prefix, "scopes": scope_list, "expires_at": expires, "signed": bool(secret)})
@@ -327,7 +327,7 @@ def keys_revoke(name_or_prefix, project, db) -> None:
     count = store.revoke_key(project_id, ref)
     if not count:
         raise MCPMeterError(f"no active key named or prefixed {name_or_prefix!r}", hint="`mcpmeter keys list` shows them")
-    from ..collector import audit
+    from ..server.collector import audit
 
     for k in revoked:
         audit.record(store, audit.os_actor(), "key.revoke", store.project_by_id(k.project_id), k.name, {"prefix": k.prefix})

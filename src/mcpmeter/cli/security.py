@@ -14,7 +14,7 @@ def audited_project(store, name: str):
     """The project ``name``, created (and the creation audited) when it is new."""
     project = store.project_by_name(name)
     if project is None:
-        from ..collector import audit
+        from ..server.collector import audit
 
         project = store.ensure_project(name)
         audit.record(store, audit.os_actor(), "project.create", project, name)
@@ -40,8 +40,8 @@ def keys_rotate(name, overlap, project, db) -> None:
     """Replace key NAME: a new key with the same scopes (printed once); the old one expires after --overlap."""
     from .. import keys as keylib
     from ..analytics.periods import iso
-    from ..collector import audit
-    from ..collector.security import new_signing_secret
+    from ..server.collector import audit
+    from ..server.collector.security import new_signing_secret
 
     try:
         overlap_ms = keylib.parse_duration(overlap)
@@ -75,7 +75,7 @@ def audit_command(project, since, limit, as_json, db) -> None:
     """Show the audit log: key create/revoke/rotate, projects, access grants, data deletion."""
     import time
 
-    from ..collector import audit
+    from ..server.collector import audit
     from ..keys import parse_duration
 
     try:
@@ -114,8 +114,8 @@ def access() -> None:
 @friendly
 def access_grant(identity, project, role, db) -> None:
     """Let IDENTITY (an email, sub:SUBJECT or group:NAME) see PROJECT."""
-    from ..collector import audit
-    from ..oidc import normalize_identity
+    from ..server.collector import audit
+    from ..server.oidc import normalize_identity
 
     store = _open_store(db)
     proj = _project(store, project)
@@ -131,8 +131,8 @@ def access_grant(identity, project, role, db) -> None:
 @friendly
 def access_revoke(identity, project, db) -> None:
     """Take IDENTITY's access to PROJECT away (signed-in sessions lose it at their next request)."""
-    from ..collector import audit
-    from ..oidc import normalize_identity
+    from ..server.collector import audit
+    from ..server.oidc import normalize_identity
 
     store = _open_store(db)
     proj = _project(store, project)
@@ -172,7 +172,7 @@ def users_delete(user, project, yes, db) -> None:
 
     Days whose raw events were already pruned by retention keep the user's calls in their
     totals, without anything that identifies the user (see docs/security.md)."""
-    from ..collector import audit
+    from ..server.collector import audit
     from ..ingest import hasher_for
 
     store = _open_store(db)

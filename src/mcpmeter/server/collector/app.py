@@ -1,0 +1,171 @@
+"""The collector's ASGI application."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ... import settings
+from .. import dashboard
+from ...events import Limits
+from ...exceptions import AuthError, MCPMeterError, StorageError
+from ..exporters import Metrics, MetricsConfig
+from ...storage.base import Store
+from ..oidc import OidcConfig
+from ..oidc import routes as oidc_routes
+from . import admin_security, ingest, measurements, otlp, usage
+from .auth import Authenticator
+from .security import NameCaps, RateLimited, RateLimits, SignatureChecker
+from .openapi import openapi_schema
+from .responses import error
+from .writer import Writer
+
+log = logging.getLogger("mcpmeter.server.collector")
+
+
+@dataclass
+class CollectorConfig:
+    local_trust: bool = field(default_factory=lambda: settings.get("MCPMETER_LOCAL_TRUST"))
+    max_body_bytes: int = field(default_factory=lambda: settings.get("MCPMETER_MAX_BODY_BYTES"))
+    limits: Limits = field(default_factory=lambda: Limits(
+        max_events=settings.get("MCPMETER_MAX_BATCH_EVENTS"),
+        max_age_ms=settings.get("MCPMETER_MAX_EVENT_AGE_DAYS") * 86_400_000,
+        max_skew_ms=settings.get("MCPMETER_MAX_CLOCK_SKEW_SECONDS") * 1000,
+    ))
+    signature_tolerance: int = field(default_factory=lambda: settings.get("MCPMETER_SIGNATURE_TOLERANCE_SECONDS"))
+    rate_limit_per_key: int = field(default_factory=lambda: settings.get("MCPMETER_RATE_LIMIT_PER_KEY"))
+    rate_limit_per_ip: int = field(default_factory=lambda: settings.get("MCPMETER_RATE_LIMIT_PER_IP"))
+    max_servers: int = field(default_factory=lambda: settings.get("MCPMETER_MAX_SERVERS_PER_PROJECT"))
+    max_tools: int = field(default_factory=lambda: settings.get("MCPMETER_MAX_TOOLS_PER_PROJECT"))
+    oidc: "OidcConfig | None" = field(default_factory=lambda: OidcConfig.from_settings())
+    key_touch_interval: float = 5.0
+    prune_interval: float = field(default_factory=lambda: float(settings.get("MCPMETER_PRUNE_INTERVAL_SECONDS")))
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+
+class Collector:
+    """State shared by the handlers: the store, the writer, the authenticator."""
+
+    def __init__(self, store: Store, config: CollectorConfig) -> None:
+        self.store = store
+        self.config = config
+        self.writer = Writer(store)
+        self.auth = Authenticator(store, config.local_trust, RateLimits(config.rate_limit_per_key, config.rate_limit_per_ip))
+        self.signatures = SignatureChecker(config.signature_tolerance)
+        self.names = NameCaps(store, config.max_servers, config.max_tools)
+        self.started = time.time()
+        self.counters = {"accepted": 0, "duplicates": 0, "rejected": 0, "requests_failed": 0}
+        self.metrics = Metrics(self, config.metrics)  # /metrics, request timing, OTLP export
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    collector: Collector = request.app.state.collector
+    problems = []
+    if not collector.writer.alive:
+        problems.append("the writer thread is not running")
+    try:
+        await run_in_threadpool(collector.store.schema_version)
+    except StorageError as exc:
+        problems.append(str(exc))
+    if problems:
+        return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
+    return JSONResponse({"status": "ready", "pending_events": collector.writer.pending_rows})
+
+
+async def openapi(request: Request) -> Response:
+    return JSONResponse(openapi_schema())
+
+
+async def _handle_errors(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, AuthError):
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return error(exc.status, str(exc), exc.hint, headers)
+    if isinstance(exc, RateLimited):
+        return error(429, str(exc), exc.hint, {"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, StorageError):
+        log.error("storage error: %s", exc)
+        return error(503, "the store is unavailable; nothing was stored", "retry later", {"Retry-After": "5"})
+    if isinstance(exc, MCPMeterError):
+        return error(400, str(exc), exc.hint)
+    raise exc
+
+
+def create_app(store: Store, config: CollectorConfig | None = None) -> Starlette:
+    collector = Collector(store, config or CollectorConfig())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        collector.writer.start()
+        collector.metrics.start()
+        tasks = [asyncio.create_task(_touch_keys_forever(collector)), asyncio.create_task(_prune_forever(collector))]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await run_in_threadpool(collector.writer.stop)
+            await run_in_threadpool(collector.metrics.stop)
+            with contextlib.suppress(StorageError):
+                await run_in_threadpool(collector.auth.flush_last_used)
+
+    routes = [
+        Route("/v1/events", ingest.post_events, methods=["POST"]),
+        Route("/v1/traces", otlp.post_traces, methods=["POST"]),
+        *usage.routes,
+        *measurements.routes,
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        *collector.metrics.routes,
+        *dashboard.install(collector),  # /, /static, /v1/session, /v1/live, /v1/admin/*
+        *admin_security.routes,  # /v1/admin/audit, key rotation, access grants, erasing a user
+        *oidc_routes(collector),  # /v1/oidc/*: people's sign-in (when MCPMETER_OIDC_ISSUER is set)
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=collector.metrics.middleware,
+        exception_handlers={MCPMeterError: _handle_errors},
+    )
+    app.state.collector = collector
+    return app
+
+
+async def _touch_keys_forever(collector: Collector) -> None:
+    while True:
+        await asyncio.sleep(collector.config.key_touch_interval)
+        try:
+            await run_in_threadpool(collector.auth.flush_last_used)
+        except StorageError as exc:
+            log.warning("could not record key use: %s", exc)
+
+
+async def _prune_forever(collector: Collector) -> None:
+    """Enforce retention on a schedule (first run shortly after start)."""
+    from ...retention import prune
+
+    delay = min(60.0, collector.config.prune_interval)
+    while True:
+        await asyncio.sleep(delay)
+        delay = collector.config.prune_interval
+        try:
+            removed = await run_in_threadpool(prune, collector.store)
+            if any(removed.values()):
+                log.info("pruned expired data: %s", {k: v for k, v in removed.items() if v})
+        except StorageError as exc:
+            log.warning("pruning failed (will retry): %s", exc)

@@ -1,0 +1,137 @@
+"""The single writer: group commit across concurrent requests.
+
+Request handlers hand their rows to ``submit`` and await the result. One thread takes
+everything that has queued up while the previous transaction committed and writes it in
+one transaction, so the cost of a durable commit is shared by every request in the group.
+An answer is only given after the commit returned, so a 2xx always means durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import queue
+import threading
+import time
+from typing import Callable, Sequence
+
+from ...storage.base import IngestResult, Store
+
+log = logging.getLogger("mcpmeter.server.collector")
+
+_STOP = object()
+
+
+class Overloaded(Exception):
+    """More rows are waiting for the writer than it may hold; the client should retry."""
+
+
+class Writer:
+    def __init__(self, store: Store, max_group_rows: int = 20_000, max_pending_rows: int = 500_000) -> None:
+        self.store = store
+        self.max_group_rows = max_group_rows
+        self.max_pending_rows = max_pending_rows
+        self.pending_rows = 0  # read by metrics; only approximate across threads
+        self.commits = 0
+        self.errors = 0
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._count_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        # Called in the writer thread after each commit with the rows really inserted per
+        # project, the rows submitted, and the commit's duration (seconds): exporters' hook.
+        self.on_commit: Callable[[dict[int, list[tuple]], int, float], None] | None = None
+        self._hands_back_rows = "stored_rows" in inspect.signature(store.ingest).parameters
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="mcpmeter-writer", daemon=True)
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self._thread:
+            self._queue.put(_STOP)
+            self._thread.join(timeout)
+
+    def submit(self, project_id: int, rows: Sequence[tuple]) -> "asyncio.Future[IngestResult]":
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if not rows:
+            future.set_result(IngestResult(0, 0))
+            return future
+        with self._count_lock:
+            if self.pending_rows + len(rows) > self.max_pending_rows:
+                raise Overloaded(f"{self.pending_rows} events are waiting to be written")
+            self.pending_rows += len(rows)
+        self._queue.put((project_id, rows, loop, future))
+        return future
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            group = [item]
+            size = len(item[1])
+            stop = False
+            while size < self.max_group_rows:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop = True
+                    break
+                group.append(nxt)
+                size += len(nxt[1])
+            self._commit(group, size)
+            if stop:
+                return
+
+    def _commit(self, group: list, size: int) -> None:
+        on_commit = self.on_commit
+        stored: dict[int, list[tuple]] | None = {} if on_commit is not None else None
+        started = time.perf_counter()
+        try:
+            groups = [(project_id, rows) for project_id, rows, _, _ in group]
+            if stored is not None and self._hands_back_rows:
+                results = self.store.ingest(groups, stored)
+            else:
+                results = self.store.ingest(groups)
+                if stored is not None:  # a store that cannot say which rows were new: exact only without duplicates
+                    for (project_id, rows), result in zip(groups, results):
+                        if not result.duplicates:
+                            stored.setdefault(project_id, []).extend(rows)
+        except Exception as exc:  # any failure fails every request of the group; none is acknowledged
+            self.errors += 1
+            log.error("storing %d events failed: %s", size, exc)
+            self._done(size)
+            for _, _, loop, future in group:
+                loop.call_soon_threadsafe(_fail, future, exc)
+        else:
+            self.commits += 1
+            self._done(size)
+            if on_commit is not None:  # before answering: a 2xx means /metrics already counts the batch
+                try:
+                    on_commit(stored, size, time.perf_counter() - started)
+                except Exception:  # metrics must never fail an ingest that is already durable
+                    log.exception("counting a commit for metrics failed")
+            for (_, _, loop, future), result in zip(group, results):
+                loop.call_soon_threadsafe(_succeed, future, result)
+
+    def _done(self, size: int) -> None:
+        with self._count_lock:
+            self.pending_rows -= size
+
+
+def _succeed(future: asyncio.Future, result: IngestResult) -> None:
+    if not future.done():
+        future.set_result(result)
+
+
+def _fail(future: asyncio.Future, exc: BaseException) -> None:
+    if not future.done():
+        future.set_exception(exc)

@@ -1,0 +1,170 @@
+"""Admin JSON endpoints behind the dashboard's admin page (admin scope, own project only).
+
+- ``GET /v1/admin/projects`` — the caller's project (a key never sees other projects)
+- ``GET /v1/admin/keys`` / ``POST /v1/admin/keys`` / ``DELETE /v1/admin/keys/{name or prefix}``
+  — the project's keys; a new key is in the POST answer and nowhere else, ever
+- ``GET /v1/admin/health`` — the project's ingest rate, and the collector's own state:
+  rejects, duplicates, drops, writer queue depth, storage size, live subscribers
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ... import keys as keylib
+from ...analytics.periods import iso, window
+from ...analytics.queries import Query
+from ..collector import audit
+from ..collector.responses import error
+from ...exceptions import StorageError
+from ...storage.base import KeyInfo
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+
+
+def _admin(request: Request):
+    collector = request.app.state.collector
+    return collector, collector.auth.authenticate(request, "admin")
+
+
+def _key_row(k: KeyInfo, now_ms: int, pending: dict[int, int]) -> dict[str, Any]:
+    last = max(filter(None, (k.last_used_at, pending.get(k.id))), default=None)
+    state = "active" if k.active(now_ms) else ("revoked" if k.revoked_at else "expired")
+    return {"name": k.name, "prefix": k.prefix, "scopes": sorted(k.scopes), "created": iso(k.created_at),
+            "last_used": iso(last) if last else None, "expires": iso(k.expires_at) if k.expires_at else None,
+            "revoked": iso(k.revoked_at) if k.revoked_at else None, "state": state}
+
+
+async def list_keys(request: Request) -> Response:
+    collector, principal = _admin(request)
+    found = await run_in_threadpool(collector.store.list_keys, principal.project.id)
+    now_ms = int(time.time() * 1000)
+    pending = dict(collector.auth.last_used)
+    return JSONResponse({"project": principal.project.name,
+                         "keys": [_key_row(k, now_ms, pending) for k in found]})
+
+
+async def create_key(request: Request) -> Response:
+    collector, principal = _admin(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return error(400, "send JSON: {\"name\": ..., \"scopes\": [\"read\"], \"expires_days\": null}")
+    name, scopes, days = body.get("name"), body.get("scopes", ["read"]), body.get("expires_days")
+    if not isinstance(name, str) or not _NAME.match(name):
+        return error(422, "the key needs a name: letters, digits and _ . @ - (at most 64)", "e.g. grafana-read")
+    if not isinstance(scopes, list) or not scopes or any(s not in keylib.SCOPES for s in scopes):
+        return error(422, f"scopes must be a non-empty list of {', '.join(keylib.SCOPES)}")
+    if days is not None and (not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 3650):
+        return error(422, "expires_days must be a whole number of days from 1 to 3650, or null")
+    key = keylib.new_key()
+    expires = int(time.time() * 1000) + days * 86_400_000 if days else None
+    try:
+        info = await run_in_threadpool(collector.store.add_key, principal.project.id, name, keylib.hash_key(key),
+                                       keylib.display_prefix(key), scopes, expires)
+    except StorageError as exc:
+        if "already exists" in str(exc):
+            return error(409, str(exc), exc.hint)
+        raise
+    row = _key_row(info, int(time.time() * 1000), {})
+    await audit.record_request(request, principal, "key.create", name, {"prefix": info.prefix, "scopes": sorted(scopes)})
+    return JSONResponse({"project": principal.project.name, "key": key, **row,
+                         "note": "this is the only time the key is shown; store it now"}, status_code=201,
+                        headers={"Cache-Control": "no-store"})
+
+
+async def revoke_key(request: Request) -> Response:
+    collector, principal = _admin(request)
+    ref = request.path_params["ref"].rstrip("…")
+    count = await run_in_threadpool(collector.store.revoke_key, principal.project.id, ref)
+    if not count:
+        return error(404, f"no active key named or prefixed {ref!r} in this project", "GET /v1/admin/keys lists them")
+    await audit.record_request(request, principal, "key.revoke", ref, {"count": count})
+    return JSONResponse({"project": principal.project.name, "revoked": count})
+
+
+def _calls_30d(store: Any, project_id: int) -> int:
+    q = Query(project_id, window("30d"))
+    return sum(cell[5] for cell in store.cells(q.filter, q.window.grain))
+
+
+async def projects(request: Request) -> Response:
+    """The caller's project only: keys are per project, and so is everything an admin key may see."""
+    collector, principal = _admin(request)
+    p = principal.project
+    found = await run_in_threadpool(collector.store.list_keys, p.id)
+    calls = await run_in_threadpool(_calls_30d, collector.store, p.id)
+    now_ms = int(time.time() * 1000)
+    return JSONResponse({"projects": [{
+        "name": p.name, "created": iso(p.created_at), "current": True,
+        "keys_active": sum(1 for k in found if k.active(now_ms)), "keys_total": len(found),
+        "calls_30d": calls, "live_subscribers": collector.live.subscribers(p.id),
+    }]})
+
+
+def storage_bytes(store: Any) -> int | None:
+    """The store's size on disk (SQLite: the file and its WAL), or what the backend reports."""
+    size = getattr(store, "size_bytes", None)
+    if callable(size):
+        return size()
+    path = getattr(store, "path", None)
+    if path is None:
+        return None
+    total = 0
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            total += os.stat(Path(f"{path}{suffix}")).st_size
+        except OSError:
+            pass
+    return total
+
+
+async def health(request: Request) -> Response:
+    collector, principal = _admin(request)
+    live = collector.live
+    writer = collector.writer
+    try:
+        size = await run_in_threadpool(storage_bytes, collector.store)
+    except (StorageError, OSError):
+        size = None
+    counters = dict(collector.counters)
+    return JSONResponse({
+        "project": principal.project.name,
+        "ingest": {"events_per_second_1m": live.rate.per_second(principal.project.id),
+                   "accepted_since_start": live.rate.totals.get(principal.project.id, 0)},
+        "collector": {
+            "uptime_seconds": round(time.time() - collector.started),
+            "writer_alive": writer.alive,
+            "writer_queue_rows": writer.pending_rows,
+            "writer_commits": writer.commits,
+            "writer_errors": writer.errors,
+            "accepted": counters.get("accepted", 0),
+            "duplicates": counters.get("duplicates", 0),
+            "rejected": counters.get("rejected", 0),
+            "refused_requests": counters.get("requests_failed", 0),
+            "live_subscribers": live.subscribers(),
+            "live_messages_dropped": live.dropped,
+            "storage_bytes": size,
+            "sessions": len(collector.auth.sessions),
+        },
+    }, headers={"Cache-Control": "no-store"})
+
+
+routes = [
+    Route("/v1/admin/projects", projects, methods=["GET"]),
+    Route("/v1/admin/keys", list_keys, methods=["GET"]),
+    Route("/v1/admin/keys", create_key, methods=["POST"]),
+    Route("/v1/admin/keys/{ref}", revoke_key, methods=["DELETE"]),
+    Route("/v1/admin/health", health, methods=["GET"]),
+]

@@ -1,0 +1,237 @@
+"""GET /v1/live: accepted tool calls pushed to dashboards as Server-Sent Events.
+
+The writer calls ``Live.committed`` from its thread after each commit, with the rows that
+commit really inserted (duplicates left out), before any request of the commit is answered.
+When their project has subscribers, the rows are handed to the event loop, which sends each
+subscriber one message per commit with the calls that match its filters: counts per minute
+and tool (for counters and charts) and the newest calls (for the feed). Each subscriber has
+a small bounded queue; one that does not keep up loses messages (counted) and is told to
+re-read the panels (``resync``), so a slow browser never holds the collector back. A comment
+line every 15 s keeps proxies from closing an idle stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import threading
+import time
+from collections import deque
+from typing import Any, Sequence
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from ...events import ROW_FIELDS
+
+_F = {name: i for i, name in enumerate(ROW_FIELDS)}
+KIND, TS, SERVER, TOOL, OK, DURATION = _F["kind"], _F["ts"], _F["server"], _F["tool"], _F["ok"], _F["duration_ms"]
+CLIENT, ERROR_TYPE, ERROR_MESSAGE, SESSION = _F["client_name"], _F["error_type"], _F["error_message"], _F["session_id"]
+HEARTBEAT_SECONDS = 15.0
+QUEUE_SIZE = 64
+RECENT_PER_MESSAGE = 20
+_CLOSE = object()
+
+
+class Subscriber:
+    __slots__ = ("project_id", "server", "tool", "client", "queue", "dropped", "lagged")
+
+    def __init__(self, project_id: int, server: str | None, tool: str | None, client: str | None) -> None:
+        self.project_id, self.server, self.tool, self.client = project_id, server, tool, client
+        self.queue: asyncio.Queue = asyncio.Queue(QUEUE_SIZE)
+        self.dropped = 0
+        self.lagged = False
+
+    @property
+    def filters(self) -> tuple:
+        return self.server, self.tool, self.client
+
+    def matches(self, row: tuple) -> bool:
+        return ((self.server is None or row[SERVER] == self.server) and (self.tool is None or row[TOOL] == self.tool)
+                and (self.client is None or (row[CLIENT] or "") == self.client))
+
+
+class IngestRate:
+    """Events accepted per project per second over the last minute (for the admin health panel)."""
+
+    def __init__(self, seconds: int = 60) -> None:
+        self.seconds = seconds
+        self._buckets: dict[int, deque] = {}  # project -> deque[[second, accepted]]
+        self.totals: dict[int, int] = {}  # project -> accepted since start
+        self._lock = threading.Lock()
+
+    def add(self, project_id: int, accepted: int) -> None:
+        now = int(time.time())
+        with self._lock:
+            buckets = self._buckets.setdefault(project_id, deque())
+            if buckets and buckets[-1][0] == now:
+                buckets[-1][1] += accepted
+            else:
+                buckets.append([now, accepted])
+            while buckets and buckets[0][0] <= now - self.seconds:
+                buckets.popleft()
+            self.totals[project_id] = self.totals.get(project_id, 0) + accepted
+
+    def per_second(self, project_id: int) -> float:
+        now = int(time.time())
+        with self._lock:
+            recent = sum(n for second, n in self._buckets.get(project_id, ()) if second > now - self.seconds)
+        return round(recent / self.seconds, 2)
+
+
+class Live:
+    def __init__(self) -> None:
+        self.rate = IngestRate()
+        self.dropped = 0  # messages dropped for slow subscribers, all projects
+        self._subs: dict[int, set[Subscriber]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closing = False
+        self._hooked = False
+
+    # -- writer thread --------------------------------------------------------------
+
+    def committed(self, stored: dict[int, list[tuple]], submitted: int, seconds: float) -> None:
+        """The writer's commit hook (its thread): ``stored`` holds the rows really inserted, per project."""
+        for project_id, rows in stored.items():
+            self.rate.add(project_id, len(rows))
+            if rows and self._loop is not None and self._subs.get(project_id):
+                self._loop.call_soon_threadsafe(self._fanout, project_id, rows)
+
+    # -- event loop -----------------------------------------------------------------
+
+    def subscribers(self, project_id: int | None = None) -> int:
+        if project_id is not None:
+            return len(self._subs.get(project_id, ()))
+        return sum(len(s) for s in self._subs.values())
+
+    def subscribe(self, project_id: int, server: str | None, tool: str | None, client: str | None) -> Subscriber:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        sub = Subscriber(project_id, server, tool, client)
+        self._subs.setdefault(project_id, set()).add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        subs = self._subs.get(sub.project_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self._subs[sub.project_id]
+
+    def close(self) -> None:
+        """End every stream (the server is shutting down)."""
+        self._closing = True
+        for subs in list(self._subs.values()):
+            for sub in list(subs):
+                with contextlib.suppress(asyncio.QueueFull):
+                    sub.queue.put_nowait(_CLOSE)
+
+    def _fanout(self, project_id: int, rows: Sequence[tuple]) -> None:
+        subs = self._subs.get(project_id)
+        if not subs:
+            return
+        calls = [r for r in rows if r[KIND] == "tool_call"]
+        if not calls:
+            return
+        messages: dict[tuple, dict | None] = {}
+        for sub in list(subs):
+            if sub.filters not in messages:
+                messages[sub.filters] = _message([r for r in calls if sub.matches(r)])
+            message = messages[sub.filters]
+            if message is not None:
+                self._offer(sub, "calls", message)
+
+    def _offer(self, sub: Subscriber, event: str, data: dict) -> None:
+        if sub.lagged:
+            event, data = "resync", {"reason": "slow subscriber", "dropped": sub.dropped}
+        try:
+            sub.queue.put_nowait((event, data))
+            sub.lagged = False
+        except asyncio.QueueFull:
+            sub.dropped += 1
+            sub.lagged = True
+            self.dropped += 1
+
+
+def _message(calls: list[tuple]) -> dict[str, Any] | None:
+    if not calls:
+        return None
+    per_minute: dict[tuple, list[int]] = {}
+    errors = 0
+    for r in calls:
+        failed = r[OK] == 0
+        errors += failed
+        cell = per_minute.setdefault((r[TS] - r[TS] % 60_000, r[SERVER], r[TOOL] or ""), [0, 0])
+        cell[0] += 1
+        cell[1] += failed
+    newest = sorted(calls, key=lambda r: r[TS])[-RECENT_PER_MESSAGE:]
+    return {
+        "calls": len(calls), "errors": errors,
+        "counts": [[minute, server, tool, n, e] for (minute, server, tool), (n, e) in per_minute.items()],
+        "recent": [{"ts": r[TS], "server": r[SERVER], "tool": r[TOOL], "client": r[CLIENT], "ok": r[OK] != 0,
+                    "duration_ms": r[DURATION], "error_type": r[ERROR_TYPE],
+                    "error_message": (r[ERROR_MESSAGE] or "")[:300] or None, "session_id": r[SESSION]}
+                   for r in reversed(newest)],
+    }
+
+
+def _end_streams_on_shutdown(live: Live) -> None:
+    """Close the streams when the server is told to stop.
+
+    uvicorn waits for open responses before it shuts down, and a stream never finishes by
+    itself; so the first SIGINT/SIGTERM also ends the streams (browsers reconnect to the
+    next collector by themselves). Chains to the handler the server installed.
+    """
+    if live._hooked or threading.current_thread() is not threading.main_thread():
+        return
+    live._hooked = True
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous = signal.getsignal(sig)
+        if not callable(previous) or not getattr(previous, "__module__", "").startswith("uvicorn"):
+            continue  # only chain to the server's own handler (it restores its predecessors on exit)
+
+        def handler(signum, frame, previous=previous):
+            with contextlib.suppress(RuntimeError):  # the loop may already be closed
+                loop.call_soon_threadsafe(live.close)
+            previous(signum, frame)
+
+        signal.signal(sig, handler)
+
+
+def _sse(event: str, data: dict) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+async def get_live(request: Request) -> Response:
+    collector = request.app.state.collector
+    principal = collector.auth.authenticate(request, "read")
+    live: Live = collector.live
+    _end_streams_on_shutdown(live)
+    params = request.query_params
+
+    async def stream():
+        sub = live.subscribe(principal.project.id, params.get("server") or None, params.get("tool") or None,
+                             params.get("client") or None)
+        try:
+            yield b"retry: 2000\n\n" + _sse("hello", {"project": principal.project.name, "ts": int(time.time() * 1000)})
+            while not live._closing:
+                try:
+                    item = await asyncio.wait_for(sub.queue.get(), HEARTBEAT_SECONDS)
+                except asyncio.TimeoutError:
+                    yield b": heartbeat\n\n"
+                    continue
+                if item is _CLOSE:
+                    return
+                yield _sse(*item)
+        finally:
+            live.unsubscribe(sub)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+routes = [Route("/v1/live", get_live, methods=["GET"])]

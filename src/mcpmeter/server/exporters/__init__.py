@@ -1,0 +1,133 @@
+"""Exporters: what a collector stored, as Prometheus metrics (``GET /metrics``) and as OTLP.
+
+``Metrics`` is the one object the collector app wires in: a hook on the writer (counts what
+each commit really inserted), the ``/metrics`` route, a request-timing middleware, and the
+optional OTLP forwarder's lifecycle.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ... import settings
+from .aggregate import MetricsState
+from .prometheus import CONTENT_TYPE, PrometheusExporter
+
+__all__ = ["Metrics", "MetricsConfig"]
+
+METRICS_PATH = "/metrics"
+_METRICS_PORT_PATHS = frozenset({METRICS_PATH, "/health"})
+
+
+@dataclass
+class MetricsConfig:
+    enabled: bool = field(default_factory=lambda: settings.get("MCPMETER_METRICS"))
+    max_series: int = field(default_factory=lambda: settings.get("MCPMETER_METRICS_MAX_SERIES"))
+    port: int | None = field(default_factory=lambda: settings.get("MCPMETER_METRICS_PORT"))
+    otlp_export: frozenset[str] = field(default_factory=lambda: settings.get("MCPMETER_OTLP_EXPORT") or frozenset())
+
+
+class Metrics:
+    """Everything metrics-related of one collector app."""
+
+    def __init__(self, collector: Any, config: MetricsConfig) -> None:
+        self.config = config
+        self.enabled = config.enabled
+        self.state = MetricsState(config.max_series, spans="traces" in config.otlp_export)
+        self.otlp = None
+        if self.enabled and config.otlp_export:
+            from .otlp_export import OtlpExporter
+
+            self.otlp = OtlpExporter(self.state, config.otlp_export, self._project_name)
+        self.store = collector.store
+        self._names: dict[int, str] = {}
+        self.prometheus = PrometheusExporter(collector, self.state, self.otlp)
+        if self.enabled:
+            collector.writer.on_commit = self.state.committed
+
+    def _project_name(self, project_id: int) -> str:
+        name = self._names.get(project_id)
+        if name is None:
+            project = self.store.project_by_id(project_id)
+            name = self._names[project_id] = project.name if project is not None else str(project_id)
+        return name
+
+    @property
+    def routes(self) -> list[Route]:
+        return [Route(METRICS_PATH, self.endpoint, methods=["GET"])]
+
+    @property
+    def middleware(self) -> list[Middleware]:
+        return [Middleware(RequestMetrics, metrics=self)]
+
+    def start(self) -> None:
+        if self.otlp is not None:
+            self.otlp.start()
+
+    def stop(self) -> None:
+        if self.otlp is not None:
+            self.otlp.stop()
+
+    async def endpoint(self, request: Request) -> Response:
+        collector = request.app.state.collector
+        principal = collector.auth.authenticate(request, "read")
+        if not self.enabled:
+            return JSONResponse({"error": "metrics are turned off on this collector", "hint": "unset MCPMETER_METRICS=false"},
+                                status_code=404)
+        gzip_ok = "gzip" in request.headers.get("accept-encoding", "")
+        body, gzipped = await run_in_threadpool(self.prometheus.render, principal.project.id, principal.project.name, gzip_ok)
+        headers = {"Content-Encoding": "gzip"} if gzipped else None
+        return Response(body, media_type=CONTENT_TYPE, headers=headers)
+
+
+class RequestMetrics:
+    """Times every HTTP request by route (a bounded set: the app's own paths, else ``other``),
+    and on the metrics port answers only ``/metrics`` and ``/health``."""
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.port = metrics.config.port
+        self._routes: frozenset[str] | None = None
+
+    def _route(self, scope: dict) -> str:
+        if self._routes is None:
+            app = scope.get("app")
+            self._routes = frozenset(getattr(r, "path", "") for r in getattr(app, "routes", ()))
+        path = scope.get("path", "")
+        return path if path in self._routes else "other"
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        server = scope.get("server")
+        if self.port is not None and server and server[1] == self.port and scope.get("path") not in _METRICS_PORT_PATHS:
+            response = JSONResponse({"error": "only /metrics and /health are served on the metrics port",
+                                     "hint": "use the collector's main port for the API"}, status_code=404)
+            await response(scope, receive, send)
+            return
+        if scope.get("path") == METRICS_PATH or not self.metrics.enabled:
+            await self.app(scope, receive, send)  # scrapes are not timed: they would swamp the routes that matter
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def timed_send(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, timed_send)
+        finally:
+            self.metrics.prometheus.http_done(self._route(scope), status, time.perf_counter() - start)

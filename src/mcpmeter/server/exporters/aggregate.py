@@ -1,0 +1,379 @@
+"""What THIS collector process stored, aggregated for ``/metrics`` and OTLP export.
+
+The writer thread hands over the rows each commit really inserted (duplicates already
+removed by the store), so every event is counted by exactly one collector process, once:
+with several collectors writing one store, ``sum()`` over them is the number of distinct
+events. Counters start at zero when the process starts; Prometheus' ``rate()`` and
+``increase()`` handle the reset.
+
+The per-row work runs outside the lock with C-level iteration (``map``/``itemgetter``) into a
+small per-commit summary keyed by (kind, server, tool, ok, error_type); only the summary is
+merged under the lock, so a scrape never waits for more than a few dictionary updates.
+Histograms are kept non-cumulative in milliseconds and cumulated when rendered.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from bisect import bisect_left
+from operator import itemgetter
+from typing import Any, Sequence
+
+import msgspec
+
+from ...events import ROW_FIELDS
+from ...sdk.integrations.conventions import kind_for_method
+
+_I = {name: i for i, name in enumerate(ROW_FIELDS)}
+_ID, _KIND, _TS, _SERVER, _TOOL = _I["event_id"], _I["kind"], _I["ts"], _I["server"], _I["tool"]
+_DUR, _OK, _ERR, _SESSION, _ATTRS = _I["duration_ms"], _I["ok"], _I["error_type"], _I["session_id"], _I["attributes"]
+
+OTHER = "__other__"  # a (server, tool) beyond the series cap
+OTHER_VALUE = "_OTHER"  # an error type, auth method or drop reason beyond SMALL_CAP (the semconv's spelling)
+SMALL_CAP = 100  # distinct error types / auth methods / drop reasons per project
+MAX_SESSIONS = 100_000  # sessions whose handshake timestamps are remembered for mcp_protocol_latency_seconds
+
+# Bucket bounds in milliseconds. The gateway's names use the gateway's own boundaries (5 ms ..
+# 300 s, fine below a second where most MCP calls are); the OpenTelemetry MCP convention's
+# metric uses the boundaries the convention recommends.
+GATEWAY_BOUNDS_MS = (5, 10, 25, 50, 75, 100, 250, 500, 750, 1000, 2500, 5000, 7500, 10000, 30000, 60000, 120000, 300000)
+SEMCONV_BOUNDS_MS = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000, 120000, 300000)
+_UNION_MS = tuple(sorted(set(GATEWAY_BOUNDS_MS) | set(SEMCONV_BOUNDS_MS)))
+COMMIT_BOUNDS_MS = (0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+
+def _projection(bounds: Sequence[float]) -> tuple[int, ...]:
+    """Union bucket index -> bucket index in ``bounds`` (a subset of the union)."""
+    return tuple(bisect_left(bounds, u) for u in _UNION_MS) + (len(bounds),)
+
+
+_TO_GATEWAY = _projection(GATEWAY_BOUNDS_MS)
+_TO_SEMCONV = _projection(SEMCONV_BOUNDS_MS)
+
+# MCP methods (client requests a server answers) by the event kind they are stored as.
+MCP_METHODS = (
+    "initialize", "ping", "tools/list", "tools/call", "resources/list", "resources/templates/list",
+    "resources/read", "resources/subscribe", "resources/unsubscribe", "prompts/list", "prompts/get",
+    "completion/complete", "logging/setLevel", "server/discover", "tasks/get", "tasks/list",
+    "tasks/result", "tasks/cancel",
+)
+METHOD_FOR_KIND: dict[str, str] = {kind_for_method(m): m for m in reversed(MCP_METHODS)}  # type: ignore[misc]
+METHOD_FOR_KIND["server_discover"] = "server/discover"
+
+_INIT, _LIST, _CALL = 0, 1, 2
+_STEP_CLASS = {"initialize": _INIT, "server_discover": _INIT, "list_tools": _LIST, "tool_call": _CALL}
+STEPS = ((_INIT, _LIST, "initialize_to_tools_list"), (_LIST, _CALL, "tools_list_to_tools_call"),
+         (_INIT, _CALL, "initialize_to_tools_call"))
+_HANDSHAKE = frozenset({"initialize", "server_discover", "list_tools"})
+_SPECIAL_KINDS = frozenset({"auth", "sdk.dropped"})
+
+_key_of = itemgetter(_KIND, _SERVER, _TOOL, _OK, _ERR)
+_dur_of = itemgetter(_DUR)
+_kind_of = itemgetter(_KIND)
+_session_of = itemgetter(_SESSION)
+_ts_of = itemgetter(_TS)
+_decode_attrs = msgspec.json.Decoder(dict).decode
+
+
+def new_hist(bounds: Sequence[float]) -> list:
+    """[sum_ms, count, bucket_0 .. bucket_n] with one bucket more than bounds (+Inf), non-cumulative."""
+    return [0.0, 0] + [0] * (len(bounds) + 1)
+
+
+def observe(hist: list, bounds: Sequence[float], value_ms: float) -> None:
+    hist[0] += value_ms
+    hist[1] += 1
+    hist[2 + bisect_left(bounds, value_ms)] += 1
+
+
+def _merge_union(target: list, source: list, projection: tuple[int, ...]) -> None:
+    """Add a summary's [sum_ms, timed, events, {union bucket: n}] into a family histogram."""
+    target[0] += source[0]
+    target[1] += source[1]
+    for i, n in source[3].items():
+        target[2 + projection[i]] += n
+
+
+class Summary:
+    """One commit's rows of one project, reduced to a few keys (built without the lock)."""
+
+    __slots__ = ("keys", "first_seen", "special", "spans")
+
+    def __init__(self, rows: Sequence[tuple], spans: bool = False, sessions_open: bool = False) -> None:
+        keys: dict[tuple, list] = {}
+        get = keys.get
+        union = _UNION_MS
+        for key, d in zip(map(_key_of, rows), map(_dur_of, rows)):
+            agg = get(key)
+            if agg is None:
+                agg = keys[key] = [0.0, 0, 0, {}]  # sum_ms, timed, events, {union bucket: n}
+            agg[2] += 1
+            if d is not None:
+                agg[0] += d
+                agg[1] += 1
+                buckets = agg[3]
+                i = bisect_left(union, d)
+                buckets[i] = buckets.get(i, 0) + 1
+        self.keys = keys
+        kinds = set(map(_kind_of, rows))
+        # First arrival per (session, kind): a dict built from the reversed rows keeps the first.
+        # Only needed when a handshake is in this batch or one seen before still waits for its steps.
+        if kinds & _HANDSHAKE or (sessions_open and "tool_call" in kinds):
+            self.first_seen = dict(zip(zip(map(_session_of, reversed(rows)), map(_kind_of, reversed(rows))),
+                                       zip(map(_ts_of, reversed(rows)), map(itemgetter(_SERVER), reversed(rows)))))
+        else:
+            self.first_seen = {}
+        self.special = [r for r in rows if r[_KIND] in _SPECIAL_KINDS] if kinds & _SPECIAL_KINDS else []
+        self.spans = [r for r in rows if r[_ID].startswith("otel-")] if spans else []
+
+
+class _Bounded:
+    """Admits at most ``cap`` distinct values; the rest become ``other``."""
+
+    __slots__ = ("cap", "other", "seen")
+
+    def __init__(self, cap: int, other: str) -> None:
+        self.cap, self.other, self.seen = cap, other, set()
+
+    def __call__(self, value: str) -> str:
+        if value in self.seen:
+            return value
+        if len(self.seen) < self.cap:
+            self.seen.add(value)
+            return value
+        return self.other
+
+
+class ProjectMetrics:
+    """The series of one project. Keys are label values in family order (project comes first at render)."""
+
+    def __init__(self, max_series: int) -> None:
+        self.max_series = max_series
+        self.pairs: dict[tuple[str, str], tuple[str, str]] = {}  # admitted (server, tool) -> labels
+        self.servers: set[str] = set()
+        self.overflow = 0
+        self.error_type = _Bounded(SMALL_CAP, OTHER_VALUE)
+        self.auth_method = _Bounded(SMALL_CAP, OTHER_VALUE)
+        self.drop_reason = _Bounded(SMALL_CAP, OTHER_VALUE)
+        self.tool_calls: dict[tuple, int] = {}  # (server, tool, success)
+        self.tool_duration: dict[tuple, list] = {}  # (server, tool) gateway bounds
+        self.discovery: dict[tuple, int] = {}  # (server, success)
+        self.discovery_duration: dict[tuple, list] = {}  # (server,)
+        self.auth: dict[tuple, int] = {}  # (server, method, success)
+        self.auth_duration: dict[tuple, list] = {}  # (server, method)
+        self.protocol: dict[tuple, list] = {}  # (server, step)
+        self.operation: dict[tuple, list] = {}  # (server, method, tool, error_type) semconv bounds
+        self.dropped: dict[tuple, int] = {}  # (server, reason)
+
+    # ---- labels under the cap ---------------------------------------------------------------
+
+    def labels(self, server: str, tool: str, n: int) -> tuple[str, str]:
+        got = self.pairs.get((server, tool))
+        if got is not None:
+            return got
+        if len(self.pairs) < self.max_series:
+            got = self.pairs[(server, tool)] = (server, tool)
+            self.servers.add(server)
+            return got
+        self.overflow += n
+        return (server, OTHER) if server in self.servers else (OTHER, OTHER)
+
+    def server_label(self, server: str, n: int) -> str:
+        return self.labels(server, "", n)[0]
+
+    # ---- merging one commit -------------------------------------------------------------------
+
+    def merge(self, summary: Summary, sessions: "Sessions", project_id: int) -> None:
+        for (kind, server, tool, ok, error), agg in summary.keys.items():
+            n = agg[2]
+            timed = agg[1] > 0
+            error_label = "" if ok != 0 else self.error_type(error or OTHER_VALUE)
+            success = "false" if ok == 0 else "true"
+            if kind == "tool_call":
+                s, t = self.labels(server, tool or "", n)
+                if (s, t, "true") not in self.tool_calls:  # both outcomes exist from the first call
+                    self.tool_calls[(s, t, "true")] = 0
+                    self.tool_calls[(s, t, "false")] = 0
+                    self.tool_duration[(s, t)] = new_hist(GATEWAY_BOUNDS_MS)
+                self.tool_calls[(s, t, success)] += n
+                if timed:
+                    _merge_union(self.tool_duration[(s, t)], agg, _TO_GATEWAY)
+                    self._operation((s, "tools/call", t, error_label), agg)
+            elif kind == "list_tools":
+                s = self.server_label(server, n)
+                if (s, "true") not in self.discovery:
+                    self.discovery[(s, "true")] = 0
+                    self.discovery[(s, "false")] = 0
+                    self.discovery_duration[(s,)] = new_hist(GATEWAY_BOUNDS_MS)
+                self.discovery[(s, success)] += n
+                if timed:
+                    _merge_union(self.discovery_duration[(s,)], agg, _TO_GATEWAY)
+                    self._operation((s, "tools/list", "", error_label), agg)
+            elif timed:
+                method = METHOD_FOR_KIND.get(kind)
+                if method is None and "/" in kind:
+                    method = OTHER_VALUE  # an MCP method we do not know: one series for all of them
+                if method is not None:
+                    self._operation((self.server_label(server, n), method, "", error_label), agg)
+        for row in summary.special:
+            if row[_KIND] == "auth":
+                self._auth(row)
+            else:
+                self._dropped(row)
+        if summary.first_seen:
+            sessions.update(self, project_id, summary.first_seen)
+
+    def _operation(self, key: tuple, agg: list) -> None:
+        hist = self.operation.get(key)
+        if hist is None:
+            hist = self.operation[key] = new_hist(SEMCONV_BOUNDS_MS)
+        _merge_union(hist, agg, _TO_SEMCONV)
+
+    def _auth(self, row: tuple) -> None:
+        attrs = _attributes(row[_ATTRS])
+        method = attrs.get("method") or attrs.get("auth.method") or row[_TOOL] or "unknown"
+        s = self.server_label(row[_SERVER], 1)
+        m = self.auth_method(str(method)[:64])
+        if (s, m, "true") not in self.auth:
+            self.auth[(s, m, "true")] = 0
+            self.auth[(s, m, "false")] = 0
+            self.auth_duration[(s, m)] = new_hist(GATEWAY_BOUNDS_MS)
+        self.auth[(s, m, "false" if row[_OK] == 0 else "true")] += 1
+        if row[_DUR] is not None:
+            observe(self.auth_duration[(s, m)], GATEWAY_BOUNDS_MS, row[_DUR])
+
+    def _dropped(self, row: tuple) -> None:
+        s = self.server_label(row[_SERVER], 1)
+        for reason, count in _attributes(row[_ATTRS]).items():
+            if isinstance(count, int) and not isinstance(count, bool) and count > 0:
+                key = (s, self.drop_reason(str(reason)[:64]))
+                self.dropped[key] = self.dropped.get(key, 0) + count
+
+    def protocol_step(self, server: str, step: str, seconds_ms: float) -> None:
+        key = (self.server_label(server, 1), step)
+        hist = self.protocol.get(key)
+        if hist is None:
+            hist = self.protocol[key] = new_hist(GATEWAY_BOUNDS_MS)
+        observe(hist, GATEWAY_BOUNDS_MS, seconds_ms)
+
+    def snapshot(self) -> "ProjectMetrics":
+        copy = ProjectMetrics.__new__(ProjectMetrics)
+        copy.max_series = self.max_series
+        copy.overflow = self.overflow
+        copy.pairs = self.pairs  # read only by render, never mutated there
+        copy.servers = set()
+        for name in ("tool_calls", "discovery", "auth", "dropped"):
+            setattr(copy, name, dict(getattr(self, name)))
+        for name in ("tool_duration", "discovery_duration", "auth_duration", "protocol", "operation"):
+            setattr(copy, name, {k: v[:] for k, v in getattr(self, name).items()})
+        return copy
+
+
+def _attributes(text: str | None) -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = _decode_attrs(text)
+    except msgspec.DecodeError:
+        return {}
+    return value
+
+
+class Sessions:
+    """Handshake timestamps per session, to time initialize -> tools/list -> tools/call.
+
+    A session is remembered from its first initialize or tools/list; a step is observed once
+    per session, as soon as both of its ends have arrived at this collector (the first of each
+    kind). Bounded: the oldest sessions are forgotten first. Used by the writer thread only.
+    """
+
+    def __init__(self, limit: int = MAX_SESSIONS) -> None:
+        self.limit = limit
+        self.known: dict[tuple[int, str], list] = {}  # -> [ts_init, ts_list, ts_call, observed steps bitmask]
+
+    def update(self, project: ProjectMetrics, project_id: int, first_seen: dict) -> None:
+        known = self.known
+        touched: dict[tuple[int, str], tuple[list, str]] = {}
+        calls = []
+        for (session_id, kind), (ts, server) in first_seen.items():
+            cls = _STEP_CLASS.get(kind)
+            if session_id is None or cls is None:
+                continue
+            if cls == _CALL:
+                calls.append((session_id, ts, server))
+                continue
+            key = (project_id, session_id)
+            state = known.get(key)
+            if state is None:
+                if len(known) >= self.limit:
+                    del known[next(iter(known))]
+                state = known[key] = [None, None, None, 0]
+            if state[cls] is None or ts < state[cls]:
+                state[cls] = ts
+            touched[key] = (state, server)
+        for session_id, ts, server in calls:
+            key = (project_id, session_id)
+            state = known.get(key)
+            if state is None or state[3] == 7:
+                continue  # no handshake seen for it (yet), or every step already timed
+            if state[_CALL] is None or ts < state[_CALL]:
+                state[_CALL] = ts
+            touched[key] = (state, server)
+        for state, server in touched.values():
+            for bit, (a, b, step) in enumerate(STEPS):
+                if not state[3] & (1 << bit) and state[a] is not None and state[b] is not None and state[b] >= state[a]:
+                    state[3] |= 1 << bit
+                    project.protocol_step(server, step, float(state[b] - state[a]))
+
+
+class MetricsState:
+    """Everything /metrics and the OTLP exporter read, for one collector process."""
+
+    def __init__(self, max_series: int = 2000, spans: bool = False) -> None:
+        self.max_series = max_series
+        self.started = time.time()
+        self.spans = spans  # keep rows that came as OTLP spans, for trace forwarding
+        self.span_sink = None  # callable(project_id, rows) set by the OTLP exporter
+        self._lock = threading.Lock()
+        self._projects: dict[int, ProjectMetrics] = {}
+        self._sessions = Sessions()
+        self.ingested = 0
+        self.duplicates = 0
+        self.commits = 0
+        self.commit_duration = new_hist(COMMIT_BOUNDS_MS)
+
+    def committed(self, stored: dict[int, list[tuple]], submitted: int, seconds: float) -> None:
+        """The writer's hook: ``stored`` are the rows one commit really inserted, per project."""
+        open_sessions = bool(self._sessions.known)
+        summaries = [(project_id, Summary(rows, self.spans, open_sessions)) for project_id, rows in stored.items() if rows]
+        new = sum(len(rows) for rows in stored.values())
+        with self._lock:
+            self.ingested += new
+            self.duplicates += submitted - new
+            self.commits += 1
+            observe(self.commit_duration, COMMIT_BOUNDS_MS, seconds * 1000)
+            for project_id, summary in summaries:
+                project = self._projects.get(project_id)
+                if project is None:
+                    project = self._projects[project_id] = ProjectMetrics(self.max_series)
+                project.merge(summary, self._sessions, project_id)
+        sink = self.span_sink
+        if sink is not None:
+            for project_id, summary in summaries:
+                if summary.spans:
+                    sink(project_id, summary.spans)
+
+    def project(self, project_id: int) -> ProjectMetrics | None:
+        with self._lock:
+            project = self._projects.get(project_id)
+            return project.snapshot() if project is not None else None
+
+    def projects(self) -> dict[int, ProjectMetrics]:
+        with self._lock:
+            return {pid: p.snapshot() for pid, p in self._projects.items()}
+
+    def process(self) -> dict[str, Any]:
+        with self._lock:
+            return {"ingested": self.ingested, "duplicates": self.duplicates, "commits": self.commits,
+                    "commit_duration": self.commit_duration[:]}
