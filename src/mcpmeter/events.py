@@ -52,12 +52,34 @@ class Event(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=F
     attributes: Annotated[dict[AttrKey, AttrValue], Meta(max_length=MAX_ATTRIBUTES)] | None = None
 
 
-# Columns of a stored event, in order. ``user`` is replaced by its keyed hash before storage.
-ROW_FIELDS = (
-    "event_id", "kind", "ts", "server", "server_version", "tool", "category", "duration_ms",
-    "ok", "error_type", "error_message", "session_id", "client_name", "client_version",
-    "protocol_version", "transport", "user_hash", "args_bytes", "result_bytes", "attributes",
-)
+class Row(NamedTuple):
+    """A stored event, in column order. ``user`` is replaced by its keyed hash before storage."""
+
+    event_id: str
+    kind: str
+    ts: int
+    server: str
+    server_version: str | None
+    tool: str | None
+    category: str | None
+    duration_ms: float | None
+    ok: int | None
+    error_type: str | None
+    error_message: str | None
+    session_id: str | None
+    client_name: str | None
+    client_version: str | None
+    protocol_version: str | None
+    transport: str | None
+    user_hash: str | None
+    args_bytes: int | None
+    result_bytes: int | None
+    attributes: str | None  # JSON
+
+
+# Columns of a stored event, in order.
+ROW_FIELDS: tuple[str, ...] = Row._fields
+_new_row = tuple.__new__  # a Row built as fast as a plain tuple (no per-field checks)
 
 
 class Rejection(NamedTuple):
@@ -171,17 +193,17 @@ def ts_ms(value: datetime | int) -> int:
     return int(value.timestamp() * 1000)
 
 
-def to_row(event: Event, user_hash: str | None) -> tuple:
-    """The event as a storage row in ``ROW_FIELDS`` order (``ts`` already in epoch ms)."""
+def to_row(event: Event, user_hash: str | None) -> Row:
+    """The event as a storage row (``ts`` already in epoch ms)."""
     attrs = event.attributes
-    return (
+    return _new_row(Row, (
         event.id, event.kind, event.ts, event.server, event.server_version, event.tool,
         event.category, event.duration_ms, None if event.ok is None else int(event.ok),
         event.error_type, event.error_message, event.session_id, event.client_name,
         event.client_version, event.protocol_version, event.transport, user_hash,
         event.args_bytes, event.result_bytes,
         _attr_encoder.encode(attrs).decode() if attrs else None,
-    )
+    ))
 
 
 def _id_of(raw: msgspec.Raw) -> str | None:
