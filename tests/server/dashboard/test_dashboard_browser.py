@@ -9,6 +9,7 @@ browser is never downloaded (no `playwright install`). Screenshots go to artifac
 from __future__ import annotations
 
 import math
+from decimal import ROUND_HALF_UP, Decimal
 import os
 import re
 import subprocess
@@ -169,12 +170,18 @@ def fmt_int(n: int) -> str:
     return f"{n:,}"
 
 
+def js_to_fixed(v: float, digits: int) -> str:
+    """Number.prototype.toFixed: the double's exact value, a tie rounded away from zero
+    (Python's format rounds a tie to even: 96.25 is "96.2" there and "96.3" on the page)."""
+    return str(Decimal(v).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
+
+
 def fmt_pct(rate: float) -> str:
-    return f"{rate * 100:.1f}%"
+    return js_to_fixed(rate * 100, 1) + "%"
 
 
 def fmt_ms(v: float) -> str:
-    return f"{v:.1f} ms" if v < 10 else f"{js_round(v):,} ms"
+    return f"{js_to_fixed(v, 1)} ms" if v < 10 else f"{js_round(v):,} ms"
 
 
 def js_str(v: float | None) -> str:
@@ -182,6 +189,15 @@ def js_str(v: float | None) -> str:
     if v is None:
         return ""
     return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+def test_number_formats_match_the_browser(page):
+    """The test's copies of format.js agree with the browser on ties and binary fractions,
+    whatever values the data of the day happens to produce."""
+    values = [0.9625 * 100, 96.25, 0.125, 1.005, 2.675, 0.05, 99.95, 9.95, 0.0, 1e-7, 12.5, 37.45]
+    shown = page.evaluate("vs => vs.map(v => v.toFixed(1))", values)
+    assert shown == [js_to_fixed(v, 1) for v in values]
+    assert js_to_fixed(96.25, 1) == "96.3"  # where Python's own format says 96.2
 
 
 def assert_kpis_match(page, s: dict) -> None:
