@@ -20,8 +20,9 @@ This module needs no web framework: the CLI imports it on a base install.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal
 
 from ..exceptions import ValidationError
 from ..storage.base import Store

@@ -13,7 +13,8 @@ import inspect
 import json
 import logging
 import threading
-from typing import Annotated, Any, Callable, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
@@ -54,6 +55,8 @@ def result(answer: dict[str, Any], readable: str) -> CallToolResult:
 
 # Questions of the registry that are not tools: summary is a resource; the rest are for the dashboard and the API.
 NOT_TOOLS = frozenset({"summary", "users", "measurements", "server-events"})
+# Each tool's question and the filters it leaves out, as ``asks`` declared them (tests compare it with the registry).
+ASKED: dict[str, tuple[str, frozenset[str]]] = {}
 
 
 def _filter_arguments() -> dict[str, inspect.Parameter]:
@@ -90,7 +93,7 @@ def asks(question: str, *, without: frozenset[str] = frozenset()) -> Callable[[C
             return fn(params, **arguments)
 
         tool.__signature__ = inspect.Signature([*filters.values(), *own], return_annotation=CallToolResult)  # type: ignore[attr-defined]
-        tool.question = question  # type: ignore[attr-defined]
+        ASKED[fn.__name__] = (question, without)
         return tool
 
     return decorate
@@ -197,7 +200,7 @@ def build_server(source: Source) -> MCPServer:
         """Trends: per hour or per day, calls, errors, success rate, distinct users, latency
         p50/p95/p99, and calls of the most used tools. Every bucket of the window is present,
         empty ones with zero calls."""
-        grain = _grain_for(params["period"], granularity)
+        grain = _grain_for(str(params["period"]), granularity)
         a = answers.ask("timeseries", {**params, "grain": grain})
         return result(a, text.timeseries_text(a))
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ..analytics import questions
-from ..analytics.questions import Params  # the registry's parameter names: period, grain, server, tool, client, ...
+from ..analytics.questions import Params
 from ..exceptions import MCPMeterError
 from ..storage.base import Store
 
@@ -21,7 +21,7 @@ class Source(Protocol):
     label: str  # for logs and answers: "store /path/mcpmeter.db (project default)", "collector http://…"
 
     def ask(self, question: str, params: Params) -> dict[str, Any]:
-        """The answer to one question of the registry, with ``project`` and the window it covers.
+        """The answer to one question of the registry (``params`` by the registry's names: period, grain, server, …), with ``project`` and the window it covers.
 
         Raises ``MCPMeterError`` (with a hint) for a bad period, a missing project, an
         unreachable collector or a refused key.

@@ -6,7 +6,7 @@ here, with the parameters declared there, and nothing else is.
 
 from __future__ import annotations
 
-from typing import Callable, Coroutine
+from collections.abc import Callable, Coroutine
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
