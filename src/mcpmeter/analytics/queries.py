@@ -27,15 +27,20 @@ class Query(NamedTuple):
     client: str | None = None
 
     @property
+    def dimensions(self) -> dict[str, str | None]:
+        """The filters beyond the window (``analytics/questions.py`` declares them), by name."""
+        return {name: getattr(self, name) for name in self._fields[2:]}
+
+    @property
     def filter(self) -> EventFilter:
-        return EventFilter(self.project_id, self.window.start_ms, self.window.end_ms, self.server, self.tool, self.client)
+        return EventFilter(self.project_id, self.window.start_ms, self.window.end_ms, **self.dimensions)
 
     def previous(self) -> "Query":
         return self._replace(window=self.window.previous())
 
     def describe(self) -> dict[str, Any]:
         return {"from": iso(self.window.start_ms), "to": iso(self.window.end_ms), "grain": self.window.grain,
-                "filters": {"server": self.server, "tool": self.tool, "client": self.client}}
+                "filters": self.dimensions}
 
 
 @dataclass

@@ -155,13 +155,17 @@ def _fill_demo(store) -> int:
 # ---- report ------------------------------------------------------------------------------
 
 
+def filter_options(fn: Callable) -> Callable:
+    """The usage filters of the registry (analytics/questions.py) as options: --period, --from, --to, --server, …"""
+    from ..analytics.questions import FILTERS
+
+    for p in reversed(FILTERS):
+        fn = click.option(f"--{p.name}", p.name, default=p.default, show_default=p.default is not None, help=p.description)(fn)
+    return fn
+
+
 @cli.command()
-@click.option("--period", default="7d", show_default=True, help="1h, 6h, 12h, 1d, 7d, 30d, 90d (or N[m|h|d|w]).")
-@click.option("--from", "start", default=None, help="Start (RFC 3339 or epoch ms); overrides --period.")
-@click.option("--to", "end", default=None, help="End (default now).")
-@click.option("--server", default=None, help="Only this server.")
-@click.option("--tool", default=None, help="Only this tool.")
-@click.option("--client", default=None, help="Only this client (e.g. claude-code).")
+@filter_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "markdown"]), default="table", show_default=True,
               help="table for a terminal, json for programs, csv for spreadsheets, markdown for a wiki or PR.")
 @click.option("--csv-table", type=click.Choice(["tools", "timeseries", "errors", "clients"]), default="tools", show_default=True,
@@ -171,19 +175,19 @@ def _fill_demo(store) -> int:
 @click.option("--project", default="default", show_default=True, help="Project to report on (store only).")
 @db_option
 @friendly
-def report(period, start, end, server, tool, client, fmt, csv_table, url, api_key, project, db) -> None:
+def report(fmt: str, csv_table: str, url: str | None, api_key: str | None, project: str, db: str | None,
+           **filters: str | None) -> None:
     """Who uses it, what is popular, is it working, what happened recently."""
+    from ..analytics.questions import QUESTIONS
     from . import render
 
     url = url if db else settings.get("MCPMETER_URL", url)
     if url:
         from ..client import get_json
 
-        data = get_json(url, "/v1/usage/report",
-                        {"period": period, "from": start, "to": end, "server": server, "tool": tool, "client": client},
-                        settings.get("MCPMETER_API_KEY", api_key))
+        data = get_json(url, QUESTIONS["report"].path, filters, settings.get("MCPMETER_API_KEY", api_key))
     else:
-        data = _local_summary(db, project, period, start, end, server, tool, client)
+        data = _local_report(db, project, filters)
     output: dict[str, Callable[[dict[str, Any]], Any]] = {
         "json": lambda s: click.echo(render.to_json(s)),
         "csv": lambda s: click.echo(render.to_csv(s, csv_table), nl=False),
@@ -193,20 +197,19 @@ def report(period, start, end, server, tool, client, fmt, csv_table, url, api_ke
     output[fmt](data)
 
 
-def _local_summary(db, project_name, period, start, end, server, tool, client) -> dict[str, Any]:
-    from ..analytics.periods import window
-    from ..analytics.queries import Query
-    from ..analytics.report import build_report
+def _local_report(db: str | None, project_name: str, filters: dict[str, str | None]) -> dict[str, Any]:
+    from ..analytics import questions
     from ..storage import open_store
 
-    win = window(period, start, end)  # a wrong period is reported before anything is opened
+    report = questions.QUESTIONS["report"]
+    win = questions.window_of(filters)  # a wrong period is reported before anything is opened
     store = open_store(db, upgrade=False)
     try:
         _require_schema(store)
         project = store.project_by_name(project_name)
         if project is None:
             raise MCPMeterError(f"no project {project_name!r} in {store.url}", hint="nothing recorded yet? `mcpmeter demo` fills a store with sample data")
-        data = build_report(store, Query(project.id, win, server, tool, client))
+        data = questions.ask(store, report, questions.query_for(project.id, win, filters))
         return {"project": project.name, **data}
     finally:
         store.close()

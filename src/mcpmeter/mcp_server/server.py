@@ -8,9 +8,12 @@ running. Nothing here writes to stdout: in stdio mode it belongs to the protocol
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import logging
 import threading
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import MCPServer
@@ -20,10 +23,11 @@ from pydantic import Field, WithJsonSchema
 
 from .. import __version__
 from ..analytics.periods import NAMED_PERIODS
+from ..analytics.questions import DIMENSIONS, PERIOD, QUESTIONS
 from ..cli.render import headline, to_markdown
 from ..exceptions import MCPMeterError
 from . import text
-from .sources import Question, Source
+from .sources import Params, Source
 
 log = logging.getLogger("mcpmeter.mcp")
 
@@ -34,12 +38,6 @@ Start with `usage_report` (period 7d unless asked otherwise); drill down with `t
 `tool_errors`, `usage_timeseries`, `clients` and `sessions`. Every answer states the exact
 window (UTC, whole hours or days) it covers; quote it when reporting numbers."""
 
-Period = Annotated[str, WithJsonSchema({"type": "string", "pattern": r"^[0-9]{1,4}[mhdw]$", "examples": list(NAMED_PERIODS)}),
-                   Field(description="Time window ending now: 1h, 6h, 12h, 1d, 7d, 30d or 90d (any N followed by m, h, d or w "
-                                     "also works, e.g. 14d). Days are whole UTC calendar days including today.")]
-ServerName = Annotated[str | None, Field(description="Only this MCP server (its recorded name, e.g. `weblab`). Omit for all servers.")]
-ToolName = Annotated[str | None, Field(description="Only this tool. Omit for all tools.")]
-ClientName = Annotated[str | None, Field(description="Only calls from this MCP client (e.g. `claude-code`, `cursor`). Omit for all clients.")]
 Granularity = Annotated[Literal["hour", "day"] | None, Field(description="Bucket size. Default: hour for periods up to 2 days, else day. "
                                                                           "Hourly points are offered for periods up to 7 days.")]
 
@@ -55,6 +53,52 @@ def result(answer: dict[str, Any], readable: str) -> CallToolResult:
     return CallToolResult(content=[TextContent(type="text", text=readable)], structured_content=answer)
 
 
+# Questions of the registry that are not tools: summary is a resource; the rest are for the dashboard and the API.
+NOT_TOOLS = frozenset({"summary", "users", "measurements", "server-events"})
+# Each tool's question and the filters it leaves out, as ``asks`` declared them (tests compare it with the registry).
+ASKED: dict[str, tuple[str, frozenset[str]]] = {}
+
+
+def _filter_arguments() -> dict[str, inspect.Parameter]:
+    """The registry's filters as tool arguments: the period (a window ending now) and every dimension."""
+    period = Annotated[str, WithJsonSchema({"type": "string", "pattern": r"^[0-9]{1,4}[mhdw]$", "examples": list(NAMED_PERIODS)}),
+                       Field(description=PERIOD.description)]
+    args = {PERIOD.name: inspect.Parameter(PERIOD.name, inspect.Parameter.KEYWORD_ONLY, default=PERIOD.default, annotation=period)}
+    for d in DIMENSIONS:
+        args[d.name] = inspect.Parameter(d.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                         annotation=Annotated[str | None, Field(description=d.description)])
+    return args
+
+
+FILTER_ARGUMENTS = _filter_arguments()
+
+
+def asks(question: str, *, without: frozenset[str] = frozenset()) -> Callable[[Callable[..., CallToolResult]], Callable[..., CallToolResult]]:
+    """A tool that answers ``question``: it takes the registry's filters (but ``without``) and its own arguments.
+
+    The decorated function receives the filters as one ``params`` dict (the registry's names, ready for
+    ``Source.ask``), then its own arguments; the tool's signature, which the MCP SDK turns into the input
+    schema, is the filters followed by those arguments.
+    """
+    assert question in QUESTIONS and question not in NOT_TOOLS, question
+
+    def decorate(fn: Callable[..., CallToolResult]) -> Callable[..., CallToolResult]:
+        filters = {name: p for name, p in FILTER_ARGUMENTS.items() if name not in without}
+        own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY)
+               for name, p in inspect.signature(fn, eval_str=True).parameters.items() if name != "params"]
+
+        @functools.wraps(fn)
+        def tool(**arguments: Any) -> CallToolResult:
+            params = {name: arguments.pop(name) for name in filters}
+            return fn(params, **arguments)
+
+        tool.__signature__ = inspect.Signature([*filters.values(), *own], return_annotation=CallToolResult)  # type: ignore[attr-defined]
+        ASKED[fn.__name__] = (question, without)
+        return tool
+
+    return decorate
+
+
 class Answers:
     """Questions to a source, with the checks every tool shares (filters that name nothing)."""
 
@@ -63,15 +107,15 @@ class Answers:
         self._known: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
-    def ask(self, question: Question, period: str, *, server: str | None = None, tool: str | None = None,
-            client: str | None = None, grain: str | None = None) -> dict[str, Any]:
+    def ask(self, question: str, params: Params) -> dict[str, Any]:
         try:
-            answer = self.source.ask(question, period, server=server, tool=tool, client=client, grain=grain)
+            answer = self.source.ask(question, params)
+            server, tool = params.get("server"), params.get("tool")
             if server is not None or tool is not None:
                 self._check_names(server, tool)
             return answer
         except MCPMeterError as exc:
-            log.info("%s(%s) failed: %s", question, period, exc)
+            log.info("%s(%s) failed: %s", question, params.get("period"), exc)
             raise ToolError(explain(exc)) from None
 
     def _check_names(self, server: str | None, tool: str | None) -> None:
@@ -117,65 +161,68 @@ def build_server(source: Source) -> MCPServer:
                     log_level="WARNING")
 
     @mcp.tool(title="Usage report", annotations=READ_ONLY)
-    def usage_report(period: Period = "7d", server: ServerName = None, tool: ToolName = None,
-                     client: ClientName = None) -> CallToolResult:
+    @asks("report")
+    def usage_report(params: Params) -> CallToolResult:
         """How is it doing? The stakeholder report for a period: distinct users (new and returning),
         calls and their change against the previous period of the same length, success rate,
         latency p50/p95/p99, the tools by popularity, error types and clients. Start here.
         Text: a compact Markdown report; structured content: every figure as JSON plus the headline answers."""
-        report = answers.ask("report", period, server=server, tool=tool, client=client)
+        report = answers.ask("report", params)
         report["headline"] = [{"question": q, "answer": a} for q, a in headline(report)]
         return result(report, to_markdown(report, title="MCP usage report"))
 
     @mcp.tool(title="Top tools", annotations=READ_ONLY)
-    def top_tools(period: Period = "7d", server: ServerName = None, client: ClientName = None,
+    @asks("tools", without=frozenset({"tool"}))
+    def top_tools(params: Params,
                   limit: Annotated[int, Field(ge=1, le=200, description="How many tools to return, most called first.")] = 10,
                   ) -> CallToolResult:
         """Which tools are popular? Tools ranked by calls, each with its share of all calls, errors,
         success rate, distinct users, latency (p50/p95/p99/avg, ms) and when it was last used;
         also the tools a server lists that nobody called in the period."""
-        a = answers.ask("tools", period, server=server, client=client)
+        a = answers.ask("tools", params)
         shown = a["tools"][:limit]
         return result({**a, "tools": shown, "tools_total": len(a["tools"])}, text.tools_text(a, shown))
 
     @mcp.tool(title="Tool errors", annotations=READ_ONLY)
-    def tool_errors(period: Period = "7d", server: ServerName = None, tool: ToolName = None, client: ClientName = None,
+    @asks("errors")
+    def tool_errors(params: Params,
                     recent: Annotated[int, Field(ge=0, le=20, description="How many of the latest failures to include, with their messages.")] = 10,
                     ) -> CallToolResult:
         """Is it working? Failed calls grouped by tool and error type (count, share of all errors,
         last seen), and the most recent failures with their error messages and clients."""
-        a = answers.ask("errors", period, server=server, tool=tool, client=client)
+        a = answers.ask("errors", params)
         a["recent"] = a["recent"][:recent]
         return result(a, text.errors_text(a))
 
     @mcp.tool(title="Usage over time", annotations=READ_ONLY)
-    def usage_timeseries(period: Period = "7d", granularity: Granularity = None, server: ServerName = None,
-                         tool: ToolName = None, client: ClientName = None) -> CallToolResult:
+    @asks("timeseries")
+    def usage_timeseries(params: Params, granularity: Granularity = None) -> CallToolResult:
         """Trends: per hour or per day, calls, errors, success rate, distinct users, latency
         p50/p95/p99, and calls of the most used tools. Every bucket of the window is present,
         empty ones with zero calls."""
-        grain = _grain_for(period, granularity)
-        a = answers.ask("timeseries", period, server=server, tool=tool, client=client, grain=grain)
+        grain = _grain_for(str(params["period"]), granularity)
+        a = answers.ask("timeseries", {**params, "grain": grain})
         return result(a, text.timeseries_text(a))
 
     @mcp.tool(title="Clients", annotations=READ_ONLY)
-    def clients(period: Period = "7d", server: ServerName = None, tool: ToolName = None) -> CallToolResult:
+    @asks("clients", without=frozenset({"client"}))
+    def clients(params: Params) -> CallToolResult:
         """Who calls from where? MCP clients (Claude Desktop, Claude Code, Cursor, …) by calls, share,
         errors and distinct users; client versions and protocol versions by sessions."""
-        a = answers.ask("clients", period, server=server, tool=tool)
+        a = answers.ask("clients", params)
         return result(a, text.clients_text(a))
 
     @mcp.tool(title="Sessions", annotations=READ_ONLY)
-    def sessions(period: Period = "7d", server: ServerName = None, tool: ToolName = None,
-                 client: ClientName = None) -> CallToolResult:
+    @asks("sessions")
+    def sessions(params: Params) -> CallToolResult:
         """How do sessions go? Sessions started in the period: how long they last, calls and
         distinct tools per session, and handshake latencies (initialize → tools/list → first tools/call)."""
-        a = answers.ask("sessions", period, server=server, tool=tool, client=client)
+        a = answers.ask("sessions", params)
         return result(a, text.sessions_text(a))
 
-    def resource_json(question: Question, period: str) -> str:
+    def resource_json(question: str, period: str) -> str:
         try:
-            return json.dumps(answers.ask(question, period), indent=2)
+            return json.dumps(answers.ask(question, {"period": period}), indent=2)
         except ToolError as exc:
             raise ResourceError(str(exc)) from None
 

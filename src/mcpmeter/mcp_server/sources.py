@@ -1,32 +1,18 @@
 """Where the MCP server's answers come from: a local store or a collector's usage API.
 
-Both sources answer the same questions with the same JSON (the collector's
-``/v1/usage/*`` endpoints call the very functions the store source calls), so the tools
-never need to know which one they talk to.
+Both sources answer the questions of the registry (``analytics/questions.py``) with the same
+JSON, taking the same parameters (the collector's ``/v1/usage/*`` endpoints call the very
+functions the store source calls), so the tools never need to know which one they talk to.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Protocol
+from typing import Any, Protocol
 
-from ..analytics import queries
-from ..analytics.periods import window
-from ..analytics.queries import Query
-from ..analytics.report import build_report
+from ..analytics import questions
+from ..analytics.questions import Params
 from ..exceptions import MCPMeterError
 from ..storage.base import Store
-
-Question = Literal["summary", "tools", "timeseries", "errors", "clients", "sessions", "report"]
-
-_ANSWERS: dict[str, Callable[..., dict[str, Any]]] = {
-    "summary": queries.summary,
-    "tools": queries.tools,
-    "timeseries": queries.timeseries,
-    "errors": queries.errors,
-    "clients": queries.clients,
-    "sessions": queries.sessions,
-    "report": build_report,
-}
 
 
 class Source(Protocol):
@@ -34,9 +20,8 @@ class Source(Protocol):
 
     label: str  # for logs and answers: "store /path/mcpmeter.db (project default)", "collector http://…"
 
-    def ask(self, question: Question, period: str, *, server: str | None = None, tool: str | None = None,
-            client: str | None = None, grain: str | None = None) -> dict[str, Any]:
-        """The answer to one question, with ``project`` and the window it covers.
+    def ask(self, question: str, params: Params) -> dict[str, Any]:
+        """The answer to one question of the registry (``params`` by the registry's names: period, grain, server, …), with ``project`` and the window it covers.
 
         Raises ``MCPMeterError`` (with a hint) for a bad period, a missing project, an
         unreachable collector or a refused key.
@@ -70,11 +55,11 @@ class StoreSource:
                                 hint="start the MCP server with --project NAME")
         return project.id
 
-    def ask(self, question: Question, period: str, *, server: str | None = None, tool: str | None = None,
-            client: str | None = None, grain: str | None = None) -> dict[str, Any]:
-        win = window(period, grain=grain)
-        q = Query(self._project_id(), win, server, tool, client)
-        return {"project": self.project, **_ANSWERS[question](self.store, q)}
+    def ask(self, question: str, params: Params) -> dict[str, Any]:
+        asked = questions.question(question)
+        given = {k: v for k, v in params.items() if v is not None}
+        q, options = questions.parse(asked, given, self._project_id)  # a wrong period is reported before the store is read
+        return {"project": self.project, **questions.ask(self.store, asked, q, options)}
 
     def catalog(self) -> set[tuple[str, str]]:
         return {(server, tool) for server, tool, _, _ in self.store.catalog(self._project_id())}
@@ -97,11 +82,12 @@ class CollectorSource:
 
         return get_json(self.url, path, params, self.api_key, timeout=self.timeout)
 
-    def ask(self, question: Question, period: str, *, server: str | None = None, tool: str | None = None,
-            client: str | None = None, grain: str | None = None) -> dict[str, Any]:
-        window(period, grain=grain)  # the same message for a bad period as the store gives, without a round trip
-        return self._get(f"/v1/usage/{question}",
-                         {"period": period, "server": server, "tool": tool, "client": client, "grain": grain})
+    def ask(self, question: str, params: Params) -> dict[str, Any]:
+        asked = questions.question(question)
+        given = {k: v for k, v in params.items() if v is not None}
+        questions.check_names(asked, given)
+        questions.window_of(given)  # the same message for a bad period as the store gives, without a round trip
+        return self._get(asked.path, given)
 
     def catalog(self) -> set[tuple[str, str]]:
         # `tools` lists what was called in the window plus the catalog's never-called rest:

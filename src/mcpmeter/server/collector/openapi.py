@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from ... import __version__
-from ...analytics.periods import NAMED_PERIODS
+from ...analytics.questions import QUESTIONS
 from ...events import Event
 from ...measurements import MeasurementBatch, ServerEvent
 
@@ -36,20 +36,6 @@ def _errors(*codes: int) -> dict[str, Any]:
 def openapi_schema() -> dict[str, Any]:
     (event_ref, batch_ref, server_event_ref), components = msgspec.json.schema_components(
         [Event, MeasurementBatch, ServerEvent], ref_template="#/components/schemas/{name}")
-    moment = {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "string", "pattern": "^[0-9]{1,15}$"},
-                        {"type": "string", "maxLength": 0, "description": "empty: not given"}]}
-    filters = [
-        {"name": "period", "in": "query",
-         "schema": {"type": "string", "default": "7d", "pattern": "^(0*[1-9][0-9]{0,3}[mhdw])?$", "examples": list(NAMED_PERIODS)},
-         "description": "Window ending now (or at `to`): 1h, 6h, 12h, 1d, 7d, 30d, 90d, or N[m|h|d|w], at most 400 days "
-                        "(a longer one is a 400)."},
-        {"name": "from", "in": "query", "schema": moment,
-         "description": "Start, RFC 3339 or epoch ms (overrides period). Must be before `to`, at most 400 days before it (else 400)."},
-        {"name": "to", "in": "query", "schema": moment, "description": "End, RFC 3339 or epoch ms (default now)."},
-        {"name": "server", "in": "query", "schema": {"type": "string"}},
-        {"name": "tool", "in": "query", "schema": {"type": "string"}},
-        {"name": "client", "in": "query", "schema": {"type": "string"}},
-    ]
     # What msgspec cannot say: a tool_call names its tool; ts lies in the collector's window.
     components["Event"]["if"] = {"properties": {"kind": {"const": "tool_call"}}, "required": ["kind"]}
     components["Event"]["then"] = {"required": ["tool"], "properties": {"tool": {"type": "string"}}}
@@ -142,12 +128,7 @@ def openapi_schema() -> dict[str, Any]:
                     **_errors(400, 401, 403, 413, 415, 429, 503),
                 },
             }},
-            "/v1/usage/summary": {"get": {
-                "summary": "Users, calls, success rate, latency and top tools for a window",
-                "security": security, "parameters": filters,
-                "responses": {"200": _json({"$ref": "#/components/schemas/Summary"}, "The summary"), **_errors(400, 401, 403, 429)},
-            }},
-            **_usage_paths(security, filters),
+            **_usage_paths(security),
             **_write_paths(security, signature_params, batch_ref, server_event_ref),
             "/health": {"get": {"summary": "Liveness", "responses": {"200": _json({"type": "object"}, "Alive")}}},
             "/ready": {"get": {"summary": "Readiness: store reachable and writer running",
@@ -156,32 +137,14 @@ def openapi_schema() -> dict[str, Any]:
     }
 
 
-_USAGE = {
-    "tools": "Per tool: calls, share, errors, error rate, latency, users, last used; tools listed but never called",
-    "timeseries": "Per hour or day: calls, errors, success rate, users, latency percentiles, calls of the top tools; server events as markers",
-    "errors": "Error types per tool with counts and share; the most recent failures with their messages",
-    "clients": "Clients with calls, share and users; client versions and protocol versions",
-    "sessions": "Sessions: length, calls and tools per session, handshake latencies",
-    "users": "Distinct, new and returning users per bucket",
-    "report": "Every answer above in one document (what `mcpmeter report --url` shows)",
-    "server-events": "Server lifecycle events (restart, deploy, config change) in the window",
-}
-
-
-def _usage_paths(security: list, filters: list) -> dict[str, Any]:
-    grain = {"name": "grain", "in": "query", "schema": {"type": "string", "enum": ["hour", "day"]},
-             "description": "Bucket size; default: hours for windows up to two days, else days."}
-    answer = _json({"$ref": "#/components/schemas/Answer"}, "The answer, for the aligned window it names")
-    paths = {
-        f"/v1/usage/{name}": {"get": {"summary": summary, "security": security, "parameters": [*filters, grain],
-                                      "responses": {"200": answer, **_errors(400, 401, 403, 429)}}}
-        for name, summary in _USAGE.items()
-    }
-    paths["/v1/usage/measurements"] = {"get": {
-        "summary": "Daily count/sum/min/max/avg/last of custom measurements", "security": security,
-        "parameters": [*filters, grain, {"name": "name", "in": "query", "schema": {"type": "string"}, "description": "Only this metric"}],
-        "responses": {"200": answer, **_errors(400, 401, 403, 429)}}}
-    return paths
+def _usage_paths(security: list) -> dict[str, Any]:
+    """GET /v1/usage/*, one path per question of the registry, with the parameters it declares."""
+    return {q.path: {"get": {
+        "summary": q.summary, "security": security,
+        "parameters": [{"name": p.name, "in": "query", "schema": p.schema, "description": p.description} for p in q.parameters],
+        "responses": {"200": _json({"$ref": f"#/components/schemas/{q.schema}"}, "The answer, for the aligned window it names"),
+                      **_errors(400, 401, 403, 429)}}}
+        for q in QUESTIONS.values()}
 
 
 def _write_paths(security: list, signature_params: list, batch: dict, event: dict) -> dict[str, Any]:

@@ -8,6 +8,7 @@ with ``MCPMETER_LOCAL_TRUST`` the default project's pages just open.
 from __future__ import annotations
 
 import html
+import json
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
@@ -15,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from ...analytics.questions import FILTERS, QUESTIONS, client_registry
 from ...exceptions import AuthError
 from .assets import Assets
 
@@ -37,16 +39,19 @@ MODULES = {
 }
 
 
-# The JSON each page asks for first, fetched while its scripts load (the URLs must be the
-# very ones api.js builds: the filters in this order, encoded as URLSearchParams does).
+# The answers each page asks for first (questions of the registry), fetched while its scripts
+# load. The URLs must be the very ones api.js builds: the registry's filters in their order
+# (the page reads them from REGISTRY_JSON), encoded as URLSearchParams does.
 PANELS = {"overview": ("summary", "timeseries", "users", "tools", "errors", "clients"),
           "tool": ("summary", "timeseries", "users", "errors", "clients")}
-FILTERS = ("period", "from", "to", "server", "tool", "client")
+# What api.js and filters.js know of the registry, embedded in every page (data, not script:
+# the CSP allows no inline script, and none is run). "<" is escaped so no value can end the element.
+REGISTRY_JSON = json.dumps(client_registry(), separators=(",", ":")).replace("<", "\\u003c")
 
 
 def data_urls(request: Request, page: str, tool: str | None = None) -> list[str]:
     params = request.query_params
-    f = {k: params.get(k) or None for k in FILTERS}
+    f = {p.name: params.get(p.name) or None for p in FILTERS}
     if f["from"]:
         f["period"] = None
     elif not f["period"]:
@@ -54,7 +59,7 @@ def data_urls(request: Request, page: str, tool: str | None = None) -> list[str]
     if tool is not None:
         f["tool"] = tool
     qs = urlencode([(k, v) for k, v in f.items() if v], safe="*").replace("~", "%7E")
-    return ["/v1/session", *(f"/v1/usage/{panel}?{qs}" for panel in PANELS[page])]
+    return ["/v1/session", *(f"{QUESTIONS[panel].path}?{qs}" for panel in PANELS[page])]
 
 
 class Pages:
@@ -70,6 +75,7 @@ class Pages:
                 .replace("{{title}}", html.escape(title))
                 .replace("{{page}}", page)
                 .replace("{{preload}}", preload)
+                .replace("{{registry}}", REGISTRY_JSON)
                 .replace("{{main}}", a.url(MODULES[page][0])))
         for name in ("css/dashboard.css", "vendor/uPlot.min.css", "vendor/uPlot.iife.min.js", "js/theme.js", "icon.svg"):
             text = text.replace("{{" + name + "}}", a.url(name))

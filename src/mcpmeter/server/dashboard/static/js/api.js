@@ -1,17 +1,28 @@
 // The page's view of the collector: filters <-> URL, JSON requests, and the session.
+// The filters and periods come from the registry of usage questions (analytics/questions.py),
+// which the page embeds as JSON (<script type="application/json" id="registry">).
 
-export const PERIODS = ["1h", "6h", "12h", "1d", "7d", "30d", "90d"];
-export const DEFAULT_PERIOD = "7d";
-const FILTER_KEYS = ["period", "from", "to", "server", "tool", "client"];
+const REGISTRY = JSON.parse(document.getElementById("registry")?.textContent || '{"filters":[],"periods":[]}');
+export const PERIODS = REGISTRY.periods;
+export const DEFAULT_PERIOD = REGISTRY.default_period;
+/** Every filter, in the order the URLs list them: [{name, kind: "window"|"dimension", label, plural}]. */
+export const FILTERS = REGISTRY.filters;
+/** The filters that narrow what is counted (server, tool, client, …), as opposed to the time window. */
+export const DIMENSIONS = FILTERS.filter((f) => f.kind === "dimension");
 
 /** The filters in the address bar (the view is shareable: everything is in the query string). */
 export function readFilters(search = location.search) {
   const p = new URLSearchParams(search);
   const f = {};
-  for (const k of FILTER_KEYS) f[k] = p.get(k) || null;
+  for (const { name } of FILTERS) f[name] = p.get(name) || null;
   if (!f.from && !f.period) f.period = DEFAULT_PERIOD;
   if (f.from) f.period = null;
   return f;
+}
+
+/** Only the dimensions of a filter set (what the live feed filters on). */
+export function dimensions(filters) {
+  return Object.fromEntries(DIMENSIONS.map(({ name }) => [name, filters[name] ?? null]));
 }
 
 export function queryString(filters, extra = {}) {

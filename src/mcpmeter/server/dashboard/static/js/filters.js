@@ -1,7 +1,8 @@
-// The filter bar: period (or a custom from/to range), server, tool and client. Every change
-// goes into the URL, so a view can be shared, and Back undoes it.
+// The filter bar: period (or a custom from/to range), and one menu per dimension of the
+// registry (server, tool, client, …). Every change goes into the URL, so a view can be shared,
+// and Back undoes it.
 
-import { PERIODS, readFilters, writeFilters } from "./api.js";
+import { DIMENSIONS, PERIODS, readFilters, writeFilters } from "./api.js";
 import { esc, when } from "./format.js";
 
 function toInput(iso) { // "2026-11-01T00:00:00Z" -> "2026-11-01T00:00" (inputs show UTC)
@@ -17,9 +18,12 @@ function options(values, selected, all) {
   return `<option value="">${all}</option>` + list.map((v) => `<option value="${esc(v)}"${v === selected ? " selected" : ""}>${esc(v)}</option>`).join("");
 }
 
-export function filterBar(el, { onChange, tool = true }) {
+/** `fixed`: dimensions the page's path names (no menu); `setOptions({server: [...], …})` fills the menus. */
+export function filterBar(el, { onChange, fixed = [] }) {
   let filters = readFilters();
-  let known = { servers: [], tools: [], clients: [] };
+  let known = Object.fromEntries(DIMENSIONS.map(({ name }) => [name, []]));
+  const menus = DIMENSIONS.filter(({ name }) => !fixed.includes(name));
+  const cleared = Object.fromEntries(DIMENSIONS.map(({ name }) => [name, null]));
   let custom = !!filters.from;
   let window_ = null;
 
@@ -34,17 +38,15 @@ export function filterBar(el, { onChange, tool = true }) {
         <label>To <input type="datetime-local" id="f-to" value="${esc(toInput(to))}"></label>
         <button type="button" id="f-apply">Apply</button>
       </span>
-      <label>Server <select id="f-server">${options(known.servers, filters.server, "All servers")}</select></label>
-      ${tool ? `<label>Tool <select id="f-tool">${options(known.tools, filters.tool, "All tools")}</select></label>` : ""}
-      <label>Client <select id="f-client">${options(known.clients, filters.client, "All clients")}</select></label>
-      ${filters.server || filters.tool || filters.client ? `<button type="button" class="link clear" id="f-clear">Clear filters</button>` : ""}
+      ${menus.map((d) => `<label>${esc(d.label)} <select id="f-${esc(d.name)}">${options(known[d.name], filters[d.name], `All ${esc(d.plural)}`)}</select></label>`).join("\n      ")}
+      ${DIMENSIONS.some(({ name }) => filters[name]) ? `<button type="button" class="link clear" id="f-clear">Clear filters</button>` : ""}
       <span class="window" id="f-window">${window_ ? describeWindow(window_) : ""}</span>`;
     for (const b of el.querySelectorAll("[data-period]")) b.addEventListener("click", () => period(b.dataset.period));
     el.querySelector("#f-apply").addEventListener("click", applyRange);
-    for (const name of ["server", "tool", "client"]) {
+    for (const { name } of menus) {
       el.querySelector(`#f-${name}`)?.addEventListener("change", (e) => set({ [name]: e.target.value || null }));
     }
-    el.querySelector("#f-clear")?.addEventListener("click", () => set({ server: null, tool: null, client: null }));
+    el.querySelector("#f-clear")?.addEventListener("click", () => set(cleared));
   }
 
   function describeWindow(w) {

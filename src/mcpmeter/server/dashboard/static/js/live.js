@@ -1,6 +1,6 @@
 // Live: the collector's Server-Sent Events (/v1/live) and the feed of the latest calls.
 
-import { queryString } from "./api.js";
+import { dimensions, queryString } from "./api.js";
 import { esc, ms, when } from "./format.js";
 
 export const state = { connected: false, messages: 0, calls: 0 };
@@ -9,7 +9,7 @@ window.mcpmeter = Object.assign(window.mcpmeter || {}, { live: state });
 /** Subscribe to accepted calls matching the filters. Returns a function that closes the stream. */
 export function connectLive(filters, { onCalls, onResync }) {
   const badge = document.getElementById("live-status");
-  const qs = queryString({ server: filters.server, tool: filters.tool, client: filters.client });
+  const qs = queryString(dimensions(filters));
   const source = new EventSource("/v1/live" + (qs ? "?" + qs : ""));
   let opened = false;
   const status = (on) => {

@@ -2,7 +2,7 @@
 // protocol versions, recent errors, tools never called, server events, and the live feed.
 // One JSON request per panel group; every panel draws as soon as its answer arrives.
 
-import { getJSON, overviewURL, toolURL } from "./api.js";
+import { dimensions, getJSON, overviewURL, toolURL } from "./api.js";
 import { rebuildAll } from "./charts.js";
 import { filterBar } from "./filters.js";
 import { esc, int, pct, when } from "./format.js";
@@ -57,7 +57,7 @@ const panels = {
   tools(t) {
     const names = t.tools.map((r) => r.tool).concat(t.never_called.map((r) => r.tool));
     const servers = t.tools.map((r) => r.server).concat(t.never_called.map((r) => r.server));
-    bar.setOptions({ tools: [...new Set(names)], servers: [...new Set(servers)] });
+    bar.setOptions({ tool: [...new Set(names)], server: [...new Set(servers)] });
     document.getElementById("never-called").innerHTML = t.never_called.length
       ? t.never_called.map((r) => `<li><a href="${esc(toolURL(r.tool, filters, r.server))}"><b>${esc(r.tool)}</b></a>
           <span class="muted">${esc(r.server)}</span><span class="when" title="last listed">listed ${esc(when(r.last_seen))}</span></li>`).join("")
@@ -67,7 +67,7 @@ const panels = {
     errorsTable("recent-errors", e.recent.slice(0, 12), filters);
   },
   clients(c) {
-    bar.setOptions({ clients: c.clients.map((r) => r.client).filter((n) => n !== "unknown") });
+    bar.setOptions({ client: c.clients.map((r) => r.client).filter((n) => n !== "unknown") });
     bars("chart-clients", c.clients.map((r) => ({
       label: r.client, value: r.calls, display: `${int(r.calls)} · ${pct(r.share)}`,
       href: r.client === "unknown" ? null : overviewURL({ ...filters, client: r.client }),
@@ -125,7 +125,7 @@ function onCalls(message) {
 let closeLive = null;
 let liveKey = null;
 function reconnect() {
-  const key = [filters.server, filters.tool, filters.client].join("\u0000");
+  const key = JSON.stringify(dimensions(filters));
   if (key === liveKey) return;
   liveKey = key;
   closeLive?.();

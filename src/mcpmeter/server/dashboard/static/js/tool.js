@@ -1,7 +1,7 @@
 // One tool (/tools/<name>): its calls, errors and success rate, latency, users, error types,
 // recent errors and clients over the chosen period, with its own live feed.
 
-import { getJSON, overviewURL } from "./api.js";
+import { dimensions, getJSON, overviewURL } from "./api.js";
 import { rebuildAll } from "./charts.js";
 import { filterBar } from "./filters.js";
 import { esc, int, pct } from "./format.js";
@@ -31,7 +31,7 @@ document.getElementById("main").innerHTML = `
 let filters;
 const data = {};
 const withTool = (f) => ({ ...f, tool });
-const bar = filterBar(document.getElementById("filters"), { tool: false, onChange: (f) => { filters = withTool(f); back(); reconnect(); load(); } });
+const bar = filterBar(document.getElementById("filters"), { fixed: ["tool"], onChange: (f) => { filters = withTool(f); back(); reconnect(); load(); } });
 filters = withTool(bar.filters);
 const feed = new Feed(document.getElementById("feed"));
 
@@ -45,7 +45,7 @@ const panels = {
     bar.setWindow({ from: s.from, to: s.to, grain: s.grain });
     const servers = [...new Set(s.tools.map((t) => t.server))];
     document.getElementById("tool-servers").textContent = servers.length ? "on " + servers.join(", ") : "no calls in this period";
-    bar.setOptions({ servers });
+    bar.setOptions({ server: servers });
   },
   timeseries(ts) {
     const specs = timeSpecs(ts, filters, { stackByTool: false });
@@ -66,7 +66,7 @@ const panels = {
     errorsTable("recent-errors", e.recent.slice(0, 15), filters, { showTool: false });
   },
   clients(c) {
-    bar.setOptions({ clients: c.clients.map((r) => r.client).filter((n) => n !== "unknown") });
+    bar.setOptions({ client: c.clients.map((r) => r.client).filter((n) => n !== "unknown") });
     bars("chart-clients", c.clients.map((r) => ({
       label: r.client, value: r.calls, display: `${int(r.calls)} · ${pct(r.share)}`,
       title: `${r.client}: ${int(r.calls)} calls, ${int(r.users)} users, ${int(r.errors)} errors`,
@@ -101,7 +101,7 @@ let redraw = 0;
 let closeLive = null;
 let liveKey = null;
 function reconnect() {
-  const key = [filters.server, filters.client].join("\u0000");
+  const key = JSON.stringify(dimensions(filters));
   if (key === liveKey) return;
   liveKey = key;
   closeLive?.();
