@@ -3,8 +3,8 @@
 The writer hands each committed group to its subscribers (``Writer.subscribe``) as one
 ``Commit``: the rows the store really inserted per project (duplicates already left out)
 and, per project, ``ProjectBatch.cells()``: the rows aggregated ONCE by (kind, server, tool,
-client, ok, error type, minute), with a duration histogram in the union of every histogram's
-bucket bounds. ``/metrics`` and OTLP metric export (``exporters.aggregate``) and the live feed
+client, ok, error type), each cell with a duration histogram in the union of every
+histogram's bucket bounds and its events per minute. ``/metrics`` and OTLP metric export (``exporters.aggregate``) and the live feed
 (``dashboard.live``) read these cells instead of aggregating the rows again; what they still
 take from the rows themselves is selection, not aggregation (the newest calls for the feed,
 handshake timestamps, ``auth`` / ``sdk.dropped`` rows, rows that came as OTLP spans).
@@ -33,24 +33,23 @@ GATEWAY_BOUNDS_MS = (5, 10, 25, 50, 75, 100, 250, 500, 750, 1000, 2500, 5000, 75
 SEMCONV_BOUNDS_MS = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000, 120000, 300000)
 UNION_BOUNDS_MS = tuple(sorted(set(GATEWAY_BOUNDS_MS) | set(SEMCONV_BOUNDS_MS)))
 
-# (kind, server, tool, client_name, ok, error_type): the dimensions a cell is keyed by, with the minute.
-_head_of = attrgetter("kind", "server", "tool", "client_name", "ok", "error_type")
+CellKey = tuple  # (kind, server, tool, client_name, ok, error_type)
+_key_of = attrgetter("kind", "server", "tool", "client_name", "ok", "error_type")
 _duration_of = attrgetter("duration_ms")
 _ts_of = attrgetter("ts")
-
-CellKey = tuple  # (kind, server, tool, client_name, ok, error_type, minute_ms)
 
 
 class Cell:
     """Additive aggregate of one key: events, timed events, their duration sum, union-bucket counts."""
 
-    __slots__ = ("events", "timed", "sum_ms", "buckets")
+    __slots__ = ("events", "timed", "sum_ms", "buckets", "minutes")
 
     def __init__(self) -> None:
         self.events = 0
         self.timed = 0
         self.sum_ms = 0.0
         self.buckets: dict[int, int] = {}  # index into UNION_BOUNDS_MS (len = +Inf) -> count
+        self.minutes: dict[int, int] = {}  # minute (epoch ms) -> events, in order of first appearance
 
     def merge(self, other: "Cell") -> None:
         self.events += other.events
@@ -59,6 +58,9 @@ class Cell:
         buckets = self.buckets
         for i, n in other.buckets.items():
             buckets[i] = buckets.get(i, 0) + n
+        minutes = self.minutes
+        for m, n in other.minutes.items():
+            minutes[m] = minutes.get(m, 0) + n
 
 
 def aggregate(rows: Sequence[Row]) -> dict[CellKey, Cell]:
@@ -66,12 +68,14 @@ def aggregate(rows: Sequence[Row]) -> dict[CellKey, Cell]:
     cells: dict[CellKey, Cell] = {}
     get = cells.get
     union = UNION_BOUNDS_MS
-    for head, d, ts in zip(map(_head_of, rows), map(_duration_of, rows), map(_ts_of, rows)):
-        key = (*head, ts - ts % MINUTE_MS)
+    for key, d, ts in zip(map(_key_of, rows), map(_duration_of, rows), map(_ts_of, rows)):
         cell = get(key)
         if cell is None:
             cell = cells[key] = Cell()
         cell.events += 1
+        minutes = cell.minutes
+        minute = ts - ts % MINUTE_MS
+        minutes[minute] = minutes.get(minute, 0) + 1
         if d is not None:
             cell.sum_ms += d
             cell.timed += 1

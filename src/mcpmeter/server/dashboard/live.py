@@ -165,15 +165,16 @@ def _message(sub: Subscriber, cells: list[tuple[CellKey, Cell]], calls: list[Row
     """What one subscriber's filters select of a commit's tool calls; None when nothing."""
     per_minute: dict[tuple, list[int]] = {}
     total = errors = 0
-    for (_, server, tool, client, ok, _, minute), cell in cells:
+    for (_, server, tool, client, ok, _), cell in cells:
         if not sub.matches(server, tool, client):
             continue
-        failed = cell.events if ok == 0 else 0
         total += cell.events
-        errors += failed
-        counts = per_minute.setdefault((minute, server, tool or ""), [0, 0])
-        counts[0] += cell.events
-        counts[1] += failed
+        failed = ok == 0
+        errors += cell.events if failed else 0
+        for minute, n in cell.minutes.items():
+            counts = per_minute.setdefault((minute, server, tool or ""), [0, 0])
+            counts[0] += n
+            counts[1] += n if failed else 0
     if not total:
         return None
     newest = sorted((r for r in calls if sub.matches(r.server, r.tool, r.client_name)), key=_ts)[-RECENT_PER_MESSAGE:]

@@ -6,10 +6,11 @@ exactly one collector process, once: with several collectors writing one store, 
 over them is the number of distinct events. Counters start at zero when the process starts;
 Prometheus' ``rate()`` and ``increase()`` handle the reset.
 
-The rows are not aggregated here: the commit's cells (``server.commits``, shared with the
-live feed) are folded outside the lock into a small per-commit summary keyed by (kind,
-server, tool, ok, error_type); only the summary is merged under the lock, so a scrape never
-waits for more than a few dictionary updates. Histograms are kept non-cumulative in
+The rows are not aggregated here: the commit's cells (``server.commits``, keyed by kind,
+server, tool, client, ok and error type, shared with the live feed) are merged under the
+lock, a few dictionary updates per cell, so a scrape never waits for more than that; what
+the cells do not hold (handshake timestamps, ``auth`` and ``sdk.dropped`` rows) is picked
+from the rows before the lock is taken. Histograms are kept non-cumulative in
 milliseconds and cumulated when rendered.
 """
 
@@ -89,18 +90,10 @@ def _merge_union(target: list, source: Cell, projection: tuple[int, ...]) -> Non
 class Summary:
     """One commit's rows of one project, reduced to a few keys (built without the lock)."""
 
-    __slots__ = ("keys", "first_seen", "special")
+    __slots__ = ("keys", "first_seen", "special")  # keys: the commit's cells, by (kind, server, tool, client, ok, error)
 
     def __init__(self, batch: ProjectBatch, sessions_open: bool = False) -> None:
-        keys: dict[tuple, Cell] = {}  # (kind, server, tool, ok, error_type): clients and minutes together
-        get = keys.get
-        for (kind, server, tool, _client, ok, error, _minute), cell in batch.cells().items():
-            key = (kind, server, tool, ok, error)
-            agg = get(key)
-            if agg is None:
-                agg = keys[key] = Cell()
-            agg.merge(cell)
-        self.keys = keys
+        self.keys = keys = batch.cells()  # read only: the live feed reads the same cells
         kinds = {key[0] for key in keys}
         rows = batch.rows
         # First arrival per (session, kind): a dict built from the reversed rows keeps the first.
@@ -169,7 +162,7 @@ class ProjectMetrics:
     # ---- merging one commit -------------------------------------------------------------------
 
     def merge(self, summary: Summary, sessions: "Sessions", project_id: int) -> None:
-        for (kind, server, tool, ok, error), agg in summary.keys.items():
+        for (kind, server, tool, _client, ok, error), agg in summary.keys.items():  # clients add up
             n = agg.events
             timed = agg.timed > 0
             error_label = "" if ok != 0 else self.error_type(error or OTHER_VALUE)
