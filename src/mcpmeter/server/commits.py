@@ -18,8 +18,8 @@ cells already computed. Rollups are aggregated inside the store's own transactio
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Sequence
 from operator import attrgetter
-from typing import Sequence
 
 from ..events import Row
 
@@ -42,7 +42,7 @@ _ts_of = attrgetter("ts")
 class Cell:
     """Additive aggregate of one key: events, timed events, their duration sum, union-bucket counts."""
 
-    __slots__ = ("events", "timed", "sum_ms", "buckets", "minutes")
+    __slots__ = ("buckets", "events", "minutes", "sum_ms", "timed")
 
     def __init__(self) -> None:
         self.events = 0
@@ -51,7 +51,7 @@ class Cell:
         self.buckets: dict[int, int] = {}  # index into UNION_BOUNDS_MS (len = +Inf) -> count
         self.minutes: dict[int, int] = {}  # minute (epoch ms) -> events, in order of first appearance
 
-    def merge(self, other: "Cell") -> None:
+    def merge(self, other: Cell) -> None:
         self.events += other.events
         self.timed += other.timed
         self.sum_ms += other.sum_ms
@@ -88,7 +88,7 @@ def aggregate(rows: Sequence[Row]) -> dict[CellKey, Cell]:
 class ProjectBatch:
     """One project's rows of one commit; ``cells`` aggregates them, once, on first use."""
 
-    __slots__ = ("project_id", "rows", "_cells")
+    __slots__ = ("_cells", "project_id", "rows")
 
     def __init__(self, project_id: int, rows: Sequence[Row]) -> None:
         self.project_id = project_id
@@ -106,7 +106,7 @@ class ProjectBatch:
 class Commit:
     """One writer transaction as its subscribers see it."""
 
-    __slots__ = ("projects", "submitted", "seconds", "stored")
+    __slots__ = ("projects", "seconds", "stored", "submitted")
 
     def __init__(self, stored: dict[int, list[Row]], submitted: int, seconds: float) -> None:
         self.projects = {project_id: ProjectBatch(project_id, rows) for project_id, rows in stored.items()}

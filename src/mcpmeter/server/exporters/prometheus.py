@@ -28,7 +28,7 @@ from ... import __version__
 from .aggregate import COMMIT_BOUNDS_MS, GATEWAY_BOUNDS_MS, SEMCONV_BOUNDS_MS, MetricsState, ProjectMetrics, new_hist, observe
 
 if TYPE_CHECKING:
-    from ..collector.app import Collector
+    from ..collector.app import Collector as MeterCollector
     from .otlp_export import OtlpExporter
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -272,7 +272,7 @@ class _Scrape:
 
 
 class PrometheusExporter:
-    def __init__(self, collector: Collector, state: MetricsState, otlp: OtlpExporter | None = None) -> None:
+    def __init__(self, collector: MeterCollector, state: MetricsState, otlp: OtlpExporter | None = None) -> None:
         self.collector = collector
         self.state = state
         self.otlp = otlp
