@@ -244,6 +244,7 @@ def bench_ingest(args, tmp: Path) -> dict:
 def bench_hook(tmp: Path, events: int = 40_000) -> dict:
     """In-process, in the writer thread's terms: storing batches vs counting them for metrics."""
     from mcpmeter.events import decode_batch
+    from mcpmeter.server.commits import Commit
     from mcpmeter.server.exporters.aggregate import MetricsState
     from mcpmeter.ingest import rows_for
     from mcpmeter.storage import open_store
@@ -260,7 +261,7 @@ def bench_hook(tmp: Path, events: int = 40_000) -> dict:
         store.ingest([(project.id, rows)], stored)
         store_s.append(time.perf_counter() - start)
         start = time.perf_counter()
-        state.committed(stored, len(rows), 0.0)
+        state.committed(Commit(stored, len(rows), 0.0))
         hook_s.append(time.perf_counter() - start)
     store.close()
     return {"store_us": median(store_s) / 500 * 1e6, "hook_us": median(hook_s) / 500 * 1e6}

@@ -28,11 +28,15 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from .. import settings
 from ..exceptions import AuthError, ConfigError
+
+if TYPE_CHECKING:
+    from ..storage.base import Store
+    from .collector.app import Collector
 
 ROLES = {"viewer": frozenset({"read"}), "admin": frozenset({"read", "admin"})}
 FLOW_COOKIE = "mcpmeter_oidc"
@@ -233,7 +237,7 @@ class Person:
 class People:
     """Signed-in people by id (what their session cookie stands for: ``oidc:<id>``)."""
 
-    def __init__(self, store: Any, config: OidcConfig) -> None:
+    def __init__(self, store: Store, config: OidcConfig) -> None:
         self.store = store
         self.config = config
         self._people: dict[str, Person] = {}
@@ -331,22 +335,21 @@ def _safe_next(target: str | None) -> str:
     return "/"
 
 
-def routes(collector: Any) -> list:
-    """The ``/v1/oidc/*`` routes; sign-in routes only when an issuer is configured."""
+def routes(collector: Collector) -> list:
+    """The ``/v1/oidc/*`` routes; sign-in routes only when an issuer is configured (``collector.people``)."""
     from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
     from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
     from starlette.routing import Route
 
-    config: OidcConfig | None = collector.config.oidc
+    config, people, sessions = collector.config.oidc, collector.people, collector.sessions
 
     async def status(request: Request) -> Response:
         return JSONResponse({"enabled": config is not None, "login": "/v1/oidc/login" if config else None})
 
-    if config is None:
+    if config is None or people is None:
         return [Route("/v1/oidc", status, methods=["GET"])]
     provider, flows = Provider(config), Flows()
-    people = collector.auth.people = People(collector.store, config)
 
     def failed(message: str, status_code: int = 400) -> Response:
         page = (f"<!doctype html><meta charset=utf-8><title>Sign-in failed · mcpmeter</title>"
@@ -400,8 +403,8 @@ def routes(collector: Any) -> list:
                           f"`mcpmeter access grant {email or 'sub:' + str(claims['sub'])} --project P --role viewer`", 403)
         project = flow["project"] if flow["project"] in grants else sorted(grants)[0]
         person = Person(str(claims["sub"]), email, ids, project, grants, None)
-        token = collector.auth.sessions.create("oidc:" + people.add(person))
-        headers = [("Set-Cookie", cookie_header(request, token, int(collector.auth.sessions.ttl))),
+        token = sessions.create("oidc:" + people.add(person))
+        headers = [("Set-Cookie", cookie_header(request, token, int(sessions.ttl))),
                    ("Set-Cookie", f"{FLOW_COOKIE}=; Path=/v1/oidc; Max-Age=0; HttpOnly; SameSite=Lax"),
                    ("Cache-Control", "no-store")]
         response = RedirectResponse(flow["next"], status_code=303)
@@ -411,7 +414,7 @@ def routes(collector: Any) -> list:
 
     async def switch_project(request: Request) -> Response:
         """``POST /v1/oidc/project {"project": NAME}`` (with the CSRF header): see another granted project."""
-        key_hash = collector.auth.sessions.key_hash(request)
+        key_hash = sessions.key_hash(request)
         person = people.get(key_hash[5:]) if key_hash and key_hash.startswith("oidc:") else None
         if person is None:
             return JSONResponse({"error": "sign in with single sign-on first", "hint": "/v1/oidc/login"}, status_code=401)

@@ -22,7 +22,8 @@ from mcpmeter.analytics.periods import window
 from mcpmeter.analytics.queries import Query
 from mcpmeter.server.collector import CollectorConfig, create_app
 from mcpmeter.server.dashboard import live as livelib
-from mcpmeter.events import ROW_FIELDS
+from mcpmeter.events import ROW_FIELDS, Row
+from mcpmeter.server.commits import Commit, ProjectBatch
 
 CSRF = {"X-MCPMeter-CSRF": "1"}
 # Nothing here depends on the backend (the users-over-time answer only combines the store's
@@ -260,7 +261,7 @@ def _row(**fields):
     base = dict.fromkeys(ROW_FIELDS)
     base.update({"event_id": f"e{time.monotonic_ns()}", "kind": "tool_call", "ts": now_ms(), "server": "weblab",
                  "tool": "search", "ok": 1, "duration_ms": 5.0}, **fields)
-    return tuple(base[f] for f in ROW_FIELDS)
+    return Row(*(base[f] for f in ROW_FIELDS))
 
 
 def test_live_sends_each_subscriber_its_matching_calls_and_drops_for_the_slow():
@@ -271,7 +272,7 @@ def test_live_sends_each_subscriber_its_matching_calls_and_drops_for_the_slow():
         other_project = live.subscribe(2, None, None, None)
         rows = [_row(client_name="cursor"), _row(client_name="claude-code", ok=0, error_type="TimeoutError"),
                 _row(kind="list_tools", tool=None)]
-        writer = threading.Thread(target=live.committed, args=({1: rows}, 4, 0.001))  # as the writer thread does
+        writer = threading.Thread(target=live.committed, args=(Commit({1: rows}, 4, 0.001),))  # as the writer thread does
         writer.start()
         writer.join()
         event_name, message = await asyncio.wait_for(everything.queue.get(), 2)
@@ -281,11 +282,11 @@ def test_live_sends_each_subscriber_its_matching_calls_and_drops_for_the_slow():
         assert filtered["calls"] == 1 and filtered["recent"][0]["client"] == "cursor"
         assert other_project.queue.empty()  # another project's calls never reach it
         for _ in range(livelib.QUEUE_SIZE + 5):  # nobody reads `everything` any more
-            live._fanout(1, rows)
+            live._fanout(ProjectBatch(1, rows))
         assert everything.dropped == 5 and live.dropped >= 5
         while not everything.queue.empty():
             everything.queue.get_nowait()
-        live._fanout(1, rows)
+        live._fanout(ProjectBatch(1, rows))
         assert everything.queue.get_nowait()[0] == "resync"  # told to re-read what it missed
         live.unsubscribe(everything)
         live.unsubscribe(cursor)

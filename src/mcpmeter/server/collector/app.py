@@ -1,4 +1,4 @@
-"""The collector's ASGI application."""
+"""The collector's ASGI application, and ``Collector``: every component it is made of, wired in one place."""
 
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ from ... import settings
 from .. import dashboard
 from ...events import Limits
 from ...exceptions import AuthError, MCPMeterError, StorageError
+from ..dashboard.live import Live
+from ..dashboard.sessions import Sessions
 from ..exporters import Metrics, MetricsConfig
 from ...storage.base import Store
-from ..oidc import OidcConfig
+from ..oidc import OidcConfig, People
 from ..oidc import routes as oidc_routes
 from . import admin_security, ingest, measurements, otlp, usage
 from .auth import Authenticator
@@ -53,18 +55,32 @@ class CollectorConfig:
 
 
 class Collector:
-    """State shared by the handlers: the store, the writer, the authenticator."""
+    """Every component of one collector app (what the handlers reach as ``request.app.state.collector``).
+
+    Built here and nowhere else: no other module sets a component or a hook; the writer's
+    commit subscribers are listed at the end.
+    """
 
     def __init__(self, store: Store, config: CollectorConfig) -> None:
         self.store = store
         self.config = config
-        self.writer = Writer(store)
-        self.auth = Authenticator(store, config.local_trust, RateLimits(config.rate_limit_per_key, config.rate_limit_per_ip))
-        self.signatures = SignatureChecker(config.signature_tolerance)
-        self.names = NameCaps(store, config.max_servers, config.max_tools)
         self.started = time.time()
         self.counters = {"accepted": 0, "duplicates": 0, "rejected": 0, "requests_failed": 0}
+        self.writer = Writer(store)
+        self.sessions = Sessions()  # dashboard sign-in: a cookie stands for a key (or a person)
+        self.people = People(store, config.oidc) if config.oidc is not None else None  # OpenID Connect sign-in
+        self.auth = Authenticator(store, config.local_trust, RateLimits(config.rate_limit_per_key, config.rate_limit_per_ip),
+                                  self.sessions, self.people)
+        self.signatures = SignatureChecker(config.signature_tolerance)
+        self.names = NameCaps(store, config.max_servers, config.max_tools)
+        self.live = Live()  # /v1/live and the admin panel's ingest rate
         self.metrics = Metrics(self, config.metrics)  # /metrics, request timing, OTLP export
+        # What happens with each commit, before its requests are answered:
+        self.writer.subscribe(self.live.committed)
+        if self.metrics.enabled:
+            self.writer.subscribe(self.metrics.state.committed)  # /metrics and OTLP metric export
+        if self.metrics.otlp is not None and self.metrics.otlp.forwards_spans:
+            self.writer.subscribe(self.metrics.otlp.committed)  # OTLP span forwarding
 
 
 async def health(request: Request) -> Response:
@@ -132,7 +148,7 @@ def create_app(store: Store, config: CollectorConfig | None = None) -> Starlette
         Route("/ready", ready, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         *collector.metrics.routes,
-        *dashboard.install(collector),  # /, /static, /v1/session, /v1/live, /v1/admin/*
+        *dashboard.routes(),  # /, /static, /v1/session, /v1/live, /v1/admin/*
         *admin_security.routes,  # /v1/admin/audit, key rotation, access grants, erasing a user
         *oidc_routes(collector),  # /v1/oidc/*: people's sign-in (when MCPMETER_OIDC_ISSUER is set)
     ]

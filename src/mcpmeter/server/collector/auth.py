@@ -12,7 +12,7 @@ import ipaddress
 import threading
 import time
 from collections import Counter
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from starlette.requests import Request
 
@@ -20,6 +20,10 @@ from ... import keys
 from ...exceptions import AuthError
 from ...storage.base import KeyInfo, Project, Store
 from .security import RateLimited, RateLimits
+
+if TYPE_CHECKING:
+    from ..dashboard.sessions import Sessions
+    from ..oidc import People
 
 DEFAULT_PROJECT = "default"
 _CACHE_SECONDS = 300.0  # a key's record is re-read at least this often (and at once when keys_version moves)
@@ -61,7 +65,11 @@ def _failed(reason: str, message: str, **kwargs) -> AuthError:
 
 
 class Authenticator:
-    def __init__(self, store: Store, local_trust: bool, limits: RateLimits | None = None) -> None:
+    """``sessions``: a signed-in browser's cookie stands for its key's hash (or ``oidc:<id>``);
+    ``people``: who ``oidc:<id>`` is (None when single sign-on is not configured)."""
+
+    def __init__(self, store: Store, local_trust: bool, limits: RateLimits | None = None,
+                 sessions: Sessions | None = None, people: People | None = None) -> None:
         self.store = store
         self.local_trust = local_trust
         self.limits = limits
@@ -72,8 +80,8 @@ class Authenticator:
         self._lock = threading.Lock()
         self.last_used: dict[int, int] = {}  # key id -> ms; flushed to the store periodically
         self.checks: Counter[tuple[str, str]] = Counter()  # (scope, result) -> checks
-        self.sessions = None  # dashboard.sessions.Sessions: a signed-in browser's cookie stands for its key
-        self.people = None  # oidc.People: sessions of people signed in with OpenID Connect ("oidc:<id>")
+        self.sessions = sessions
+        self.people = people
 
     def authenticate(self, request: Request, scope: str) -> Principal:
         result = "error"

@@ -4,23 +4,32 @@ Request handlers hand their rows to ``submit`` and await the result. One thread 
 everything that has queued up while the previous transaction committed and writes it in
 one transaction, so the cost of a durable commit is shared by every request in the group.
 An answer is only given after the commit returned, so a 2xx always means durable.
+
+After each commit, and before any request of it is answered, the writer hands a ``Commit``
+(the rows really inserted, per project; ``commits``) to every function that subscribed with
+``subscribe``: the live feed, ``/metrics`` and OTLP export. A subscriber that fails is logged
+and never fails an ingest that is already durable.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import queue
 import threading
 import time
 from typing import Callable, Sequence
 
+from ...events import Row
 from ...storage.base import IngestResult, Store
+from ..commits import Commit
 
 log = logging.getLogger("mcpmeter.server.collector")
 
 _STOP = object()
+
+Subscriber = Callable[[Commit], None]
+"""Called in the writer thread with each commit, before its requests are answered."""
 
 
 class Overloaded(Exception):
@@ -38,10 +47,11 @@ class Writer:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._count_lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        # Called in the writer thread after each commit with the rows really inserted per
-        # project, the rows submitted, and the commit's duration (seconds): exporters' hook.
-        self.on_commit: Callable[[dict[int, list[tuple]], int, float], None] | None = None
-        self._hands_back_rows = "stored_rows" in inspect.signature(store.ingest).parameters
+        self._subscribers: list[Subscriber] = []
+
+    def subscribe(self, subscriber: Subscriber) -> None:
+        """Have ``subscriber`` called with every commit from now on (before its requests are answered)."""
+        self._subscribers.append(subscriber)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="mcpmeter-writer", daemon=True)
@@ -56,7 +66,7 @@ class Writer:
             self._queue.put(_STOP)
             self._thread.join(timeout)
 
-    def submit(self, project_id: int, rows: Sequence[tuple]) -> "asyncio.Future[IngestResult]":
+    def submit(self, project_id: int, rows: Sequence[Row]) -> "asyncio.Future[IngestResult]":
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         if not rows:
@@ -92,19 +102,11 @@ class Writer:
                 return
 
     def _commit(self, group: list, size: int) -> None:
-        on_commit = self.on_commit
-        stored: dict[int, list[tuple]] | None = {} if on_commit is not None else None
+        subscribers = self._subscribers
+        stored: dict[int, list[Row]] | None = {} if subscribers else None
         started = time.perf_counter()
         try:
-            groups = [(project_id, rows) for project_id, rows, _, _ in group]
-            if stored is not None and self._hands_back_rows:
-                results = self.store.ingest(groups, stored)
-            else:
-                results = self.store.ingest(groups)
-                if stored is not None:  # a store that cannot say which rows were new: exact only without duplicates
-                    for (project_id, rows), result in zip(groups, results):
-                        if not result.duplicates:
-                            stored.setdefault(project_id, []).extend(rows)
+            results = self.store.ingest([(project_id, rows) for project_id, rows, _, _ in group], stored)
         except Exception as exc:  # any failure fails every request of the group; none is acknowledged
             self.errors += 1
             log.error("storing %d events failed: %s", size, exc)
@@ -114,13 +116,17 @@ class Writer:
         else:
             self.commits += 1
             self._done(size)
-            if on_commit is not None:  # before answering: a 2xx means /metrics already counts the batch
-                try:
-                    on_commit(stored, size, time.perf_counter() - started)
-                except Exception:  # metrics must never fail an ingest that is already durable
-                    log.exception("counting a commit for metrics failed")
+            if stored is not None:  # before answering: a 2xx means /metrics and the live feed have the batch
+                self._publish(Commit(stored, size, time.perf_counter() - started))
             for (_, _, loop, future), result in zip(group, results):
                 loop.call_soon_threadsafe(_succeed, future, result)
+
+    def _publish(self, commit: Commit) -> None:
+        for subscriber in self._subscribers:
+            try:
+                subscriber(commit)
+            except Exception:  # a subscriber must never fail an ingest that is already durable
+                log.exception("publishing a commit to %s failed", getattr(subscriber, "__qualname__", subscriber))
 
     def _done(self, size: int) -> None:
         with self._count_lock:

@@ -1,18 +1,15 @@
 """The web dashboard the collector serves at ``/``: pages, assets, sign-in, live feed, admin API.
 
-``install(collector)`` wires it into a collector and returns its routes:
+``routes()`` are its routes; the collector holds its state (``Collector.live``, ``.sessions``):
 
 - ``pages``    — HTML shells (``/``, ``/tools/{tool}``, ``/admin``, ``/signin``)
 - ``assets``   — vendored and own static files, pre-gzipped, cached by content version
 - ``sessions`` — cookie sign-in with a read key (``/v1/session``); the API accepts the cookie
-- ``live``     — ``/v1/live`` Server-Sent Events fed by the writer after each commit
+- ``live``     — ``/v1/live`` Server-Sent Events, a subscriber of the writer's commits
 - ``admin``    — ``/v1/admin/*``: keys, projects, collector health (admin scope)
 """
 
 from __future__ import annotations
-
-import logging
-from typing import Any
 
 from starlette.routing import BaseRoute
 
@@ -21,24 +18,9 @@ from .assets import routes as asset_routes
 from .assets import shared as shared_assets
 from .pages import Pages
 
-__all__ = ["install"]
-
-log = logging.getLogger("mcpmeter.server.dashboard")
+__all__ = ["routes"]
 
 
-def install(collector: Any) -> list[BaseRoute]:
-    collector.live = live.Live()
-    collector.auth.sessions = sessions.Sessions()
-    previous = collector.writer.on_commit
-
-    def on_commit(stored: dict[int, list[tuple]], submitted: int, seconds: float) -> None:
-        try:
-            collector.live.committed(stored, submitted, seconds)
-        except Exception:  # the live feed must never fail an ingest that is already durable
-            log.exception("publishing a commit to the live feed failed")
-        if previous is not None:
-            previous(stored, submitted, seconds)
-
-    collector.writer.on_commit = on_commit
+def routes() -> list[BaseRoute]:
     assets = shared_assets()
     return [*Pages(assets).routes, *asset_routes(assets), *sessions.routes, *live.routes, *admin.routes]

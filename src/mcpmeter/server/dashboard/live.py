@@ -1,10 +1,12 @@
 """GET /v1/live: accepted tool calls pushed to dashboards as Server-Sent Events.
 
-The writer calls ``Live.committed`` from its thread after each commit, with the rows that
-commit really inserted (duplicates left out), before any request of the commit is answered.
-When their project has subscribers, the rows are handed to the event loop, which sends each
-subscriber one message per commit with the calls that match its filters: counts per minute
-and tool (for counters and charts) and the newest calls (for the feed). Each subscriber has
+``Live.committed`` is a writer subscriber: the writer calls it from its thread after each
+commit, with the rows that commit really inserted (duplicates left out), before any request
+of the commit is answered. When their project has subscribers, the commit's cells (the rows
+aggregated once, ``server.commits``; computed here, in the writer thread, if nobody did
+yet) go to the event loop, which sends each subscriber one message per commit with the calls
+that match its filters: counts per minute and tool (for counters and charts, summed from the
+cells) and the newest calls (for the feed, taken from the rows). Each subscriber has
 a small bounded queue; one that does not keep up loses messages (counted) and is told to
 re-read the panels (``resync``), so a slow browser never holds the collector back. A comment
 line every 15 s keeps proxies from closing an idle stream.
@@ -19,17 +21,18 @@ import signal
 import threading
 import time
 from collections import deque
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from ...events import ROW_FIELDS
+from ...events import Row
+from ..commits import Cell, CellKey, Commit, ProjectBatch
 
-_F = {name: i for i, name in enumerate(ROW_FIELDS)}
-KIND, TS, SERVER, TOOL, OK, DURATION = _F["kind"], _F["ts"], _F["server"], _F["tool"], _F["ok"], _F["duration_ms"]
-CLIENT, ERROR_TYPE, ERROR_MESSAGE, SESSION = _F["client_name"], _F["error_type"], _F["error_message"], _F["session_id"]
+if TYPE_CHECKING:
+    from ..collector.app import Collector
+
 HEARTBEAT_SECONDS = 15.0
 QUEUE_SIZE = 64
 RECENT_PER_MESSAGE = 20
@@ -49,9 +52,9 @@ class Subscriber:
     def filters(self) -> tuple:
         return self.server, self.tool, self.client
 
-    def matches(self, row: tuple) -> bool:
-        return ((self.server is None or row[SERVER] == self.server) and (self.tool is None or row[TOOL] == self.tool)
-                and (self.client is None or (row[CLIENT] or "") == self.client))
+    def matches(self, server: str, tool: str | None, client: str | None) -> bool:
+        return ((self.server is None or server == self.server) and (self.tool is None or tool == self.tool)
+                and (self.client is None or (client or "") == self.client))
 
 
 class IngestRate:
@@ -93,12 +96,13 @@ class Live:
 
     # -- writer thread --------------------------------------------------------------
 
-    def committed(self, stored: dict[int, list[tuple]], submitted: int, seconds: float) -> None:
-        """The writer's commit hook (its thread): ``stored`` holds the rows really inserted, per project."""
-        for project_id, rows in stored.items():
-            self.rate.add(project_id, len(rows))
-            if rows and self._loop is not None and self._subs.get(project_id):
-                self._loop.call_soon_threadsafe(self._fanout, project_id, rows)
+    def committed(self, commit: Commit) -> None:
+        """A writer subscriber (its thread): count each project's new rows, hand them to its streams."""
+        for project_id, batch in commit.projects.items():
+            self.rate.add(project_id, len(batch.rows))
+            if batch.rows and self._loop is not None and self._subs.get(project_id):
+                batch.cells()  # aggregated in this thread (if no other subscriber did), never on the loop
+                self._loop.call_soon_threadsafe(self._fanout, batch)
 
     # -- event loop -----------------------------------------------------------------
 
@@ -129,17 +133,18 @@ class Live:
                 with contextlib.suppress(asyncio.QueueFull):
                     sub.queue.put_nowait(_CLOSE)
 
-    def _fanout(self, project_id: int, rows: Sequence[tuple]) -> None:
-        subs = self._subs.get(project_id)
+    def _fanout(self, batch: ProjectBatch) -> None:
+        subs = self._subs.get(batch.project_id)
         if not subs:
             return
-        calls = [r for r in rows if r[KIND] == "tool_call"]
-        if not calls:
+        cells = [(key, cell) for key, cell in batch.cells().items() if key[0] == "tool_call"]
+        if not cells:
             return
+        calls = [r for r in batch.rows if r.kind == "tool_call"]
         messages: dict[tuple, dict | None] = {}
         for sub in list(subs):
             if sub.filters not in messages:
-                messages[sub.filters] = _message([r for r in calls if sub.matches(r)])
+                messages[sub.filters] = _message(sub, cells, calls)
             message = messages[sub.filters]
             if message is not None:
                 self._offer(sub, "calls", message)
@@ -156,26 +161,35 @@ class Live:
             self.dropped += 1
 
 
-def _message(calls: list[tuple]) -> dict[str, Any] | None:
-    if not calls:
-        return None
+def _message(sub: Subscriber, cells: list[tuple[CellKey, Cell]], calls: list[Row]) -> dict[str, Any] | None:
+    """What one subscriber's filters select of a commit's tool calls; None when nothing."""
     per_minute: dict[tuple, list[int]] = {}
-    errors = 0
-    for r in calls:
-        failed = r[OK] == 0
-        errors += failed
-        cell = per_minute.setdefault((r[TS] - r[TS] % 60_000, r[SERVER], r[TOOL] or ""), [0, 0])
-        cell[0] += 1
-        cell[1] += failed
-    newest = sorted(calls, key=lambda r: r[TS])[-RECENT_PER_MESSAGE:]
+    total = errors = 0
+    for (_, server, tool, client, ok, _), cell in cells:
+        if not sub.matches(server, tool, client):
+            continue
+        total += cell.events
+        failed = ok == 0
+        errors += cell.events if failed else 0
+        for minute, n in cell.minutes.items():
+            counts = per_minute.setdefault((minute, server, tool or ""), [0, 0])
+            counts[0] += n
+            counts[1] += n if failed else 0
+    if not total:
+        return None
+    newest = sorted((r for r in calls if sub.matches(r.server, r.tool, r.client_name)), key=_ts)[-RECENT_PER_MESSAGE:]
     return {
-        "calls": len(calls), "errors": errors,
+        "calls": total, "errors": errors,
         "counts": [[minute, server, tool, n, e] for (minute, server, tool), (n, e) in per_minute.items()],
-        "recent": [{"ts": r[TS], "server": r[SERVER], "tool": r[TOOL], "client": r[CLIENT], "ok": r[OK] != 0,
-                    "duration_ms": r[DURATION], "error_type": r[ERROR_TYPE],
-                    "error_message": (r[ERROR_MESSAGE] or "")[:300] or None, "session_id": r[SESSION]}
+        "recent": [{"ts": r.ts, "server": r.server, "tool": r.tool, "client": r.client_name, "ok": r.ok != 0,
+                    "duration_ms": r.duration_ms, "error_type": r.error_type,
+                    "error_message": (r.error_message or "")[:300] or None, "session_id": r.session_id}
                    for r in reversed(newest)],
     }
+
+
+def _ts(row: Row) -> int:
+    return row.ts
 
 
 def _end_streams_on_shutdown(live: Live) -> None:
@@ -207,9 +221,9 @@ def _sse(event: str, data: dict) -> bytes:
 
 
 async def get_live(request: Request) -> Response:
-    collector = request.app.state.collector
+    collector: Collector = request.app.state.collector
     principal = collector.auth.authenticate(request, "read")
-    live: Live = collector.live
+    live = collector.live
     _end_streams_on_shutdown(live)
     params = request.query_params
 

@@ -1,15 +1,16 @@
 """Exporters: what a collector stored, as Prometheus metrics (``GET /metrics``) and as OTLP.
 
-``Metrics`` is the one object the collector app wires in: a hook on the writer (counts what
-each commit really inserted), the ``/metrics`` route, a request-timing middleware, and the
-optional OTLP forwarder's lifecycle.
+``Metrics`` is the one object the collector app holds: the state that counts what each commit
+really inserted (``state.committed``, which the collector subscribes to its writer when
+metrics are on), the ``/metrics`` route, a request-timing middleware, and the optional OTLP
+forwarder (``otlp``; its ``committed`` forwards spans, also subscribed by the collector).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
@@ -20,6 +21,10 @@ from starlette.routing import Route
 from ... import settings
 from .aggregate import MetricsState
 from .prometheus import CONTENT_TYPE, PrometheusExporter
+
+if TYPE_CHECKING:
+    from ..collector.app import Collector
+    from .otlp_export import OtlpExporter
 
 __all__ = ["Metrics", "MetricsConfig"]
 
@@ -38,11 +43,11 @@ class MetricsConfig:
 class Metrics:
     """Everything metrics-related of one collector app."""
 
-    def __init__(self, collector: Any, config: MetricsConfig) -> None:
+    def __init__(self, collector: Collector, config: MetricsConfig) -> None:
         self.config = config
         self.enabled = config.enabled
-        self.state = MetricsState(config.max_series, spans="traces" in config.otlp_export)
-        self.otlp = None
+        self.state = MetricsState(config.max_series)
+        self.otlp: OtlpExporter | None = None
         if self.enabled and config.otlp_export:
             from .otlp_export import OtlpExporter
 
@@ -50,8 +55,6 @@ class Metrics:
         self.store = collector.store
         self._names: dict[int, str] = {}
         self.prometheus = PrometheusExporter(collector, self.state, self.otlp)
-        if self.enabled:
-            collector.writer.on_commit = self.state.committed
 
     def _project_name(self, project_id: int) -> str:
         name = self._names.get(project_id)
@@ -77,7 +80,7 @@ class Metrics:
             self.otlp.stop()
 
     async def endpoint(self, request: Request) -> Response:
-        collector = request.app.state.collector
+        collector: Collector = request.app.state.collector
         principal = collector.auth.authenticate(request, "read")
         if not self.enabled:
             return JSONResponse({"error": "metrics are turned off on this collector", "hint": "unset MCPMETER_METRICS=false"},

@@ -1,15 +1,17 @@
 """What THIS collector process stored, aggregated for ``/metrics`` and OTLP export.
 
-The writer thread hands over the rows each commit really inserted (duplicates already
-removed by the store), so every event is counted by exactly one collector process, once:
-with several collectors writing one store, ``sum()`` over them is the number of distinct
-events. Counters start at zero when the process starts; Prometheus' ``rate()`` and
-``increase()`` handle the reset.
+A writer subscriber (``MetricsState.committed``) receives each commit with the rows it
+really inserted (duplicates already removed by the store), so every event is counted by
+exactly one collector process, once: with several collectors writing one store, ``sum()``
+over them is the number of distinct events. Counters start at zero when the process starts;
+Prometheus' ``rate()`` and ``increase()`` handle the reset.
 
-The per-row work runs outside the lock with C-level iteration (``map``/``itemgetter``) into a
-small per-commit summary keyed by (kind, server, tool, ok, error_type); only the summary is
-merged under the lock, so a scrape never waits for more than a few dictionary updates.
-Histograms are kept non-cumulative in milliseconds and cumulated when rendered.
+The rows are not aggregated here: the commit's cells (``server.commits``, keyed by kind,
+server, tool, client, ok and error type, shared with the live feed) are merged under the
+lock, a few dictionary updates per cell, so a scrape never waits for more than that; what
+the cells do not hold (handshake timestamps, ``auth`` and ``sdk.dropped`` rows) is picked
+from the rows before the lock is taken. Histograms are kept non-cumulative in
+milliseconds and cumulated when rendered.
 """
 
 from __future__ import annotations
@@ -17,35 +19,28 @@ from __future__ import annotations
 import threading
 import time
 from bisect import bisect_left
-from operator import itemgetter
+from operator import attrgetter
 from typing import Any, Sequence
 
 import msgspec
 
-from ...events import ROW_FIELDS
+from ...events import Row
 from ...sdk.integrations.conventions import kind_for_method
+from ..commits import GATEWAY_BOUNDS_MS, SEMCONV_BOUNDS_MS, UNION_BOUNDS_MS, Cell, Commit, ProjectBatch
 
-_I = {name: i for i, name in enumerate(ROW_FIELDS)}
-_ID, _KIND, _TS, _SERVER, _TOOL = _I["event_id"], _I["kind"], _I["ts"], _I["server"], _I["tool"]
-_DUR, _OK, _ERR, _SESSION, _ATTRS = _I["duration_ms"], _I["ok"], _I["error_type"], _I["session_id"], _I["attributes"]
+__all__ = ["COMMIT_BOUNDS_MS", "GATEWAY_BOUNDS_MS", "METHOD_FOR_KIND", "SEMCONV_BOUNDS_MS", "MetricsState",
+           "ProjectMetrics", "new_hist", "observe"]
 
 OTHER = "__other__"  # a (server, tool) beyond the series cap
 OTHER_VALUE = "_OTHER"  # an error type, auth method or drop reason beyond SMALL_CAP (the semconv's spelling)
 SMALL_CAP = 100  # distinct error types / auth methods / drop reasons per project
 MAX_SESSIONS = 100_000  # sessions whose handshake timestamps are remembered for mcp_protocol_latency_seconds
-
-# Bucket bounds in milliseconds. The gateway's names use the gateway's own boundaries (5 ms ..
-# 300 s, fine below a second where most MCP calls are); the OpenTelemetry MCP convention's
-# metric uses the boundaries the convention recommends.
-GATEWAY_BOUNDS_MS = (5, 10, 25, 50, 75, 100, 250, 500, 750, 1000, 2500, 5000, 7500, 10000, 30000, 60000, 120000, 300000)
-SEMCONV_BOUNDS_MS = (10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 30000, 60000, 120000, 300000)
-_UNION_MS = tuple(sorted(set(GATEWAY_BOUNDS_MS) | set(SEMCONV_BOUNDS_MS)))
 COMMIT_BOUNDS_MS = (0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
 
 def _projection(bounds: Sequence[float]) -> tuple[int, ...]:
     """Union bucket index -> bucket index in ``bounds`` (a subset of the union)."""
-    return tuple(bisect_left(bounds, u) for u in _UNION_MS) + (len(bounds),)
+    return tuple(bisect_left(bounds, u) for u in UNION_BOUNDS_MS) + (len(bounds),)
 
 
 _TO_GATEWAY = _projection(GATEWAY_BOUNDS_MS)
@@ -68,11 +63,8 @@ STEPS = ((_INIT, _LIST, "initialize_to_tools_list"), (_LIST, _CALL, "tools_list_
 _HANDSHAKE = frozenset({"initialize", "server_discover", "list_tools"})
 _SPECIAL_KINDS = frozenset({"auth", "sdk.dropped"})
 
-_key_of = itemgetter(_KIND, _SERVER, _TOOL, _OK, _ERR)
-_dur_of = itemgetter(_DUR)
-_kind_of = itemgetter(_KIND)
-_session_of = itemgetter(_SESSION)
-_ts_of = itemgetter(_TS)
+_session_kind_of = attrgetter("session_id", "kind")
+_ts_server_of = attrgetter("ts", "server")
 _decode_attrs = msgspec.json.Decoder(dict).decode
 
 
@@ -87,45 +79,30 @@ def observe(hist: list, bounds: Sequence[float], value_ms: float) -> None:
     hist[2 + bisect_left(bounds, value_ms)] += 1
 
 
-def _merge_union(target: list, source: list, projection: tuple[int, ...]) -> None:
-    """Add a summary's [sum_ms, timed, events, {union bucket: n}] into a family histogram."""
-    target[0] += source[0]
-    target[1] += source[1]
-    for i, n in source[3].items():
+def _merge_union(target: list, source: Cell, projection: tuple[int, ...]) -> None:
+    """Add a cell's duration sum, timed count and union buckets into a family histogram."""
+    target[0] += source.sum_ms
+    target[1] += source.timed
+    for i, n in source.buckets.items():
         target[2 + projection[i]] += n
 
 
 class Summary:
     """One commit's rows of one project, reduced to a few keys (built without the lock)."""
 
-    __slots__ = ("keys", "first_seen", "special", "spans")
+    __slots__ = ("keys", "first_seen", "special")  # keys: the commit's cells, by (kind, server, tool, client, ok, error)
 
-    def __init__(self, rows: Sequence[tuple], spans: bool = False, sessions_open: bool = False) -> None:
-        keys: dict[tuple, list] = {}
-        get = keys.get
-        union = _UNION_MS
-        for key, d in zip(map(_key_of, rows), map(_dur_of, rows)):
-            agg = get(key)
-            if agg is None:
-                agg = keys[key] = [0.0, 0, 0, {}]  # sum_ms, timed, events, {union bucket: n}
-            agg[2] += 1
-            if d is not None:
-                agg[0] += d
-                agg[1] += 1
-                buckets = agg[3]
-                i = bisect_left(union, d)
-                buckets[i] = buckets.get(i, 0) + 1
-        self.keys = keys
-        kinds = set(map(_kind_of, rows))
+    def __init__(self, batch: ProjectBatch, sessions_open: bool = False) -> None:
+        self.keys = keys = batch.cells()  # read only: the live feed reads the same cells
+        kinds = {key[0] for key in keys}
+        rows = batch.rows
         # First arrival per (session, kind): a dict built from the reversed rows keeps the first.
         # Only needed when a handshake is in this batch or one seen before still waits for its steps.
         if kinds & _HANDSHAKE or (sessions_open and "tool_call" in kinds):
-            self.first_seen = dict(zip(zip(map(_session_of, reversed(rows)), map(_kind_of, reversed(rows))),
-                                       zip(map(_ts_of, reversed(rows)), map(itemgetter(_SERVER), reversed(rows)))))
+            self.first_seen = dict(zip(map(_session_kind_of, reversed(rows)), map(_ts_server_of, reversed(rows))))
         else:
             self.first_seen = {}
-        self.special = [r for r in rows if r[_KIND] in _SPECIAL_KINDS] if kinds & _SPECIAL_KINDS else []
-        self.spans = [r for r in rows if r[_ID].startswith("otel-")] if spans else []
+        self.special = [r for r in rows if r.kind in _SPECIAL_KINDS] if kinds & _SPECIAL_KINDS else []
 
 
 class _Bounded:
@@ -185,9 +162,9 @@ class ProjectMetrics:
     # ---- merging one commit -------------------------------------------------------------------
 
     def merge(self, summary: Summary, sessions: "Sessions", project_id: int) -> None:
-        for (kind, server, tool, ok, error), agg in summary.keys.items():
-            n = agg[2]
-            timed = agg[1] > 0
+        for (kind, server, tool, _client, ok, error), agg in summary.keys.items():  # clients add up
+            n = agg.events
+            timed = agg.timed > 0
             error_label = "" if ok != 0 else self.error_type(error or OTHER_VALUE)
             success = "false" if ok == 0 else "true"
             if kind == "tool_call":
@@ -217,35 +194,35 @@ class ProjectMetrics:
                 if method is not None:
                     self._operation((self.server_label(server, n), method, "", error_label), agg)
         for row in summary.special:
-            if row[_KIND] == "auth":
+            if row.kind == "auth":
                 self._auth(row)
             else:
                 self._dropped(row)
         if summary.first_seen:
             sessions.update(self, project_id, summary.first_seen)
 
-    def _operation(self, key: tuple, agg: list) -> None:
+    def _operation(self, key: tuple, agg: Cell) -> None:
         hist = self.operation.get(key)
         if hist is None:
             hist = self.operation[key] = new_hist(SEMCONV_BOUNDS_MS)
         _merge_union(hist, agg, _TO_SEMCONV)
 
-    def _auth(self, row: tuple) -> None:
-        attrs = _attributes(row[_ATTRS])
-        method = attrs.get("method") or attrs.get("auth.method") or row[_TOOL] or "unknown"
-        s = self.server_label(row[_SERVER], 1)
+    def _auth(self, row: Row) -> None:
+        attrs = _attributes(row.attributes)
+        method = attrs.get("method") or attrs.get("auth.method") or row.tool or "unknown"
+        s = self.server_label(row.server, 1)
         m = self.auth_method(str(method)[:64])
         if (s, m, "true") not in self.auth:
             self.auth[(s, m, "true")] = 0
             self.auth[(s, m, "false")] = 0
             self.auth_duration[(s, m)] = new_hist(GATEWAY_BOUNDS_MS)
-        self.auth[(s, m, "false" if row[_OK] == 0 else "true")] += 1
-        if row[_DUR] is not None:
-            observe(self.auth_duration[(s, m)], GATEWAY_BOUNDS_MS, row[_DUR])
+        self.auth[(s, m, "false" if row.ok == 0 else "true")] += 1
+        if row.duration_ms is not None:
+            observe(self.auth_duration[(s, m)], GATEWAY_BOUNDS_MS, row.duration_ms)
 
-    def _dropped(self, row: tuple) -> None:
-        s = self.server_label(row[_SERVER], 1)
-        for reason, count in _attributes(row[_ATTRS]).items():
+    def _dropped(self, row: Row) -> None:
+        s = self.server_label(row.server, 1)
+        for reason, count in _attributes(row.attributes).items():
             if isinstance(count, int) and not isinstance(count, bool) and count > 0:
                 key = (s, self.drop_reason(str(reason)[:64]))
                 self.dropped[key] = self.dropped.get(key, 0) + count
@@ -330,11 +307,9 @@ class Sessions:
 class MetricsState:
     """Everything /metrics and the OTLP exporter read, for one collector process."""
 
-    def __init__(self, max_series: int = 2000, spans: bool = False) -> None:
+    def __init__(self, max_series: int = 2000) -> None:
         self.max_series = max_series
         self.started = time.time()
-        self.spans = spans  # keep rows that came as OTLP spans, for trace forwarding
-        self.span_sink = None  # callable(project_id, rows) set by the OTLP exporter
         self._lock = threading.Lock()
         self._projects: dict[int, ProjectMetrics] = {}
         self._sessions = Sessions()
@@ -343,26 +318,21 @@ class MetricsState:
         self.commits = 0
         self.commit_duration = new_hist(COMMIT_BOUNDS_MS)
 
-    def committed(self, stored: dict[int, list[tuple]], submitted: int, seconds: float) -> None:
-        """The writer's hook: ``stored`` are the rows one commit really inserted, per project."""
+    def committed(self, commit: Commit) -> None:
+        """A writer subscriber (its thread): count what one commit really inserted."""
         open_sessions = bool(self._sessions.known)
-        summaries = [(project_id, Summary(rows, self.spans, open_sessions)) for project_id, rows in stored.items() if rows]
-        new = sum(len(rows) for rows in stored.values())
+        summaries = [(project_id, Summary(batch, open_sessions)) for project_id, batch in commit.projects.items()
+                     if batch.rows]
         with self._lock:
-            self.ingested += new
-            self.duplicates += submitted - new
+            self.ingested += commit.stored
+            self.duplicates += commit.submitted - commit.stored
             self.commits += 1
-            observe(self.commit_duration, COMMIT_BOUNDS_MS, seconds * 1000)
+            observe(self.commit_duration, COMMIT_BOUNDS_MS, commit.seconds * 1000)
             for project_id, summary in summaries:
                 project = self._projects.get(project_id)
                 if project is None:
                     project = self._projects[project_id] = ProjectMetrics(self.max_series)
                 project.merge(summary, self._sessions, project_id)
-        sink = self.span_sink
-        if sink is not None:
-            for project_id, summary in summaries:
-                if summary.spans:
-                    sink(project_id, summary.spans)
 
     def project(self, project_id: int) -> ProjectMetrics | None:
         with self._lock:

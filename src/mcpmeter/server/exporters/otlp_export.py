@@ -47,8 +47,9 @@ from opentelemetry.trace import SpanContext, SpanKind, TraceFlags
 from opentelemetry.trace.status import Status, StatusCode
 
 from ... import __version__
-from ...events import ROW_FIELDS
-from .aggregate import METHOD_FOR_KIND
+from ...events import Row
+from ..commits import Commit
+from .aggregate import METHOD_FOR_KIND, MetricsState
 from .prometheus import Family, project_families
 
 log = logging.getLogger("mcpmeter.server.exporters")
@@ -57,7 +58,7 @@ SIGNALS = ("metrics", "traces")
 _SCOPE = InstrumentationScope("mcpmeter.server.collector", __version__)
 _SEMCONV_NAME = "mcp.server.operation.duration"
 _SEMCONV_ATTRS = {"mcp_method_name": "mcp.method.name", "gen_ai_tool_name": "gen_ai.tool.name", "error_type": "error.type"}
-_I = {name: i for i, name in enumerate(ROW_FIELDS)}
+_SPAN_ID_PREFIX = "otel-"  # the event ids of rows that came as OTLP spans (``POST /v1/traces``)
 
 
 def _ms_env(name: str, default: float) -> float:
@@ -93,7 +94,7 @@ class _CountingSpanExporter(SpanExporter):
 
 
 class OtlpExporter:
-    def __init__(self, state: Any, signals: frozenset[str], project_name: Callable[[int], str] | None = None) -> None:
+    def __init__(self, state: MetricsState, signals: frozenset[str], project_name: Callable[[int], str] | None = None) -> None:
         self.state = state
         self.signals = frozenset() if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true" else signals
         self.project_name = project_name or str
@@ -108,7 +109,6 @@ class OtlpExporter:
         self._spans = None
         if "traces" in self.signals:
             self._spans = BatchSpanProcessor(_CountingSpanExporter(OTLPSpanExporter(), self._count))
-            state.span_sink = self.forward_spans
         self._resources: dict[str, Resource] = {}
 
     def outcomes(self) -> dict[tuple[str, str], int]:
@@ -201,8 +201,18 @@ class OtlpExporter:
 
     # ---- spans ----------------------------------------------------------------------------------
 
-    def forward_spans(self, project_id: int, rows: list[tuple]) -> None:
-        """Called by the writer thread with the stored rows that came as OTLP spans."""
+    @property
+    def forwards_spans(self) -> bool:
+        return self._spans is not None
+
+    def committed(self, commit: Commit) -> None:
+        """A writer subscriber (its thread): forward the stored rows that came as OTLP spans."""
+        for batch in commit.projects.values():
+            spans = [r for r in batch.rows if r.event_id.startswith(_SPAN_ID_PREFIX)]
+            if spans:
+                self.forward_spans(spans)
+
+    def forward_spans(self, rows: list[Row]) -> None:
         processor = self._spans
         if processor is None:
             return
@@ -214,30 +224,29 @@ class OtlpExporter:
             if span is not None:
                 processor.on_end(span)
 
-    def _span(self, row: tuple) -> ReadableSpan | None:
-        parts = row[_I["event_id"]].split("-")
+    def _span(self, row: Row) -> ReadableSpan | None:
+        parts = row.event_id.split("-")
         if len(parts) != 3 or len(parts[1]) != 32 or len(parts[2]) != 16:
             return None
         trace_id, span_id = int(parts[1], 16), int(parts[2], 16)
-        kind, tool, server = row[_I["kind"]], row[_I["tool"]], row[_I["server"]]
+        kind, tool, server = row.kind, row.tool, row.server
         method = METHOD_FOR_KIND.get(kind, kind)
         attributes: dict[str, Any] = {"mcp.method.name": method}
         if tool:
             attributes["gen_ai.tool.name"] = tool
             attributes["gen_ai.operation.name"] = "execute_tool"
-        for field, key in (("session_id", "mcp.session.id"), ("protocol_version", "mcp.protocol.version"),
-                           ("error_type", "error.type"), ("client_name", "mcp.client.name")):
-            value = row[_I[field]]
+        for value, key in ((row.session_id, "mcp.session.id"), (row.protocol_version, "mcp.protocol.version"),
+                           (row.error_type, "error.type"), (row.client_name, "mcp.client.name")):
             if value:
                 attributes[key] = value
-        start = row[_I["ts"]] * 1_000_000
-        duration = row[_I["duration_ms"]] or 0.0
-        failed = row[_I["ok"]] == 0
-        status = Status(StatusCode.ERROR, row[_I["error_message"]] or None) if failed else Status(StatusCode.UNSET)
+        start = row.ts * 1_000_000
+        duration = row.duration_ms or 0.0
+        failed = row.ok == 0
+        status = Status(StatusCode.ERROR, row.error_message or None) if failed else Status(StatusCode.UNSET)
         context = SpanContext(trace_id, span_id, is_remote=False, trace_flags=TraceFlags(TraceFlags.SAMPLED))
         resource = self._resources.get(server)
         if resource is None:
-            version = row[_I["server_version"]]
+            version = row.server_version
             attrs = {"service.name": server, **({"service.version": version} if version else {})}
             resource = self._resources[server] = Resource(attrs)
             if len(self._resources) > 10_000:

@@ -16,7 +16,7 @@ import os
 import threading
 from itertools import accumulate
 from operator import add
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.metrics_core import Metric
@@ -25,7 +25,11 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from ... import __version__
-from .aggregate import COMMIT_BOUNDS_MS, GATEWAY_BOUNDS_MS, SEMCONV_BOUNDS_MS, ProjectMetrics, new_hist, observe
+from .aggregate import COMMIT_BOUNDS_MS, GATEWAY_BOUNDS_MS, SEMCONV_BOUNDS_MS, MetricsState, ProjectMetrics, new_hist, observe
+
+if TYPE_CHECKING:
+    from ..collector.app import Collector as MeterCollector
+    from .otlp_export import OtlpExporter
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 HTTP_BOUNDS_MS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
@@ -268,7 +272,7 @@ class _Scrape:
 
 
 class PrometheusExporter:
-    def __init__(self, collector: Any, state: Any, otlp: Any = None) -> None:
+    def __init__(self, collector: MeterCollector, state: MetricsState, otlp: OtlpExporter | None = None) -> None:
         self.collector = collector
         self.state = state
         self.otlp = otlp
