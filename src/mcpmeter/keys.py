@@ -1,4 +1,4 @@
-"""API keys: how they look, how they are stored (hashed), what they may do."""
+"""API keys and their signing secrets: how they look, how they are stored (hashed), what they may do."""
 
 from __future__ import annotations
 
@@ -7,10 +7,15 @@ import secrets
 
 SCOPES = ("ingest", "read", "admin")
 PREFIX = "mcpm_"
+SECRET_PREFIX = "mcps_"  # a signing secret (keys made with --require-signature; see signing.py)
 
 
 def new_key() -> str:
     return PREFIX + secrets.token_urlsafe(24)
+
+
+def new_signing_secret() -> str:
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
 
 
 def hash_key(key: str) -> str:

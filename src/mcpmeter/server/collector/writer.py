@@ -16,15 +16,12 @@ import threading
 import time
 from typing import Callable, Sequence
 
+from ...exceptions import Overloaded
 from ...storage.base import IngestResult, Store
 
 log = logging.getLogger("mcpmeter.server.collector")
 
 _STOP = object()
-
-
-class Overloaded(Exception):
-    """More rows are waiting for the writer than it may hold; the client should retry."""
 
 
 class Writer:
