@@ -27,14 +27,6 @@ def display_prefix(key: str) -> str:
     return key[: len(PREFIX) + 6]
 
 
-def parse_scopes(text: str) -> list[str]:
-    scopes = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = [s for s in scopes if s not in SCOPES]
-    if unknown or not scopes:
-        raise ValueError(f"unknown scope(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(SCOPES)}")
-    return scopes
-
-
 def allows(scopes: frozenset[str], needed: str) -> bool:
     return needed in scopes or "admin" in scopes
 
