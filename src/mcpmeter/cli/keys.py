@@ -9,7 +9,7 @@ import click
 
 from .. import admin
 from ..analytics.periods import iso
-from .options import actor, db_option, friendly, open_store, require_project
+from .options import actor, db_option, friendly, open_store, print_table, require_project
 
 
 @click.group()
@@ -59,15 +59,9 @@ def keys_list(project: str | None, as_json: bool, db: str | None) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(show_edge=False, header_style="bold")
-    for column in ("name", "prefix", "project", "scopes", "created", "last used", "state"):
-        table.add_column(column)
-    for r in rows:
-        table.add_row(r["name"], r["prefix"] + "…", r["project"], ",".join(r["scopes"]), r["created"], r["last_used"] or "never", r["state"])
-    Console().print(table)
+    print_table(("name", "prefix", "project", "scopes", "created", "last used", "state"),
+                ((r["name"], r["prefix"] + "…", r["project"], ",".join(r["scopes"]), r["created"], r["last_used"] or "never",
+                  r["state"]) for r in rows))
 
 
 @keys.command("rotate")

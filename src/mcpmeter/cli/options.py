@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import click
 
@@ -92,3 +92,16 @@ def require_project(store: admin.AdminStore, name: str, hint: str | None = "pass
 def actor() -> admin.Actor:
     """The CLI acts as the OS user (recorded in the audit log)."""
     return admin.Actor.os_user()
+
+
+def print_table(columns: Sequence[str], rows: Iterable[Sequence[str]]) -> None:
+    """A plain table on the terminal (rich), as `keys list` and `audit` show theirs."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_edge=False, header_style="bold")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)

@@ -12,7 +12,7 @@ import click
 from .. import admin
 from ..analytics.periods import iso
 from ..exceptions import MCPMeterError
-from .options import actor, db_option, friendly, open_store, require_project
+from .options import actor, db_option, friendly, open_store, print_table, require_project
 
 
 @click.command("audit")
@@ -29,16 +29,9 @@ def audit_command(project: str | None, since: str, limit: int, as_json: bool, db
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(show_edge=False, header_style="bold")
-    for column in ("time", "project", "actor", "action", "target", "source", "detail"):
-        table.add_column(column)
-    for r in rows:
-        table.add_row(r["time"], r["project"] or "", r["actor"], r["action"], r["target"] or "", r["source"],
-                      json.dumps(r["detail"]) if r["detail"] else "")
-    Console().print(table)
+    print_table(("time", "project", "actor", "action", "target", "source", "detail"),
+                ((r["time"], r["project"] or "", r["actor"], r["action"], r["target"] or "", r["source"],
+                  json.dumps(r["detail"]) if r["detail"] else "") for r in rows))
 
 
 @click.group("access")
