@@ -17,7 +17,7 @@ import json
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol, Sequence
+from typing import Any, NamedTuple, Protocol
 
 from . import keys as keylib
 from .analytics.periods import iso
@@ -118,7 +118,7 @@ class RotatedKey(NamedTuple):
     signing_secret: str | None
 
 
-def check_key(name: Any, scopes: Any, expires_days: Any) -> list[str]:
+def check_key(name: object, scopes: object, expires_days: object) -> list[str]:
     """A new key's name, scopes and lifetime, as both surfaces accept them; its scopes, sorted."""
     if not isinstance(name, str) or not KEY_NAME.match(name):
         raise ValidationError("the key needs a name: letters, digits and _ . @ - (at most 64)", "e.g. grafana-read", "name")
@@ -135,12 +135,13 @@ def check_key(name: Any, scopes: Any, expires_days: Any) -> list[str]:
     return sorted(set(scopes))
 
 
-def create_key(store: AdminStore, actor: Actor, project: Project | str, name: str, scopes: Sequence[str],
-               expires_days: int | None = None, signed: bool = False) -> NewKey:
+def create_key(store: AdminStore, actor: Actor, project: Project | str, name: object, scopes: object,
+               expires_days: object = None, signed: bool = False) -> NewKey:
     """A new key (and, when ``signed``, the signing secret every request with it must be signed with).
 
     ``project`` given by name is created when new (the CLI's way); over HTTP it is the caller's."""
     scope_list = check_key(name, scopes, expires_days)
+    assert isinstance(name, str) and (expires_days is None or isinstance(expires_days, int))  # checked just now
     if isinstance(project, str):
         project = ensure_project(store, actor, project)
     if any(k.name == name for k in store.list_keys(project.id)):
@@ -179,7 +180,7 @@ def rotate_key(store: AdminStore, actor: Actor, project: Project, name: str, ove
     signed = bool(current and store.signing_secret(current[0].id))
     key = keylib.new_key()
     secret = keylib.new_signing_secret() if signed else None
-    rotated = store.rotate_key(project.id, name, keylib.hash_key(key), keylib.display_prefix(key),
+    rotated: tuple[KeyInfo, KeyInfo] | None = store.rotate_key(project.id, name, keylib.hash_key(key), keylib.display_prefix(key),
                                overlap_ms, secret, entry(actor, "key.rotate", project, name, {"overlap_ms": overlap_ms}))
     if rotated is None:
         raise NotFoundError(f"no active key named {name!r} in project {project.name!r}", _LISTED["keys"][actor.source])
@@ -214,14 +215,14 @@ def normalize_identity(text: str) -> str:
     return text.lower()
 
 
-def check_identity(identity: Any) -> str:
+def check_identity(identity: object) -> str:
     if not isinstance(identity, str) or not identity.strip() or len(identity) > MAX_IDENTITY:
         raise ValidationError(f"an identity is an email, sub:SUBJECT or group:NAME (at most {MAX_IDENTITY} characters)",
                               "e.g. alice@example.com", "identity")
     return normalize_identity(identity)
 
 
-def grant_access(store: AdminStore, actor: Actor, project: Project, identity: str, role: str = "viewer") -> str:
+def grant_access(store: AdminStore, actor: Actor, project: Project, identity: object, role: object = "viewer") -> str:
     """Let ``identity`` see ``project`` as viewer or admin; returns the identity as stored."""
     identity = check_identity(identity)
     if not isinstance(role, str) or role not in ROLES:
@@ -230,7 +231,7 @@ def grant_access(store: AdminStore, actor: Actor, project: Project, identity: st
     return identity
 
 
-def revoke_access(store: AdminStore, actor: Actor, project: Project, identity: str) -> str:
+def revoke_access(store: AdminStore, actor: Actor, project: Project, identity: object) -> str:
     identity = check_identity(identity)
     if not store.revoke_access(project.id, identity, entry(actor, "access.revoke", project, identity)):
         raise NotFoundError(f"{identity} has no access to project {project.name!r}", _LISTED["access"][actor.source])
@@ -240,7 +241,7 @@ def revoke_access(store: AdminStore, actor: Actor, project: Project, identity: s
 # ---- erasure ---------------------------------------------------------------------------------
 
 
-def check_user(user: Any) -> str:
+def check_user(user: object) -> str:
     if not isinstance(user, str) or not user or len(user) > MAX_USER:
         raise ValidationError(f"name the user: the identifier the SDK recorded (at most {MAX_USER} characters)",
                               "for users hashed on the client, pass the h:… form (`mcpmeter users hash ID` on that machine)",
@@ -248,9 +249,10 @@ def check_user(user: Any) -> str:
     return user
 
 
-def delete_user(store: AdminStore, actor: Actor, project: Project, user: str) -> tuple[str, dict[str, int]]:
+def delete_user(store: AdminStore, actor: Actor, project: Project, user: object) -> tuple[str, dict[str, int]]:
     """Erase one user's raw events, sessions and user rows, and take their calls out of the
     rollups (see docs/security.md). Returns the user's hash and what was deleted."""
     user_hash = hasher_for(project)(check_user(user))
+    assert user_hash is not None  # a user was given
     counts = store.delete_user(project.id, user_hash, entry(actor, "user.delete", project, user_hash))
     return user_hash, counts

@@ -9,7 +9,15 @@ import click
 
 from .. import admin
 from ..analytics.periods import iso
-from .options import actor, db_option, friendly, open_store, print_table, require_project
+from ..storage.base import KeyInfo
+from .options import (
+    actor,
+    db_option,
+    friendly,
+    open_store,
+    print_table,
+    require_project,
+)
 
 
 @click.group()
@@ -50,18 +58,19 @@ def keys_list(project: str | None, as_json: bool, db: str | None) -> None:
     store = open_store(db)
     project_id = require_project(store, project, "`mcpmeter keys list` shows every project's keys").id if project else None
     now = int(time.time() * 1000)
-    rows = [
-        {"name": k.name, "prefix": k.prefix, "project": k.project, "scopes": sorted(k.scopes),
-         "created": iso(k.created_at), "last_used": iso(k.last_used_at) if k.last_used_at else None,
-         "state": "active" if k.active(now) else ("revoked" if k.revoked_at else "expired")}
-        for k in store.list_keys(project_id)
-    ]
+    listed = store.list_keys(project_id)
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps([{"name": k.name, "prefix": k.prefix, "project": k.project, "scopes": sorted(k.scopes),
+                                "created": iso(k.created_at), "last_used": iso(k.last_used_at) if k.last_used_at else None,
+                                "state": _state(k, now)} for k in listed], indent=2))
         return
     print_table(("name", "prefix", "project", "scopes", "created", "last used", "state"),
-                ((r["name"], r["prefix"] + "…", r["project"], ",".join(r["scopes"]), r["created"], r["last_used"] or "never",
-                  r["state"]) for r in rows))
+                ((k.name, k.prefix + "…", k.project, ",".join(sorted(k.scopes)), iso(k.created_at),
+                  iso(k.last_used_at) if k.last_used_at else "never", _state(k, now)) for k in listed))
+
+
+def _state(k: KeyInfo, now_ms: int) -> str:
+    return "active" if k.active(now_ms) else ("revoked" if k.revoked_at else "expired")
 
 
 @keys.command("rotate")
@@ -76,6 +85,7 @@ def keys_rotate(name: str, overlap: str, project: str, db: str | None) -> None:
     store = open_store(db)
     rotated = admin.rotate_key(store, actor(), require_project(store, project), name, overlap)
     old, new = rotated.old, rotated.new
+    assert old.expires_at is not None  # a rotated key always expires after its overlap
     click.echo(rotated.key)
     if rotated.signing_secret:
         click.echo(f"signing secret: {rotated.signing_secret}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Any, Callable, Iterable, Sequence, TypeVar
+from typing import Any, Callable, Iterable, Sequence, TypeVar, cast
 
 import click
 
@@ -77,7 +77,7 @@ def open_store(db: str | None, upgrade: bool = True) -> admin.AdminStore:
 
     store = open_(db, upgrade=upgrade)
     click.get_current_context().call_on_close(store.close)
-    return store  # type: ignore[return-value]  (both backends have the security side)
+    return cast(admin.AdminStore, store)  # both backends have the security side
 
 
 def require_project(store: admin.AdminStore, name: str, hint: str | None = "pass --project NAME") -> Project:

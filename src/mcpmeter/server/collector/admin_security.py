@@ -63,6 +63,7 @@ async def rotate_key(request: Request) -> Response:
     except ADMIN_ERRORS as exc:
         return admin_error(exc)
     old, new = rotated.old, rotated.new
+    assert old.expires_at is not None  # a rotated key always expires after its overlap
     answer = {"project": principal.project.name, "key": rotated.key, "name": new.name, "prefix": new.prefix,
               "scopes": sorted(new.scopes), "old": {"name": old.name, "prefix": old.prefix, "expires": iso(old.expires_at)},
               "note": "this is the only time the key is shown; store it now"}
