@@ -10,14 +10,7 @@ import click
 from .. import admin
 from ..analytics.periods import iso
 from ..storage.base import KeyInfo
-from .options import (
-    actor,
-    db_option,
-    friendly,
-    open_store,
-    print_table,
-    require_project,
-)
+from .options import actor, db_option, friendly, open_store, print_table, require_project
 
 
 @click.group()

@@ -50,11 +50,7 @@ def serve(host: str | None, port: int | None, db: str | None, demo: bool, log_le
     import logging
 
     from ..server.collector import CollectorConfig, create_app
-    from ..server.collector.bootstrap import (
-        ensure_local_keys,
-        register_env_keys,
-        register_metrics_key,
-    )
+    from ..server.collector.bootstrap import ensure_local_keys, register_env_keys, register_metrics_key
     from ..server.exporters.serve import run
 
     host = settings.get("MCPMETER_HOST", host)

@@ -12,14 +12,7 @@ import click
 from .. import admin
 from ..analytics.periods import iso
 from ..exceptions import MCPMeterError
-from .options import (
-    actor,
-    db_option,
-    friendly,
-    open_store,
-    print_table,
-    require_project,
-)
+from .options import actor, db_option, friendly, open_store, print_table, require_project
 
 
 @click.command("audit")
