@@ -1,4 +1,5 @@
-"""The recorder SDK works with none of the server-side dependencies installed."""
+"""Install boundaries: the SDK works with none of the optional dependencies installed, and
+every `mcpmeter` command works (or says in one line which extra it needs) on a base install."""
 
 from __future__ import annotations
 
@@ -6,8 +7,14 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
-OPTIONAL = ["starlette", "uvicorn", "httpx", "click", "rich", "prometheus_client", "opentelemetry"]
+import click
+from conftest import free_port, start_collector, stop_collector
+
+OPTIONAL = ["starlette", "uvicorn", "httpx", "click", "rich", "prometheus_client", "opentelemetry", "jwt", "mcp", "psycopg"]
+# What `pip install 'mcpmeter[cli]'` does not bring: the server, mcp and postgres extras.
+SERVER_EXTRAS = ["starlette", "uvicorn", "httpx", "prometheus_client", "opentelemetry", "jwt", "mcp", "psycopg"]
 
 
 def run(code: str) -> subprocess.CompletedProcess:
@@ -80,3 +87,124 @@ def test_the_sdk_sends_to_a_collector_without_optional_dependencies(collector):
         print(meter.stats.sent, meter.stats.spooled)
     """)
     assert done.stdout.split() == ["4", "0"]
+
+
+# ---- the `mcpmeter` command on a base install (plus the cli extra) ---------------------------------
+
+BLOCKING_RUNNER = """
+import importlib.abc, sys
+
+BLOCKED = set(sys.argv[1].split(","))
+
+
+class Refuse(importlib.abc.MetaPathFinder):
+    \"\"\"As if these distributions were not installed: every import of them fails.\"\"\"
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+for loaded in [m for m in sys.modules if m.split(".")[0] in BLOCKED]:
+    del sys.modules[loaded]
+sys.meta_path.insert(0, Refuse())
+sys.argv = ["mcpmeter", *sys.argv[2:]]
+from mcpmeter.cli import main
+
+main()
+"""
+
+OK, EXTRA = "ok", "extra"
+
+# Every command, in an order that gives each one something to work on; with what it must do.
+COMMANDS: list[tuple[tuple[str, ...], list[str], str]] = [
+    (("db", "upgrade"), [], OK),
+    (("db", "status"), [], OK),
+    (("demo",), ["--days", "2", "--users", "3", "--calls-per-day", "20"], OK),
+    (("report",), ["--period", "7d"], OK),
+    (("keys", "create"), ["--name", "ci", "--scopes", "ingest,read", "--require-signature"], OK),
+    (("keys", "list"), [], OK),
+    (("keys", "rotate"), ["ci", "--overlap", "1h"], OK),
+    (("keys", "revoke"), ["ci"], OK),
+    (("access", "grant"), ["Alice@Example.com", "--project", "default", "--role", "admin"], OK),
+    (("access", "list"), [], OK),
+    (("access", "revoke"), ["alice@example.com", "--project", "default"], OK),
+    (("users", "hash"), ["alice"], OK),
+    (("users", "delete"), ["--user", "alice", "--yes"], OK),
+    (("audit",), [], OK),
+    (("push",), ["--url", "{collector}"], OK),
+    (("proxy",), ["--server-name", "bare", "--", sys.executable, "-c", "import sys; sys.stdin.read()"], OK),
+    (("db", "prune"), [], OK),
+    (("serve",), ["--port", "0"], EXTRA),
+    (("proxy",), ["--upstream", "http://127.0.0.1:9/mcp", "--listen", "127.0.0.1:{port}"], EXTRA),
+    (("mcp",), [], EXTRA),
+    (("mcp",), ["--http", "--port", "0"], EXTRA),
+    (("db", "downgrade"), ["--to", "0", "--yes"], OK),
+]
+NEEDS = {"serve": "server", "proxy": "server", "mcp": "mcp"}
+
+
+def leaf_commands(group: click.Group, path: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    found = set()
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            found |= leaf_commands(command, (*path, name))
+        else:
+            found.add((*path, name))
+    return found
+
+
+def mcpmeter_blocked(blocked: list[str], *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", BLOCKING_RUNNER, ",".join(blocked), *args], capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL, cwd=cwd)
+
+
+def test_the_list_below_covers_every_command():
+    from mcpmeter.cli.main import cli
+
+    assert leaf_commands(cli) == {path for path, _, _ in COMMANDS}
+
+
+def test_every_command_runs_without_the_server_extras(tmp_path, monkeypatch):
+    """Store-only commands succeed on a SQLite store; serving commands name their extra in one line."""
+    collector = start_collector(tmp_path / "collector.db")  # for `push` (a full install, another process)
+    try:
+        _run_every_command(tmp_path, collector.url, monkeypatch)
+    finally:
+        stop_collector(collector)
+
+
+def _run_every_command(tmp_path: Path, collector_url: str, monkeypatch) -> None:
+    monkeypatch.setenv("MCPMETER_DB", str(tmp_path / "base.db"))
+    for path, args, outcome in COMMANDS:
+        argv = [*path, *(a.replace("{collector}", collector_url).replace("{port}", str(free_port())) for a in args)]
+        done = mcpmeter_blocked(SERVER_EXTRAS, *argv, cwd=tmp_path)
+        shown = f"`mcpmeter {' '.join(argv)}`:\n{done.stdout}\n{done.stderr}"
+        assert "Traceback" not in done.stderr and "Traceback" not in done.stdout, shown
+        if outcome == OK:
+            assert done.returncode == 0, shown
+        else:
+            extra = NEEDS[path[0]]
+            assert done.returncode == 1, shown
+            assert done.stderr.splitlines() == [
+                f"error: `mcpmeter {path[0]}` needs the {extra} extra: pip install 'mcpmeter[{extra}]'"], shown
+
+
+def test_admin_commands_on_a_base_install_audit_in_their_transaction(tmp_path):
+    db = str(tmp_path / "audited.db")
+    for argv in (["keys", "create", "--name", "gw", "--project", "team"], ["keys", "revoke", "gw"],
+                 ["access", "grant", "ann@example.com", "--project", "team"], ["users", "delete", "--user", "x", "--project", "team", "--yes"]):
+        done = mcpmeter_blocked(SERVER_EXTRAS, *argv, "--db", db, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    done = mcpmeter_blocked(SERVER_EXTRAS, "audit", "--json", "--db", db, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    entries = json.loads(done.stdout)
+    assert [e["action"] for e in entries] == ["project.create", "key.create", "key.revoke", "access.grant", "user.delete"]
+    assert {e["project"] for e in entries} == {"team"} and {e["source"] for e in entries} == {"cli"}
+
+
+def test_the_command_without_the_cli_extra_says_what_to_install(tmp_path):
+    done = mcpmeter_blocked([*SERVER_EXTRAS, "click", "rich"], "keys", "list", cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == ["error: the mcpmeter command needs the cli extra: pip install 'mcpmeter[cli]'"]

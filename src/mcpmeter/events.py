@@ -15,6 +15,8 @@ from typing import Annotated, Any, Callable, NamedTuple
 import msgspec
 from msgspec import Meta
 
+from .exceptions import BatchError  # noqa: F401  (raised here; its home is the exception tree)
+
 MAX_ERROR_MESSAGE = 1024  # longer messages are truncated, not rejected
 MAX_ATTRIBUTES = 32
 MAX_ATTRIBUTE_VALUE = 512
@@ -103,10 +105,6 @@ _batch_decoder = msgspec.json.Decoder(list[msgspec.Raw] | dict[str, list[msgspec
 _valid_batch_decoder = msgspec.json.Decoder(list[Event] | dict[str, list[Event]])
 _event_decoder = msgspec.json.Decoder(Event)
 _attr_encoder = msgspec.json.Encoder()
-
-
-class BatchError(ValueError):
-    """The body as a whole is unusable (not JSON, not a list, too many events)."""
 
 
 def decode_batch(body: bytes, limits: Limits = Limits(), now_ms: int | None = None,

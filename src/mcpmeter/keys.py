@@ -1,4 +1,4 @@
-"""API keys: how they look, how they are stored (hashed), what they may do."""
+"""API keys and their signing secrets: how they look, how they are stored (hashed), what they may do."""
 
 from __future__ import annotations
 
@@ -7,10 +7,15 @@ import secrets
 
 SCOPES = ("ingest", "read", "admin")
 PREFIX = "mcpm_"
+SECRET_PREFIX = "mcps_"  # a signing secret (keys made with --require-signature; see signing.py)
 
 
 def new_key() -> str:
     return PREFIX + secrets.token_urlsafe(24)
+
+
+def new_signing_secret() -> str:
+    return SECRET_PREFIX + secrets.token_urlsafe(32)
 
 
 def hash_key(key: str) -> str:
@@ -20,14 +25,6 @@ def hash_key(key: str) -> str:
 
 def display_prefix(key: str) -> str:
     return key[: len(PREFIX) + 6]
-
-
-def parse_scopes(text: str) -> list[str]:
-    scopes = [s.strip() for s in text.split(",") if s.strip()]
-    unknown = [s for s in scopes if s not in SCOPES]
-    if unknown or not scopes:
-        raise ValueError(f"unknown scope(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(SCOPES)}")
-    return scopes
 
 
 def allows(scopes: frozenset[str], needed: str) -> bool:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-import json
 import sys
 from typing import Any, Callable
 
@@ -11,37 +9,11 @@ import click
 
 from .. import __version__, settings
 from ..exceptions import MCPMeterError
-
-DB_HELP = "Store: SQLite file path or postgresql:// URL (default: MCPMETER_DB, else mcpmeter.db in MCPMETER_HOME)."
-
-
-def friendly(fn: Callable) -> Callable:
-    """Turn our errors into one line plus a hint, exit code 1; never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except MCPMeterError as exc:
-            click.echo(f"error: {exc}", err=True)
-            if exc.hint:
-                click.echo(f"hint: {exc.hint}", err=True)
-            sys.exit(1)
-
-    return wrapper
-
-
-def db_option(fn: Callable) -> Callable:
-    return click.option("--db", metavar="PATH", default=None, help=DB_HELP)(fn)
-
-
-def _open_store(db: str | None, upgrade: bool = True):
-    """Open the command's store; it is closed when the command ends, however it ends."""
-    from ..storage import open_store
-
-    store = open_store(db, upgrade=upgrade)
-    click.get_current_context().call_on_close(store.close)
-    return store
+from ..mcp_server.cli import mcp
+from ..proxy.cli import proxy
+from .keys import keys
+from .options import db_option, friendly, open_store
+from .security import access, audit_command, users
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -88,7 +60,7 @@ def serve(host: str | None, port: int | None, db: str | None, demo: bool, log_le
         if taken:
             _require_free_port(host, taken)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    store = _open_store(db)
+    store = open_store(db)
     local_url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', 'localhost') else host}:{port}"
     created = ensure_local_keys(store, local_url)
     env_keys = register_env_keys(store)
@@ -220,123 +192,6 @@ def _require_schema(store) -> None:
         raise MCPMeterError(f"{store.url} holds no mcpmeter data yet", hint="record something first, or run `mcpmeter demo`")
 
 
-# ---- keys --------------------------------------------------------------------------------
-
-
-@cli.group()
-def keys() -> None:
-    """Create, list, rotate and revoke API keys (stored hashed; shown once)."""
-
-
-@keys.command("create")
-@click.option("--name", required=True, help="A name to recognise the key by.")
-@click.option("--scopes", default="ingest", show_default=True, help="Comma-separated: ingest, read, admin.")
-@click.option("--project", default="default", show_default=True, help="Project (created if new).")
-@click.option("--expires-days", type=click.IntRange(min=1), default=None, help="Expire after this many days.")
-@click.option("--require-signature", is_flag=True,
-              help="Also make a signing secret (printed once): every ingest request with this key must be signed with it.")
-@db_option
-@friendly
-def keys_create(name, scopes, project, expires_days, require_signature, db) -> None:
-    """Create a key and print it (the only time it is shown)."""
-    import time
-
-    from .. import keys as keylib
-    from .security import audited_project
-
-    try:
-        scope_list = keylib.parse_scopes(scopes)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--scopes") from None
-    store = _open_store(db)
-    proj = audited_project(store, project)
-    key = keylib.new_key()
-    expires = int(time.time() * 1000) + expires_days * 86_400_000 if expires_days else None
-    info = store.add_key(proj.id, name, keylib.hash_key(key), keylib.display_prefix(key), scope_list, expires)
-    secret = None
-    if require_signature:
-        from ..server.collector.security import new_signing_secret
-
-        secret = new_signing_secret()
-        store.set_signing_secret(info.id, secret)
-    from ..server.collector import audit
-
-    audit.record(store, audit.os_actor(), "key.create", proj, name,
-                 {"prefix": info.prefix, "scopes": scope_list, "expires_at": expires, "signed": bool(secret)})
-    click.echo(key)
-    if secret:
-        click.echo(f"signing secret: {secret}")
-    click.echo(f"created key {name!r} for project {project!r} with scopes {','.join(scope_list)}; store it now, it is not shown again", err=True)
-    if secret:
-        click.echo("requests with this key must be signed: give the secret to the sender as MCPMETER_SIGNING_SECRET", err=True)
-
-
-@keys.command("list")
-@click.option("--project", default=None, help="Only this project.")
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@db_option
-@friendly
-def keys_list(project, as_json, db) -> None:
-    """List keys: name, prefix, scopes, project, created, last used, state."""
-    import time
-
-    from ..analytics.periods import iso
-
-    store = _open_store(db)
-    project_id = None
-    if project:
-        proj = store.project_by_name(project)
-        if proj is None:
-            raise MCPMeterError(f"no project {project!r}", hint="`mcpmeter keys list` shows every project's keys")
-        project_id = proj.id
-    now = int(time.time() * 1000)
-    rows = [
-        {"name": k.name, "prefix": k.prefix, "project": k.project, "scopes": sorted(k.scopes),
-         "created": iso(k.created_at), "last_used": iso(k.last_used_at) if k.last_used_at else None,
-         "state": "active" if k.active(now) else ("revoked" if k.revoked_at else "expired")}
-        for k in store.list_keys(project_id)
-    ]
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(show_edge=False, header_style="bold")
-    for column in ("name", "prefix", "project", "scopes", "created", "last used", "state"):
-        table.add_column(column)
-    for r in rows:
-        table.add_row(r["name"], r["prefix"] + "…", r["project"], ",".join(r["scopes"]), r["created"], r["last_used"] or "never", r["state"])
-    Console().print(table)
-
-
-@keys.command("revoke")
-@click.argument("name_or_prefix")
-@click.option("--project", default=None, help="Only in this project.")
-@db_option
-@friendly
-def keys_revoke(name_or_prefix, project, db) -> None:
-    """Revoke a key by its name or its prefix (e.g. mcpm_AbC123)."""
-
-    store = _open_store(db)
-    project_id = None
-    if project:
-        proj = store.project_by_name(project)
-        if proj is None:
-            raise MCPMeterError(f"no project {project!r}")
-        project_id = proj.id
-    ref = name_or_prefix.rstrip("…")
-    revoked = [k for k in store.list_keys(project_id) if k.revoked_at is None and ref in (k.name, k.prefix)]
-    count = store.revoke_key(project_id, ref)
-    if not count:
-        raise MCPMeterError(f"no active key named or prefixed {name_or_prefix!r}", hint="`mcpmeter keys list` shows them")
-    from ..server.collector import audit
-
-    for k in revoked:
-        audit.record(store, audit.os_actor(), "key.revoke", store.project_by_id(k.project_id), k.name, {"prefix": k.prefix})
-    click.echo(f"revoked {count} key(s); every collector on this store refuses them from its next request on", err=True)
-
-
 # ---- db ----------------------------------------------------------------------------------
 
 
@@ -352,7 +207,7 @@ def db() -> None:
 def db_upgrade(target, db) -> None:
     """Apply migrations up to the newest (or --to) version."""
 
-    store = _open_store(db, upgrade=False)
+    store = open_store(db, upgrade=False)
     applied = store.upgrade(target)
     click.echo(f"{store.url}: schema version {store.schema_version()}" + (f" (applied {', '.join(map(str, applied))})" if applied else " (up to date)"))
 
@@ -365,7 +220,7 @@ def db_upgrade(target, db) -> None:
 def db_downgrade(target, yes, db) -> None:
     """Revert migrations above --to. Data in dropped tables is lost."""
 
-    store = _open_store(db, upgrade=False)
+    store = open_store(db, upgrade=False)
     current = store.schema_version()
     if target >= current:
         click.echo(f"{store.url}: already at schema version {current}")
@@ -385,7 +240,7 @@ def db_prune(retention_days, rollup_retention_days, db) -> None:
     """Delete data past its retention (for cron; a running collector also prunes hourly)."""
     from ..retention import prune
 
-    store = _open_store(db)
+    store = open_store(db)
     removed = prune(store, retention_days, rollup_retention_days)
     click.echo(f"{store.url}: removed " + ", ".join(f"{n} {table}" for table, n in removed.items() if n) if any(removed.values())
                else f"{store.url}: nothing to prune")
@@ -398,7 +253,7 @@ def db_status(db) -> None:
     """Show the store and its schema version."""
     from ..storage.sqlite_migrations import MIGRATIONS
 
-    store = _open_store(db, upgrade=False)
+    store = open_store(db, upgrade=False)
     click.echo(f"{store.url}: schema version {store.schema_version()} (newest known: {MIGRATIONS[-1].version})")
 
 
@@ -435,7 +290,7 @@ def demo(days, users, calls_per_day, seed, db) -> None:
 
     from .. import demo as demolib
 
-    store = _open_store(db)
+    store = open_store(db)
     with Progress(transient=True) as progress:
         task = progress.add_task("Generating demo data", total=None)
         total = demolib.fill(store, days=days, users=users, calls_per_day=calls_per_day, seed=seed,
@@ -443,20 +298,10 @@ def demo(days, users, calls_per_day, seed, db) -> None:
     click.echo(f"added {total} demo events to {store.url}", err=True)
 
 
-from ..proxy.cli import proxy  # noqa: E402  (defined with its feature, in proxy/)
+# ---- every subcommand, registered in one place ------------------------------------------------
 
-cli.add_command(proxy)
-
-from ..mcp_server.cli import mcp  # noqa: E402  (defined with its feature, in mcp_server/)
-
-cli.add_command(mcp)
-
-from .security import access, audit_command, keys_rotate, users  # noqa: E402  (defined with their feature, in cli/security.py)
-
-keys.add_command(keys_rotate)
-cli.add_command(audit_command)
-cli.add_command(access)
-cli.add_command(users)
+for command in (keys, proxy, mcp, audit_command, access, users):
+    cli.add_command(command)
 
 
 def main() -> None:

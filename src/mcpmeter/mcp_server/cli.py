@@ -1,7 +1,7 @@
 """The `mcpmeter mcp` command (registered on the main CLI group in cli/main.py).
 
-Kept free of the MCP SDK at import time so `mcpmeter --help` stays fast, and free of
-cli/main.py so either module can be imported first.
+Kept free of the MCP SDK at import time so `mcpmeter --help` stays fast and works without
+the mcp extra; `mcpmeter mcp` without it says, in one line, which extra to install.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import sys
 import click
 
 from .. import settings
-from ..exceptions import ConfigError, MCPMeterError
+from ..cli.options import friendly
+from ..exceptions import ConfigError, MissingExtra
 
 DEFAULT_HTTP_PORT = 8891
 
@@ -40,13 +41,7 @@ def mcp(use_http: bool, host: str, port: int, url: str | None, api_key: str | No
     Speaks stdio by default (for Claude Desktop, Cursor, Claude Code), or streamable
     HTTP with --http. Reads the local store, or a collector with --url and a read key.
     """
-    try:
-        run(use_http, host, port, url, api_key, project, db, log_level)
-    except MCPMeterError as exc:
-        click.echo(f"error: {exc}", err=True)
-        if exc.hint:
-            click.echo(f"hint: {exc.hint}", err=True)
-        sys.exit(1)
+    friendly(run)(use_http, host, port, url, api_key, project, db, log_level)
 
 
 def run(use_http: bool, host: str, port: int, url: str | None, api_key: str | None, project: str | None,
@@ -54,10 +49,10 @@ def run(use_http: bool, host: str, port: int, url: str | None, api_key: str | No
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         from .server import build_server
-    except ImportError as exc:
+    except ImportError as exc:  # not installed, or a version without what we use
         if (exc.name or "").split(".")[0] not in ("mcp", "mcp_types", "pydantic"):
             raise
-        raise ConfigError("`mcpmeter mcp` needs the MCP SDK", hint="pip install 'mcpmeter[mcp]'") from None
+        raise MissingExtra("`mcpmeter mcp`", "mcp") from None
 
     source = open_source(url, api_key, project, db)
     try:

@@ -1,4 +1,4 @@
-"""The ``mcpmeter proxy`` command (registered in ``mcpmeter.cli.main``)."""
+"""The ``mcpmeter proxy`` command (registered with the others in ``mcpmeter.cli.main``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 import click
 
 from .. import settings
+from ..cli.options import friendly
 from ..exceptions import MCPMeterError
 
 USER_FROM_HELP = (
@@ -50,8 +51,6 @@ def proxy(server_name, upstream, listen, user_from, url, api_key, db, log_level,
     protocol version, server name and version), sessions and cancellations. Events go to
     MCPMETER_URL when set (spooled while it is down), else to the local store.
     """
-    from ..cli.main import friendly
-
     friendly(_run)(server_name, upstream, listen, user_from, url, api_key, db, log_level, command)
 
 

@@ -32,25 +32,18 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from .. import settings
-from ..exceptions import AuthError, ConfigError
+from ..admin import ROLES, normalize_identity
+from ..exceptions import AuthError, ConfigError, SignInError
 
 if TYPE_CHECKING:
     from ..storage.base import Store
     from .collector.app import Collector
 
-ROLES = {"viewer": frozenset({"read"}), "admin": frozenset({"read", "admin"})}
 FLOW_COOKIE = "mcpmeter_oidc"
 FLOW_SECONDS = 600
 MAX_FLOWS = 10_000
 MAX_PEOPLE = 10_000
 ASYMMETRIC = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"})
-
-
-def normalize_identity(text: str) -> str:
-    text = text.strip()
-    if text.startswith(("sub:", "group:")):
-        return text
-    return text.lower()
 
 
 def _parse_access(raw: str | None) -> dict[str, dict[str, str]]:
@@ -95,10 +88,6 @@ class OidcConfig:
             scopes = "openid " + scopes
         return cls(issuer, client_id, settings.get("MCPMETER_OIDC_CLIENT_SECRET"), redirect, scopes,
                    settings.get("MCPMETER_OIDC_GROUPS_CLAIM"), _parse_access(settings.get("MCPMETER_OIDC_ACCESS")))
-
-
-class SignInError(Exception):
-    """The flow failed; the message is shown to the person."""
 
 
 class Provider:

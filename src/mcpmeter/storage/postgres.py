@@ -32,9 +32,9 @@ from ..events import ROW_FIELDS
 from ..exceptions import SchemaVersionError, StorageError
 from . import postgres_partitions as partitions
 from . import postgres_rollups
-from .base import EventFilter, IngestResult, KeyInfo, Project
+from .base import AuditEntry, EventFilter, IngestResult, KeyInfo, Project
 from .postgres_migrations import MIGRATIONS, READER_ROLE
-from .postgres_security import PostgresSecurity
+from .postgres_security import PostgresSecurity, _audit
 from .rollup import aggregate
 
 ROLLUP_VERSION = 2
@@ -239,13 +239,20 @@ class PostgresStore(PostgresSecurity):  # keys version, rotation, access, audit,
 
     # ---- projects and keys ------------------------------------------------------------
 
-    def ensure_project(self, name: str) -> Project:
+    def ensure_project(self, name: str, audit: AuditEntry | None = None) -> Project:
+        """The project ``name``, created when new (and then ``audit`` written with its id)."""
         existing = self.project_by_name(name)
         if existing:
             return existing
-        self._write(lambda conn: conn.execute(
-            "INSERT INTO projects (name, user_salt, created_at) VALUES (%s, %s, %s) ON CONFLICT (name) DO NOTHING",
-            (name, secrets.token_hex(32), _now_ms())))
+
+        def run(conn: psycopg.Connection) -> None:
+            row = conn.execute(
+                "INSERT INTO projects (name, user_salt, created_at) VALUES (%s, %s, %s) ON CONFLICT (name) DO NOTHING RETURNING id",
+                (name, secrets.token_hex(32), _now_ms())).fetchone()
+            if row is not None and audit is not None:
+                _audit(conn, audit._replace(project_id=row[0]))
+
+        self._write(run)
         project = self.project_by_name(name)
         assert project is not None
         return project
@@ -262,7 +269,7 @@ class PostgresStore(PostgresSecurity):  # keys version, rotation, access, audit,
         return [Project(*r) for r in self._owner_read("SELECT id, name, user_salt, created_at FROM projects ORDER BY id")]
 
     def add_key(self, project_id: int, name: str, key_hash: str, prefix: str, scopes: Iterable[str],
-                expires_at: int | None = None, replace: bool = False) -> KeyInfo:
+                expires_at: int | None = None, replace: bool = False, audit: AuditEntry | None = None) -> KeyInfo:
         scope_text = ",".join(sorted(set(scopes)))
 
         def run(conn: psycopg.Connection) -> None:
@@ -273,6 +280,7 @@ class PostgresStore(PostgresSecurity):  # keys version, rotation, access, audit,
                 "INSERT INTO api_keys (project_id, name, prefix, key_hash, scopes, created_at, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
                 (project_id, name, prefix, key_hash, scope_text, _now_ms(), expires_at),
             )
+            _audit(conn, audit)
 
         try:
             self._write(run)
@@ -297,14 +305,17 @@ class PostgresStore(PostgresSecurity):  # keys version, rotation, access, audit,
             params = (project_id,)
         return [_key(r) for r in self._owner_read(sql + " ORDER BY k.id", params)]
 
-    def revoke_key(self, project_id: int | None, name_or_prefix: str) -> int:
+    def revoke_key(self, project_id: int | None, name_or_prefix: str, audit: AuditEntry | None = None) -> int:
         def run(conn: psycopg.Connection) -> int:
             sql = "UPDATE api_keys SET revoked_at = %s WHERE revoked_at IS NULL AND (name = %s OR prefix = %s)"
             params: list = [_now_ms(), name_or_prefix, name_or_prefix]
             if project_id is not None:
                 sql += " AND project_id = %s"
                 params.append(project_id)
-            return conn.execute(sql, params).rowcount
+            n = conn.execute(sql, params).rowcount
+            if n:
+                _audit(conn, audit)
+            return n
 
         return self._write(run)
 

@@ -18,11 +18,11 @@ from typing import Iterable, Sequence
 from .. import settings, usersets
 from ..events import ROW_FIELDS
 from ..exceptions import SchemaVersionError, StorageError
-from .base import EventFilter, IngestResult, KeyInfo, Project
+from .base import AuditEntry, EventFilter, IngestResult, KeyInfo, Project
 from . import sqlite_rollups
 from .rollup import aggregate
 from .sqlite_migrations import MIGRATIONS
-from .sqlite_security import SQLiteSecurity
+from .sqlite_security import SQLiteSecurity, _audit
 
 ROLLUP_VERSION = 2
 _MEASUREMENT_DAY_UPSERT = """
@@ -180,16 +180,19 @@ class SQLiteStore(SQLiteSecurity):  # keys version, rotation, access, audit, era
 
     # ---- projects and keys ------------------------------------------------------------
 
-    def ensure_project(self, name: str) -> Project:
+    def ensure_project(self, name: str, audit: AuditEntry | None = None) -> Project:
+        """The project ``name``, created when new (and then ``audit`` written with its id)."""
         existing = self.project_by_name(name)
         if existing:
             return existing
 
         def run(conn: sqlite3.Connection) -> None:
-            conn.execute(
+            cur = conn.execute(
                 "INSERT OR IGNORE INTO projects (name, user_salt, created_at) VALUES (?, ?, ?)",
                 (name, secrets.token_hex(32), _now_ms()),
             )
+            if cur.rowcount and audit is not None:
+                _audit(conn, audit._replace(project_id=cur.lastrowid))
 
         self._write(run)
         project = self.project_by_name(name)
@@ -208,7 +211,7 @@ class SQLiteStore(SQLiteSecurity):  # keys version, rotation, access, audit, era
         return [Project(*r) for r in self._reader().execute("SELECT id, name, user_salt, created_at FROM projects ORDER BY id")]
 
     def add_key(self, project_id: int, name: str, key_hash: str, prefix: str, scopes: Iterable[str],
-                expires_at: int | None = None, replace: bool = False) -> KeyInfo:
+                expires_at: int | None = None, replace: bool = False, audit: AuditEntry | None = None) -> KeyInfo:
         scope_text = ",".join(sorted(set(scopes)))
 
         def run(conn: sqlite3.Connection) -> None:
@@ -218,6 +221,7 @@ class SQLiteStore(SQLiteSecurity):  # keys version, rotation, access, audit, era
                 "INSERT INTO api_keys (project_id, name, prefix, key_hash, scopes, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (project_id, name, prefix, key_hash, scope_text, _now_ms(), expires_at),
             )
+            _audit(conn, audit)
 
         try:
             self._write(run)
@@ -243,14 +247,17 @@ class SQLiteStore(SQLiteSecurity):  # keys version, rotation, access, audit, era
             params = (project_id,)
         return [_key(r) for r in self._reader().execute(sql + " ORDER BY k.id", params)]
 
-    def revoke_key(self, project_id: int | None, name_or_prefix: str) -> int:
+    def revoke_key(self, project_id: int | None, name_or_prefix: str, audit: AuditEntry | None = None) -> int:
         def run(conn: sqlite3.Connection) -> int:
             sql = "UPDATE api_keys SET revoked_at = ? WHERE revoked_at IS NULL AND (name = ? OR prefix = ?)"
             params: list = [_now_ms(), name_or_prefix, name_or_prefix]
             if project_id is not None:
                 sql += " AND project_id = ?"
                 params.append(project_id)
-            return conn.execute(sql, params).rowcount
+            n = conn.execute(sql, params).rowcount
+            if n:
+                _audit(conn, audit)
+            return n
 
         return self._write(run)
 

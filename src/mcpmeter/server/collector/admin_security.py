@@ -8,7 +8,8 @@
 - ``DELETE /v1/admin/users?user=ID`` — erase one user's data (see docs/security.md).
 - ``GET /v1/admin/audit`` — the audit log (``audit.py``).
 
-Every change is written to the audit log.
+The use-cases themselves, their validation and their audit entries are ``mcpmeter.admin``,
+shared with the CLI; ``admin_error`` is how their errors are answered over HTTP.
 """
 
 from __future__ import annotations
@@ -21,16 +22,28 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ... import keys as keylib
+from ... import admin
 from ...analytics.periods import iso
-from ...ingest import hasher_for
-from ..oidc import ROLES, normalize_identity
+from ...exceptions import ConflictError, MCPMeterError, NotFoundError, ValidationError
 from . import audit
 from .responses import error
-from .security import new_signing_secret
 
 
-async def _json_body(request: Request) -> dict[str, Any] | None:
+def admin_error(exc: MCPMeterError, invalid: int = 422) -> Response:
+    """An admin use-case's error as an answer: ``invalid`` for bad arguments, 404, 409."""
+    if isinstance(exc, ValidationError):
+        return error(invalid, str(exc), exc.hint)
+    if isinstance(exc, NotFoundError):
+        return error(404, str(exc), exc.hint)
+    if isinstance(exc, ConflictError):
+        return error(409, str(exc), exc.hint)
+    raise exc
+
+
+ADMIN_ERRORS = (ValidationError, NotFoundError, ConflictError)
+
+
+async def json_body(request: Request) -> dict[str, Any] | None:
     try:
         body = await request.json()
     except ValueError:
@@ -41,30 +54,21 @@ async def _json_body(request: Request) -> dict[str, Any] | None:
 async def rotate_key(request: Request) -> Response:
     collector = request.app.state.collector
     principal = collector.auth.authenticate(request, "admin")
-    name = request.path_params["name"]
-    body = await _json_body(request) if int(request.headers.get("content-length") or 0) else {}
+    body = await json_body(request) if int(request.headers.get("content-length") or 0) else {}
     if body is None:
         return error(400, 'send JSON: {"overlap": "24h"} (or no body for the default, 24h)')
     try:
-        overlap = keylib.parse_duration(str(body.get("overlap", "24h")))
-    except ValueError as exc:
-        return error(422, str(exc), "overlap is how long the old key keeps working, e.g. 24h")
-    store = collector.store
-    current = [k for k in await run_in_threadpool(store.list_keys, principal.project.id) if k.name == name]
-    old_secret = await run_in_threadpool(store.signing_secret, current[0].id) if current else None
-    key = keylib.new_key()
-    secret = new_signing_secret() if old_secret else None
-    record = audit.entry(principal.actor, "key.rotate", principal.project, name, {"overlap_ms": overlap}, "http")
-    rotated = await run_in_threadpool(store.rotate_key, principal.project.id, name, keylib.hash_key(key),
-                                      keylib.display_prefix(key), overlap, secret, record)
-    if rotated is None:
-        return error(404, f"no active key named {name!r} in this project", "GET /v1/admin/keys lists them")
-    old, new = rotated
-    answer = {"project": principal.project.name, "key": key, "name": new.name, "prefix": new.prefix,
+        rotated = await run_in_threadpool(admin.rotate_key, collector.store, audit.actor(request, principal),
+                                          principal.project, request.path_params["name"], str(body.get("overlap", "24h")))
+    except ADMIN_ERRORS as exc:
+        return admin_error(exc)
+    old, new = rotated.old, rotated.new
+    assert old.expires_at is not None  # a rotated key always expires after its overlap
+    answer = {"project": principal.project.name, "key": rotated.key, "name": new.name, "prefix": new.prefix,
               "scopes": sorted(new.scopes), "old": {"name": old.name, "prefix": old.prefix, "expires": iso(old.expires_at)},
               "note": "this is the only time the key is shown; store it now"}
-    if secret:
-        answer["signing_secret"] = secret
+    if rotated.signing_secret:
+        answer["signing_secret"] = rotated.signing_secret
     return JSONResponse(answer, status_code=201, headers={"Cache-Control": "no-store"})
 
 
@@ -79,13 +83,15 @@ async def list_access(request: Request) -> Response:
 async def grant_access(request: Request) -> Response:
     collector = request.app.state.collector
     principal = collector.auth.authenticate(request, "admin")
-    body = await _json_body(request)
-    identity, role = (body or {}).get("identity"), (body or {}).get("role", "viewer")
-    if not isinstance(identity, str) or not identity.strip() or len(identity) > 320 or role not in ROLES:
+    body = await json_body(request)
+    if body is None:
         return error(422, 'send JSON: {"identity": "alice@example.com" | "sub:…" | "group:…", "role": "viewer" | "admin"}')
-    identity = normalize_identity(identity)
-    record = audit.entry(principal.actor, "access.grant", principal.project, identity, {"role": role}, "http")
-    await run_in_threadpool(collector.store.grant_access, principal.project.id, identity, role, record)
+    role = body.get("role", "viewer")
+    try:
+        identity = await run_in_threadpool(admin.grant_access, collector.store, audit.actor(request, principal),
+                                           principal.project, body.get("identity"), role)
+    except ADMIN_ERRORS as exc:
+        return admin_error(exc)
     return JSONResponse({"project": principal.project.name, "identity": identity, "role": role}, status_code=201)
 
 
@@ -95,24 +101,23 @@ async def revoke_access(request: Request) -> Response:
     identity = request.query_params.get("identity")
     if not identity:
         return error(400, "name the identity: DELETE /v1/admin/access?identity=alice@example.com")
-    identity = normalize_identity(identity)
-    record = audit.entry(principal.actor, "access.revoke", principal.project, identity, None, "http")
-    if not await run_in_threadpool(collector.store.revoke_access, principal.project.id, identity, record):
-        return error(404, f"{identity!r} has no access to this project", "GET /v1/admin/access lists who has")
+    try:
+        identity = await run_in_threadpool(admin.revoke_access, collector.store, audit.actor(request, principal),
+                                           principal.project, identity)
+    except ADMIN_ERRORS as exc:
+        return admin_error(exc)
     return JSONResponse({"project": principal.project.name, "revoked": identity})
 
 
 async def delete_user(request: Request) -> Response:
     collector = request.app.state.collector
     principal = collector.auth.authenticate(request, "admin")
-    user = request.query_params.get("user")
-    if not user or len(user) > 512:
-        return error(400, "name the user: DELETE /v1/admin/users?user=<the identifier the SDK recorded>",
-                     "for users hashed on the client, pass the h:… form (`mcpmeter users hash ID` on that machine)")
-    user_hash = hasher_for(principal.project)(user)
-    record = audit.entry(principal.actor, "user.delete", principal.project, user_hash, None, "http")
     started = time.perf_counter()
-    counts = await run_in_threadpool(collector.store.delete_user, principal.project.id, user_hash, record)
+    try:
+        user_hash, counts = await run_in_threadpool(admin.delete_user, collector.store, audit.actor(request, principal),
+                                                    principal.project, request.query_params.get("user"))
+    except ADMIN_ERRORS as exc:
+        return admin_error(exc, invalid=400)
     return JSONResponse({"project": principal.project.name, "user_hash": user_hash, "deleted": counts,
                          "seconds": round(time.perf_counter() - started, 3)})
 

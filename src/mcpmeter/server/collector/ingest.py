@@ -10,14 +10,9 @@ from starlette.responses import JSONResponse, Response
 
 from ...events import BatchError, decode_batch
 from ...ingest import rows_for
-from ...exceptions import StorageError
+from ...exceptions import BodyTooLarge, Overloaded, StorageError
 from .auth import Principal
 from .responses import error
-from .writer import Overloaded
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 async def read_body(request: Request, limit: int, principal: Principal | None = None) -> bytes:

@@ -33,12 +33,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ...events import BatchError, Rejection, decode_batch
-from ...exceptions import AuthError, StorageError
+from ...exceptions import AuthError, BodyTooLarge, OtlpError, Overloaded, StorageError
 from ...ingest import rows_for
 from ...sdk.integrations.conventions import TOOL_ERROR, error_type_for_code, kind_for_method
-from .ingest import BodyTooLarge, read_body
+from .ingest import read_body
 from .openapi import otlp_json_error
-from .writer import Overloaded
 
 PROTOBUF = "application/x-protobuf"
 JSON = "application/json"
@@ -54,10 +53,6 @@ _WANTED = frozenset({
     "network.protocol.name", "jsonrpc.request.id", "user.id", "enduser.id",
     "mcp.client.name", "mcp.client.version", "client.name", "client.version",
 })
-
-
-class OtlpError(ValueError):
-    """The body is not an OTLP trace export."""
 
 
 # ---- decoding ------------------------------------------------------------------------------

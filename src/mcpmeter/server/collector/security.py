@@ -26,40 +26,22 @@ from __future__ import annotations
 
 import hmac
 import math
-import secrets
 import threading
 import time
 from typing import Callable, Hashable, Mapping
 
 from ...events import Event
-from ...exceptions import AuthError, MCPMeterError
+from ...exceptions import SIGN_HINT, RateLimited, SignatureError
+from ...keys import SECRET_PREFIX, new_signing_secret
 from ...signing import sign, signature_headers
 
-__all__ = ["sign", "signature_headers", "new_signing_secret", "SignatureChecker", "RateLimits", "NameCaps"]
+# sign, signature_headers (signing.py), new_signing_secret (keys.py), SignatureError and RateLimited
+# (exceptions.py) are re-exported: the collector's side of signatures and limits is read from here.
+__all__ = ["sign", "signature_headers", "new_signing_secret", "SECRET_PREFIX", "SIGN_HINT", "SignatureError", "RateLimited",
+           "SignatureChecker", "RateLimits", "NameCaps"]
 
 TIMESTAMP_HEADER = "x-mcpmeter-timestamp"
 SIGNATURE_HEADER = "x-mcpmeter-signature"
-SECRET_PREFIX = "mcps_"
-SIGN_HINT = ("sign `<timestamp>.<raw body>` with HMAC-SHA256 and the key's signing secret; send X-MCPMeter-Timestamp "
-             "(unix seconds) and X-MCPMeter-Signature: v1=<hex> (the SDK does when MCPMETER_SIGNING_SECRET is set)")
-
-
-def new_signing_secret() -> str:
-    return SECRET_PREFIX + secrets.token_urlsafe(32)
-
-
-class SignatureError(AuthError):
-    def __init__(self, message: str, hint: str = SIGN_HINT) -> None:
-        super().__init__(message, 401, hint)
-        self.reason = "bad_signature"
-
-
-class RateLimited(MCPMeterError):
-    """429: a bucket is empty. ``retry_after`` is in whole seconds."""
-
-    def __init__(self, message: str, retry_after: int, hint: str) -> None:
-        super().__init__(message, hint)
-        self.retry_after = retry_after
 
 
 class SignatureChecker:

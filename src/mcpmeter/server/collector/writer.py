@@ -21,6 +21,7 @@ import time
 from typing import Callable, Sequence
 
 from ...events import Row
+from ...exceptions import Overloaded
 from ...storage.base import IngestResult, Store
 from ..commits import Commit
 
@@ -30,10 +31,6 @@ _STOP = object()
 
 Subscriber = Callable[[Commit], None]
 """Called in the writer thread with each commit, before its requests are answered."""
-
-
-class Overloaded(Exception):
-    """More rows are waiting for the writer than it may hold; the client should retry."""
 
 
 class Writer:

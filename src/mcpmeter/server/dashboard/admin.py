@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -20,15 +19,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ... import keys as keylib
+from ... import admin
 from ...analytics.periods import iso, window
 from ...analytics.queries import Query
-from ..collector import audit
-from ..collector.responses import error
 from ...exceptions import StorageError
 from ...storage.base import KeyInfo
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+from ..collector import audit
+from ..collector.admin_security import ADMIN_ERRORS, admin_error, json_body
+from ..collector.responses import error
 
 
 def _admin(request: Request):
@@ -55,42 +53,27 @@ async def list_keys(request: Request) -> Response:
 
 async def create_key(request: Request) -> Response:
     collector, principal = _admin(request)
-    try:
-        body = await request.json()
-    except ValueError:
-        body = None
-    if not isinstance(body, dict):
+    body = await json_body(request)
+    if body is None:
         return error(400, "send JSON: {\"name\": ..., \"scopes\": [\"read\"], \"expires_days\": null}")
-    name, scopes, days = body.get("name"), body.get("scopes", ["read"]), body.get("expires_days")
-    if not isinstance(name, str) or not _NAME.match(name):
-        return error(422, "the key needs a name: letters, digits and _ . @ - (at most 64)", "e.g. grafana-read")
-    if not isinstance(scopes, list) or not scopes or any(s not in keylib.SCOPES for s in scopes):
-        return error(422, f"scopes must be a non-empty list of {', '.join(keylib.SCOPES)}")
-    if days is not None and (not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 3650):
-        return error(422, "expires_days must be a whole number of days from 1 to 3650, or null")
-    key = keylib.new_key()
-    expires = int(time.time() * 1000) + days * 86_400_000 if days else None
     try:
-        info = await run_in_threadpool(collector.store.add_key, principal.project.id, name, keylib.hash_key(key),
-                                       keylib.display_prefix(key), scopes, expires)
-    except StorageError as exc:
-        if "already exists" in str(exc):
-            return error(409, str(exc), exc.hint)
-        raise
-    row = _key_row(info, int(time.time() * 1000), {})
-    await audit.record_request(request, principal, "key.create", name, {"prefix": info.prefix, "scopes": sorted(scopes)})
-    return JSONResponse({"project": principal.project.name, "key": key, **row,
+        made = await run_in_threadpool(admin.create_key, collector.store, audit.actor(request, principal), principal.project,
+                                       body.get("name"), body.get("scopes", ["read"]), body.get("expires_days"))
+    except ADMIN_ERRORS as exc:
+        return admin_error(exc)
+    row = _key_row(made.info, int(time.time() * 1000), {})
+    return JSONResponse({"project": principal.project.name, "key": made.key, **row,
                          "note": "this is the only time the key is shown; store it now"}, status_code=201,
                         headers={"Cache-Control": "no-store"})
 
 
 async def revoke_key(request: Request) -> Response:
     collector, principal = _admin(request)
-    ref = request.path_params["ref"].rstrip("…")
-    count = await run_in_threadpool(collector.store.revoke_key, principal.project.id, ref)
-    if not count:
-        return error(404, f"no active key named or prefixed {ref!r} in this project", "GET /v1/admin/keys lists them")
-    await audit.record_request(request, principal, "key.revoke", ref, {"count": count})
+    try:
+        count = await run_in_threadpool(admin.revoke_key, collector.store, audit.actor(request, principal),
+                                        principal.project, request.path_params["ref"])
+    except ADMIN_ERRORS as exc:
+        return admin_error(exc)
     return JSONResponse({"project": principal.project.name, "revoked": count})
 
 
