@@ -1,31 +1,53 @@
-"""Wire format v1: one event, its validation, and its storage row.
+"""Wire format v1: one event, its limits, how a sender builds it, its validation, its storage row.
 
 A batch is a JSON array of events or ``{"events": [...]}``. Each event is decoded on its
 own so that one bad event is reported by index and reason without sinking the batch.
 msgspec does the type, length and unknown-field checks in C; the few rules it cannot
 express (time window, kind-specific requirements) follow in ``_check``.
+
+Senders (the SDK's ``Meter``, its framework integrations, the proxy, the demo data) build
+events with ``new_event``, which clips every value to the same limits, so that what they
+queue is always accepted.
 """
 
 from __future__ import annotations
 
+import os
+import random
 import time
 from datetime import datetime
-from typing import Annotated, Any, Callable, NamedTuple
+from typing import Annotated, Any, Callable, Mapping, NamedTuple
 
 import msgspec
 from msgspec import Meta
 
+from .protocol import TOOL_CALL
+
+# ---- the limits of the wire format ----------------------------------------------------------
+# Declared once: the decoder's types below enforce them at the collector, and ``new_event``
+# clips every value to them before an SDK queues the event.
+MAX_ID = 128
+MAX_KIND = 64
+MAX_NAME = 200  # server, tool
+MAX_SHORT_TEXT = 200  # server_version, category, error_type, session_id, client_name/version
+MAX_PROTOCOL_VERSION = 64
+MAX_TRANSPORT = 32
+MAX_USER = 512
 MAX_ERROR_MESSAGE = 1024  # longer messages are truncated, not rejected
 MAX_ATTRIBUTES = 32
+MAX_ATTRIBUTE_KEY = 64
 MAX_ATTRIBUTE_VALUE = 512
+MAX_DURATION_MS = 86_400_000
+MAX_SIZE = 1 << 40  # args_bytes, result_bytes
+MAX_TS_MS = 253_402_300_799_999  # epoch ms up to year 9999
 
-Name = Annotated[str, Meta(min_length=1, max_length=200)]
-ShortText = Annotated[str, Meta(max_length=200)]
-EventId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$")]
-Kind = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_./]*$")]
-Timestamp = Annotated[datetime, Meta(tz=True)] | Annotated[int, Meta(ge=0, le=253_402_300_799_999)]  # epoch ms up to year 9999
-Size = Annotated[int, Meta(ge=0, le=1 << 40)]
-AttrKey = Annotated[str, Meta(min_length=1, max_length=64)]
+Name = Annotated[str, Meta(min_length=1, max_length=MAX_NAME)]
+ShortText = Annotated[str, Meta(max_length=MAX_SHORT_TEXT)]
+EventId = Annotated[str, Meta(min_length=1, max_length=MAX_ID, pattern=r"^[A-Za-z0-9._:\-]+$")]
+Kind = Annotated[str, Meta(min_length=1, max_length=MAX_KIND, pattern=r"^[a-z][a-z0-9_./]*$")]
+Timestamp = Annotated[datetime, Meta(tz=True)] | Annotated[int, Meta(ge=0, le=MAX_TS_MS)]
+Size = Annotated[int, Meta(ge=0, le=MAX_SIZE)]
+AttrKey = Annotated[str, Meta(min_length=1, max_length=MAX_ATTRIBUTE_KEY)]
 AttrValue = Annotated[str, Meta(max_length=MAX_ATTRIBUTE_VALUE)] | int | float | bool | None
 
 
@@ -37,19 +59,148 @@ class Event(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=F
     server_version: ShortText | None = None
     tool: Name | None = None
     category: ShortText | None = None
-    duration_ms: Annotated[float, Meta(ge=0, le=86_400_000)] | None = None
+    duration_ms: Annotated[float, Meta(ge=0, le=MAX_DURATION_MS)] | None = None
     ok: bool | None = None
     error_type: ShortText | None = None
     error_message: str | None = None
     session_id: ShortText | None = None
     client_name: ShortText | None = None
     client_version: ShortText | None = None
-    protocol_version: Annotated[str, Meta(max_length=64)] | None = None
-    transport: Annotated[str, Meta(max_length=32)] | None = None
-    user: Annotated[str, Meta(max_length=512)] | None = None
+    protocol_version: Annotated[str, Meta(max_length=MAX_PROTOCOL_VERSION)] | None = None
+    transport: Annotated[str, Meta(max_length=MAX_TRANSPORT)] | None = None
+    user: Annotated[str, Meta(max_length=MAX_USER)] | None = None
     args_bytes: Size | None = None
     result_bytes: Size | None = None
     attributes: Annotated[dict[AttrKey, AttrValue], Meta(max_length=MAX_ATTRIBUTES)] | None = None
+
+
+# ---- building an event within the limits ---------------------------------------------------
+
+_ids = random.Random()  # private, so a host seeding ``random`` cannot repeat our ids
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_ids.seed)  # a forked child must not repeat its parent's ids
+_UNNAMED = "(unnamed)"
+_SCALARS = (int, float, bool)
+
+
+def event_id(ts_ms: int) -> str:
+    """A new event id: time-ordered (millisecond prefix, so the store's id index stays
+    append-mostly) followed by 80 random bits."""
+    return f"{ts_ms:012x}{_ids.getrandbits(80):020x}"
+
+
+def clip_text(value: Any, limit: int) -> str | None:
+    """``value`` as text of at most ``limit`` characters (a cut one ends with "…"); None stays None."""
+    if value is None:
+        return None
+    text = value if type(value) is str else str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _fit(value: Any, limit: int) -> str | None:
+    if value is None or (type(value) is str and len(value) <= limit):
+        return value
+    return clip_text(value, limit)
+
+
+def _name(value: Any) -> str:
+    if type(value) is str and 0 < len(value) <= MAX_NAME:
+        return value
+    return clip_text(value, MAX_NAME) or _UNNAMED
+
+
+def _size(value: Any) -> int | None:
+    if value is None:
+        return None
+    if type(value) is not int:
+        try:
+            value = int(value)
+        except (TypeError, ValueError, OverflowError):
+            return None
+    return value if 0 <= value <= MAX_SIZE else (0 if value < 0 else MAX_SIZE)
+
+
+def _duration(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    if 0.0 <= value <= MAX_DURATION_MS:
+        return value
+    return float(MAX_DURATION_MS) if value > MAX_DURATION_MS else 0.0  # (NaN is neither: 0)
+
+
+def fit_attributes(attributes: Any) -> dict[str, Any] | None:
+    """At most ``MAX_ATTRIBUTES`` entries with text keys and scalar or clipped-text values.
+
+    A value of another type becomes its JSON text (or its ``str``), clipped; one that
+    cannot be turned into text is dropped.
+    """
+    if not attributes or not isinstance(attributes, Mapping):
+        return None
+    if len(attributes) <= MAX_ATTRIBUTES and all(
+        type(k) is str and 0 < len(k) <= MAX_ATTRIBUTE_KEY
+        and (v is None or (type(v) is str and len(v) <= MAX_ATTRIBUTE_VALUE) or type(v) in _SCALARS)
+        for k, v in attributes.items()
+    ):
+        return attributes if type(attributes) is dict else dict(attributes)
+    out: dict[str, Any] = {}
+    for key, value in attributes.items():
+        if len(out) == MAX_ATTRIBUTES:
+            break
+        try:
+            key = clip_text(key, MAX_ATTRIBUTE_KEY)
+            if not key or key in out:
+                continue
+            if value is None or isinstance(value, _SCALARS):
+                out[key] = value
+            elif isinstance(value, str):
+                out[key] = clip_text(value, MAX_ATTRIBUTE_VALUE)
+            else:
+                try:
+                    text = _attr_encoder.encode(value).decode()
+                except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+                    text = str(value)
+                out[key] = clip_text(text, MAX_ATTRIBUTE_VALUE)
+        except Exception:  # a key or value whose str() fails: dropped
+            continue
+    return out or None
+
+
+def new_event(
+    kind: str, ts: int, server: str, *, id: str | None = None, server_version: str | None = None,
+    tool: str | None = None, category: str | None = None, duration_ms: float | None = None,
+    ok: bool | None = None, error_type: str | None = None, error_message: str | None = None,
+    session_id: str | None = None, client_name: str | None = None, client_version: str | None = None,
+    protocol_version: str | None = None, transport: str | None = None, user: str | None = None,
+    args_bytes: int | None = None, result_bytes: int | None = None, attributes: Mapping[str, Any] | None = None,
+) -> Event:
+    """An event whose every value is within the wire format's limits (``ts`` in epoch ms).
+
+    Text is clipped to its field's length (an error message as the collector truncates it),
+    sizes and durations are clamped, attributes limited in number and length - so that one
+    oversized value can never get an event, or the batch it travels in, refused.
+    """
+    if type(ts) is not int or not 0 <= ts <= MAX_TS_MS:
+        ts = min(max(int(ts), 0), MAX_TS_MS)
+    if ok is None:
+        if kind == TOOL_CALL:
+            ok = error_type is None
+    elif type(ok) is not bool:
+        ok = bool(ok)
+    return Event(
+        id=event_id(ts) if id is None else id, kind=_fit(kind, MAX_KIND) or "", ts=ts, server=_name(server),
+        server_version=_fit(server_version, MAX_SHORT_TEXT), tool=None if tool is None else _name(tool),
+        category=_fit(category, MAX_SHORT_TEXT), duration_ms=_duration(duration_ms), ok=ok,
+        error_type=_fit(error_type, MAX_SHORT_TEXT), error_message=_fit(error_message, MAX_ERROR_MESSAGE),
+        session_id=_fit(session_id, MAX_SHORT_TEXT), client_name=_fit(client_name, MAX_SHORT_TEXT),
+        client_version=_fit(client_version, MAX_SHORT_TEXT),
+        protocol_version=_fit(protocol_version, MAX_PROTOCOL_VERSION), transport=_fit(transport, MAX_TRANSPORT),
+        user=_fit(user, MAX_USER), args_bytes=_size(args_bytes), result_bytes=_size(result_bytes),
+        attributes=fit_attributes(attributes),
+    )
 
 
 class Row(NamedTuple):
@@ -179,11 +330,11 @@ def _check(event: Event, limits: Limits, now_ms: int) -> None:
         raise ValueError(f"ts is {(now_ms - ts) // 86_400_000} days old; events older than {limits.max_age_ms // 86_400_000} days are not accepted - `$.ts`")
     if ts > now_ms + limits.max_skew_ms:
         raise ValueError("ts is in the future beyond the allowed clock skew; check the sender's clock - `$.ts`")
-    if event.kind == "tool_call" and event.tool is None:
+    if event.kind == TOOL_CALL and event.tool is None:
         raise ValueError("a tool_call event needs `tool` - `$.tool`")
     if event.error_message is not None and len(event.error_message) > MAX_ERROR_MESSAGE:
-        event.error_message = event.error_message[: MAX_ERROR_MESSAGE - 1] + "…"
-    if event.ok is None and event.kind == "tool_call":
+        event.error_message = clip_text(event.error_message, MAX_ERROR_MESSAGE)
+    if event.ok is None and event.kind == TOOL_CALL:
         event.ok = event.error_type is None
 
 
@@ -212,7 +363,7 @@ def _id_of(raw: msgspec.Raw) -> str | None:
     except msgspec.DecodeError:
         return None
     if isinstance(value, dict) and isinstance(value.get("id"), str):
-        return value["id"][:128]
+        return value["id"][:MAX_ID]
     return None
 
 

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import msgspec
 
 from ...events import ROW_FIELDS
-from ...sdk.integrations.conventions import kind_for_method
+from ...protocol import kind_for_method
 
 _I = {name: i for i, name in enumerate(ROW_FIELDS)}
 _ID, _KIND, _TS, _SERVER, _TOOL = _I["event_id"], _I["kind"], _I["ts"], _I["server"], _I["tool"]
