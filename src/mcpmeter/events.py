@@ -79,6 +79,7 @@ class Event(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=F
 _ids = random.Random()  # private, so a host seeding ``random`` cannot repeat our ids
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_ids.seed)  # a forked child must not repeat its parent's ids
+_attr_encoder = msgspec.json.Encoder()
 _UNNAMED = "(unnamed)"
 _SCALARS = (int, float, bool)
 
@@ -95,12 +96,6 @@ def clip_text(value: Any, limit: int) -> str | None:
         return None
     text = value if type(value) is str else str(value)
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _fit(value: Any, limit: int) -> str | None:
-    if value is None or (type(value) is str and len(value) <= limit):
-        return value
-    return clip_text(value, limit)
 
 
 def _name(value: Any) -> str:
@@ -138,14 +133,23 @@ def fit_attributes(attributes: Any) -> dict[str, Any] | None:
     A value of another type becomes its JSON text (or its ``str``), clipped; one that
     cannot be turned into text is dropped.
     """
-    if not attributes or not isinstance(attributes, Mapping):
+    if type(attributes) is dict:
+        if not attributes:
+            return None
+    elif not attributes or not isinstance(attributes, Mapping):
         return None
-    if len(attributes) <= MAX_ATTRIBUTES and all(
-        type(k) is str and 0 < len(k) <= MAX_ATTRIBUTE_KEY
-        and (v is None or (type(v) is str and len(v) <= MAX_ATTRIBUTE_VALUE) or type(v) in _SCALARS)
-        for k, v in attributes.items()
-    ):
-        return attributes if type(attributes) is dict else dict(attributes)
+    if type(attributes) is dict and len(attributes) <= MAX_ATTRIBUTES:
+        for key, value in attributes.items():  # the common case: all fits, nothing is copied
+            if type(key) is not str or not 0 < len(key) <= MAX_ATTRIBUTE_KEY:
+                break
+            kind = type(value)
+            if kind is str:
+                if len(value) > MAX_ATTRIBUTE_VALUE:
+                    break
+            elif value is not None and kind is not int and kind is not float and kind is not bool:
+                break
+        else:
+            return attributes
     out: dict[str, Any] = {}
     for key, value in attributes.items():
         if len(out) == MAX_ATTRIBUTES:
@@ -183,23 +187,56 @@ def new_event(
     sizes and durations are clamped, attributes limited in number and length - so that one
     oversized value can never get an event, or the batch it travels in, refused.
     """
-    if type(ts) is not int or not 0 <= ts <= MAX_TS_MS:
+    # It runs inside instrumented requests: each value is tested inline (no call) and only
+    # one that does not fit takes the slow path.
+    if ts.__class__ is not int or not 0 <= ts <= MAX_TS_MS:
         ts = min(max(int(ts), 0), MAX_TS_MS)
+    if kind.__class__ is not str or len(kind) > MAX_KIND:
+        kind = clip_text(kind, MAX_KIND) or ""
+    if server.__class__ is not str or not 0 < len(server) <= MAX_NAME:
+        server = _name(server)
+    if tool is not None and (tool.__class__ is not str or not 0 < len(tool) <= MAX_NAME):
+        tool = _name(tool)
+    if server_version is not None and (server_version.__class__ is not str or len(server_version) > MAX_SHORT_TEXT):
+        server_version = clip_text(server_version, MAX_SHORT_TEXT)
+    if category is not None and (category.__class__ is not str or len(category) > MAX_SHORT_TEXT):
+        category = clip_text(category, MAX_SHORT_TEXT)
+    if error_type is not None and (error_type.__class__ is not str or len(error_type) > MAX_SHORT_TEXT):
+        error_type = clip_text(error_type, MAX_SHORT_TEXT)
+    if error_message is not None and (error_message.__class__ is not str or len(error_message) > MAX_ERROR_MESSAGE):
+        error_message = clip_text(error_message, MAX_ERROR_MESSAGE)
+    if session_id is not None and (session_id.__class__ is not str or len(session_id) > MAX_SHORT_TEXT):
+        session_id = clip_text(session_id, MAX_SHORT_TEXT)
+    if client_name is not None and (client_name.__class__ is not str or len(client_name) > MAX_SHORT_TEXT):
+        client_name = clip_text(client_name, MAX_SHORT_TEXT)
+    if client_version is not None and (client_version.__class__ is not str or len(client_version) > MAX_SHORT_TEXT):
+        client_version = clip_text(client_version, MAX_SHORT_TEXT)
+    if protocol_version is not None and (protocol_version.__class__ is not str
+                                         or len(protocol_version) > MAX_PROTOCOL_VERSION):
+        protocol_version = clip_text(protocol_version, MAX_PROTOCOL_VERSION)
+    if transport is not None and (transport.__class__ is not str or len(transport) > MAX_TRANSPORT):
+        transport = clip_text(transport, MAX_TRANSPORT)
+    if user is not None and (user.__class__ is not str or len(user) > MAX_USER):
+        user = clip_text(user, MAX_USER)
+    if duration_ms is not None and (duration_ms.__class__ is not float or not 0.0 <= duration_ms <= MAX_DURATION_MS):
+        duration_ms = _duration(duration_ms)
+    if args_bytes is not None and (args_bytes.__class__ is not int or not 0 <= args_bytes <= MAX_SIZE):
+        args_bytes = _size(args_bytes)
+    if result_bytes is not None and (result_bytes.__class__ is not int or not 0 <= result_bytes <= MAX_SIZE):
+        result_bytes = _size(result_bytes)
+    if attributes is not None:
+        attributes = fit_attributes(attributes)
     if ok is None:
         if kind == TOOL_CALL:
             ok = error_type is None
-    elif type(ok) is not bool:
+    elif ok.__class__ is not bool:
         ok = bool(ok)
     return Event(
-        id=event_id(ts) if id is None else id, kind=_fit(kind, MAX_KIND) or "", ts=ts, server=_name(server),
-        server_version=_fit(server_version, MAX_SHORT_TEXT), tool=None if tool is None else _name(tool),
-        category=_fit(category, MAX_SHORT_TEXT), duration_ms=_duration(duration_ms), ok=ok,
-        error_type=_fit(error_type, MAX_SHORT_TEXT), error_message=_fit(error_message, MAX_ERROR_MESSAGE),
-        session_id=_fit(session_id, MAX_SHORT_TEXT), client_name=_fit(client_name, MAX_SHORT_TEXT),
-        client_version=_fit(client_version, MAX_SHORT_TEXT),
-        protocol_version=_fit(protocol_version, MAX_PROTOCOL_VERSION), transport=_fit(transport, MAX_TRANSPORT),
-        user=_fit(user, MAX_USER), args_bytes=_size(args_bytes), result_bytes=_size(result_bytes),
-        attributes=fit_attributes(attributes),
+        id=event_id(ts) if id is None else id, kind=kind, ts=ts, server=server, server_version=server_version,
+        tool=tool, category=category, duration_ms=duration_ms, ok=ok, error_type=error_type,
+        error_message=error_message, session_id=session_id, client_name=client_name,
+        client_version=client_version, protocol_version=protocol_version, transport=transport, user=user,
+        args_bytes=args_bytes, result_bytes=result_bytes, attributes=attributes,
     )
 
 
@@ -253,7 +290,6 @@ _batch_decoder = msgspec.json.Decoder(list[msgspec.Raw] | dict[str, list[msgspec
 # the batch is decoded again event by event, which reports each bad event on its own.
 _valid_batch_decoder = msgspec.json.Decoder(list[Event] | dict[str, list[Event]])
 _event_decoder = msgspec.json.Decoder(Event)
-_attr_encoder = msgspec.json.Encoder()
 
 
 class BatchError(ValueError):
