@@ -80,7 +80,10 @@ _ids = random.Random()  # private, so a host seeding ``random`` cannot repeat ou
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_ids.seed)  # a forked child must not repeat its parent's ids
 _attr_encoder = msgspec.json.Encoder()
-_UNNAMED = "(unnamed)"
+UNNAMED = "(unnamed)"  # the name of a server or tool that has none
+# The limits of new_event's optional text fields, in the order it checks them.
+_TEXT_LIMITS = (MAX_SHORT_TEXT, MAX_SHORT_TEXT, MAX_SHORT_TEXT, MAX_ERROR_MESSAGE, MAX_SHORT_TEXT, MAX_SHORT_TEXT,
+                MAX_SHORT_TEXT, MAX_PROTOCOL_VERSION, MAX_TRANSPORT, MAX_USER)
 _SCALARS = (int, float, bool)
 
 
@@ -101,7 +104,7 @@ def clip_text(value: Any, limit: int) -> str | None:
 def _name(value: Any) -> str:
     if type(value) is str and 0 < len(value) <= MAX_NAME:
         return value
-    return clip_text(value, MAX_NAME) or _UNNAMED
+    return clip_text(value, MAX_NAME) or UNNAMED
 
 
 def _size(value: Any) -> int | None:
@@ -187,8 +190,8 @@ def new_event(
     sizes and durations are clamped, attributes limited in number and length - so that one
     oversized value can never get an event, or the batch it travels in, refused.
     """
-    # It runs inside instrumented requests: each value is tested inline (no call) and only
-    # one that does not fit takes the slow path.
+    # It runs inside instrumented requests: values are tested inline (no call per value) and
+    # only when one does not fit are they clipped.
     if ts.__class__ is not int or not 0 <= ts <= MAX_TS_MS:
         ts = min(max(int(ts), 0), MAX_TS_MS)
     if kind.__class__ is not str or len(kind) > MAX_KIND:
@@ -197,27 +200,13 @@ def new_event(
         server = _name(server)
     if tool is not None and (tool.__class__ is not str or not 0 < len(tool) <= MAX_NAME):
         tool = _name(tool)
-    if server_version is not None and (server_version.__class__ is not str or len(server_version) > MAX_SHORT_TEXT):
-        server_version = clip_text(server_version, MAX_SHORT_TEXT)
-    if category is not None and (category.__class__ is not str or len(category) > MAX_SHORT_TEXT):
-        category = clip_text(category, MAX_SHORT_TEXT)
-    if error_type is not None and (error_type.__class__ is not str or len(error_type) > MAX_SHORT_TEXT):
-        error_type = clip_text(error_type, MAX_SHORT_TEXT)
-    if error_message is not None and (error_message.__class__ is not str or len(error_message) > MAX_ERROR_MESSAGE):
-        error_message = clip_text(error_message, MAX_ERROR_MESSAGE)
-    if session_id is not None and (session_id.__class__ is not str or len(session_id) > MAX_SHORT_TEXT):
-        session_id = clip_text(session_id, MAX_SHORT_TEXT)
-    if client_name is not None and (client_name.__class__ is not str or len(client_name) > MAX_SHORT_TEXT):
-        client_name = clip_text(client_name, MAX_SHORT_TEXT)
-    if client_version is not None and (client_version.__class__ is not str or len(client_version) > MAX_SHORT_TEXT):
-        client_version = clip_text(client_version, MAX_SHORT_TEXT)
-    if protocol_version is not None and (protocol_version.__class__ is not str
-                                         or len(protocol_version) > MAX_PROTOCOL_VERSION):
-        protocol_version = clip_text(protocol_version, MAX_PROTOCOL_VERSION)
-    if transport is not None and (transport.__class__ is not str or len(transport) > MAX_TRANSPORT):
-        transport = clip_text(transport, MAX_TRANSPORT)
-    if user is not None and (user.__class__ is not str or len(user) > MAX_USER):
-        user = clip_text(user, MAX_USER)
+    texts = (server_version, category, error_type, error_message, session_id, client_name, client_version,
+             protocol_version, transport, user)
+    for value, limit in zip(texts, _TEXT_LIMITS):
+        if value is not None and (value.__class__ is not str or len(value) > limit):
+            (server_version, category, error_type, error_message, session_id, client_name, client_version,
+             protocol_version, transport, user) = (clip_text(v, n) for v, n in zip(texts, _TEXT_LIMITS))
+            break
     if duration_ms is not None and (duration_ms.__class__ is not float or not 0.0 <= duration_ms <= MAX_DURATION_MS):
         duration_ms = _duration(duration_ms)
     if args_bytes is not None and (args_bytes.__class__ is not int or not 0 <= args_bytes <= MAX_SIZE):

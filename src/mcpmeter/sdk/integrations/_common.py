@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 
 import msgspec
 
-from ...events import MAX_ATTRIBUTE_VALUE, MAX_NAME, clip_text, new_event
+from ...events import MAX_ATTRIBUTE_VALUE, UNNAMED, new_event
 from ...protocol import CLIENT_INFO_META_KEY, error_type_for_code
 from ..internal import internal_error
 
@@ -207,11 +207,9 @@ def _token_principal(request: Any) -> str | None:
     return getattr(token, "subject", None) or getattr(token, "client_id", None)
 
 
-def tool_name(value: Any) -> str:
-    """A tool name as the wire format accepts it (1-200 characters)."""
-    if type(value) is str and 0 < len(value) <= MAX_NAME:
-        return value
-    return clip_text(value, MAX_NAME) or "(unnamed)"
+def tool_name(value: Any) -> Any:
+    """The tool a tools/call names (``new_event`` makes it a name within the limit)."""
+    return UNNAMED if value is None else value
 
 
 def failure_of(exc: BaseException) -> tuple[str, str]:
