@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 
+import msgspec
 import pytest
 
 from foundation_helpers import event, now_ms
-import msgspec
 
 from mcpmeter import events as wire
 from mcpmeter.events import MAX_ERROR_MESSAGE, ROW_FIELDS, BatchError, Limits, decode_batch, new_event, to_row

@@ -122,12 +122,12 @@ def _duration(value: Any) -> float | None:
     if value is None:
         return None
     try:
-        value = float(value)
+        number = float(value)
     except (TypeError, ValueError):
         return None
-    if 0.0 <= value <= MAX_DURATION_MS:
-        return value
-    return float(MAX_DURATION_MS) if value > MAX_DURATION_MS else 0.0  # (NaN is neither: 0)
+    if 0.0 <= number <= MAX_DURATION_MS:
+        return number
+    return float(MAX_DURATION_MS) if number > MAX_DURATION_MS else 0.0  # (NaN is neither: 0)
 
 
 def fit_attributes(attributes: Any) -> dict[str, Any] | None:

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
 from .. import settings
-from ..exceptions import ConfigError
 from ..events import MAX_ERROR_MESSAGE, Event, clip_text, new_event
+from ..exceptions import ConfigError
 from ..identity import local_user
 from ..paths import spool_path
 from ..protocol import TOOL_CALL
