@@ -20,7 +20,11 @@ import httpx
 import pytest
 
 from conftest import MCPMETER, start_collector, stop_collector
+from foundation_helpers import stored_events
+from mcpmeter import Meter
+from mcpmeter.events import MAX_ATTRIBUTE_VALUE, MAX_ATTRIBUTES, MAX_ERROR_MESSAGE, MAX_NAME
 from mcpmeter.sdk.spool import Spool
+from mcpmeter.storage import open_store
 
 pytestmark = pytest.mark.slow
 
@@ -204,3 +208,34 @@ def test_a_collector_killed_mid_run_loses_nothing_and_counts_nothing_twice(tmp_p
         stop_collector(collector)
         if restarted:
             stop_collector(restarted)
+
+
+def test_one_oversized_event_does_not_cost_the_batch_it_travels_in(tmp_path):
+    """An 11 MB error message (more than the collector takes in one body), an over-long tool
+    name and too many attributes are clipped before they are queued: the collector stores
+    every event of the batch, the three ordinary ones and the oversized one."""
+    db = tmp_path / "clip.db"
+    collector = start_collector(db)
+    meter = Meter(server="clip", url=collector.url, batch_size=100, flush_interval=60, spool=str(tmp_path / "spool.db"))
+    try:
+        meter.record("search", duration_ms=3.0)
+        meter.record("search", error_type="RuntimeError", error_message="x" * (11 * 1024 * 1024),
+                     attributes={f"a{i}": "v" * 10_000 for i in range(100)})
+        meter.record("t" * 1000, duration_ms=1e12)
+        meter.record("details", duration_ms=4.0)
+        assert meter.flush(30)
+        assert (meter.stats.sent, meter.stats.spooled, dict(meter.stats.dropped)) == (4, 0, {})
+    finally:
+        meter.shutdown()
+        stop_collector(collector)
+    store = open_store(str(db))
+    try:
+        events = [e for e in stored_events(store) if e["kind"] == "tool_call"]
+    finally:
+        store.close()
+    assert sorted(e["tool"] for e in events) == sorted(["search", "search", "details", "t" * (MAX_NAME - 1) + "…"])
+    (failed,) = [e for e in events if e["error_type"]]
+    assert len(failed["error_message"]) == MAX_ERROR_MESSAGE and failed["error_message"].endswith("…")
+    attributes = json.loads(failed["attributes"])
+    assert len(attributes) == MAX_ATTRIBUTES and all(len(v) == MAX_ATTRIBUTE_VALUE for v in attributes.values())
+    assert max(e["duration_ms"] or 0 for e in events) == 86_400_000

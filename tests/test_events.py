@@ -1,13 +1,17 @@
-"""Wire format v1: what a batch may look like and why an event is rejected."""
+"""Wire format v1: what a batch may look like, why an event is rejected, and how senders
+build events that are never rejected for a value's size."""
 
 from __future__ import annotations
 
 import json
 
+import msgspec
 import pytest
 
 from foundation_helpers import event, now_ms
-from mcpmeter.events import MAX_ERROR_MESSAGE, ROW_FIELDS, BatchError, Limits, decode_batch, to_row
+
+from mcpmeter import events as wire
+from mcpmeter.events import MAX_ERROR_MESSAGE, ROW_FIELDS, BatchError, Limits, decode_batch, new_event, to_row
 
 
 def decode(events, limits: Limits = Limits(), now: int | None = None):
@@ -136,3 +140,62 @@ def test_to_row_follows_row_fields_and_replaces_the_user_by_its_hash():
     assert "alice@example.com" not in map(str, row.values())
     assert row["ok"] == 0
     assert json.loads(row["attributes"]) == {"region": "eu", "n": 2}
+
+
+# ---- new_event: every sender's constructor clips to the limits ------------------------------------
+
+
+def accepted(event) -> bool:
+    events, rejected = decode_batch(msgspec.json.encode([event]))
+    return len(events) == 1 and not rejected
+
+
+def test_new_event_clips_every_value_to_the_limits_the_decoder_enforces():
+    huge = "x" * 100_000
+    e = new_event(
+        "tool_call", now_ms(), huge, tool=huge, server_version=huge, category=huge, error_type=huge,
+        error_message=huge, session_id=huge, client_name=huge, client_version=huge, protocol_version=huge,
+        transport=huge, user=huge, duration_ms=1e30, args_bytes=1 << 60, result_bytes=-5,
+    )
+    assert accepted(e)
+    assert (len(e.server), len(e.tool), len(e.category), len(e.session_id)) == (wire.MAX_NAME, wire.MAX_NAME,
+                                                                                 wire.MAX_SHORT_TEXT, wire.MAX_SHORT_TEXT)
+    assert (len(e.protocol_version), len(e.transport), len(e.user)) == (wire.MAX_PROTOCOL_VERSION, wire.MAX_TRANSPORT,
+                                                                       wire.MAX_USER)
+    assert len(e.error_message) == MAX_ERROR_MESSAGE and e.error_message.endswith("…")
+    assert (e.duration_ms, e.args_bytes, e.result_bytes) == (wire.MAX_DURATION_MS, wire.MAX_SIZE, 0)
+    assert e.ok is False  # an error type and no verdict: the collector's rule, applied before sending
+
+
+def test_new_event_leaves_values_within_the_limits_as_they_are():
+    e = new_event("list_tools", 1_700_000_000_000, "weblab", tool="search", user="ann", duration_ms=1.5,
+                  attributes={"tools": 3, "mcp.method.name": "tools/list"})
+    assert (e.kind, e.ts, e.server, e.tool, e.user, e.duration_ms, e.ok) == (
+        "list_tools", 1_700_000_000_000, "weblab", "search", "ann", 1.5, None)
+    assert e.attributes == {"tools": 3, "mcp.method.name": "tools/list"}
+    assert e.id.startswith(f"{1_700_000_000_000:012x}") and len(e.id) == 32
+
+
+def test_new_event_turns_unusable_values_into_text_or_drops_them():
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError("no")
+
+    e = new_event("tool_call", now_ms(), "", tool="", user=42, attributes={
+        **{f"k{i}": i for i in range(40)}, 7: [1, 2], "": "empty key", "obj": Unprintable(), "k" * 100: {"a": 1},
+    })
+    assert accepted(e)
+    assert (e.server, e.tool, e.user) == ("(unnamed)", "(unnamed)", "42")
+    assert len(e.attributes) == wire.MAX_ATTRIBUTES and e.attributes["k0"] == 0
+    small = new_event("x", now_ms(), "s", attributes={7: [1, 2], "": "empty key", "obj": Unprintable(), "k" * 100: {"a": 1}})
+    assert accepted(small)
+    assert small.attributes == {"7": "[1,2]", "k" * (wire.MAX_ATTRIBUTE_KEY - 1) + "…": '{"a":1}'}
+
+
+def test_new_event_ids_do_not_follow_the_hosts_random_seed():
+    import random
+
+    random.seed(1)
+    first = new_event("x", 0, "s").id
+    random.seed(1)
+    assert new_event("x", 0, "s").id != first

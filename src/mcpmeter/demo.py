@@ -3,7 +3,7 @@
 Users work in sessions (handshake, discovery, a few tool calls); adoption grows; one tool
 is listed but never called; a deploy fixes a failing tool, marked as a server event; a
 custom gauge is reported daily. Everything goes through the same validation and ingest
-path as real data.
+path as real data; the events are built as every sender builds them (``events.new_event``).
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from typing import Callable, Iterator
 
 import msgspec
 
-from .events import Limits, decode_batch
+from .events import Event, Limits, decode_batch, new_event
 from .ingest import rows_for
 from .measurements import measurement_rows, server_event_rows
-from .sdk.ids import event_id
+from .protocol import (
+    INITIALIZE, INITIALIZE_METHOD, LIST_TOOLS, METHOD_ATTRIBUTE, SERVER_DISCOVER_METHOD, TOOL_CALL, TOOL_LISTED,
+)
 from .storage.base import Store
 
 DAY_MS = 86_400_000
@@ -39,7 +41,7 @@ PROTOCOLS = [("2025-06-18", 0.3), ("2025-11-25", 0.5), ("2026-07-28", 0.2)]
 
 
 def generate(days: int = 90, users: int = 40, calls_per_day: int = 300, seed: int = 7,
-             now_ms: int | None = None) -> Iterator[dict]:
+             now_ms: int | None = None) -> Iterator[Event]:
     rng = random.Random(seed)
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     people = [f"user{i:03d}@example.com" for i in range(users)]
@@ -47,7 +49,7 @@ def generate(days: int = 90, users: int = 40, calls_per_day: int = 300, seed: in
     for server, (version, tools) in SERVERS.items():
         for tool, _, _, _ in tools:  # the catalog each server advertises
             ts = now_ms - days * DAY_MS + 60_000
-            yield {"id": event_id(ts), "kind": "tool_listed", "ts": ts, "server": server, "tool": tool}
+            yield new_event(TOOL_LISTED, ts, server, tool=tool)
     for day in range(days, 0, -1):
         growth = 0.4 + 0.6 * (days - day) / days  # adoption grows over the period
         weekday = ((now_ms // DAY_MS) - day) % 7 < 5
@@ -65,11 +67,11 @@ def generate(days: int = 90, users: int = 40, calls_per_day: int = 300, seed: in
                        "protocol_version": rng.choices([p for p, _ in PROTOCOLS], [w for _, w in PROTOCOLS])[0],
                        "transport": rng.choice(["stdio", "stdio", "streamable-http"]), "user": rng.choice(active)}
             ts = day_start + int(rng.random() * (DAY_MS - 3_600_000))
-            method = "server/discover" if session["protocol_version"] == "2026-07-28" else "initialize"
-            yield {"id": event_id(ts), "kind": "initialize", "ts": ts, "server": server, "duration_ms": round(rng.uniform(2, 15), 2),
-                   "ok": True, "attributes": {"mcp.method.name": method}, **session}
+            method = SERVER_DISCOVER_METHOD if session["protocol_version"] == "2026-07-28" else INITIALIZE_METHOD
+            yield new_event(INITIALIZE, ts, server, duration_ms=round(rng.uniform(2, 15), 2), ok=True,
+                            attributes={METHOD_ATTRIBUTE: method}, **session)
             ts += rng.randrange(50, 400)
-            yield {"id": event_id(ts), "kind": "list_tools", "ts": ts, "server": server, "duration_ms": round(rng.uniform(1, 8), 2), "ok": True, **session}
+            yield new_event(LIST_TOOLS, ts, server, duration_ms=round(rng.uniform(1, 8), 2), ok=True, **session)
             weights = [t[2] for t in tools]
             for _ in range(min(budget, rng.randint(1, 8))):
                 budget -= 1
@@ -78,12 +80,10 @@ def generate(days: int = 90, users: int = 40, calls_per_day: int = 300, seed: in
                 error_rate = 0.03 + (0.10 if day > deploy_day and tool == "weblab_search" else 0.0)
                 failed = rng.random() < error_rate
                 duration = base_ms * math.exp(rng.gauss(0, 0.5)) * (3 if failed else 1)
-                event = {"id": event_id(ts), "kind": "tool_call", "ts": ts, "server": server, "tool": tool, "category": category,
-                         "duration_ms": round(duration, 2), "ok": not failed, "args_bytes": rng.randrange(20, 400),
-                         "result_bytes": rng.randrange(100, 20000), **session}
-                if failed:
-                    event["error_type"], event["error_message"] = rng.choice(ERRORS)
-                yield event
+                error_type, error_message = rng.choice(ERRORS) if failed else (None, None)
+                yield new_event(TOOL_CALL, ts, server, tool=tool, category=category, duration_ms=round(duration, 2),
+                                ok=not failed, error_type=error_type, error_message=error_message,
+                                args_bytes=rng.randrange(20, 400), result_bytes=rng.randrange(100, 20000), **session)
 
 
 def demo_server_events(days: int, now_ms: int) -> list[dict]:
@@ -101,7 +101,7 @@ def fill(store: Store, project_name: str = "default", progress: Callable[[int], 
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     encoder = msgspec.json.Encoder()
     limits = Limits(max_events=100_000)
-    batch: list[dict] = []
+    batch: list[Event] = []
     total = 0
     for event in generate(days=days, now_ms=now_ms, **kwargs):
         batch.append(event)

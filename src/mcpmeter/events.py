@@ -1,33 +1,54 @@
-"""Wire format v1: one event, its validation, and its storage row.
+"""Wire format v1: one event, its limits, how a sender builds it, its validation, its storage row.
 
 A batch is a JSON array of events or ``{"events": [...]}``. Each event is decoded on its
 own so that one bad event is reported by index and reason without sinking the batch.
 msgspec does the type, length and unknown-field checks in C; the few rules it cannot
 express (time window, kind-specific requirements) follow in ``_check``.
+
+Senders (the SDK's ``Meter``, its framework integrations, the proxy, the demo data) build
+events with ``new_event``, which clips every value to the same limits, so that what they
+queue is always accepted.
 """
 
 from __future__ import annotations
 
+import os
+import random
 import time
 from datetime import datetime
-from typing import Annotated, Any, Callable, NamedTuple
+from typing import Annotated, Any, Callable, Mapping, NamedTuple
 
 import msgspec
 from msgspec import Meta
 
 from .exceptions import BatchError  # noqa: F401  (raised here; its home is the exception tree)
+from .protocol import TOOL_CALL
 
+# ---- the limits of the wire format ----------------------------------------------------------
+# Declared once: the decoder's types below enforce them at the collector, and ``new_event``
+# clips every value to them before an SDK queues the event.
+MAX_ID = 128
+MAX_KIND = 64
+MAX_NAME = 200  # server, tool
+MAX_SHORT_TEXT = 200  # server_version, category, error_type, session_id, client_name/version
+MAX_PROTOCOL_VERSION = 64
+MAX_TRANSPORT = 32
+MAX_USER = 512
 MAX_ERROR_MESSAGE = 1024  # longer messages are truncated, not rejected
 MAX_ATTRIBUTES = 32
+MAX_ATTRIBUTE_KEY = 64
 MAX_ATTRIBUTE_VALUE = 512
+MAX_DURATION_MS = 86_400_000
+MAX_SIZE = 1 << 40  # args_bytes, result_bytes
+MAX_TS_MS = 253_402_300_799_999  # epoch ms up to year 9999
 
-Name = Annotated[str, Meta(min_length=1, max_length=200)]
-ShortText = Annotated[str, Meta(max_length=200)]
-EventId = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$")]
-Kind = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[a-z][a-z0-9_./]*$")]
-Timestamp = Annotated[datetime, Meta(tz=True)] | Annotated[int, Meta(ge=0, le=253_402_300_799_999)]  # epoch ms up to year 9999
-Size = Annotated[int, Meta(ge=0, le=1 << 40)]
-AttrKey = Annotated[str, Meta(min_length=1, max_length=64)]
+Name = Annotated[str, Meta(min_length=1, max_length=MAX_NAME)]
+ShortText = Annotated[str, Meta(max_length=MAX_SHORT_TEXT)]
+EventId = Annotated[str, Meta(min_length=1, max_length=MAX_ID, pattern=r"^[A-Za-z0-9._:\-]+$")]
+Kind = Annotated[str, Meta(min_length=1, max_length=MAX_KIND, pattern=r"^[a-z][a-z0-9_./]*$")]
+Timestamp = Annotated[datetime, Meta(tz=True)] | Annotated[int, Meta(ge=0, le=MAX_TS_MS)]
+Size = Annotated[int, Meta(ge=0, le=MAX_SIZE)]
+AttrKey = Annotated[str, Meta(min_length=1, max_length=MAX_ATTRIBUTE_KEY)]
 AttrValue = Annotated[str, Meta(max_length=MAX_ATTRIBUTE_VALUE)] | int | float | bool | None
 
 
@@ -39,19 +60,174 @@ class Event(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, gc=F
     server_version: ShortText | None = None
     tool: Name | None = None
     category: ShortText | None = None
-    duration_ms: Annotated[float, Meta(ge=0, le=86_400_000)] | None = None
+    duration_ms: Annotated[float, Meta(ge=0, le=MAX_DURATION_MS)] | None = None
     ok: bool | None = None
     error_type: ShortText | None = None
     error_message: str | None = None
     session_id: ShortText | None = None
     client_name: ShortText | None = None
     client_version: ShortText | None = None
-    protocol_version: Annotated[str, Meta(max_length=64)] | None = None
-    transport: Annotated[str, Meta(max_length=32)] | None = None
-    user: Annotated[str, Meta(max_length=512)] | None = None
+    protocol_version: Annotated[str, Meta(max_length=MAX_PROTOCOL_VERSION)] | None = None
+    transport: Annotated[str, Meta(max_length=MAX_TRANSPORT)] | None = None
+    user: Annotated[str, Meta(max_length=MAX_USER)] | None = None
     args_bytes: Size | None = None
     result_bytes: Size | None = None
     attributes: Annotated[dict[AttrKey, AttrValue], Meta(max_length=MAX_ATTRIBUTES)] | None = None
+
+
+# ---- building an event within the limits ---------------------------------------------------
+
+_ids = random.Random()  # private, so a host seeding ``random`` cannot repeat our ids
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_ids.seed)  # a forked child must not repeat its parent's ids
+_attr_encoder = msgspec.json.Encoder()
+UNNAMED = "(unnamed)"  # the name of a server or tool that has none
+# The limits of new_event's optional text fields, in the order it checks them.
+_TEXT_LIMITS = (MAX_SHORT_TEXT, MAX_SHORT_TEXT, MAX_SHORT_TEXT, MAX_ERROR_MESSAGE, MAX_SHORT_TEXT, MAX_SHORT_TEXT,
+                MAX_SHORT_TEXT, MAX_PROTOCOL_VERSION, MAX_TRANSPORT, MAX_USER)
+_SCALARS = (int, float, bool)
+
+
+def event_id(ts_ms: int) -> str:
+    """A new event id: time-ordered (millisecond prefix, so the store's id index stays
+    append-mostly) followed by 80 random bits."""
+    return f"{ts_ms:012x}{_ids.getrandbits(80):020x}"
+
+
+def clip_text(value: Any, limit: int) -> str | None:
+    """``value`` as text of at most ``limit`` characters (a cut one ends with "…"); None stays None."""
+    if value is None:
+        return None
+    text = value if type(value) is str else str(value)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _name(value: Any) -> str:
+    if type(value) is str and 0 < len(value) <= MAX_NAME:
+        return value
+    return clip_text(value, MAX_NAME) or UNNAMED
+
+
+def _size(value: Any) -> int | None:
+    if value is None:
+        return None
+    if type(value) is not int:
+        try:
+            value = int(value)
+        except (TypeError, ValueError, OverflowError):
+            return None
+    return value if 0 <= value <= MAX_SIZE else (0 if value < 0 else MAX_SIZE)
+
+
+def _duration(value: Any) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    if 0.0 <= number <= MAX_DURATION_MS:
+        return number
+    return float(MAX_DURATION_MS) if number > MAX_DURATION_MS else 0.0  # (NaN is neither: 0)
+
+
+def fit_attributes(attributes: Any) -> dict[str, Any] | None:
+    """At most ``MAX_ATTRIBUTES`` entries with text keys and scalar or clipped-text values.
+
+    A value of another type becomes its JSON text (or its ``str``), clipped; one that
+    cannot be turned into text is dropped.
+    """
+    if type(attributes) is dict:
+        if not attributes:
+            return None
+    elif not attributes or not isinstance(attributes, Mapping):
+        return None
+    if type(attributes) is dict and len(attributes) <= MAX_ATTRIBUTES:
+        for key, value in attributes.items():  # the common case: all fits, nothing is copied
+            if type(key) is not str or not 0 < len(key) <= MAX_ATTRIBUTE_KEY:
+                break
+            kind = type(value)
+            if kind is str:
+                if len(value) > MAX_ATTRIBUTE_VALUE:
+                    break
+            elif value is not None and kind is not int and kind is not float and kind is not bool:
+                break
+        else:
+            return attributes
+    out: dict[str, Any] = {}
+    for key, value in attributes.items():
+        if len(out) == MAX_ATTRIBUTES:
+            break
+        try:
+            key = clip_text(key, MAX_ATTRIBUTE_KEY)
+            if not key or key in out:
+                continue
+            if value is None or isinstance(value, _SCALARS):
+                out[key] = value
+            elif isinstance(value, str):
+                out[key] = clip_text(value, MAX_ATTRIBUTE_VALUE)
+            else:
+                try:
+                    text = _attr_encoder.encode(value).decode()
+                except (TypeError, ValueError, OverflowError, msgspec.EncodeError):
+                    text = str(value)
+                out[key] = clip_text(text, MAX_ATTRIBUTE_VALUE)
+        except Exception:  # a key or value whose str() fails: dropped
+            continue
+    return out or None
+
+
+def new_event(
+    kind: str, ts: int, server: str, *, id: str | None = None, server_version: str | None = None,
+    tool: str | None = None, category: str | None = None, duration_ms: float | None = None,
+    ok: bool | None = None, error_type: str | None = None, error_message: str | None = None,
+    session_id: str | None = None, client_name: str | None = None, client_version: str | None = None,
+    protocol_version: str | None = None, transport: str | None = None, user: str | None = None,
+    args_bytes: int | None = None, result_bytes: int | None = None, attributes: Mapping[str, Any] | None = None,
+) -> Event:
+    """An event whose every value is within the wire format's limits (``ts`` in epoch ms).
+
+    Text is clipped to its field's length (an error message as the collector truncates it),
+    sizes and durations are clamped, attributes limited in number and length - so that one
+    oversized value can never get an event, or the batch it travels in, refused.
+    """
+    # It runs inside instrumented requests: values are tested inline (no call per value) and
+    # only when one does not fit are they clipped.
+    if ts.__class__ is not int or not 0 <= ts <= MAX_TS_MS:
+        ts = min(max(int(ts), 0), MAX_TS_MS)
+    if kind.__class__ is not str or len(kind) > MAX_KIND:
+        kind = clip_text(kind, MAX_KIND) or ""
+    if server.__class__ is not str or not 0 < len(server) <= MAX_NAME:
+        server = _name(server)
+    if tool is not None and (tool.__class__ is not str or not 0 < len(tool) <= MAX_NAME):
+        tool = _name(tool)
+    texts = (server_version, category, error_type, error_message, session_id, client_name, client_version,
+             protocol_version, transport, user)
+    for value, limit in zip(texts, _TEXT_LIMITS):
+        if value is not None and (value.__class__ is not str or len(value) > limit):
+            (server_version, category, error_type, error_message, session_id, client_name, client_version,
+             protocol_version, transport, user) = (clip_text(v, n) for v, n in zip(texts, _TEXT_LIMITS))
+            break
+    if duration_ms is not None and (duration_ms.__class__ is not float or not 0.0 <= duration_ms <= MAX_DURATION_MS):
+        duration_ms = _duration(duration_ms)
+    if args_bytes is not None and (args_bytes.__class__ is not int or not 0 <= args_bytes <= MAX_SIZE):
+        args_bytes = _size(args_bytes)
+    if result_bytes is not None and (result_bytes.__class__ is not int or not 0 <= result_bytes <= MAX_SIZE):
+        result_bytes = _size(result_bytes)
+    if attributes is not None:
+        attributes = fit_attributes(attributes)
+    if ok is None:
+        if kind == TOOL_CALL:
+            ok = error_type is None
+    elif ok.__class__ is not bool:
+        ok = bool(ok)
+    return Event(
+        id=event_id(ts) if id is None else id, kind=kind, ts=ts, server=server, server_version=server_version,
+        tool=tool, category=category, duration_ms=duration_ms, ok=ok, error_type=error_type,
+        error_message=error_message, session_id=session_id, client_name=client_name,
+        client_version=client_version, protocol_version=protocol_version, transport=transport, user=user,
+        args_bytes=args_bytes, result_bytes=result_bytes, attributes=attributes,
+    )
 
 
 class Row(NamedTuple):
@@ -104,7 +280,6 @@ _batch_decoder = msgspec.json.Decoder(list[msgspec.Raw] | dict[str, list[msgspec
 # the batch is decoded again event by event, which reports each bad event on its own.
 _valid_batch_decoder = msgspec.json.Decoder(list[Event] | dict[str, list[Event]])
 _event_decoder = msgspec.json.Decoder(Event)
-_attr_encoder = msgspec.json.Encoder()
 
 
 def decode_batch(body: bytes, limits: Limits = Limits(), now_ms: int | None = None,
@@ -177,11 +352,11 @@ def _check(event: Event, limits: Limits, now_ms: int) -> None:
         raise ValueError(f"ts is {(now_ms - ts) // 86_400_000} days old; events older than {limits.max_age_ms // 86_400_000} days are not accepted - `$.ts`")
     if ts > now_ms + limits.max_skew_ms:
         raise ValueError("ts is in the future beyond the allowed clock skew; check the sender's clock - `$.ts`")
-    if event.kind == "tool_call" and event.tool is None:
+    if event.kind == TOOL_CALL and event.tool is None:
         raise ValueError("a tool_call event needs `tool` - `$.tool`")
     if event.error_message is not None and len(event.error_message) > MAX_ERROR_MESSAGE:
-        event.error_message = event.error_message[: MAX_ERROR_MESSAGE - 1] + "…"
-    if event.ok is None and event.kind == "tool_call":
+        event.error_message = clip_text(event.error_message, MAX_ERROR_MESSAGE)
+    if event.ok is None and event.kind == TOOL_CALL:
         event.ok = event.error_type is None
 
 
@@ -210,7 +385,7 @@ def _id_of(raw: msgspec.Raw) -> str | None:
     except msgspec.DecodeError:
         return None
     if isinstance(value, dict) and isinstance(value.get("id"), str):
-        return value["id"][:128]
+        return value["id"][:MAX_ID]
     return None
 
 

@@ -24,40 +24,16 @@ from typing import Any, Iterable
 import msgspec
 from msgspec import UNSET, Raw, Struct, UnsetType, field
 
-from ..events import MAX_ATTRIBUTE_VALUE, MAX_ERROR_MESSAGE
+from ..events import MAX_ATTRIBUTE_VALUE, MAX_ERROR_MESSAGE, MAX_PROTOCOL_VERSION, MAX_SHORT_TEXT, clip_text
+from ..protocol import (
+    CANCELLED_NOTIFICATION, CLIENT_INFO_META_KEY, HANDSHAKE_METHODS, INITIALIZE_METHOD, KIND_FOR_METHOD,
+    METHOD_ATTRIBUTE, PROTOCOL_VERSION_META_KEY, SERVER_DISCOVER_METHOD, SERVER_INFO_META_KEY, SESSION_END,
+    SESSION_START, TOOL_ERROR, TOOLS_CALL, error_type_for_code,
+)
 
-# The `_meta` keys of the 2026-07-28 revision (mcp_types: PROTOCOL_VERSION_META_KEY, ...).
-PROTOCOL_VERSION_META_KEY = "io.modelcontextprotocol/protocolVersion"
-CLIENT_INFO_META_KEY = "io.modelcontextprotocol/clientInfo"
-SERVER_INFO_META_KEY = "io.modelcontextprotocol/serverInfo"
-
-# Methods we record, and the event kind each becomes. Both handshakes are kind
-# "initialize" (as the SDK integrations and the OTLP receiver record them); the 2026-07-28
-# one is told apart by its `mcp.method.name` attribute.
-KINDS = {
-    "tools/call": "tool_call",
-    "tools/list": "list_tools",
-    "initialize": "initialize",
-    "server/discover": "initialize",
-}
-HANDSHAKE = frozenset({"initialize", "server/discover"})
-
-# JSON-RPC error codes (JSON-RPC 2.0 and MCP) and the error_type they are recorded as;
-# the same names as the SDK integrations use. Other codes are recorded as their number.
-ERROR_TYPES = {
-    -32700: "parse_error",
-    -32600: "invalid_request",
-    -32601: "method_not_found",
-    -32602: "invalid_params",
-    -32603: "internal_error",
-    -32002: "resource_not_found",
-    -32020: "header_mismatch",
-    -32021: "missing_required_client_capability",
-    -32022: "unsupported_protocol_version",
-    -32042: "url_elicitation_required",
-}
-
-MAX_DURATION_MS = 86_400_000  # the wire format's limit
+# The methods recorded are those with a kind of their own (protocol.KIND_FOR_METHOD). Both
+# handshakes are kind "initialize", as every capture path records them; the 2026-07-28 one
+# is told apart by its `mcp.method.name` attribute.
 MAX_HELD = 1_000  # events kept while the server's name is unknown
 MAX_PENDING = 100_000  # unanswered requests kept per connection (a misbehaving peer cannot grow it further)
 
@@ -145,10 +121,11 @@ def id_key(value: Any) -> tuple | None:
     return None
 
 
-def _text(value: Any, limit: int = 200) -> str | None:
+def _text(value: Any, limit: int = MAX_SHORT_TEXT) -> str | None:
+    """A text member of a message, clipped; anything that is not non-empty text is None."""
     if not isinstance(value, str) or not value:
         return None
-    return value if len(value) <= limit else value[: limit - 1] + "…"
+    return clip_text(value, limit)
 
 
 def _implementation(info: Any) -> tuple[str | None, str | None]:
@@ -161,12 +138,6 @@ def _meta(value: Any) -> _Meta | None:
     if not isinstance(value, dict):
         return None
     return _Meta(value.get(PROTOCOL_VERSION_META_KEY), value.get(CLIENT_INFO_META_KEY), value.get(SERVER_INFO_META_KEY))
-
-
-def error_type_for(code: Any) -> str:
-    if isinstance(code, int) and not isinstance(code, bool):
-        return ERROR_TYPES.get(code, str(code))
-    return "jsonrpc_error"
 
 
 # ---- state --------------------------------------------------------------------------------
@@ -251,7 +222,7 @@ class Tracker:
         self.abandon(conn, list(conn.pending), reason, t)
         if conn.is_session:
             attrs = {"reason": reason, **(attributes or {})}
-            self._emit(conn, "session_end", ts=t, duration=t - conn.started, attributes=attrs)
+            self._emit(conn, SESSION_END, ts=t, duration=t - conn.started, attributes=attrs)
 
     def finish(self) -> None:
         """Release held events (the name is whatever we know by now) - call before shutdown."""
@@ -277,10 +248,10 @@ class Tracker:
             if not isinstance(method, str):
                 continue  # a response to a server→client request, or not JSON-RPC
             if msg.id is UNSET:
-                if method == "notifications/cancelled":
+                if method == CANCELLED_NOTIFICATION:
                     self._cancelled(conn, msg, t)
                 continue
-            if method not in KINDS:
+            if method not in KIND_FOR_METHOD:
                 continue
             key = id_key(msg.id)
             if key is None:
@@ -289,11 +260,11 @@ class Tracker:
             tool = args_bytes = proposed = None
             if params is not None:
                 proposed = self._learn_client(conn, method, params)
-                if method == "tools/call":
+                if method == TOOLS_CALL:
                     tool = _text(params.name)
                     if params.arguments is not UNSET:
                         args_bytes = len(params.arguments)
-            if method == "tools/call" and tool is None:
+            if method == TOOLS_CALL and tool is None:
                 tool = "(unknown)"
             # a handshake keeps the version the client proposes, until the answer says
             conn.pending[key] = _Pending(method, tool, t, args_bytes, user if user is not None else conn.user, proposed)
@@ -336,16 +307,16 @@ class Tracker:
             name, version = _implementation(meta.client_info)
             if name:
                 conn.client_name, conn.client_version = name, version
-            proposed = _text(meta.protocol_version, 64)
-            if method == "server/discover":
+            proposed = _text(meta.protocol_version, MAX_PROTOCOL_VERSION)
+            if method == SERVER_DISCOVER_METHOD:
                 return proposed
             if proposed:
                 conn.protocol_version = proposed
-        if method == "initialize":
+        if method == INITIALIZE_METHOD:
             name, version = _implementation(params.client_info)
             if name:
                 conn.client_name, conn.client_version = name, version
-            return _text(params.protocol_version, 64)
+            return _text(params.protocol_version, MAX_PROTOCOL_VERSION)
         return None
 
     def _cancelled(self, conn: Connection, msg: _Message, t: float) -> None:
@@ -367,7 +338,8 @@ class Tracker:
                 err = _decode_error(msg.error)
             except msgspec.DecodeError:
                 err = _Error()
-            error_type = error_type_for(err.code)
+            # a code that is not a number is no JSON-RPC code at all
+            error_type = error_type_for_code(err.code if isinstance(err.code, int) else None)
             error_message = _text(err.message, MAX_ERROR_MESSAGE)
             if isinstance(err.code, int):
                 attributes["error_code"] = err.code
@@ -380,27 +352,27 @@ class Tracker:
             meta = _meta(result.meta)
             if meta is not None and meta.server_info is not None:
                 self._learn_server(meta.server_info)
-            if pending.method == "tools/call" and result.is_error is True:
-                ok, error_type = False, "tool_error"
+            if pending.method == TOOLS_CALL and result.is_error is True:
+                ok, error_type = False, TOOL_ERROR
                 error_message = _first_text(result.content)
-            elif pending.method == "initialize":
+            elif pending.method == INITIALIZE_METHOD:
                 self._learn_server(result.server_info)
-                protocol = _text(result.protocol_version, 64)
+                protocol = _text(result.protocol_version, MAX_PROTOCOL_VERSION)
                 if protocol:
                     conn.protocol_version = protocol
-            elif pending.method == "server/discover":
+            elif pending.method == SERVER_DISCOVER_METHOD:
                 versions = result.supported_versions
                 if isinstance(versions, list) and versions:
                     attributes["supported_versions"] = _text(",".join(map(str, versions)), MAX_ATTRIBUTE_VALUE)
         else:
             return  # neither result nor error: not a response
-        if pending.method == "server/discover":
-            attributes["mcp.method.name"] = "server/discover"
+        if pending.method == SERVER_DISCOVER_METHOD:
+            attributes[METHOD_ATTRIBUTE] = SERVER_DISCOVER_METHOD
             # The version the client proposed; adopted when the probe succeeded.
             protocol = pending.protocol_version
             if ok and protocol:
                 conn.protocol_version = protocol
-        if pending.method in HANDSHAKE:
+        if pending.method in HANDSHAKE_METHODS:
             pending.protocol_version = protocol or pending.protocol_version
             if ok and self.server is None:
                 self._resolve(None)  # the handshake is done: no serverInfo means none is coming
@@ -427,13 +399,13 @@ class Tracker:
     def _announce(self, conn: Connection) -> None:
         if conn.is_session and not conn.announced:
             conn.announced = True
-            self._emit(conn, "session_start", ts=conn.started)
+            self._emit(conn, SESSION_START, ts=conn.started)
 
     def _emit_call(self, conn: Connection, pending: _Pending, t: float, *, ok: bool, error_type: str | None,
                    error_message: str | None, result_bytes: int | None = None,
                    attributes: dict[str, Any] | None = None) -> None:
         self._emit(
-            conn, KINDS[pending.method], ts=pending.start, duration=t - pending.start, tool=pending.tool,
+            conn, KIND_FOR_METHOD[pending.method], ts=pending.start, duration=t - pending.start, tool=pending.tool,
             ok=ok, error_type=error_type, error_message=error_message, user=pending.user,
             protocol_version=pending.protocol_version or conn.protocol_version, args_bytes=pending.args_bytes,
             result_bytes=result_bytes, attributes=attributes,
@@ -453,7 +425,7 @@ class Tracker:
         }
         event.update(fields)
         if duration is not None:
-            event["duration_ms"] = min(max(round(duration * 1000, 3), 0.0), MAX_DURATION_MS)
+            event["duration_ms"] = round(duration * 1000, 3)  # clamped to the wire's limit by Meter.record
         if self.server is None:
             self._held.append(event)
             if len(self._held) >= MAX_HELD:

@@ -16,15 +16,19 @@ import time
 import weakref
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Iterable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
 from .. import settings
-from ..events import Event
+from ..events import MAX_ERROR_MESSAGE, Event, clip_text, new_event
+from ..exceptions import ConfigError
 from ..identity import local_user
 from ..paths import spool_path
-from .ids import event_id
+from ..protocol import TOOL_CALL
 from .internal import internal_error
 from .stats import Stats
+
+if TYPE_CHECKING:
+    from .sinks import Sink
 
 F = TypeVar("F", bound=Callable[..., Any])
 _clock = time.perf_counter
@@ -45,6 +49,9 @@ class Meter:
     >>> meter = Meter(server="weblab")
     >>> @meter.tool(category="rag")
     ... def search(query: str) -> str: ...
+
+    Events go to the collector at ``url`` (``MCPMETER_URL``), else into the local store; a
+    ``sink`` (any ``mcpmeter.sdk.sinks.Sink``, e.g. ``MemorySink()``) replaces both.
     """
 
     def __init__(
@@ -68,6 +75,7 @@ class Meter:
         capture_max_chars: int = 512,
         signing_secret: str | None = None,
         hash_users: bool | None = None,
+        sink: Sink | None = None,
     ) -> None:
         # Whether the name was chosen (argument or MCPMETER_SERVER_NAME); if not,
         # ``instrument()`` may take the MCP server's own name instead of the script's.
@@ -95,6 +103,7 @@ class Meter:
             from ..identity import ClientUserHasher, client_user_key
 
             self._hash_user = ClientUserHasher(client_user_key())
+        self._sink = _checked_sink(sink)
         self._db = db
         self._spool_path = Path(spool) if spool else spool_path()
         self._spool_max = settings.get("MCPMETER_SPOOL_MAX_MB") * 1024 * 1024
@@ -112,7 +121,10 @@ class Meter:
         self._worker = Worker(self, self._make_sink)
         self._worker.start()
 
-    def _make_sink(self):
+    def _make_sink(self) -> Sink:
+        """The sink given to the constructor, else one for the URL or the local store."""
+        if self._sink is not None:
+            return self._sink
         from .sinks import HttpSink, LocalSink
 
         if self.url:
@@ -212,7 +224,8 @@ class Meter:
 
     def _failed(self, tool_name: str, category: str | None, start: float, exc: BaseException) -> None:
         if len(self._queue) < self.max_queue:
-            self._queue.append((tool_name, category, start, _clock() - start, type(exc).__name__, str(exc)[:1024]))
+            message = clip_text(str(exc), MAX_ERROR_MESSAGE)  # clipped before it is queued
+            self._queue.append((tool_name, category, start, _clock() - start, type(exc).__name__, message))
         else:
             self.stats.drop("queue_full")
 
@@ -220,7 +233,7 @@ class Meter:
         self,
         tool: str | None = None,
         *,
-        kind: str = "tool_call",
+        kind: str = TOOL_CALL,
         duration_ms: float | None = None,
         ok: bool | None = None,
         error_type: str | None = None,
@@ -234,29 +247,39 @@ class Meter:
 
         Extra keyword arguments are event fields (``session_id``, ``client_name``,
         ``attributes``…); ``server`` and ``server_version`` override the meter's own for
-        this event (the proxy learns them from the handshake). Invalid input is reported
-        on stderr, never raised.
+        this event (the proxy learns them from the handshake). Values are clipped to the
+        wire format's limits. Invalid input is reported on stderr, never raised.
         """
         if self.disabled:
             return
         try:
             ts_ms = int((time.time() if ts is None else ts) * 1000)
-            event = Event(
-                id=event_id(ts_ms), kind=kind, ts=ts_ms, server=fields.pop("server", None) or self.server,
+            event = new_event(
+                kind, ts_ms, fields.pop("server", None) or self.server,
                 server_version=fields.pop("server_version", None) or self.server_version, tool=tool, category=category,
-                duration_ms=duration_ms,
-                ok=(error_type is None) if ok is None and kind == "tool_call" else ok,
-                error_type=error_type, error_message=error_message,
+                duration_ms=duration_ms, ok=ok, error_type=error_type, error_message=error_message,
                 user=user if user is not None else self.user,
                 transport=fields.pop("transport", self.transport_name), **fields,
             )
-        except TypeError as exc:
-            internal_error("record() got an unknown field", exc)
+        except (TypeError, ValueError, OverflowError) as exc:
+            internal_error("record() got an unknown field or an unusable value", exc)
             return
         if len(self._queue) < self.max_queue:
             self._queue.append(event)
         else:
             self.stats.drop("queue_full")
+
+
+def _checked_sink(sink: Any) -> Sink | None:
+    if sink is None:
+        return None
+    from .sinks import Sink
+
+    if not isinstance(sink, Sink):
+        raise ConfigError(f"Meter(sink=...) got a {type(sink).__name__}, which is not a sink",
+                          hint="pass an object with deliver(events, deadline), idle(deadline) and close() "
+                               "methods, e.g. mcpmeter.sdk.sinks.MemorySink()")
+    return sink
 
 
 _live_meters: "weakref.WeakSet[Meter]" = weakref.WeakSet()

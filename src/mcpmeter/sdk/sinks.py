@@ -1,11 +1,19 @@
-"""Where the worker's batches go: a collector over HTTP (with the spool), or the local store."""
+"""Where the worker's batches go: the ``Sink`` protocol and the sinks mcpmeter ships.
+
+A ``Meter`` sends to a collector over HTTP (``HttpSink``, with the spool) when it has a URL,
+else into the local store (``LocalSink``). ``Meter(sink=...)`` takes any object that
+implements ``Sink`` instead - the way ``httpx.Client(transport=...)`` takes a transport -
+and ``MemorySink`` is the one to use in tests: it keeps every event, or hands each batch
+to a function of yours.
+"""
 
 from __future__ import annotations
 
 import gzip
+import threading
 import time
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 import msgspec
 
@@ -20,16 +28,27 @@ from .transport import HttpTransport
 _encoder = msgspec.json.Encoder()
 
 
+@runtime_checkable
 class Sink(Protocol):
+    """What a ``Meter``'s worker thread hands its batches to. Its methods are called from
+    that one thread only; they should not raise (what they raise is logged, not retried).
+    """
+
     def deliver(self, events: Sequence[Event], deadline: float | None) -> bool:
-        """Deliver, spool or drop (and count) the events. False: keep them and retry later."""
+        """Deliver, spool or drop (and count) the events. False: keep them and retry later.
+
+        ``deadline`` (``time.monotonic()`` seconds, or None) is when a waiting ``flush()``
+        gives up; a sink that cannot deliver by then should keep the events safe instead.
+        """
         ...
 
     def idle(self, deadline: float | None) -> None:
         """Called when there is nothing new: a chance to replay what was spooled."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """The meter shut down: release what the sink holds (called once, last)."""
+        ...
 
 
 class HttpSink:
@@ -147,3 +166,48 @@ class LocalSink:
 
     def close(self) -> None:
         self.store.close()
+
+
+class MemorySink:
+    """Keeps every event in memory: ``Meter(sink=MemorySink())`` in tests (like ``httpx.MockTransport``).
+
+    ``events`` is the list of what was delivered, in order (read it after ``meter.flush()``).
+    ``handler``, if given, is called with each batch and routes it wherever you like; a
+    batch it answers ``False`` for is kept and offered again in the next round, as for a
+    collector that is down (an exception it raises is logged as the SDK's own error).
+
+    >>> sink = MemorySink()
+    >>> meter = Meter(server="weblab", sink=sink)
+    >>> meter.record("search")
+    >>> meter.flush()
+    True
+    >>> [e.tool for e in sink.events]
+    ['search']
+    """
+
+    def __init__(self, handler: Callable[[Sequence[Event]], Any] | None = None) -> None:
+        self.handler = handler
+        self.events: list[Event] = []
+        self.batches = 0
+        self.closed = False
+        self._lock = threading.Lock()
+
+    def deliver(self, events: Sequence[Event], deadline: float | None) -> bool:
+        if self.handler is not None and self.handler(events) is False:
+            return False
+        with self._lock:
+            self.events.extend(events)
+            self.batches += 1
+        return True
+
+    def idle(self, deadline: float | None) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def clear(self) -> list[Event]:
+        """Take the events kept so far (and forget them)."""
+        with self._lock:
+            taken, self.events = self.events, []
+        return taken

@@ -11,8 +11,8 @@ import threading
 import time
 from typing import Callable
 
-from ..events import Event
-from .ids import event_id
+from ..events import Event, new_event
+from ..protocol import SDK_DROPPED, TOOL_CALL
 from .internal import internal_error
 
 _TICK = 0.2
@@ -123,11 +123,10 @@ class Worker:
                 continue
             tool, category, start, duration, error_type, message = item
             ts = int((start + offset) * 1000)
-            pending.append(Event(
-                id=event_id(ts), kind="tool_call", ts=ts, server=server, server_version=version,
-                tool=tool, category=category, duration_ms=round(duration * 1000, 3),
-                ok=error_type is None, error_type=error_type, error_message=message,
-                user=user, transport=transport,
+            pending.append(new_event(
+                TOOL_CALL, ts, server, server_version=version, tool=tool, category=category,
+                duration_ms=round(duration * 1000, 3), ok=error_type is None, error_type=error_type,
+                error_message=message, user=user, transport=transport,
             ))
 
     def _report_drops(self) -> None:
@@ -137,7 +136,7 @@ class Worker:
         if attrs:
             ts = int(time.time() * 1000)
             stats.reported.update(attrs)
-            self._pending.append(Event(id=event_id(ts), kind="sdk.dropped", ts=ts, server=self.meter.server, attributes=attrs))
+            self._pending.append(new_event(SDK_DROPPED, ts, self.meter.server, attributes=attrs))
 
     def _fail_all(self) -> None:
         while not self._stop:

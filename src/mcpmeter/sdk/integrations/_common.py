@@ -2,20 +2,21 @@
 event that goes on the Meter's queue.
 
 Everything here runs inside the server's request, so it does the least it can: a few
-attribute reads, two ``msgspec`` size measurements, one ``Event`` and a deque append.
-Argument and result *contents* are only touched when the owner opted in.
+attribute reads, two ``msgspec`` size measurements, one ``new_event`` (which clips every
+value to the wire format's limits) and a deque append. Argument and result *contents* are
+only touched when the owner opted in.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from random import getrandbits
 from typing import Any, Callable, Mapping
 
 import msgspec
 
-from ...events import MAX_ATTRIBUTE_VALUE, MAX_ERROR_MESSAGE, Event
+from ...events import MAX_ATTRIBUTE_VALUE, UNNAMED, new_event
+from ...protocol import CLIENT_INFO_META_KEY, error_type_for_code
 from ..internal import internal_error
 
 DEFAULT_REDACT_KEYS = (
@@ -23,7 +24,6 @@ DEFAULT_REDACT_KEYS = (
     "cookie", "credential", "private_key", "session_key",
 )
 REDACTED = "[redacted]"
-CLIENT_INFO_KEY = "io.modelcontextprotocol/clientInfo"
 _SESSION_STATE_KEY = "mcpmeter.session_id"
 _FIELDS_KEY = "mcpmeter.fields"
 try:  # protocol versions with no handshake: every request stands alone
@@ -37,14 +37,6 @@ _perf = time.perf_counter
 _wall = time.time
 
 UserResolver = Callable[[Any], "str | None"]
-
-
-def clip(value: Any, limit: int) -> str | None:
-    """A client-supplied value as text within the wire format's length limit."""
-    if value is None:
-        return None
-    text = value if isinstance(value, str) else str(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def json_size(value: Any) -> int | None:
@@ -111,7 +103,7 @@ class Recorder:
             info = params.get("clientInfo")
             if info is None:
                 meta = params.get("_meta")
-                info = meta.get(CLIENT_INFO_KEY) if isinstance(meta, dict) else None
+                info = meta.get(CLIENT_INFO_META_KEY) if isinstance(meta, dict) else None
             if isinstance(info, dict):
                 name, client_version = info.get("name"), info.get("version")
         if connection is not None:
@@ -123,38 +115,29 @@ class Recorder:
                 session_id = state.get(_SESSION_STATE_KEY)
                 if session_id is None:
                     session_id = state[_SESSION_STATE_KEY] = uuid.uuid4().hex
-            elif session_id is not None:
-                session_id = clip(session_id, 200)
         if request is None:
             transport = self.meter.transport_name
         else:
             # The legacy SSE transport posts to ?session_id=...; streamable HTTP uses a header.
             query = getattr(request, "query_params", None)
             transport = "sse" if query is not None and "session_id" in query else "streamable-http"
-        # Client-supplied text is clipped to the wire format's limits (an over-long value
-        # would get the whole event rejected).
-        if name is not None and (type(name) is not str or len(name) > 200):
-            name = clip(name, 200)
-        if client_version is not None and (type(client_version) is not str or len(client_version) > 200):
-            client_version = clip(client_version, 200)
-        if version is not None and len(version) > 64:
-            version = clip(version, 64)
+        # Client-supplied text is clipped to the wire format's limits by ``new_event``.
         return session_id, name, client_version, version, transport
 
-    def _user(self, srctx: Any, request: Any) -> str | None:
+    def _user(self, srctx: Any, request: Any) -> Any:
+        """Who is calling (any value: ``new_event`` makes it text within the limit)."""
         if self._user_fn is not None:
             try:
-                user = self._user_fn(srctx)
+                return self._user_fn(srctx)
             except Exception as exc:  # the owner's resolver must not break the call
                 internal_error("the user resolver given to instrument() raised", exc)
                 return None
-            return clip(user, 512)
         if request is None:
             return self.meter.user
         user = _token_principal(request)
         if user is None and self._user_header is not None:
             user = request.headers.get(self._user_header)
-        return clip(user, 512)
+        return user
 
     # ---- contents (opt-in) ------------------------------------------------------------
 
@@ -190,25 +173,18 @@ class Recorder:
         error_message: str | None = None, args_bytes: int | None = None,
         result_bytes: int | None = None, attributes: dict | None = None,
     ) -> None:
-        # The id has the SDK's shape (ms prefix + 80 random bits) without a syscall per
-        # event: ``random`` is seeded from the OS and re-seeded in a forked child.
         meter = self.meter
         if meter.disabled:
             return
         session_id, client_name, client_version, protocol_version, transport, user = fields
-        ts = int(wall_start * 1000)
-        if error_type is not None:
-            error_type = clip(error_type, 200)
-            error_message = clip(error_message, MAX_ERROR_MESSAGE)
         try:
-            event = Event(
-                id=f"{ts:012x}{getrandbits(80):020x}", kind=kind, ts=ts, server=meter.server,
-                server_version=meter.server_version, tool=tool,
+            event = new_event(
+                kind, int(wall_start * 1000), meter.server, server_version=meter.server_version, tool=tool,
                 duration_ms=round(duration * 1000, 3), ok=ok,
                 error_type=error_type, error_message=error_message,
                 session_id=session_id, client_name=client_name, client_version=client_version,
                 protocol_version=protocol_version, transport=transport, user=user,
-                args_bytes=args_bytes, result_bytes=result_bytes, attributes=attributes or None,
+                args_bytes=args_bytes, result_bytes=result_bytes, attributes=attributes,
             )
         except Exception as exc:  # never into the host server
             internal_error("could not build an event for an instrumented request", exc)
@@ -231,18 +207,13 @@ def _token_principal(request: Any) -> str | None:
     return getattr(token, "subject", None) or getattr(token, "client_id", None)
 
 
-def tool_name(value: Any) -> str:
-    """A tool name as the wire format accepts it (1-200 characters)."""
-    if type(value) is str and 0 < len(value) <= 200:
-        return value
-    name = clip(value, 200)
-    return name if name else "(unnamed)"
+def tool_name(value: Any) -> Any:
+    """The tool a tools/call names (``new_event`` makes it a name within the limit)."""
+    return UNNAMED if value is None else value
 
 
 def failure_of(exc: BaseException) -> tuple[str, str]:
     """(error_type, error_message) for an exception raised out of a request."""
-    from .conventions import error_type_for_code
-
     error = getattr(exc, "error", None)
     code = getattr(error, "code", None)
     if isinstance(code, int):  # mcp.shared.exceptions.MCPError: a JSON-RPC error answer

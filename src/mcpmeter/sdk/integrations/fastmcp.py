@@ -12,8 +12,11 @@ from typing import Any
 
 from fastmcp.server.middleware import Middleware
 
+from ...protocol import (
+    INITIALIZE, INITIALIZE_METHOD, LIST_TOOLS, METHOD_ATTRIBUTE, SERVER_DISCOVER_METHOD, TOOL_CALL, TOOL_ERROR,
+    TOOLS_LIST,
+)
 from ._common import Recorder, _perf, _wall, failure_of, first_text, json_size, tool_failure, tool_name
-from .conventions import TOOL_ERROR
 
 try:
     from fastmcp.server.dependencies import fastmcp_request_ctx
@@ -83,20 +86,20 @@ class MeterMiddleware(Middleware):
                 else {"content": result.content}
             attributes = {**(attributes or {}), "result": recorder.capture(content)}
         recorder.emit(
-            "tool_call", wall, duration, recorder.context_fields(srctx, srctx.params if srctx else None),
+            TOOL_CALL, wall, duration, recorder.context_fields(srctx, srctx.params if srctx else None),
             tool=tool_name(getattr(message, "name", None)), ok=ok, error_type=error_type,
             error_message=error_message, args_bytes=json_size(arguments if arguments is not None else {}),
             result_bytes=None if result is None else _model_size(result), attributes=attributes,
         )
 
     async def on_list_tools(self, context: Any, call_next: Any) -> Any:
-        return await self._observe("list_tools", "tools/list", context, call_next)
+        return await self._observe(LIST_TOOLS, TOOLS_LIST, context, call_next)
 
     async def on_initialize(self, context: Any, call_next: Any) -> Any:
-        return await self._observe("initialize", "initialize", context, call_next)
+        return await self._observe(INITIALIZE, INITIALIZE_METHOD, context, call_next)
 
     async def on_discover(self, context: Any, call_next: Any) -> Any:
-        return await self._observe("initialize", "server/discover", context, call_next)
+        return await self._observe(INITIALIZE, SERVER_DISCOVER_METHOD, context, call_next)
 
     async def _observe(self, kind: str, method: str, context: Any, call_next: Any) -> Any:
         wall, start = _wall(), _perf()
@@ -120,11 +123,11 @@ class MeterMiddleware(Middleware):
     def _emit(self, kind, method, wall, duration, result, **kw) -> None:
         recorder = self.recorder
         srctx = _srctx()
-        if kind == "list_tools":
+        if kind == LIST_TOOLS:
             attributes = {"tools": len(result)} if isinstance(result, (list, tuple)) else None
             size = None
         else:
-            attributes = {"mcp.method.name": method}
+            attributes = {METHOD_ATTRIBUTE: method}
             negotiated = getattr(result, "protocol_version", None)
             if negotiated:
                 attributes["negotiated_version"] = negotiated

@@ -16,7 +16,10 @@ import contextvars
 import functools
 from typing import Any
 
-from .conventions import TOOL_ERROR
+from ...protocol import (
+    HANDSHAKE_METHODS, INITIALIZE, INITIALIZE_METHOD, LIST_TOOLS, METHOD_ATTRIBUTE, TOOL_CALL, TOOL_ERROR, TOOLS_CALL,
+    TOOLS_LIST,
+)
 from ._common import Recorder, _perf, _wall, failure_of, first_text, json_size, tool_failure, tool_name
 
 # The exception a wrapped MCPServer.call_tool raised during the current request.
@@ -39,12 +42,12 @@ class MeterMiddleware:
 
     async def __call__(self, ctx: Any, call_next: Any) -> Any:
         method = ctx.method
-        if method == "tools/call":
+        if method == TOOLS_CALL:
             return await self._tool_call(ctx, call_next)
-        if method == "tools/list":
-            kind = "list_tools"
-        elif method == "initialize" or method == "server/discover":
-            kind = "initialize"
+        if method == TOOLS_LIST:
+            kind = LIST_TOOLS
+        elif method in HANDSHAKE_METHODS:
+            kind = INITIALIZE
         else:
             return await call_next(ctx)
         wall, start = _wall(), _perf()
@@ -53,17 +56,17 @@ class MeterMiddleware:
         except BaseException as exc:
             error_type, message = failure_of(exc)
             self._emit(kind, wall, start, ctx, ok=False, error_type=error_type, error_message=message,
-                       attributes={"mcp.method.name": method} if kind == "initialize" else None)
+                       attributes={METHOD_ATTRIBUTE: method} if kind == INITIALIZE else None)
             raise
         duration = _perf() - start
         try:
             attributes = None
-            if kind == "list_tools":
+            if kind == LIST_TOOLS:
                 tools = result.get("tools") if isinstance(result, dict) else None
                 attributes = {"tools": len(tools)} if isinstance(tools, list) else None
             else:
-                attributes = {"mcp.method.name": method}
-                if method == "initialize" and isinstance(result, dict):
+                attributes = {METHOD_ATTRIBUTE: method}
+                if method == INITIALIZE_METHOD and isinstance(result, dict):
                     # the negotiated version (the connection commits it after the chain returns)
                     attributes["negotiated_version"] = result.get("protocolVersion")
             self.recorder.emit(kind, wall, duration, self.recorder.context_fields(ctx, ctx.params),
@@ -113,7 +116,7 @@ class MeterMiddleware:
             content = {k: result[k] for k in ("structuredContent", "content") if k in result}
             attributes = {**(attributes or {}), "result": recorder.capture(content)}
         recorder.emit(
-            "tool_call", wall, duration, recorder.context_fields(ctx, params),
+            TOOL_CALL, wall, duration, recorder.context_fields(ctx, params),
             tool=tool_name(params.get("name")), ok=ok, error_type=error_type, error_message=message,
             args_bytes=json_size(arguments if arguments is not None else {}),
             result_bytes=None if result is None else json_size(result), attributes=attributes,

@@ -32,10 +32,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ...events import BatchError, Rejection, decode_batch
+from ...events import (
+    MAX_ATTRIBUTE_VALUE, MAX_NAME, MAX_PROTOCOL_VERSION, MAX_SHORT_TEXT, MAX_TRANSPORT, MAX_USER, BatchError,
+    Rejection, decode_batch,
+)
 from ...exceptions import AuthError, BodyTooLarge, OtlpError, Overloaded, StorageError
 from ...ingest import rows_for
-from ...sdk.integrations.conventions import TOOL_ERROR, error_type_for_code, kind_for_method
+from ...protocol import (
+    LIST_TOOLS, METHOD_ATTRIBUTE, TOOL_CALL, TOOL_ERROR, TOOLS_CALL, error_type_for_code, kind_for_method,
+)
 from .ingest import read_body
 from .openapi import otlp_json_error
 
@@ -48,7 +53,7 @@ _encode = msgspec.json.Encoder().encode
 
 # Span attributes read (everything else is ignored).
 _WANTED = frozenset({
-    "mcp.method.name", "gen_ai.tool.name", "gen_ai.prompt.name", "error.type",
+    METHOD_ATTRIBUTE, "gen_ai.tool.name", "gen_ai.prompt.name", "error.type",
     "rpc.response.status_code", "mcp.session.id", "mcp.protocol.version", "network.transport",
     "network.protocol.name", "jsonrpc.request.id", "user.id", "enduser.id",
     "mcp.client.name", "mcp.client.version", "client.name", "client.version",
@@ -150,7 +155,7 @@ def convert(request: ExportTraceServiceRequest) -> Converted:
         version = _text(resource.get("service.version"))
         for span in _spans(resource_spans):
             attrs = _attributes(span.attributes, _WANTED)
-            method = attrs.get("mcp.method.name")
+            method = attrs.get(METHOD_ATTRIBUTE)
             if not isinstance(method, str) or span.kind != Span.SPAN_KIND_SERVER or method.startswith("notifications/"):
                 out.ignored += 1  # not an MCP server span, or a notification (no request, no usage)
                 continue
@@ -188,15 +193,15 @@ def _event(span: Span, attrs: dict[str, Any], method: str, server: str, version:
         "id": f"otel-{trace_id.hex()}-{span_id.hex()}",
         "kind": kind,
         "ts": start // 1_000_000,
-        "server": server[:200],
+        "server": server[:MAX_NAME],
         "duration_ms": round((end - start) / 1_000_000, 3),
     }
     if version:
-        event["server_version"] = version[:200]
-    if kind == "tool_call":
+        event["server_version"] = version[:MAX_SHORT_TEXT]
+    if kind == TOOL_CALL:
         tool = _text(attrs.get("gen_ai.tool.name"))
-        if tool is None and span.name.startswith("tools/call "):
-            tool = span.name[len("tools/call "):].strip() or None  # the convention's span name
+        if tool is None and span.name.startswith(TOOLS_CALL + " "):
+            tool = span.name[len(TOOLS_CALL) + 1:].strip() or None  # the convention's span name
         if tool is None:
             raise ValueError("a tools/call span needs gen_ai.tool.name")
         event["tool"] = tool
@@ -209,15 +214,15 @@ def _event(span: Span, attrs: dict[str, Any], method: str, server: str, version:
             error_type = error_type_for_code(code) if code else "_OTHER"
         elif error_type != TOOL_ERROR and error_type.lstrip("-").isdigit():
             error_type = error_type_for_code(error_type)  # the JSON-RPC code, as instrument() names it
-        event["error_type"] = error_type[:200]
+        event["error_type"] = error_type[:MAX_SHORT_TEXT]
         message = span.status.message or _exception_message(span)
         if message:
             event["error_message"] = message
     optional = (
-        ("session_id", "mcp.session.id", 200), ("protocol_version", "mcp.protocol.version", 64),
-        ("user", "user.id", 512), ("user", "enduser.id", 512),
-        ("client_name", "mcp.client.name", 200), ("client_name", "client.name", 200),
-        ("client_version", "mcp.client.version", 200), ("client_version", "client.version", 200),
+        ("session_id", "mcp.session.id", MAX_SHORT_TEXT), ("protocol_version", "mcp.protocol.version", MAX_PROTOCOL_VERSION),
+        ("user", "user.id", MAX_USER), ("user", "enduser.id", MAX_USER),
+        ("client_name", "mcp.client.name", MAX_SHORT_TEXT), ("client_name", "client.name", MAX_SHORT_TEXT),
+        ("client_version", "mcp.client.version", MAX_SHORT_TEXT), ("client_version", "client.version", MAX_SHORT_TEXT),
     )
     for field, key, limit in optional:
         value = _text(attrs.get(key))
@@ -226,11 +231,11 @@ def _event(span: Span, attrs: dict[str, Any], method: str, server: str, version:
     transport = _transport(attrs)
     if transport:
         event["transport"] = transport
-    if kind not in ("tool_call", "list_tools"):
-        event["attributes"] = {"mcp.method.name": method[:512]}
+    if kind not in (TOOL_CALL, LIST_TOOLS):
+        event["attributes"] = {METHOD_ATTRIBUTE: method[:MAX_ATTRIBUTE_VALUE]}
     prompt = _text(attrs.get("gen_ai.prompt.name"))
     if prompt:
-        event.setdefault("attributes", {})["gen_ai.prompt.name"] = prompt[:512]
+        event.setdefault("attributes", {})["gen_ai.prompt.name"] = prompt[:MAX_ATTRIBUTE_VALUE]
     return event
 
 
@@ -242,7 +247,7 @@ def _transport(attrs: dict[str, Any]) -> str | None:
         return "stdio"
     if protocol == "http" or transport in ("tcp", "quic"):
         return "streamable-http"
-    return transport[:32] if transport else None
+    return transport[:MAX_TRANSPORT] if transport else None
 
 
 def _exception_message(span: Span) -> str | None:

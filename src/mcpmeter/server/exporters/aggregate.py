@@ -25,7 +25,7 @@ from typing import Any, Sequence
 import msgspec
 
 from ...events import Row
-from ...sdk.integrations.conventions import kind_for_method
+from ...protocol import kind_for_method
 from ..commits import GATEWAY_BOUNDS_MS, SEMCONV_BOUNDS_MS, UNION_BOUNDS_MS, Cell, Commit, ProjectBatch
 
 __all__ = ["COMMIT_BOUNDS_MS", "GATEWAY_BOUNDS_MS", "METHOD_FOR_KIND", "SEMCONV_BOUNDS_MS", "MetricsState",
