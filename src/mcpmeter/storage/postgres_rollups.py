@@ -15,7 +15,7 @@ from typing import Iterable
 import msgspec
 
 from .postgres_migrations import MIGRATIONS
-from .rollup import Deltas, aggregate
+from .rollup import Cell, Deltas, aggregate
 
 LATEST = MIGRATIONS[-1].version
 
@@ -179,9 +179,15 @@ def _run(conn, sql: str, rows: Iterable[tuple], width: int, floats: tuple[int, .
         conn.execute(sql, _columns(ordered, width, floats))
 
 
+def _hist_json(c: Cell) -> str | None:
+    """A cell's histogram as stored here: a JSONB ``{bin: count}`` object."""
+    hist = c.histogram()
+    return _json(hist).decode() if hist else None
+
+
 def _cells(by_project: dict[int, Deltas], grain: str) -> list[tuple]:
     return [
-        (p, *key, c.calls, c.errors, c.dur_count, c.dur_sum, c.dur_min, c.dur_max, _json(c.hist).decode() if c.hist else None)
+        (p, *key, c.calls, c.errors, c.dur_count, c.dur_sum, c.dur_min, c.dur_max, _hist_json(c))
         for p, d in by_project.items() for key, c in getattr(d, grain).items()
     ]
 
@@ -219,7 +225,7 @@ def apply(conn, by_project: dict[int, Deltas], version: int = LATEST, numbers: d
                 for user in d.tool_day_users.get(key, ()):
                     users |= 1 << number[user]
                 rows.append((p, *key, c.calls, c.errors, c.dur_count, c.dur_sum, c.dur_min, c.dur_max,
-                             _json(c.hist).decode() if c.hist else None, bits(users)))
+                             _hist_json(c), bits(users)))
         _run(conn, _TOOL_DAY, rows, 12, (7, 8, 9))
 
 

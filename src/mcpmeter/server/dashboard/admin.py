@@ -9,10 +9,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 import time
-from pathlib import Path
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -26,7 +24,7 @@ from ...analytics.queries import Query
 from ..collector import audit
 from ..collector.responses import error
 from ...exceptions import StorageError
-from ...storage.base import KeyInfo
+from ...storage.base import KeyInfo, Store
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 
@@ -113,21 +111,9 @@ async def projects(request: Request) -> Response:
     }]})
 
 
-def storage_bytes(store: Any) -> int | None:
-    """The store's size on disk (SQLite: the file and its WAL), or what the backend reports."""
-    size = getattr(store, "size_bytes", None)
-    if callable(size):
-        return size()
-    path = getattr(store, "path", None)
-    if path is None:
-        return None
-    total = 0
-    for suffix in ("", "-wal", "-shm"):
-        try:
-            total += os.stat(Path(f"{path}{suffix}")).st_size
-        except OSError:
-            pass
-    return total
+def storage_bytes(store: Store) -> int | None:
+    """The store's size on disk (SQLite: the file and its WAL), or None where the backend does not tell."""
+    return store.size_bytes()
 
 
 async def health(request: Request) -> Response:
