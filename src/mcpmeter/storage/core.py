@@ -1,10 +1,10 @@
 """The SQL both stores share: every read, key, project and retention query, written once.
 
-``SQLStore`` holds the queries in one SQL text (``?`` placeholders) and runs them through a
-few hooks that each backend fills in: how a statement reaches its connection (``_sql``:
-placeholders; ``_fetch``: which connection and, for PostgreSQL, which row-level security
-context; ``_write``: one transaction), and the small places where the dialects really
-differ (``_dialect``: the name of the insertion-order column, ``greatest``, a binary
+``SQLStore`` holds the queries in one SQL text (``?`` placeholders) and runs them through the
+hooks of ``dialect.SQLBase`` that each backend fills in: how a statement reaches its
+connection (placeholders, which connection and, for PostgreSQL, which row-level security
+context, one transaction per write), and a ``Dialect`` for the few places where the SQL or
+the stored values really differ (the insertion-order column, ``greatest``, a byte-wise
 collation, how a histogram and a user set are stored and read back). The security
 queries (access, audit, rotation, erasure) are in ``core_security``; what is truly one
 backend's own (connecting, transactions, the bulk ingest path, partitions, migrations)
@@ -18,13 +18,14 @@ rows in the same order; ``tests/storage_pg`` checks it query by query.
 from __future__ import annotations
 
 import secrets
-from typing import Any, Callable, Iterable, NamedTuple, Sequence
+from typing import Any, Iterable, Sequence
 
 from .. import usersets
 from ..events import ROW_FIELDS
 from ..exceptions import StorageError
 from .base import AuditEntry, EventFilter, KeyInfo, Project
-from .core_security import SecurityQueries, now_ms, write_audit as _audit
+from .core_security import SecurityQueries
+from .dialect import now_ms, write_audit as _audit
 from .rollup import DAY_MS, HOUR_MS
 
 _KEY_COLUMNS = (
@@ -39,21 +40,6 @@ _PRUNED = (
     ("error_hour", "bucket", "rollups"), ("session_tools", "", "rollups"), ("sessions", "last_ts", "rollups"),
     ("measurement_day", "day", "rollups"), ("server_events", "ts", "rollups"),
 )
-
-
-class Dialect(NamedTuple):
-    """What differs in the SQL text and in stored values between the two backends."""
-
-    seq: str  # the column that numbers events in insertion order
-    greatest: str  # the two-argument maximum that ignores no argument: max (SQLite), greatest (PostgreSQL)
-    collate: str  # appended to text ORDER BY terms: byte-wise order on both
-    hist_column: str  # how to select a stored histogram
-    decode_hist: Callable[[Any], Any] | None  # stored histogram -> what ``rollup.Cell.add_cell`` takes (None: as stored)
-    users_column: str  # how to select a stored user set
-    users_of: Callable[[Any], int]  # stored user set -> int (bit n = user number n)
-    users_value: Callable[[int], Any]  # int -> stored user set
-    users_param: str  # the placeholder a stored user set is written through
-    for_update: str  # row lock of a read-modify-write inside a transaction ('' where the writer is single)
 
 
 def key_info(row: Sequence[Any]) -> KeyInfo:
@@ -75,40 +61,6 @@ class SQLStore(SecurityQueries):
     """The ``Store`` and ``SecurityStore`` queries over a backend's hooks (see the module docstring)."""
 
     url: str
-    _dialect: Dialect
-
-    # ---- hooks every backend provides ---------------------------------------------------
-
-    def _sql(self, sql: str) -> str:
-        """A statement written with ``?`` placeholders in the backend's own paramstyle."""
-        raise NotImplementedError
-
-    def _fetch(self, project_id: int | None, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        """Run a read (``?`` placeholders): of one project's data, or (None) of the store's own tables."""
-        raise NotImplementedError
-
-    def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn(conn, *args)`` in one write transaction."""
-        raise NotImplementedError
-
-    def _executemany(self, conn: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        raise NotImplementedError
-
-    def _insert_returning_id(self, conn: Any, sql: str, params: Sequence[Any]) -> int:
-        raise NotImplementedError
-
-    def _in(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
-        """``column`` is one of ``values``."""
-        raise NotImplementedError
-
-    def _is_unique_violation(self, exc: BaseException) -> bool:
-        raise NotImplementedError
-
-    def _lock_key_name(self, conn: Any, project_id: int, name: str) -> None:
-        """Serialise replacing one key name (PostgreSQL: several collectors may at once)."""
-
-    def _prune_events(self, cut: int, chunk: int) -> int:
-        raise NotImplementedError
 
     # ---- what a caller may show about the store -------------------------------------------
 
@@ -238,7 +190,7 @@ class SQLStore(SecurityQueries):
         result: int = self._one(f.project_id, f"SELECT count(DISTINCT user_hash) FROM events WHERE {where}", params)
         return result
 
-    def recent_errors(self, f: EventFilter, limit: int = 20) -> list[tuple]:
+    def recent_errors(self, f: EventFilter, limit: int = 20) -> list[tuple[Any, ...]]:
         """Newest failed events first (the later stored first among equal times): (ts, kind,
         server, tool, error_type, error_message, client_name, session_id)."""
         where, params = dims(f, client_column="client_name")
@@ -248,7 +200,7 @@ class SQLStore(SecurityQueries):
             f"WHERE project_id = ? AND ok = 0 AND ts >= ? AND ts < ?{where} ORDER BY ts DESC, {self._dialect.seq} DESC LIMIT ?",
             [f.project_id, f.start_ms, f.end_ms, *params, limit])
 
-    def export_events(self, project_id: int, after: int = 0, limit: int = 5000) -> list[tuple]:
+    def export_events(self, project_id: int, after: int = 0, limit: int = 5000) -> list[tuple[Any, ...]]:
         """Stored events in insertion order as (cursor, *ROW_FIELDS); pass the last cursor as ``after``."""
         seq = self._dialect.seq
         return self._fetch(
@@ -258,13 +210,13 @@ class SQLStore(SecurityQueries):
 
     # ---- rollup reads (cost grows with buckets x dimensions, not with events) ---------------
 
-    def _hist_rows(self, rows: list[tuple]) -> list[tuple]:
+    def _hist_rows(self, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
         decode = self._dialect.decode_hist
         if decode is None:
             return rows
         return [(*r[:11], decode(r[11]) if r[11] else None) for r in rows]
 
-    def cells(self, f: EventFilter, grain: str, kinds: Sequence[str] = ("tool_call",)) -> list[tuple]:
+    def cells(self, f: EventFilter, grain: str, kinds: Sequence[str] = ("tool_call",)) -> list[tuple[Any, ...]]:
         """Rollup cells in the window: (bucket, kind, server, tool, client, calls, errors,
         dur_count, dur_sum, dur_min, dur_max, hist); ``hist`` as ``rollup.Cell.add_cell`` reads it."""
         table = "rollup_hour" if grain == "hour" else "rollup_day"
@@ -276,7 +228,7 @@ class SQLStore(SecurityQueries):
             f"{self._dialect.hist_column} FROM {table} WHERE project_id = ? AND bucket >= ? AND bucket < ? AND {kind_sql}{where}",
             [f.project_id, f.start_ms, f.end_ms, *kind_params, *params]))
 
-    def tool_cells(self, f: EventFilter, grain: str) -> list[tuple]:
+    def tool_cells(self, f: EventFilter, grain: str) -> list[tuple[Any, ...]]:
         """Tool-call cells with every client together, in the shape of ``cells`` (client ''):
         read from the per-tool daily rollup when it can answer (day grain, no client filter)."""
         if grain != "day" or f.client is not None:
@@ -288,7 +240,7 @@ class SQLStore(SecurityQueries):
             f"{self._dialect.hist_column} FROM rollup_tool_day WHERE project_id = ? AND bucket >= ? AND bucket < ?{where}",
             [f.project_id, f.start_ms, f.end_ms, *params]))
 
-    def _user_sets(self, f: EventFilter) -> list[tuple]:
+    def _user_sets(self, f: EventFilter) -> list[tuple[Any, ...]]:
         """(bucket, server, tool, users as an int) per day and tool of the window (no client filter)."""
         where, params = dims(f)
         users_of = self._dialect.users_of
@@ -316,7 +268,7 @@ class SQLStore(SecurityQueries):
                 f"WHERE project_id = ? AND ts >= ? AND ts < ? AND kind = 'tool_call' AND user_hash IS NOT NULL{where}",
                 [f.project_id, f.start_ms, f.end_ms, *params])
 
-    def users(self, f: EventFilter, grain: str, group: Sequence[str] = ()) -> list[tuple]:
+    def users(self, f: EventFilter, grain: str, group: Sequence[str] = ()) -> list[tuple[Any, ...]]:
         """Distinct users in the window, grouped by any of bucket, server, tool, client: rows (*group, count)."""
         if grain == "day" and f.client is None and "client" not in group:  # unions of exact user sets
             return usersets.count_grouped(self._user_sets(f), group)
@@ -329,7 +281,7 @@ class SQLStore(SecurityQueries):
 
     def new_users(self, f: EventFilter, grain: str) -> int:
         """Users active in the window whose first call (on the filtered server, or anywhere) falls in it."""
-        window = [f.project_id, f.start_ms, f.end_ms]
+        window: list[Any] = [f.project_id, f.start_ms, f.end_ms]
         if f.tool is None and f.client is None:
             # A user whose first call (there) falls in the window was active in it: count those.
             if f.server is None:
@@ -361,7 +313,7 @@ class SQLStore(SecurityQueries):
             f"SELECT count(*) FROM (SELECT DISTINCT user_hash FROM ({source}) AS s) a JOIN ({first}) b USING (user_hash) "
             f"WHERE b.first_seen >= ?", [*params, *first_params, f.start_ms]))
 
-    def error_groups(self, f: EventFilter) -> list[tuple]:
+    def error_groups(self, f: EventFilter) -> list[tuple[Any, ...]]:
         """(server, tool, error_type, count, last_ts), most frequent first."""
         where, params = dims(f)
         c = self._dialect.collate
@@ -386,7 +338,7 @@ class SQLStore(SecurityQueries):
             params.append(f.tool)
         return sql, params
 
-    def sessions(self, f: EventFilter, limit: int = 200_000) -> list[tuple]:
+    def sessions(self, f: EventFilter, limit: int = 200_000) -> list[tuple[Any, ...]]:
         """Sessions that started in the window, oldest first: (session_id, server, client, client_version,
         protocol_version, transport, first_ts, last_ts, calls, errors, init_ts, list_ts, first_call_ts, tools)."""
         where, params = self._sessions_where(f)
@@ -397,22 +349,23 @@ class SQLStore(SecurityQueries):
             "(SELECT count(*) FROM session_tools t WHERE t.project_id = s.project_id AND t.session_id = s.session_id) "
             f"FROM sessions s WHERE {where} ORDER BY s.first_ts, s.session_id{self._dialect.collate} LIMIT ?", [*params, limit])
 
-    def session_counts(self, f: EventFilter) -> list[tuple]:
+    def session_counts(self, f: EventFilter) -> list[tuple[Any, ...]]:
         """Sessions that started in the window, counted per (client, client_version, protocol_version)."""
         where, params = self._sessions_where(f)
         return self._fetch(f.project_id, "SELECT s.client, s.client_version, s.protocol_version, count(*) FROM sessions s "
                                          f"WHERE {where} GROUP BY s.client, s.client_version, s.protocol_version", params)
 
-    def catalog(self, project_id: int, server: str | None = None) -> list[tuple]:
+    def catalog(self, project_id: int, server: str | None = None) -> list[tuple[Any, ...]]:
         """Tools servers listed or were called with: (server, tool, first_seen, last_seen)."""
-        sql, params = "SELECT server, tool, first_seen, last_seen FROM tool_catalog WHERE project_id = ?", [project_id]
+        sql = "SELECT server, tool, first_seen, last_seen FROM tool_catalog WHERE project_id = ?"
+        params: list[Any] = [project_id]
         if server is not None:
             sql += " AND server = ?"
             params.append(server)
         c = self._dialect.collate
         return self._fetch(project_id, sql + f" ORDER BY server{c}, tool{c}", params)
 
-    def last_calls(self, project_id: int, server: str | None = None) -> list[tuple]:
+    def last_calls(self, project_id: int, server: str | None = None) -> list[tuple[Any, ...]]:
         """When each tool was last called (listings aside): (server, tool, last_called)."""
         sql = "SELECT server, tool, last_called FROM tool_catalog WHERE project_id = ? AND last_called IS NOT NULL"
         params: list[Any] = [project_id]
@@ -424,7 +377,7 @@ class SQLStore(SecurityQueries):
 
     # ---- measurements and server events -----------------------------------------------------
 
-    def measurement_days(self, f: EventFilter, name: str | None = None) -> list[tuple]:
+    def measurement_days(self, f: EventFilter, name: str | None = None) -> list[tuple[Any, ...]]:
         """(day, server, name, type, tags, count, sum, min, max, last_value) for whole UTC days in the window."""
         sql = ("SELECT day, server, name, type, tags, count, sum, min, max, last_value FROM measurement_day "
                "WHERE project_id = ? AND day >= ? AND day < ?")
@@ -436,7 +389,7 @@ class SQLStore(SecurityQueries):
         c = self._dialect.collate
         return self._fetch(f.project_id, sql + f" ORDER BY name{c}, day, server{c}, tags{c}, type{c}", params)
 
-    def server_events(self, f: EventFilter, limit: int = 1000) -> list[tuple]:
+    def server_events(self, f: EventFilter, limit: int = 1000) -> list[tuple[Any, ...]]:
         """(ts, server, type, version, message, attributes) in the window, oldest first."""
         sql = "SELECT ts, server, type, version, message, attributes FROM server_events WHERE project_id = ? AND ts >= ? AND ts < ?"
         params: list[Any] = [f.project_id, f.start_ms, f.end_ms]

@@ -3,67 +3,44 @@
 Keys version (immediate revocation), signing secrets, key rotation, people's access
 grants, the audit log, and erasing one user's data. Each change that must be recorded is
 written to ``audit_log`` in the same transaction as the change itself. The SQL is written
-once with ``?`` placeholders and runs through the store's hooks (see ``core``).
+once with ``?`` placeholders and runs through the store's hooks (``dialect.SQLBase``).
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 from ..events import ROW_FIELDS, Row
 from .base import AuditEntry, KeyInfo
+from .dialect import SQLBase, now_ms, write_audit
 from .rollup import DAY_MS, Deltas, aggregate
 
-if TYPE_CHECKING:
-    from .core import SQLStore
-
 _FIELDS = ", ".join(ROW_FIELDS)
-_AUDIT_INSERT = ("INSERT INTO audit_log (ts, project_id, project, actor, action, target, detail, source) "
-                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 _SESSION_CHUNK = 500  # session ids per IN list
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def write_audit(store: "SQLStore", conn: Any, entry: AuditEntry | None) -> None:
-    """Write ``entry`` (if any) in the transaction of ``conn``."""
-    if entry is not None:
-        conn.execute(store._sql(_AUDIT_INSERT), tuple(entry))
 
 
 def rotated_name(name: str, now: int) -> str:
     return f"{name}@{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now / 1000))}"
 
 
-class SecurityQueries:
-    """Methods of ``storage.base.SecurityStore`` over the hooks of ``core.SQLStore``."""
-
-    # ---- hooks (see core.SQLStore) -------------------------------------------------------
-
-    def _apply_deltas(self, conn: Any, project_id: int, deltas: Deltas) -> None:
-        """Add rollup deltas of one project inside the transaction of ``conn``."""
-        raise NotImplementedError
-
-    def _lock_users(self, conn: Any, project_id: int) -> None:
-        """Keep the project's user numbering still for the rest of the transaction (if it can move)."""
+class SecurityQueries(SQLBase):
+    """Methods of ``storage.base.SecurityStore`` over the hooks of ``dialect.SQLBase``."""
 
     # ---- keys --------------------------------------------------------------------------
 
-    def keys_version(self: "SQLStore") -> int:
+    def keys_version(self) -> int:
         rows = self._fetch(None, "SELECT value FROM security_state WHERE name = 'keys_version'")
         return int(rows[0][0]) if rows else 0
 
-    def signing_secret(self: "SQLStore", key_id: int) -> str | None:
+    def signing_secret(self, key_id: int) -> str | None:
         rows = self._fetch(None, "SELECT signing_secret FROM api_keys WHERE id = ?", (key_id,))
         return rows[0][0] if rows else None
 
-    def set_signing_secret(self: "SQLStore", key_id: int, secret: str | None) -> None:
+    def set_signing_secret(self, key_id: int, secret: str | None) -> None:
         self._write(lambda conn: conn.execute(self._sql("UPDATE api_keys SET signing_secret = ? WHERE id = ?"), (secret, key_id)))
 
-    def rotate_key(self: "SQLStore", project_id: int, name: str, key_hash: str, prefix: str, overlap_ms: int,
+    def rotate_key(self, project_id: int, name: str, key_hash: str, prefix: str, overlap_ms: int,
                    signing_secret: str | None = None, audit: AuditEntry | None = None) -> tuple[KeyInfo, KeyInfo] | None:
         """Give the active key ``name`` a successor with the same scopes (and a signing secret
         if it had one); the old key is renamed ``name@<time>`` and expires after the overlap.
@@ -98,10 +75,10 @@ class SecurityQueries:
 
     # ---- audit ----------------------------------------------------------------------------
 
-    def add_audit(self: "SQLStore", entry: AuditEntry) -> None:
+    def add_audit(self, entry: AuditEntry) -> None:
         self._write(lambda conn: write_audit(self, conn, entry))
 
-    def audit_entries(self: "SQLStore", project_id: int | None = None, since_ms: int = 0, limit: int = 1000) -> list[AuditEntry]:
+    def audit_entries(self, project_id: int | None = None, since_ms: int = 0, limit: int = 1000) -> list[AuditEntry]:
         sql = "SELECT ts, project_id, project, actor, action, target, detail, source FROM audit_log WHERE ts >= ?"
         params: list[Any] = [since_ms]
         if project_id is not None:
@@ -112,7 +89,7 @@ class SecurityQueries:
 
     # ---- people's access ---------------------------------------------------------------------
 
-    def grant_access(self: "SQLStore", project_id: int, identity: str, role: str, audit: AuditEntry | None = None) -> None:
+    def grant_access(self, project_id: int, identity: str, role: str, audit: AuditEntry | None = None) -> None:
         def run(conn: Any) -> None:
             conn.execute(self._sql("INSERT INTO access_grants VALUES (?, ?, ?, ?) ON CONFLICT (project_id, identity) "
                                    "DO UPDATE SET role = excluded.role"), (project_id, identity, role, now_ms()))
@@ -120,7 +97,7 @@ class SecurityQueries:
 
         self._write(run)
 
-    def revoke_access(self: "SQLStore", project_id: int, identity: str, audit: AuditEntry | None = None) -> int:
+    def revoke_access(self, project_id: int, identity: str, audit: AuditEntry | None = None) -> int:
         def run(conn: Any) -> int:
             n: int = conn.execute(self._sql("DELETE FROM access_grants WHERE project_id = ? AND identity = ?"),
                                   (project_id, identity)).rowcount
@@ -131,7 +108,7 @@ class SecurityQueries:
         result: int = self._write(run)
         return result
 
-    def access_for(self: "SQLStore", identities: Sequence[str]) -> list[tuple[int, str, str, str]]:
+    def access_for(self, identities: Sequence[str]) -> list[tuple[int, str, str, str]]:
         """Grants of any of these identities: (project_id, project name, identity, role)."""
         if not identities:
             return []
@@ -140,7 +117,7 @@ class SecurityQueries:
         return self._fetch(None, "SELECT g.project_id, p.name, g.identity, g.role FROM access_grants g "
                                  f"JOIN projects p ON p.id = g.project_id WHERE {where} ORDER BY p.name{c}, g.identity{c}", params)
 
-    def list_access(self: "SQLStore", project_id: int | None = None) -> list[tuple[str, str, str, int]]:
+    def list_access(self, project_id: int | None = None) -> list[tuple[str, str, str, int]]:
         sql = "SELECT p.name, g.identity, g.role, g.created_at FROM access_grants g JOIN projects p ON p.id = g.project_id"
         params: list[Any] = []
         if project_id is not None:
@@ -151,7 +128,7 @@ class SecurityQueries:
 
     # ---- limits ------------------------------------------------------------------------------
 
-    def known_names(self: "SQLStore", project_id: int) -> tuple[set[str], set[tuple[str, str]]]:
+    def known_names(self, project_id: int) -> tuple[set[str], set[tuple[str, str]]]:
         """Servers and (server, tool) pairs the project's rollups and catalog know."""
         rows = self._fetch(None, "SELECT DISTINCT server, tool FROM rollup_day WHERE project_id = ? "
                                  "UNION SELECT server, tool FROM tool_catalog WHERE project_id = ?", (project_id, project_id))
@@ -159,14 +136,14 @@ class SecurityQueries:
 
     # ---- erasure -----------------------------------------------------------------------------
 
-    def delete_user(self: "SQLStore", project_id: int, user_hash: str, audit: AuditEntry | None = None) -> dict[str, int]:
+    def delete_user(self, project_id: int, user_hash: str, audit: AuditEntry | None = None) -> dict[str, int]:
         """Remove one user's raw events and identifying rows, and take their calls out of the
         rollups where raw events still cover the whole day; see docs/security.md."""
         result: dict[str, int] = self._write(_delete_user, self, project_id, user_hash, audit)
         return result
 
 
-def _delete_user(conn: Any, store: "SQLStore", p: int, user: str, audit: AuditEntry | None) -> dict[str, int]:
+def _delete_user(conn: Any, store: SQLBase, p: int, user: str, audit: AuditEntry | None) -> dict[str, int]:
     sql, d = store._sql, store._dialect
 
     def run(statement: str, params: Sequence[Any]) -> Any:
@@ -177,7 +154,8 @@ def _delete_user(conn: Any, store: "SQLStore", p: int, user: str, audit: AuditEn
     days = sorted({row.ts - row.ts % DAY_MS for row in mine})
     # A day is recomputed from raw events only when they still cover all of it: retention
     # may have pruned raw events whose calls the day's rollups still count.
-    covered, partial = [], []
+    covered: list[int] = []
+    partial: list[int] = []
     for day in days:
         rolled = run("SELECT coalesce(sum(calls), 0) FROM rollup_day WHERE project_id = ? AND bucket = ?", (p, day)).fetchone()[0]
         raw = run("SELECT count(*) FROM events WHERE project_id = ? AND ts >= ? AND ts < ? AND kind != 'tool_listed'",

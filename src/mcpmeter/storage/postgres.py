@@ -33,8 +33,9 @@ from ..exceptions import SchemaVersionError, StorageError
 from . import postgres_partitions as partitions
 from . import postgres_rollups
 from .base import IngestResult
-from .core import Dialect, SQLStore
-from .core_security import now_ms as _now_ms
+from .core import SQLStore
+from .dialect import Dialect
+from .dialect import now_ms as _now_ms
 from .postgres_migrations import MIGRATIONS, READER_ROLE
 from .rollup import Deltas, aggregate, calling_users
 

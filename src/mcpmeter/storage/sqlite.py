@@ -19,8 +19,9 @@ from ..events import ROW_FIELDS
 from ..exceptions import SchemaVersionError, StorageError
 from . import sqlite_rollups
 from .base import IngestResult
-from .core import Dialect, SQLStore
-from .core_security import now_ms as _now_ms
+from .core import SQLStore
+from .dialect import Dialect
+from .dialect import now_ms as _now_ms
 from .rollup import Deltas, aggregate
 from .sqlite_migrations import MIGRATIONS
 
