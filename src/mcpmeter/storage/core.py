@@ -22,7 +22,7 @@ from typing import Any, Iterable, Sequence
 
 from .. import usersets
 from ..events import ROW_FIELDS
-from ..exceptions import StorageError
+from ..exceptions import SchemaVersionError, StorageError
 from .base import AuditEntry, EventFilter, KeyInfo, Project
 from .core_security import SecurityQueries
 from .dialect import now_ms, write_audit as _audit
@@ -32,6 +32,7 @@ _KEY_COLUMNS = (
     "k.id, k.project_id, p.name, k.name, k.prefix, k.scopes, k.created_at, "
     "k.last_used_at, k.revoked_at, k.expires_at"
 )
+ROLLUP_VERSION = 2  # the schema that brought the rollups: migrating to it builds them from the raw events
 _PROJECT_COLUMNS = "id, name, user_salt, created_at"
 # (table, time column, which cut) of what ``prune`` deletes after the raw events, in this order.
 _PRUNED = (
@@ -71,6 +72,62 @@ class SQLStore(SecurityQueries):
 
     def size_bytes(self) -> int | None:
         return None
+
+    # ---- schema -----------------------------------------------------------------------------
+
+    def upgrade(self, target: int | None = None) -> list[int]:
+        """Apply the migrations up to ``target`` (default: the newest) in one transaction."""
+        migrations = self._migrations
+        latest = migrations[-1].version
+        target = latest if target is None else target
+        if target > latest:
+            raise SchemaVersionError(f"no schema version {target}; the newest this mcpmeter knows is {latest}")
+        if self.schema_version() == target:  # the common case for every collector start: no lock needed
+            return []
+
+        def run(conn: Any) -> list[int]:
+            self._lock_migrations(conn)  # concurrent collectors wait here
+            conn.execute(self._migrations_table)
+            current = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
+            if current > latest:
+                raise SchemaVersionError(
+                    f"store {self.location} has schema version {current}, newer than this mcpmeter ({latest})",
+                    hint="upgrade mcpmeter, or run `mcpmeter db downgrade` with the newer version",
+                )
+            applied = []
+            for m in migrations:
+                if current < m.version <= target:
+                    self._run_migration(conn, m.up)
+                    if m.version == ROLLUP_VERSION:  # rollups of events stored before they existed
+                        self._rebuild_rollups(conn, m.version)
+                    conn.execute(self._sql("INSERT INTO schema_migrations VALUES (?, ?, ?)"), (m.version, m.name, now_ms()))
+                    applied.append(m.version)
+            return applied
+
+        applied: list[int] = self._write(run)
+        self._schema_changed()
+        return applied
+
+    def downgrade(self, target: int) -> list[int]:
+        """Revert the applied migrations above ``target``, newest first, in one transaction."""
+        if target < 0:
+            raise SchemaVersionError("the target version must be 0 or more")
+
+        def run(conn: Any) -> list[int]:
+            self._lock_migrations(conn)
+            conn.execute(self._migrations_table)
+            done = {v for (v,) in conn.execute("SELECT version FROM schema_migrations")}
+            reverted = []
+            for m in reversed(self._migrations):
+                if m.version > target and m.version in done:
+                    self._run_migration(conn, m.down)
+                    conn.execute(self._sql("DELETE FROM schema_migrations WHERE version = ?"), (m.version,))
+                    reverted.append(m.version)
+            return reverted
+
+        reverted: list[int] = self._write(run)
+        self._schema_changed()
+        return reverted
 
     # ---- projects and keys --------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, NamedTuple, Sequence
 
-from .base import AuditEntry, KeyInfo
+from .base import AuditEntry, KeyInfo, Migration
 from .rollup import Deltas
 
 _AUDIT_INSERT = ("INSERT INTO audit_log (ts, project_id, project, actor, action, target, detail, source) "
@@ -47,6 +47,27 @@ class SQLBase:
     """The hooks every backend provides (``NotImplementedError`` where it must)."""
 
     _dialect: Dialect
+    _migrations: Sequence[Migration]
+    _migrations_table: str  # CREATE TABLE IF NOT EXISTS schema_migrations in the backend's types
+
+    @property
+    def location(self) -> str:
+        raise NotImplementedError
+
+    def schema_version(self) -> int:
+        raise NotImplementedError
+
+    def _lock_migrations(self, conn: Any) -> None:
+        """One migrator at a time (PostgreSQL: collectors starting together)."""
+
+    def _run_migration(self, conn: Any, script: str) -> None:
+        raise NotImplementedError
+
+    def _rebuild_rollups(self, conn: Any, version: int) -> None:
+        raise NotImplementedError
+
+    def _schema_changed(self) -> None:
+        """Forget what was cached about the schema (PostgreSQL: which partitions exist)."""
 
     def _sql(self, sql: str) -> str:
         """A statement written with ``?`` placeholders in the backend's own paramstyle."""

@@ -29,7 +29,7 @@ import psycopg_pool
 from psycopg import errors as pgerrors
 
 from ..events import ROW_FIELDS
-from ..exceptions import SchemaVersionError, StorageError
+from ..exceptions import StorageError
 from . import postgres_partitions as partitions
 from . import postgres_rollups
 from .base import IngestResult
@@ -39,7 +39,6 @@ from .dialect import now_ms as _now_ms
 from .postgres_migrations import MIGRATIONS, READER_ROLE
 from .rollup import Deltas, aggregate, calling_users
 
-ROLLUP_VERSION = 2
 MIGRATION_LOCK = 0x6D63706D_6D69  # "mcpmmi": one migrator at a time per database
 POOL_SIZE = 8
 _RETRIES = 5  # deadlocks and serialization failures are retried (the transaction was rolled back)
@@ -228,56 +227,21 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
         except psycopg.Error as exc:
             raise StorageError(f"read from {self.url} failed: {_first_line(exc)}", hint="is the database reachable?") from exc
 
-    def upgrade(self, target: int | None = None) -> list[int]:
-        latest = MIGRATIONS[-1].version
-        target = latest if target is None else target
-        if target > latest:
-            raise SchemaVersionError(f"no schema version {target}; the newest this mcpmeter knows is {latest}")
-        if self.schema_version() == target:  # the common case for every collector start: no lock needed
-            return []
+    _migrations = MIGRATIONS
+    _migrations_table = ("CREATE TABLE IF NOT EXISTS schema_migrations "
+                         "(version integer PRIMARY KEY, name text NOT NULL, applied_at bigint NOT NULL)")
 
-        def run(conn: psycopg.Connection) -> list[int]:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))  # concurrent collectors wait here
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at bigint NOT NULL)")
-            current = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
-            if current > latest:
-                raise SchemaVersionError(
-                    f"store {self.url} has schema version {current}, newer than this mcpmeter ({latest})",
-                    hint="upgrade mcpmeter, or run `mcpmeter db downgrade` with the newer version",
-                )
-            applied = []
-            for m in MIGRATIONS:
-                if current < m.version <= target:
-                    conn.execute(m.up)
-                    if m.version == ROLLUP_VERSION:  # rollups of events stored before they existed
-                        postgres_rollups.rebuild(conn, ", ".join(ROW_FIELDS), m.version)
-                    conn.execute("INSERT INTO schema_migrations VALUES (%s, %s, %s)", (m.version, m.name, _now_ms()))
-                    applied.append(m.version)
-            return applied
+    def _lock_migrations(self, conn: psycopg.Connection) -> None:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
 
-        applied = self._write(run)
+    def _run_migration(self, conn: psycopg.Connection, script: str) -> None:
+        conn.execute(script)  # type: ignore[arg-type]  # a migration script is a fixed string
+
+    def _rebuild_rollups(self, conn: psycopg.Connection, version: int) -> None:
+        postgres_rollups.rebuild(conn, ", ".join(ROW_FIELDS), version)
+
+    def _schema_changed(self) -> None:
         self._known_days.clear()
-        return applied
-
-    def downgrade(self, target: int) -> list[int]:
-        if target < 0:
-            raise SchemaVersionError("the target version must be 0 or more")
-
-        def run(conn: psycopg.Connection) -> list[int]:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at bigint NOT NULL)")
-            done = {v for (v,) in conn.execute("SELECT version FROM schema_migrations")}
-            reverted = []
-            for m in reversed(MIGRATIONS):
-                if m.version > target and m.version in done:
-                    conn.execute(m.down)
-                    conn.execute("DELETE FROM schema_migrations WHERE version = %s", (m.version,))
-                    reverted.append(m.version)
-            return reverted
-
-        reverted = self._write(run)
-        self._known_days.clear()
-        return reverted
 
     # ---- events ---------------------------------------------------------------------
 

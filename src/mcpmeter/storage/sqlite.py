@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 
 from .. import settings, usersets
 from ..events import ROW_FIELDS
-from ..exceptions import SchemaVersionError, StorageError
+from ..exceptions import StorageError
 from . import sqlite_rollups
 from .base import IngestResult
 from .core import SQLStore
@@ -25,7 +25,6 @@ from .dialect import now_ms as _now_ms
 from .rollup import Deltas, aggregate
 from .sqlite_migrations import MIGRATIONS
 
-ROLLUP_VERSION = 2
 _MEASUREMENT_DAY_UPSERT = """
 INSERT INTO measurement_day VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?)
 ON CONFLICT (project_id, name, day, server, type, tags) DO UPDATE SET
@@ -176,48 +175,15 @@ class SQLiteStore(SQLStore):  # every query is in core.py / core_security.py
             return 0
         return row[0] or 0
 
-    def upgrade(self, target: int | None = None) -> list[int]:
-        latest = MIGRATIONS[-1].version
-        target = latest if target is None else target
-        if target > latest:
-            raise SchemaVersionError(f"no schema version {target}; the newest this mcpmeter knows is {latest}")
+    _migrations = MIGRATIONS
+    _migrations_table = ("CREATE TABLE IF NOT EXISTS schema_migrations "
+                         "(version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)")
 
-        def run(conn: sqlite3.Connection) -> list[int]:
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)")
-            current = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
-            if current > latest:
-                raise SchemaVersionError(
-                    f"store {self.path} has schema version {current}, newer than this mcpmeter ({latest})",
-                    hint="upgrade mcpmeter, or run `mcpmeter db downgrade` with the newer version",
-                )
-            applied = []
-            for m in MIGRATIONS:
-                if current < m.version <= target:
-                    _run_script(conn, m.up)
-                    if m.version == ROLLUP_VERSION:  # rollups of events stored before they existed
-                        sqlite_rollups.rebuild(conn, ", ".join(ROW_FIELDS), m.version)
-                    conn.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (m.version, m.name, _now_ms()))
-                    applied.append(m.version)
-            return applied
+    def _run_migration(self, conn: sqlite3.Connection, script: str) -> None:
+        _run_script(conn, script)
 
-        return self._write(run)
-
-    def downgrade(self, target: int) -> list[int]:
-        if target < 0:
-            raise SchemaVersionError("the target version must be 0 or more")
-
-        def run(conn: sqlite3.Connection) -> list[int]:
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)")
-            done = {v for (v,) in conn.execute("SELECT version FROM schema_migrations")}
-            reverted = []
-            for m in reversed(MIGRATIONS):
-                if m.version > target and m.version in done:
-                    _run_script(conn, m.down)
-                    conn.execute("DELETE FROM schema_migrations WHERE version = ?", (m.version,))
-                    reverted.append(m.version)
-            return reverted
-
-        return self._write(run)
+    def _rebuild_rollups(self, conn: sqlite3.Connection, version: int) -> None:
+        sqlite_rollups.rebuild(conn, ", ".join(ROW_FIELDS), version)
 
     # ---- events ---------------------------------------------------------------------
 
