@@ -26,13 +26,16 @@ from ..exceptions import SchemaVersionError, StorageError
 from .base import AuditEntry, EventFilter, KeyInfo, Project
 from .core_security import SecurityQueries
 from .dialect import now_ms, write_audit as _audit
-from .rollup import DAY_MS, HOUR_MS
+from .rollup import DAY_MS, HOUR_MS, aggregate
 
 _KEY_COLUMNS = (
     "k.id, k.project_id, p.name, k.name, k.prefix, k.scopes, k.created_at, "
     "k.last_used_at, k.revoked_at, k.expires_at"
 )
 ROLLUP_VERSION = 2  # the schema that brought the rollups: migrating to it builds them from the raw events
+_ROLLUP_TABLES = ("rollup_hour", "rollup_day", "user_day", "user_hour", "user_first", "error_hour",
+                  "sessions", "session_tools", "tool_catalog")
+_NUMBERED_TABLES = ("rollup_tool_day", "user_number")  # schema 5 on
 _PROJECT_COLUMNS = "id, name, user_salt, created_at"
 # (table, time column, which cut) of what ``prune`` deletes after the raw events, in this order.
 _PRUNED = (
@@ -128,6 +131,20 @@ class SQLStore(SecurityQueries):
         reverted: list[int] = self._write(run)
         self._schema_changed()
         return reverted
+
+    def _rebuild_rollups(self, conn: Any, version: int, chunk: int = 50_000) -> None:
+        """Recompute the rollups of schema ``version`` from the raw events (when the rollup
+        schema first appears; later migrations fill what they add from these)."""
+        for table in _ROLLUP_TABLES + (_NUMBERED_TABLES if version >= 5 else ()):
+            conn.execute(f"DELETE FROM {table}")
+        seq, after = self._dialect.seq, 0
+        select = self._sql(f"SELECT {seq}, project_id, {', '.join(ROW_FIELDS)} FROM events WHERE {seq} > ? ORDER BY {seq} LIMIT ?")
+        while rows := conn.execute(select, (after, chunk)).fetchall():
+            by_project: dict[int, list[tuple[Any, ...]]] = {}
+            for row in rows:
+                by_project.setdefault(row[1], []).append(row[2:])
+            self._apply_rollups(conn, {p: aggregate(project_rows) for p, project_rows in by_project.items()}, version)
+            after = rows[-1][0]
 
     # ---- projects and keys --------------------------------------------------------------
 
@@ -412,9 +429,8 @@ class SQLStore(SecurityQueries):
         return self._fetch(f.project_id, "SELECT s.client, s.client_version, s.protocol_version, count(*) FROM sessions s "
                                          f"WHERE {where} GROUP BY s.client, s.client_version, s.protocol_version", params)
 
-    def catalog(self, project_id: int, server: str | None = None) -> list[tuple[Any, ...]]:
-        """Tools servers listed or were called with: (server, tool, first_seen, last_seen)."""
-        sql = "SELECT server, tool, first_seen, last_seen FROM tool_catalog WHERE project_id = ?"
+    def _catalog(self, columns: str, project_id: int, server: str | None, condition: str = "") -> list[tuple[Any, ...]]:
+        sql = f"SELECT {columns} FROM tool_catalog WHERE project_id = ?{condition}"
         params: list[Any] = [project_id]
         if server is not None:
             sql += " AND server = ?"
@@ -422,15 +438,13 @@ class SQLStore(SecurityQueries):
         c = self._dialect.collate
         return self._fetch(project_id, sql + f" ORDER BY server{c}, tool{c}", params)
 
+    def catalog(self, project_id: int, server: str | None = None) -> list[tuple[Any, ...]]:
+        """Tools servers listed or were called with: (server, tool, first_seen, last_seen)."""
+        return self._catalog("server, tool, first_seen, last_seen", project_id, server)
+
     def last_calls(self, project_id: int, server: str | None = None) -> list[tuple[Any, ...]]:
         """When each tool was last called (listings aside): (server, tool, last_called)."""
-        sql = "SELECT server, tool, last_called FROM tool_catalog WHERE project_id = ? AND last_called IS NOT NULL"
-        params: list[Any] = [project_id]
-        if server is not None:
-            sql += " AND server = ?"
-            params.append(server)
-        c = self._dialect.collate
-        return self._fetch(project_id, sql + f" ORDER BY server{c}, tool{c}", params)
+        return self._catalog("server, tool, last_called", project_id, server, " AND last_called IS NOT NULL")
 
     # ---- measurements and server events -----------------------------------------------------
 
@@ -456,6 +470,16 @@ class SQLStore(SecurityQueries):
         return self._fetch(f.project_id, sql + f" ORDER BY ts, event_id{self._dialect.collate} LIMIT ?", [*params, limit])
 
     # ---- retention --------------------------------------------------------------------------
+
+    def _delete_in_chunks(self, sql: str, params: Sequence[Any], chunk: int) -> int:
+        """Run a DELETE of at most ``chunk`` rows (its last parameter) in short transactions until
+        it deletes fewer: ingest never waits long behind one. How many rows it deleted."""
+        removed = 0
+        while True:
+            n: int = self._write(lambda conn: conn.execute(self._sql(sql), (*params, chunk)).rowcount)
+            removed += n
+            if n < chunk:
+                return removed
 
     def prune(self, raw_before_ms: int, rollups_before_ms: int, chunk: int = 20_000) -> dict[str, int]:
         """Delete raw data older than ``raw_before_ms`` and rollups older than ``rollups_before_ms``.

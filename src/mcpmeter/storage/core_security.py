@@ -186,7 +186,7 @@ def _delete_user(conn: Any, store: SQLBase, p: int, user: str, audit: AuditEntry
         rest = run(f"SELECT {_FIELDS} FROM events WHERE project_id = ? AND ts >= ? AND ts < ?", (p, day, end)).fetchall()
         deltas = aggregate(rest)
         deltas.sessions = {}  # sessions span days: rebuilt below, once
-        store._apply_deltas(conn, p, deltas)
+        store._apply_rollups(conn, {p: deltas})
     if sessions:
         ids = sorted(sessions)
         counts["sessions"] = 0
@@ -196,7 +196,7 @@ def _delete_user(conn: Any, store: SQLBase, p: int, user: str, audit: AuditEntry
             counts["sessions"] += run(f"DELETE FROM sessions WHERE project_id = ? AND {where}", (p, *params)).rowcount
             rest = run(f"SELECT {_FIELDS} FROM events WHERE project_id = ? AND {where}", (p, *params)).fetchall()
             if rest:  # what other users did in those sessions stays
-                store._apply_deltas(conn, p, Deltas(sessions=aggregate(rest).sessions))
+                store._apply_rollups(conn, {p: Deltas(sessions=aggregate(rest).sessions)})
     counts["days_recomputed"] = len(covered)
     counts["days_left_aggregated"] = len(partial)
     write_audit(store, conn, audit)

@@ -63,8 +63,6 @@ class SQLBase:
     def _run_migration(self, conn: Any, script: str) -> None:
         raise NotImplementedError
 
-    def _rebuild_rollups(self, conn: Any, version: int) -> None:
-        raise NotImplementedError
 
     def _schema_changed(self) -> None:
         """Forget what was cached about the schema (PostgreSQL: which partitions exist)."""
@@ -100,8 +98,9 @@ class SQLBase:
     def _prune_events(self, cut: int, chunk: int) -> int:
         raise NotImplementedError
 
-    def _apply_deltas(self, conn: Any, project_id: int, deltas: Deltas) -> None:
-        """Add rollup deltas of one project inside the transaction of ``conn``."""
+    def _apply_rollups(self, conn: Any, by_project: dict[int, Deltas], version: int | None = None) -> None:
+        """Add rollup deltas per project inside the transaction of ``conn``, to a store at schema
+        ``version`` (older only while upgrading; None: the newest)."""
         raise NotImplementedError
 
     def _lock_users(self, conn: Any, project_id: int) -> None:

@@ -211,10 +211,10 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
     def _lock_users(self, conn: psycopg.Connection, project_id: int) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (postgres_rollups.USERS_LOCK, project_id))
 
-    def _apply_deltas(self, conn: psycopg.Connection, project_id: int, deltas: Deltas) -> None:
-        by_project = {project_id: deltas}
-        numbers = postgres_rollups.number_users(conn, postgres_rollups.first_calls(by_project))
-        postgres_rollups.apply(conn, by_project, numbers=numbers)
+    def _apply_rollups(self, conn: psycopg.Connection, by_project: dict[int, Deltas], version: int | None = None) -> None:
+        version = postgres_rollups.LATEST if version is None else version
+        numbers = postgres_rollups.number_users(conn, postgres_rollups.first_calls(by_project)) if version >= 5 else None
+        postgres_rollups.apply(conn, by_project, version, numbers)
 
     # ---- schema ---------------------------------------------------------------------
 
@@ -236,9 +236,6 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
 
     def _run_migration(self, conn: psycopg.Connection, script: str) -> None:
         conn.execute(script)  # type: ignore[arg-type]  # a migration script is a fixed string
-
-    def _rebuild_rollups(self, conn: psycopg.Connection, version: int) -> None:
-        postgres_rollups.rebuild(conn, ", ".join(ROW_FIELDS), version)
 
     def _schema_changed(self) -> None:
         self._known_days.clear()
@@ -363,18 +360,11 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
         for day in whole:
             removed += self._write(self._drop_partition, day)
         self._known_days -= set(whole)
-        while True:  # the part of a day before a cut inside it
-            n = self._write(lambda conn: conn.execute(
-                "DELETE FROM events WHERE ts < %s AND (tableoid, ctid) IN (SELECT tableoid, ctid FROM events WHERE ts < %s LIMIT %s)",
-                (cut, cut, chunk)).rowcount)
-            removed += n
-            if n < chunk:
-                break
-        while True:  # their ids, so a later event with the same id is new again (as in SQLite)
-            n = self._write(lambda conn: conn.execute(
-                "DELETE FROM event_ids WHERE ctid IN (SELECT ctid FROM event_ids WHERE ts < %s LIMIT %s)", (cut, chunk)).rowcount)
-            if n < chunk:
-                break
+        removed += self._delete_in_chunks(  # the part of a day before a cut inside it
+            "DELETE FROM events WHERE ts < ? AND (tableoid, ctid) IN (SELECT tableoid, ctid FROM events WHERE ts < ? LIMIT ?)",
+            (cut, cut), chunk)
+        self._delete_in_chunks(  # their ids, so a later event with the same id is new again (as in SQLite)
+            "DELETE FROM event_ids WHERE ctid IN (SELECT ctid FROM event_ids WHERE ts < ? LIMIT ?)", (cut,), chunk)
         return removed
 
     @staticmethod

@@ -147,8 +147,9 @@ class SQLiteStore(SQLStore):  # every query is in core.py / core_security.py
     def _is_unique_violation(self, exc: BaseException | None) -> bool:
         return isinstance(exc, sqlite3.IntegrityError)
 
-    def _apply_deltas(self, conn: sqlite3.Connection, project_id: int, deltas: Deltas) -> None:
-        sqlite_rollups.apply(conn, project_id, deltas)
+    def _apply_rollups(self, conn: sqlite3.Connection, by_project: dict[int, Deltas], version: int | None = None) -> None:
+        for project_id, deltas in by_project.items():
+            sqlite_rollups.apply(conn, project_id, deltas, sqlite_rollups.LATEST if version is None else version)
 
     def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(conn, *args)`` in one IMMEDIATE transaction on the writer connection."""
@@ -181,9 +182,6 @@ class SQLiteStore(SQLStore):  # every query is in core.py / core_security.py
 
     def _run_migration(self, conn: sqlite3.Connection, script: str) -> None:
         _run_script(conn, script)
-
-    def _rebuild_rollups(self, conn: sqlite3.Connection, version: int) -> None:
-        sqlite_rollups.rebuild(conn, ", ".join(ROW_FIELDS), version)
 
     # ---- events ---------------------------------------------------------------------
 
@@ -249,16 +247,9 @@ class SQLiteStore(SQLStore):  # every query is in core.py / core_security.py
         return self._write(run)
 
     def _prune_events(self, cut: int, chunk: int) -> int:
-        removed = 0
-        for (project_id,) in self._fetch(None, "SELECT id FROM projects"):
-            while True:
-                n = self._write(lambda conn: conn.execute(
-                    "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events WHERE project_id = ? AND ts < ? LIMIT ?)",
-                    (project_id, cut, chunk)).rowcount)
-                removed += n
-                if n < chunk:
-                    break
-        return removed
+        return sum(self._delete_in_chunks(
+            "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events WHERE project_id = ? AND ts < ? LIMIT ?)",
+            (project_id, cut), chunk) for (project_id,) in self._fetch(None, "SELECT id FROM projects"))
 
     def close(self) -> None:
         for conn in [self._writer, *self._readers]:

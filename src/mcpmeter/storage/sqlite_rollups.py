@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 from .. import histogram, usersets
-from .rollup import Cell, Deltas, aggregate
+from .rollup import Cell, Deltas
 from .sqlite_migrations import MIGRATIONS
 
 LATEST = MIGRATIONS[-1].version
@@ -205,25 +205,3 @@ def apply(conn: sqlite3.Connection, project_id: int, d: Deltas, version: int = L
             for key, c in d.tool_day.items()
         ])
 
-
-def rebuild(conn: sqlite3.Connection, fields: str, version: int = LATEST, chunk: int = 50_000) -> int:
-    """Recompute every rollup of a store at schema ``version`` from the raw events (used when
-    the rollup schema first appears; later migrations fill what they add from these)."""
-    tables = ["rollup_hour", "rollup_day", "user_day", "user_hour", "user_first", "error_hour",
-              "sessions", "session_tools", "tool_catalog"]
-    for table in tables + (["rollup_tool_day", "user_number"] if version >= 5 else []):
-        conn.execute(f"DELETE FROM {table}")
-    after, total = 0, 0
-    while True:
-        rows = conn.execute(
-            f"SELECT rowid, project_id, {fields} FROM events WHERE rowid > ? ORDER BY rowid LIMIT ?", (after, chunk)
-        ).fetchall()
-        if not rows:
-            return total
-        by_project: dict[int, list[tuple]] = {}
-        for row in rows:
-            by_project.setdefault(row[1], []).append(row[2:])
-        for project_id, project_rows in by_project.items():
-            apply(conn, project_id, aggregate(project_rows), version)
-        after = rows[-1][0]
-        total += len(rows)
