@@ -111,3 +111,18 @@ def store_location(backend: str, directory: Path, migrated: bool = False) -> Ite
             yield url
     else:
         raise ValueError(f"unknown backend {backend!r}")
+
+
+@contextlib.contextmanager
+def both_stores(directory: Path) -> Iterator[tuple]:
+    """A new SQLite store and a new (migrated) PostgreSQL store, open side by side: the pair
+    the store contract suite loads with the same data and asks the same questions."""
+    from mcpmeter.storage import open_store
+
+    with pg_database(migrated=True) as url:
+        stores = (open_store(str(directory / "contract.db"), durable=False), open_store(url, durable=False))
+        try:
+            yield stores
+        finally:
+            for s in stores:
+                s.close()

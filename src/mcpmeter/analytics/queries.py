@@ -9,11 +9,10 @@ and distinct users are exact.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Sequence
 
-from .. import histogram
 from ..storage.base import EventFilter, Store
+from ..storage.rollup import Cell
 from .periods import DAY_MS, Window, align, iso
 
 TOP_TOOLS = 10
@@ -43,40 +42,7 @@ class Query(NamedTuple):
                 "filters": self.dimensions}
 
 
-@dataclass
-class Agg:
-    calls: int = 0
-    errors: int = 0
-    dur_count: int = 0
-    dur_sum: float = 0.0
-    dur_min: float | None = None
-    dur_max: float | None = None
-    hist: histogram.Sum = field(default_factory=histogram.Sum)
-
-    def add_cell(self, calls, errors, dur_count, dur_sum, dur_min, dur_max, hist_blob) -> None:
-        self.calls += calls
-        self.errors += errors
-        self.dur_count += dur_count
-        self.dur_sum += dur_sum
-        if dur_min is not None and (self.dur_min is None or dur_min < self.dur_min):
-            self.dur_min = dur_min
-        if dur_max is not None and (self.dur_max is None or dur_max > self.dur_max):
-            self.dur_max = dur_max
-        self.hist.add(hist_blob)
-
-    def latency(self) -> dict[str, float | None]:
-        p50, p95, p99 = histogram.percentiles(self.hist.result(), (50, 95, 99), self.dur_min, self.dur_max)
-        avg = histogram.round_ms(self.dur_sum / self.dur_count) if self.dur_count else None
-        return {"p50": p50, "p95": p95, "p99": p99, "avg": avg,
-                "min": _round(self.dur_min), "max": _round(self.dur_max)}
-
-    @property
-    def success_rate(self) -> float | None:
-        return round((self.calls - self.errors) / self.calls, 4) if self.calls else None
-
-
-def _round(value: float | None) -> float | None:
-    return None if value is None else histogram.round_ms(value)
+Agg = Cell  # one aggregate for rollups and answers: storage.rollup.Cell
 
 
 def _change(now: float | None, before: float | None) -> float | None:
@@ -235,18 +201,8 @@ def errors(store: Store, q: Query, samples: int = 20) -> dict[str, Any]:
 
 
 def _session_counts(store: Store, q: Query) -> list[tuple]:
-    """Sessions that started in the window per (client, client_version, protocol_version).
-
-    A backend that can count them itself (SQLite: one GROUP BY, exact however many sessions)
-    does; otherwise they are counted here from ``store.sessions``.
-    """
-    counted = getattr(store, "session_counts", None)
-    if counted is not None:
-        return counted(q.filter)
-    found: dict[tuple, int] = {}
-    for row in store.sessions(q.filter):
-        found[(row[2], row[3], row[4])] = found.get((row[2], row[3], row[4]), 0) + 1
-    return [(*key, n) for key, n in found.items()]
+    """Sessions that started in the window per (client, client_version, protocol_version)."""
+    return store.session_counts(q.filter)
 
 
 def clients(store: Store, q: Query) -> dict[str, Any]:

@@ -17,9 +17,10 @@ Same Store protocol and the same answers as the SQLite store; what differs is ho
 from __future__ import annotations
 
 import contextlib
+import functools
 import secrets
 import time
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
@@ -27,26 +28,22 @@ import psycopg
 import psycopg_pool
 from psycopg import errors as pgerrors
 
-from .. import histogram, usersets
 from ..events import ROW_FIELDS
-from ..exceptions import SchemaVersionError, StorageError
+from ..exceptions import StorageError
 from . import postgres_partitions as partitions
 from . import postgres_rollups
-from .base import AuditEntry, EventFilter, IngestResult, KeyInfo, Project
+from .base import IngestResult
+from .core import SQLStore
+from .dialect import Dialect
+from .dialect import now_ms as _now_ms
 from .postgres_migrations import MIGRATIONS, READER_ROLE
-from .postgres_security import PostgresSecurity, _audit
-from .rollup import aggregate
+from .rollup import Deltas, aggregate, calling_users
 
-ROLLUP_VERSION = 2
 MIGRATION_LOCK = 0x6D63706D_6D69  # "mcpmmi": one migrator at a time per database
 POOL_SIZE = 8
 _RETRIES = 5  # deadlocks and serialization failures are retried (the transaction was rolled back)
 _RETRYABLE = (pgerrors.DeadlockDetected, pgerrors.SerializationFailure, pgerrors.LockNotAvailable)
 
-_KEY_COLUMNS = (
-    "k.id, k.project_id, p.name, k.name, k.prefix, k.scopes, k.created_at, "
-    "k.last_used_at, k.revoked_at, k.expires_at"
-)
 _COPY_EVENTS = f"COPY events (project_id, {', '.join(ROW_FIELDS)}, received_at) FROM STDIN"
 _NEW_IDS = """
 INSERT INTO event_ids (project_id, event_id, ts)
@@ -82,11 +79,18 @@ FROM unnest(%b::text[], %b::text[], %b::text[], %b::bigint[], %b::text[], %b::te
 ORDER BY e COLLATE "C", o
 ON CONFLICT DO NOTHING
 """
-_hist_json = msgspec.json.Decoder(dict[int, int]).decode
+DIALECT = Dialect(
+    seq="seq", greatest="greatest", collate=' COLLATE "C"',
+    hist_column="hist::text", decode_hist=msgspec.json.Decoder(dict[int, int]).decode,  # JSONB {bin: count}
+    users_column="users::text", users_of=postgres_rollups.from_bits, users_value=postgres_rollups.bits,  # varbit
+    users_param="?::varbit", for_update=" FOR UPDATE",
+)
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
+@functools.lru_cache(maxsize=512)
+def _pyformat(sql: str) -> str:
+    """A statement written with ``?`` placeholders in psycopg's ``%s`` style."""
+    return sql.replace("%", "%%").replace("?", "%s")
 
 
 def redact(url: str) -> str:
@@ -99,7 +103,7 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
-class PostgresStore(PostgresSecurity):  # keys version, rotation, access, audit, erasure: postgres_security.py
+class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
     def __init__(self, url: str, durable: bool = True, pool_size: int = POOL_SIZE) -> None:
         self.url = redact(url)
         self._known_days: set[int] = set()
@@ -117,6 +121,8 @@ class PostgresStore(PostgresSecurity):  # keys version, rotation, access, audit,
             self._pool.open(wait=True, timeout=30)
         except psycopg_pool.PoolTimeout:
             raise StorageError(f"cannot open a connection pool to {self.url}", hint="check max_connections on the server") from None
+
+    _dialect = DIALECT
 
     def _configure(self, conn: psycopg.Connection) -> None:
         if not self._durable:  # as SQLite synchronous=NORMAL: a server crash may lose the last commits
@@ -175,6 +181,41 @@ class PostgresStore(PostgresSecurity):  # keys version, rotation, access, audit,
         with self.reading(project_id) as conn:
             return conn.execute(sql, params).fetchall()
 
+    # ---- the hooks of core.SQLStore ----------------------------------------------------------
+
+    def _sql(self, sql: str) -> str:
+        return _pyformat(sql)
+
+    def _fetch(self, project_id: int | None, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        if project_id is None:
+            return self._owner_read(_pyformat(sql), params)
+        return self._read(project_id, _pyformat(sql), params)
+
+    def _executemany(self, conn: psycopg.Connection, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        conn.cursor().executemany(sql, rows)
+
+    def _insert_returning_id(self, conn: psycopg.Connection, sql: str, params: Sequence[Any]) -> int:
+        row = conn.execute(_pyformat(sql + " RETURNING id"), params).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def _in(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
+        return f"{column} = ANY(?)", [list(values)]
+
+    def _is_unique_violation(self, exc: BaseException | None) -> bool:
+        return isinstance(exc, pgerrors.UniqueViolation)
+
+    def _lock_key_name(self, conn: psycopg.Connection, project_id: int, name: str) -> None:
+        conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (project_id, name))  # collectors starting together
+
+    def _lock_users(self, conn: psycopg.Connection, project_id: int) -> None:
+        conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (postgres_rollups.USERS_LOCK, project_id))
+
+    def _apply_rollups(self, conn: psycopg.Connection, by_project: dict[int, Deltas], version: int | None = None) -> None:
+        version = postgres_rollups.LATEST if version is None else version
+        numbers = postgres_rollups.number_users(conn, postgres_rollups.first_calls(by_project)) if version >= 5 else None
+        postgres_rollups.apply(conn, by_project, version, numbers)
+
     # ---- schema ---------------------------------------------------------------------
 
     def schema_version(self) -> int:
@@ -186,146 +227,18 @@ class PostgresStore(PostgresSecurity):  # keys version, rotation, access, audit,
         except psycopg.Error as exc:
             raise StorageError(f"read from {self.url} failed: {_first_line(exc)}", hint="is the database reachable?") from exc
 
-    def upgrade(self, target: int | None = None) -> list[int]:
-        latest = MIGRATIONS[-1].version
-        target = latest if target is None else target
-        if target > latest:
-            raise SchemaVersionError(f"no schema version {target}; the newest this mcpmeter knows is {latest}")
-        if self.schema_version() == target:  # the common case for every collector start: no lock needed
-            return []
+    _migrations = MIGRATIONS
+    _migrations_table = ("CREATE TABLE IF NOT EXISTS schema_migrations "
+                         "(version integer PRIMARY KEY, name text NOT NULL, applied_at bigint NOT NULL)")
 
-        def run(conn: psycopg.Connection) -> list[int]:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))  # concurrent collectors wait here
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at bigint NOT NULL)")
-            current = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
-            if current > latest:
-                raise SchemaVersionError(
-                    f"store {self.url} has schema version {current}, newer than this mcpmeter ({latest})",
-                    hint="upgrade mcpmeter, or run `mcpmeter db downgrade` with the newer version",
-                )
-            applied = []
-            for m in MIGRATIONS:
-                if current < m.version <= target:
-                    conn.execute(m.up)
-                    if m.version == ROLLUP_VERSION:  # rollups of events stored before they existed
-                        postgres_rollups.rebuild(conn, ", ".join(ROW_FIELDS), m.version)
-                    conn.execute("INSERT INTO schema_migrations VALUES (%s, %s, %s)", (m.version, m.name, _now_ms()))
-                    applied.append(m.version)
-            return applied
+    def _lock_migrations(self, conn: psycopg.Connection) -> None:
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
 
-        applied = self._write(run)
+    def _run_migration(self, conn: psycopg.Connection, script: str) -> None:
+        conn.execute(script)  # type: ignore[arg-type]  # a migration script is a fixed string
+
+    def _schema_changed(self) -> None:
         self._known_days.clear()
-        return applied
-
-    def downgrade(self, target: int) -> list[int]:
-        if target < 0:
-            raise SchemaVersionError("the target version must be 0 or more")
-
-        def run(conn: psycopg.Connection) -> list[int]:
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-            conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, name text NOT NULL, applied_at bigint NOT NULL)")
-            done = {v for (v,) in conn.execute("SELECT version FROM schema_migrations")}
-            reverted = []
-            for m in reversed(MIGRATIONS):
-                if m.version > target and m.version in done:
-                    conn.execute(m.down)
-                    conn.execute("DELETE FROM schema_migrations WHERE version = %s", (m.version,))
-                    reverted.append(m.version)
-            return reverted
-
-        reverted = self._write(run)
-        self._known_days.clear()
-        return reverted
-
-    # ---- projects and keys ------------------------------------------------------------
-
-    def ensure_project(self, name: str, audit: AuditEntry | None = None) -> Project:
-        """The project ``name``, created when new (and then ``audit`` written with its id)."""
-        existing = self.project_by_name(name)
-        if existing:
-            return existing
-
-        def run(conn: psycopg.Connection) -> None:
-            row = conn.execute(
-                "INSERT INTO projects (name, user_salt, created_at) VALUES (%s, %s, %s) ON CONFLICT (name) DO NOTHING RETURNING id",
-                (name, secrets.token_hex(32), _now_ms())).fetchone()
-            if row is not None and audit is not None:
-                _audit(conn, audit._replace(project_id=row[0]))
-
-        self._write(run)
-        project = self.project_by_name(name)
-        assert project is not None
-        return project
-
-    def project_by_name(self, name: str) -> Project | None:
-        rows = self._owner_read("SELECT id, name, user_salt, created_at FROM projects WHERE name = %s", (name,))
-        return Project(*rows[0]) if rows else None
-
-    def project_by_id(self, project_id: int) -> Project | None:
-        rows = self._owner_read("SELECT id, name, user_salt, created_at FROM projects WHERE id = %s", (project_id,))
-        return Project(*rows[0]) if rows else None
-
-    def list_projects(self) -> list[Project]:
-        return [Project(*r) for r in self._owner_read("SELECT id, name, user_salt, created_at FROM projects ORDER BY id")]
-
-    def add_key(self, project_id: int, name: str, key_hash: str, prefix: str, scopes: Iterable[str],
-                expires_at: int | None = None, replace: bool = False, audit: AuditEntry | None = None) -> KeyInfo:
-        scope_text = ",".join(sorted(set(scopes)))
-
-        def run(conn: psycopg.Connection) -> None:
-            if replace:  # collectors starting together may replace the same key: one at a time
-                conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (project_id, name))
-                conn.execute("DELETE FROM api_keys WHERE project_id = %s AND name = %s", (project_id, name))
-            conn.execute(
-                "INSERT INTO api_keys (project_id, name, prefix, key_hash, scopes, created_at, expires_at) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                (project_id, name, prefix, key_hash, scope_text, _now_ms(), expires_at),
-            )
-            _audit(conn, audit)
-
-        try:
-            self._write(run)
-        except StorageError as exc:
-            if isinstance(exc.__cause__, pgerrors.UniqueViolation):
-                raise StorageError(f"a key named {name!r} already exists in this project", hint="pick another --name, or revoke the old key first") from None
-            raise
-        key = self.key_by_hash(key_hash)
-        assert key is not None
-        return key
-
-    def key_by_hash(self, key_hash: str) -> KeyInfo | None:
-        rows = self._owner_read(
-            f"SELECT {_KEY_COLUMNS} FROM api_keys k JOIN projects p ON p.id = k.project_id WHERE k.key_hash = %s", (key_hash,))
-        return _key(rows[0]) if rows else None
-
-    def list_keys(self, project_id: int | None = None) -> list[KeyInfo]:
-        sql = f"SELECT {_KEY_COLUMNS} FROM api_keys k JOIN projects p ON p.id = k.project_id"
-        params: tuple = ()
-        if project_id is not None:
-            sql += " WHERE k.project_id = %s"
-            params = (project_id,)
-        return [_key(r) for r in self._owner_read(sql + " ORDER BY k.id", params)]
-
-    def revoke_key(self, project_id: int | None, name_or_prefix: str, audit: AuditEntry | None = None) -> int:
-        def run(conn: psycopg.Connection) -> int:
-            sql = "UPDATE api_keys SET revoked_at = %s WHERE revoked_at IS NULL AND (name = %s OR prefix = %s)"
-            params: list = [_now_ms(), name_or_prefix, name_or_prefix]
-            if project_id is not None:
-                sql += " AND project_id = %s"
-                params.append(project_id)
-            n = conn.execute(sql, params).rowcount
-            if n:
-                _audit(conn, audit)
-            return n
-
-        return self._write(run)
-
-    def touch_keys(self, last_used: dict[int, int]) -> None:
-        if last_used:
-            ids, stamps = zip(*sorted(last_used.items()))
-            self._write(lambda conn: conn.execute(
-                "UPDATE api_keys k SET last_used_at = greatest(k.last_used_at, u.ts) "
-                "FROM unnest(%b::bigint[], %b::bigint[]) AS u(id, ts) WHERE k.id = u.id",
-                (list(ids), list(stamps))))
 
     # ---- events ---------------------------------------------------------------------
 
@@ -371,7 +284,7 @@ class PostgresStore(PostgresSecurity):  # keys version, rotation, access, audit,
                 order.append(n)
                 n += 1
         # Number the calling users first: the only lock it may take must come before any row lock.
-        numbers = postgres_rollups.number_users(conn, _calling_users(groups))
+        numbers = postgres_rollups.number_users(conn, calling_users(groups))
         new = set(conn.execute(_NEW_IDS, (projects, ids, stamps, order)).fetchall()) if n else set()
         results = []
         stored: dict[int, list[tuple]] = {}  # project -> rows really inserted, in order
@@ -394,199 +307,6 @@ class PostgresStore(PostgresSecurity):  # keys version, rotation, access, audit,
             # One rollup delta per project for the whole group (rollups are additive).
             postgres_rollups.apply(conn, {p: aggregate(rows) for p, rows in stored.items()}, numbers=numbers)
         return results, stored
-
-    # ---- reads ----------------------------------------------------------------------
-
-    @staticmethod
-    def _where(f: EventFilter, kind: str | None = "tool_call") -> tuple[str, list]:
-        sql = "project_id = %s AND ts >= %s AND ts < %s"
-        params: list = [f.project_id, f.start_ms, f.end_ms]
-        for column, value in (("kind", kind), ("server", f.server), ("tool", f.tool), ("client_name", f.client)):
-            if value is not None:
-                sql += f" AND {column} = %s"
-                params.append(value)
-        return sql, params
-
-    def count_events(self, f: EventFilter, kind: str | None = "tool_call") -> int:
-        where, params = self._where(f, kind)
-        return self._read(f.project_id, f"SELECT count(*) FROM events WHERE {where}", params)[0][0]
-
-    def distinct_users(self, f: EventFilter) -> int:
-        where, params = self._where(f)
-        return self._read(f.project_id, f"SELECT count(DISTINCT user_hash) FROM events WHERE {where}", params)[0][0]
-
-    @staticmethod
-    def _dims(f: EventFilter, client_column: str = "client") -> tuple[str, list]:
-        sql, params = "", []
-        for column, value in (("server", f.server), ("tool", f.tool), (client_column, f.client)):
-            if value is not None:
-                sql += f" AND {column} = %s"
-                params.append(value)
-        return sql, params
-
-    def cells(self, f: EventFilter, grain: str, kinds: Sequence[str] = ("tool_call",)) -> list[tuple]:
-        """Rollup cells in the window: (bucket, kind, server, tool, client, calls, errors,
-        dur_count, dur_sum, dur_min, dur_max, hist) with ``hist`` a msgpack blob, as SQLite's."""
-        table = "rollup_hour" if grain == "hour" else "rollup_day"
-        dims, params = self._dims(f)
-        rows = self._read(
-            f.project_id,
-            f"SELECT bucket, kind, server, tool, client, calls, errors, dur_count, dur_sum, dur_min, dur_max, hist::text "
-            f"FROM {table} WHERE project_id = %s AND bucket >= %s AND bucket < %s AND kind = ANY(%s){dims}",
-            [f.project_id, f.start_ms, f.end_ms, list(kinds), *params],
-        )
-        encode = histogram.encode
-        return [(*r[:11], encode(_hist_json(r[11])) if r[11] else None) for r in rows]
-
-    def tool_cells(self, f: EventFilter, grain: str) -> list[tuple]:
-        """Tool-call cells with every client together, in the shape of ``cells`` (client ''):
-        read from the per-tool daily rollup when it can answer (day grain, no client filter)."""
-        if grain != "day" or f.client is not None:
-            return self.cells(f, grain)
-        dims, params = self._dims(f)
-        rows = self._read(
-            f.project_id,
-            "SELECT bucket, 'tool_call', server, tool, '', calls, errors, dur_count, dur_sum, dur_min, dur_max, hist::text "
-            f"FROM rollup_tool_day WHERE project_id = %s AND bucket >= %s AND bucket < %s{dims}",
-            [f.project_id, f.start_ms, f.end_ms, *params],
-        )
-        encode = histogram.encode
-        return [(*r[:11], encode(_hist_json(r[11])) if r[11] else None) for r in rows]
-
-    def _user_sets(self, f: EventFilter) -> list[tuple]:
-        """(bucket, server, tool, users as an int) per day and tool of the window (no client filter)."""
-        dims, params = self._dims(f)
-        from_bits = postgres_rollups.from_bits
-        return [(bucket, server, tool, from_bits(users)) for bucket, server, tool, users in self._read(
-            f.project_id,
-            f"SELECT bucket, server, tool, users::text FROM rollup_tool_day WHERE project_id = %s AND bucket >= %s AND bucket < %s{dims}",
-            [f.project_id, f.start_ms, f.end_ms, *params])]
-
-    def _user_source(self, f: EventFilter, grain: str, need_dims: bool = False) -> tuple[str, list]:
-        """A subquery of (bucket, server, tool, client, user_hash) rows for the window."""
-        filtered = need_dims or f.server is not None or f.tool is not None or f.client is not None
-        if grain == "day":
-            dims, params = self._dims(f)
-            return (f"SELECT day AS bucket, server, tool, client, user_hash FROM user_day "
-                    f"WHERE project_id = %s AND day >= %s AND day < %s{dims}", [f.project_id, f.start_ms, f.end_ms, *params])
-        if not filtered:
-            return ("SELECT hour AS bucket, NULL AS server, NULL AS tool, NULL AS client, user_hash FROM user_hour "
-                    "WHERE project_id = %s AND hour >= %s AND hour < %s", [f.project_id, f.start_ms, f.end_ms])
-        # Hour grain with filters: raw events (hour windows span at most two days).
-        dims, params = self._dims(f, client_column="client_name")
-        return (f"SELECT ts - mod(ts, 3600000) AS bucket, server, coalesce(tool, '') AS tool, "
-                f"coalesce(client_name, '') AS client, user_hash FROM events "  # '' = none, as in the rollups
-                f"WHERE project_id = %s AND ts >= %s AND ts < %s AND kind = 'tool_call' AND user_hash IS NOT NULL{dims}",
-                [f.project_id, f.start_ms, f.end_ms, *params])
-
-    def users(self, f: EventFilter, grain: str, group: Sequence[str] = ()) -> list[tuple]:
-        """Distinct users in the window, grouped by any of bucket, server, tool, client: rows (*group, count)."""
-        if grain == "day" and f.client is None and "client" not in group:  # unions of exact user sets
-            return usersets.count_grouped(self._user_sets(f), group)
-        source, params = self._user_source(f, grain, need_dims=bool(set(group) & {"server", "tool", "client"}))
-        cols = ", ".join(group)
-        sql = f"SELECT {cols + ', ' if cols else ''}count(DISTINCT user_hash) FROM ({source}) AS s"
-        if cols:
-            sql += f" GROUP BY {cols}"
-        return self._read(f.project_id, sql, params)
-
-    def new_users(self, f: EventFilter, grain: str) -> int:
-        """Users active in the window whose first call (on the filtered server, or anywhere) falls in it."""
-        if f.tool is None and f.client is None:
-            # A user whose first call (there) falls in the window was active in it: count those.
-            if f.server is None:
-                sql, params = "SELECT count(*) FROM user_number WHERE project_id = %s AND first_seen >= %s AND first_seen < %s", []
-            else:
-                sql, params = ("SELECT count(*) FROM user_first WHERE project_id = %s AND first_seen >= %s AND first_seen < %s "
-                               "AND server = %s", [f.server])
-            return self._read(f.project_id, sql, [f.project_id, f.start_ms, f.end_ms, *params])[0][0]
-        if grain == "day" and f.client is None:
-            active = 0
-            for row in self._user_sets(f):
-                active |= row[3]
-            if f.server is None:  # first call anywhere
-                first = "SELECT number FROM user_number WHERE project_id = %s AND first_seen >= %s AND first_seen < %s"
-                params = []
-            else:
-                first = ("SELECT n.number FROM user_first u JOIN user_number n ON n.project_id = u.project_id "
-                         "AND n.user_hash = u.user_hash WHERE u.project_id = %s AND u.first_seen >= %s AND u.first_seen < %s "
-                         "AND u.server = %s")
-                params = [f.server]
-            rows = self._read(f.project_id, first, [f.project_id, f.start_ms, f.end_ms, *params])
-            return sum(1 for (n,) in rows if active >> n & 1)
-        source, params = self._user_source(f, grain)
-        first = "SELECT user_hash, min(first_seen) AS first_seen FROM user_first WHERE project_id = %s"
-        first_params: list = [f.project_id]
-        if f.server is not None:
-            first += " AND server = %s"
-            first_params.append(f.server)
-        first += " GROUP BY user_hash"
-        sql = (f"SELECT count(*) FROM (SELECT DISTINCT user_hash FROM ({source}) AS s) a JOIN ({first}) b USING (user_hash) "
-               f"WHERE b.first_seen >= %s")
-        return self._read(f.project_id, sql, [*params, *first_params, f.start_ms])[0][0]
-
-    def error_groups(self, f: EventFilter) -> list[tuple]:
-        """(server, tool, error_type, count, last_ts), most frequent first."""
-        dims, params = self._dims(f)
-        return self._read(
-            f.project_id,
-            f"SELECT server, tool, error_type, sum(count)::bigint, max(last_ts) FROM error_hour "
-            f"WHERE project_id = %s AND bucket >= %s AND bucket < %s{dims} GROUP BY server, tool, error_type "
-            f"ORDER BY sum(count) DESC, server, tool, error_type",
-            [f.project_id, f.start_ms, f.end_ms, *params],
-        )
-
-    def recent_errors(self, f: EventFilter, limit: int = 20) -> list[tuple]:
-        """Newest failed events: (ts, kind, server, tool, error_type, error_message, client_name, session_id)."""
-        dims, params = self._dims(f, client_column="client_name")
-        return self._read(
-            f.project_id,
-            f"SELECT ts, kind, server, tool, error_type, error_message, client_name, session_id FROM events "
-            f"WHERE project_id = %s AND ok = 0 AND ts >= %s AND ts < %s{dims} ORDER BY ts DESC, seq DESC LIMIT %s",
-            [f.project_id, f.start_ms, f.end_ms, *params, limit],
-        )
-
-    def sessions(self, f: EventFilter, limit: int = 200_000) -> list[tuple]:
-        """Sessions that started in the window: (session_id, server, client, client_version,
-        protocol_version, transport, first_ts, last_ts, calls, errors, init_ts, list_ts, first_call_ts, tools)."""
-        sql = ("SELECT s.session_id, s.server, s.client, s.client_version, s.protocol_version, s.transport, s.first_ts, "
-               "s.last_ts, s.calls, s.errors, s.init_ts, s.list_ts, s.first_call_ts, "
-               "(SELECT count(*) FROM session_tools t WHERE t.project_id = s.project_id AND t.session_id = s.session_id) "
-               "FROM sessions s WHERE s.project_id = %s AND s.first_ts >= %s AND s.first_ts < %s")
-        params: list = [f.project_id, f.start_ms, f.end_ms]
-        for column, value in (("s.server", f.server), ("s.client", f.client)):
-            if value is not None:
-                sql += f" AND {column} = %s"
-                params.append(value)
-        if f.tool is not None:
-            sql += " AND EXISTS (SELECT 1 FROM session_tools t WHERE t.project_id = s.project_id AND t.session_id = s.session_id AND t.tool = %s)"
-            params.append(f.tool)
-        return self._read(f.project_id, sql + " ORDER BY s.first_ts, s.session_id LIMIT %s", [*params, limit])
-
-    def catalog(self, project_id: int, server: str | None = None) -> list[tuple]:
-        """Tools servers listed or were called with: (server, tool, first_seen, last_seen)."""
-        sql, params = "SELECT server, tool, first_seen, last_seen FROM tool_catalog WHERE project_id = %s", [project_id]
-        if server is not None:
-            sql += " AND server = %s"
-            params.append(server)
-        return self._read(project_id, sql + " ORDER BY server, tool", params)
-
-    def last_calls(self, project_id: int, server: str | None = None) -> list[tuple]:
-        """When each tool was last called (listings aside): (server, tool, last_called)."""
-        sql = "SELECT server, tool, last_called FROM tool_catalog WHERE project_id = %s AND last_called IS NOT NULL"
-        params: list = [project_id]
-        if server is not None:
-            sql += " AND server = %s"
-            params.append(server)
-        return self._read(project_id, sql, params)
-
-    def export_events(self, project_id: int, after: int = 0, limit: int = 5000) -> list[tuple]:
-        """Stored events in insertion order as (cursor, *ROW_FIELDS); pass the last cursor as ``after``."""
-        return self._read(
-            project_id,
-            f"SELECT seq, {', '.join(ROW_FIELDS)} FROM events WHERE project_id = %s AND seq > %s ORDER BY seq LIMIT %s",
-            (project_id, after, limit),
-        )
 
     # ---- measurements and server events ------------------------------------------------
 
@@ -623,17 +343,6 @@ class PostgresStore(PostgresSecurity):  # keys version, rotation, access, audit,
 
         return self._write(run)
 
-    def measurement_days(self, f: EventFilter, name: str | None = None) -> list[tuple]:
-        """(day, server, name, type, tags, count, sum, min, max, last_value) for whole UTC days in the window."""
-        sql = ("SELECT day, server, name, type, tags, count, sum, min, max, last_value FROM measurement_day "
-               "WHERE project_id = %s AND day >= %s AND day < %s")
-        params: list = [f.project_id, f.start_ms - f.start_ms % 86_400_000, f.end_ms]
-        for column, value in (("name", name), ("server", f.server)):
-            if value is not None:
-                sql += f" AND {column} = %s"
-                params.append(value)
-        return self._read(f.project_id, sql + " ORDER BY name, day, server, tags", params)
-
     def ingest_server_events(self, project_id: int, rows: Sequence[tuple]) -> IngestResult:
         """Rows (event_id, server, type, ts, version, message, attributes)."""
 
@@ -644,42 +353,6 @@ class PostgresStore(PostgresSecurity):  # keys version, rotation, access, audit,
 
         return self._write(run)
 
-    def server_events(self, f: EventFilter, limit: int = 1000) -> list[tuple]:
-        """(ts, server, type, version, message, attributes) in the window, oldest first."""
-        sql = "SELECT ts, server, type, version, message, attributes FROM server_events WHERE project_id = %s AND ts >= %s AND ts < %s"
-        params: list = [f.project_id, f.start_ms, f.end_ms]
-        if f.server is not None:
-            sql += " AND server = %s"
-            params.append(f.server)
-        return self._read(f.project_id, sql + " ORDER BY ts, event_id LIMIT %s", [*params, limit])
-
-    # ---- retention ------------------------------------------------------------------------
-
-    def prune(self, raw_before_ms: int, rollups_before_ms: int, chunk: int = 20_000) -> dict[str, int]:
-        """Delete raw data older than ``raw_before_ms`` and rollups older than ``rollups_before_ms``.
-
-        Days of raw events wholly before the cut are dropped as partitions; a cut inside a
-        day deletes the older part of that day in small transactions, as SQLite does.
-        """
-        removed = {"events": self._prune_events(raw_before_ms, chunk)}
-        statements = {
-            "measurements": ("DELETE FROM measurements WHERE ts < %s", raw_before_ms),
-            "user_hour": ("DELETE FROM user_hour WHERE hour < %s", rollups_before_ms),
-            "rollup_hour": ("DELETE FROM rollup_hour WHERE bucket < %s", rollups_before_ms),
-            "rollup_day": ("DELETE FROM rollup_day WHERE bucket < %s", rollups_before_ms),
-            "rollup_tool_day": ("DELETE FROM rollup_tool_day WHERE bucket < %s", rollups_before_ms),
-            "user_day": ("DELETE FROM user_day WHERE day < %s", rollups_before_ms),
-            "error_hour": ("DELETE FROM error_hour WHERE bucket < %s", rollups_before_ms),
-            "session_tools": ("DELETE FROM session_tools WHERE (project_id, session_id) IN "
-                              "(SELECT project_id, session_id FROM sessions WHERE last_ts < %s)", rollups_before_ms),
-            "sessions": ("DELETE FROM sessions WHERE last_ts < %s", rollups_before_ms),
-            "measurement_day": ("DELETE FROM measurement_day WHERE day < %s", rollups_before_ms),
-            "server_events": ("DELETE FROM server_events WHERE ts < %s", rollups_before_ms),
-        }
-        for table, (sql, cutoff) in statements.items():
-            removed[table] = self._write(lambda conn: conn.execute(sql, (cutoff,)).rowcount)
-        return removed
-
     def _prune_events(self, cut: int, chunk: int) -> int:
         removed = 0
         with self._connection() as conn:
@@ -687,18 +360,11 @@ class PostgresStore(PostgresSecurity):  # keys version, rotation, access, audit,
         for day in whole:
             removed += self._write(self._drop_partition, day)
         self._known_days -= set(whole)
-        while True:  # the part of a day before a cut inside it
-            n = self._write(lambda conn: conn.execute(
-                "DELETE FROM events WHERE ts < %s AND (tableoid, ctid) IN (SELECT tableoid, ctid FROM events WHERE ts < %s LIMIT %s)",
-                (cut, cut, chunk)).rowcount)
-            removed += n
-            if n < chunk:
-                break
-        while True:  # their ids, so a later event with the same id is new again (as in SQLite)
-            n = self._write(lambda conn: conn.execute(
-                "DELETE FROM event_ids WHERE ctid IN (SELECT ctid FROM event_ids WHERE ts < %s LIMIT %s)", (cut, chunk)).rowcount)
-            if n < chunk:
-                break
+        removed += self._delete_in_chunks(  # the part of a day before a cut inside it
+            "DELETE FROM events WHERE ts < ? AND (tableoid, ctid) IN (SELECT tableoid, ctid FROM events WHERE ts < ? LIMIT ?)",
+            (cut, cut), chunk)
+        self._delete_in_chunks(  # their ids, so a later event with the same id is new again (as in SQLite)
+            "DELETE FROM event_ids WHERE ctid IN (SELECT ctid FROM event_ids WHERE ts < ? LIMIT ?)", (cut,), chunk)
         return removed
 
     @staticmethod
@@ -716,29 +382,7 @@ class PostgresStore(PostgresSecurity):  # keys version, rotation, access, audit,
         self._pool.close()
 
 
-_KIND, _USER = ROW_FIELDS.index("kind"), ROW_FIELDS.index("user_hash")
-
-
-def _calling_users(groups: Sequence[tuple[int, Sequence[tuple]]]) -> dict[int, dict[str, int]]:
-    """Per project, the users of the tool calls in ``groups`` with their first call's time."""
-    users: dict[int, dict[str, int]] = {}
-    for project_id, rows in groups:
-        first = None
-        for row in rows:
-            user = row[_USER]
-            if user is not None and row[_KIND] == "tool_call":
-                if first is None:
-                    first = users.setdefault(project_id, {})
-                ts = row[2]
-                if ts < first.get(user, ts + 1):
-                    first[user] = ts
-    return users
-
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
-
-def _key(row: tuple) -> KeyInfo:
-    (key_id, project_id, project, name, prefix, scopes, created, used, revoked, expires) = row
-    return KeyInfo(key_id, project_id, project, name, prefix, frozenset(scopes.split(",")), created, used, revoked, expires)

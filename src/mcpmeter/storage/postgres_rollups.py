@@ -15,7 +15,7 @@ from typing import Iterable
 import msgspec
 
 from .postgres_migrations import MIGRATIONS
-from .rollup import Deltas, aggregate
+from .rollup import Cell, Deltas
 
 LATEST = MIGRATIONS[-1].version
 
@@ -179,9 +179,15 @@ def _run(conn, sql: str, rows: Iterable[tuple], width: int, floats: tuple[int, .
         conn.execute(sql, _columns(ordered, width, floats))
 
 
+def _hist_json(c: Cell) -> str | None:
+    """A cell's histogram as stored here: a JSONB ``{bin: count}`` object."""
+    hist = c.histogram()
+    return _json(hist).decode() if hist else None
+
+
 def _cells(by_project: dict[int, Deltas], grain: str) -> list[tuple]:
     return [
-        (p, *key, c.calls, c.errors, c.dur_count, c.dur_sum, c.dur_min, c.dur_max, _json(c.hist).decode() if c.hist else None)
+        (p, *key, c.calls, c.errors, c.dur_count, c.dur_sum, c.dur_min, c.dur_max, _hist_json(c))
         for p, d in by_project.items() for key, c in getattr(d, grain).items()
     ]
 
@@ -219,27 +225,6 @@ def apply(conn, by_project: dict[int, Deltas], version: int = LATEST, numbers: d
                 for user in d.tool_day_users.get(key, ()):
                     users |= 1 << number[user]
                 rows.append((p, *key, c.calls, c.errors, c.dur_count, c.dur_sum, c.dur_min, c.dur_max,
-                             _json(c.hist).decode() if c.hist else None, bits(users)))
+                             _hist_json(c), bits(users)))
         _run(conn, _TOOL_DAY, rows, 12, (7, 8, 9))
 
-
-def rebuild(conn, fields: str, version: int, chunk: int = 50_000) -> int:
-    """Recompute the rollups of schema ``version`` from the raw events (used when the rollup
-    schema first appears; later migrations fill what they add from these)."""
-    for table in ("rollup_hour", "rollup_day", "user_day", "user_hour", "user_first", "error_hour",
-                  "sessions", "session_tools", "tool_catalog"):
-        conn.execute(f"DELETE FROM {table}")
-    after, total = 0, 0
-    while True:
-        rows = conn.execute(
-            f"SELECT seq, project_id, {fields} FROM events WHERE seq > %s ORDER BY seq LIMIT %s", (after, chunk)
-        ).fetchall()
-        if not rows:
-            return total
-        by_project: dict[int, list[tuple]] = {}
-        for row in rows:
-            by_project.setdefault(row[1], []).append(row[2:])
-        deltas = {p: aggregate(project_rows) for p, project_rows in by_project.items()}
-        apply(conn, deltas, version, number_users(conn, first_calls(deltas)) if version >= 5 else None)
-        after = rows[-1][0]
-        total += len(rows)

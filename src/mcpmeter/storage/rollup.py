@@ -8,24 +8,32 @@ additive upserts in the same transaction as the raw rows.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from operator import itemgetter
+from typing import Any, Sequence
 
-from ..events import ROW_FIELDS
+from .. import histogram
+from ..events import Row
 from ..histogram import bin_of
 
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
-
-_I = {name: i for i, name in enumerate(ROW_FIELDS)}
-_KIND, _TS, _SERVER, _TOOL, _DUR, _OK = _I["kind"], _I["ts"], _I["server"], _I["tool"], _I["duration_ms"], _I["ok"]
-_ERR, _SESSION, _CLIENT, _CLIENT_V = _I["error_type"], _I["session_id"], _I["client_name"], _I["client_version"]
-_PROTO, _TRANSPORT, _USER = _I["protocol_version"], _I["transport"], _I["user_hash"]
-
 HANDSHAKE_KINDS = ("initialize", "server_discover")
+
+# The fields ``aggregate`` reads, taken from a row (a ``Row`` or a plain tuple read back from
+# a store) in one C call; positions from ``Row._fields``, so the field order lives in events.py only.
+_READ = ("kind", "ts", "server", "tool", "duration_ms", "ok", "error_type", "session_id", "client_name",
+         "client_version", "protocol_version", "transport", "user_hash")
+_fields = itemgetter(*(Row._fields.index(name) for name in _READ))
+_calling = itemgetter(Row._fields.index("kind"), Row._fields.index("ts"), Row._fields.index("user_hash"))
 
 
 class Cell:
-    """Additive aggregate of one rollup key."""
+    """The additive aggregate of calls, errors and latency: one rollup key as events arrive
+    (``add``), or any set of stored rollup cells as they are read back (``add_cell``).
+
+    ``hist`` sums histograms in any stored form (see ``histogram.Sum``); ``latency()`` and
+    ``success_rate`` are what the usage questions report.
+    """
 
     __slots__ = ("calls", "errors", "dur_count", "dur_sum", "dur_min", "dur_max", "hist")
 
@@ -36,9 +44,10 @@ class Cell:
         self.dur_sum = 0.0
         self.dur_min: float | None = None
         self.dur_max: float | None = None
-        self.hist: dict[int, int] = {}
+        self.hist = histogram.Sum()
 
     def add(self, ok: int | None, duration: float | None) -> None:
+        """One event."""
         self.calls += 1
         if ok == 0:
             self.errors += 1
@@ -50,22 +59,62 @@ class Cell:
             if self.dur_max is None or duration > self.dur_max:
                 self.dur_max = duration
             b = bin_of(duration)
-            self.hist[b] = self.hist.get(b, 0) + 1
+            sparse = self.hist.sparse
+            sparse[b] = sparse.get(b, 0) + 1
+
+    def add_cell(self, calls: int, errors: int, dur_count: int, dur_sum: float, dur_min: float | None,
+                 dur_max: float | None, hist: Any) -> None:
+        """One stored cell; ``hist`` a stored histogram blob, a ``{bin: count}`` map, or None."""
+        self.calls += calls
+        self.errors += errors
+        self.dur_count += dur_count
+        self.dur_sum += dur_sum
+        if dur_min is not None and (self.dur_min is None or dur_min < self.dur_min):
+            self.dur_min = dur_min
+        if dur_max is not None and (self.dur_max is None or dur_max > self.dur_max):
+            self.dur_max = dur_max
+        if hist:
+            if isinstance(hist, dict):
+                histogram.add_into(self.hist.sparse, hist)
+            else:
+                self.hist.add(hist)
 
     def merge(self, other: "Cell") -> None:
-        self.calls += other.calls
-        self.errors += other.errors
-        self.dur_count += other.dur_count
-        self.dur_sum += other.dur_sum
-        for value in (other.dur_min,):
-            if value is not None and (self.dur_min is None or value < self.dur_min):
-                self.dur_min = value
-        for value in (other.dur_max,):
-            if value is not None and (self.dur_max is None or value > self.dur_max):
-                self.dur_max = value
-        hist = self.hist
-        for b, n in other.hist.items():
-            hist[b] = hist.get(b, 0) + n
+        self.add_cell(other.calls, other.errors, other.dur_count, other.dur_sum, other.dur_min, other.dur_max, None)
+        self.hist.add_sum(other.hist)
+
+    def histogram(self) -> dict[int, int]:
+        """The merged ``{bin: count}`` map."""
+        return self.hist.result()
+
+    def latency(self) -> dict[str, float | None]:
+        p50, p95, p99 = histogram.percentiles(self.hist.result(), (50, 95, 99), self.dur_min, self.dur_max)
+        avg = histogram.round_ms(self.dur_sum / self.dur_count) if self.dur_count else None
+        return {"p50": p50, "p95": p95, "p99": p99, "avg": avg,
+                "min": _round(self.dur_min), "max": _round(self.dur_max)}
+
+    @property
+    def success_rate(self) -> float | None:
+        return round((self.calls - self.errors) / self.calls, 4) if self.calls else None
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else histogram.round_ms(value)
+
+
+def calling_users(groups: Sequence[tuple[int, Sequence[tuple]]]) -> dict[int, dict[str, int]]:
+    """Per project, the users of the tool calls in ``groups`` with their first call's time."""
+    users: dict[int, dict[str, int]] = {}
+    for project_id, rows in groups:
+        first = None
+        for row in rows:
+            kind, ts, user = _calling(row)
+            if user is not None and kind == "tool_call":
+                if first is None:
+                    first = users.setdefault(project_id, {})
+                if ts < first.get(user, ts + 1):
+                    first[user] = ts
+    return users
 
 
 @dataclass
@@ -120,12 +169,10 @@ def aggregate(rows: Sequence[tuple]) -> Deltas:
     d = Deltas()
     hour_cells = d.hour
     for row in rows:
-        kind = row[_KIND]
-        ts = row[_TS]
-        server = row[_SERVER]
-        tool = row[_TOOL] or ""
-        client = row[_CLIENT] or ""
-        user = row[_USER]
+        (kind, ts, server, tool, duration, ok, error_type, session_id, client_name, client_version,
+         protocol_version, transport, user) = _fields(row)
+        tool = tool or ""
+        client = client_name or ""
         hour = ts - ts % HOUR_MS
         day = ts - ts % DAY_MS
         if kind == "tool_listed":  # the catalog of tools a server offers
@@ -135,10 +182,9 @@ def aggregate(rows: Sequence[tuple]) -> Deltas:
         cell = hour_cells.get(key)
         if cell is None:
             cell = hour_cells[key] = Cell()
-        ok = row[_OK]
-        cell.add(ok, row[_DUR])
+        cell.add(ok, duration)
         if ok == 0:
-            ekey = (hour, server, tool, client, row[_ERR] or "error")
+            ekey = (hour, server, tool, client, error_type or "error")
             entry = d.errors.get(ekey)
             if entry is None:
                 d.errors[ekey] = [1, ts]
@@ -153,18 +199,17 @@ def aggregate(rows: Sequence[tuple]) -> Deltas:
                 d.user_first[(server, user)] = ts
         if kind == "tool_call" and tool:
             _seen(d.catalog, (server, tool), ts, called=True)
-        session_id = row[_SESSION]
         if session_id:
             s = d.sessions.get(session_id)
             if s is None:
-                s = d.sessions[session_id] = SessionDelta(server, row[_CLIENT], row[_CLIENT_V], row[_PROTO], row[_TRANSPORT], user, ts, ts)
+                s = d.sessions[session_id] = SessionDelta(server, client_name, client_version, protocol_version, transport, user, ts, ts)
             else:
                 s.first_ts = min(s.first_ts, ts)
                 s.last_ts = max(s.last_ts, ts)
-                s.client = s.client or row[_CLIENT]
-                s.client_version = s.client_version or row[_CLIENT_V]
-                s.protocol_version = s.protocol_version or row[_PROTO]
-                s.transport = s.transport or row[_TRANSPORT]
+                s.client = s.client or client_name
+                s.client_version = s.client_version or client_version
+                s.protocol_version = s.protocol_version or protocol_version
+                s.transport = s.transport or transport
                 s.user_hash = s.user_hash or user
             if kind == "tool_call":
                 s.calls += 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 
 from .. import histogram, usersets
-from .rollup import Deltas, aggregate
+from .rollup import Cell, Deltas
 from .sqlite_migrations import MIGRATIONS
 
 LATEST = MIGRATIONS[-1].version
@@ -139,10 +139,15 @@ def register_functions(conn: sqlite3.Connection) -> None:
     conn.create_aggregate("user_set", 1, _UserSet)
 
 
+def _hist_blob(c: Cell) -> bytes | None:
+    """A cell's histogram as stored here: msgpack ``{bin: count}``."""
+    hist = c.histogram()
+    return histogram.encode(hist) if hist else None
+
+
 def _cells(project_id: int, cells: dict) -> list[tuple]:
     return [
-        (project_id, *key, c.calls, c.errors, c.dur_count, c.dur_sum, c.dur_min, c.dur_max,
-         histogram.encode(c.hist) if c.hist else None)
+        (project_id, *key, c.calls, c.errors, c.dur_count, c.dur_sum, c.dur_min, c.dur_max, _hist_blob(c))
         for key, c in cells.items()
     ]
 
@@ -195,30 +200,8 @@ def apply(conn: sqlite3.Connection, project_id: int, d: Deltas, version: int = L
         numbers = _user_numbers(conn, p, d)
         conn.executemany(_TOOL_DAY_UPSERT, [
             (p, *key, c.calls, c.errors, c.dur_count, c.dur_sum, c.dur_min, c.dur_max,
-             histogram.encode_dense(histogram.pack(c.hist)),
+             histogram.encode_dense(histogram.pack(c.histogram())),
              usersets.encode(usersets.from_numbers(numbers[u] for u in d.tool_day_users.get(key, ()))))
             for key, c in d.tool_day.items()
         ])
 
-
-def rebuild(conn: sqlite3.Connection, fields: str, version: int = LATEST, chunk: int = 50_000) -> int:
-    """Recompute every rollup of a store at schema ``version`` from the raw events (used when
-    the rollup schema first appears; later migrations fill what they add from these)."""
-    tables = ["rollup_hour", "rollup_day", "user_day", "user_hour", "user_first", "error_hour",
-              "sessions", "session_tools", "tool_catalog"]
-    for table in tables + (["rollup_tool_day", "user_number"] if version >= 5 else []):
-        conn.execute(f"DELETE FROM {table}")
-    after, total = 0, 0
-    while True:
-        rows = conn.execute(
-            f"SELECT rowid, project_id, {fields} FROM events WHERE rowid > ? ORDER BY rowid LIMIT ?", (after, chunk)
-        ).fetchall()
-        if not rows:
-            return total
-        by_project: dict[int, list[tuple]] = {}
-        for row in rows:
-            by_project.setdefault(row[1], []).append(row[2:])
-        for project_id, project_rows in by_project.items():
-            apply(conn, project_id, aggregate(project_rows), version)
-        after = rows[-1][0]
-        total += len(rows)

@@ -9,9 +9,7 @@
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -23,7 +21,7 @@ from ... import admin
 from ...analytics.periods import iso, window
 from ...analytics.queries import Query
 from ...exceptions import StorageError
-from ...storage.base import KeyInfo
+from ...storage.base import KeyInfo, Store
 from ..collector import audit
 from ..collector.admin_security import ADMIN_ERRORS, admin_error, json_body
 from ..collector.responses import error
@@ -96,21 +94,9 @@ async def projects(request: Request) -> Response:
     }]})
 
 
-def storage_bytes(store: Any) -> int | None:
-    """The store's size on disk (SQLite: the file and its WAL), or what the backend reports."""
-    size = getattr(store, "size_bytes", None)
-    if callable(size):
-        return size()
-    path = getattr(store, "path", None)
-    if path is None:
-        return None
-    total = 0
-    for suffix in ("", "-wal", "-shm"):
-        try:
-            total += os.stat(Path(f"{path}{suffix}")).st_size
-        except OSError:
-            pass
-    return total
+def storage_bytes(store: Store) -> int | None:
+    """The store's size on disk (SQLite: the file and its WAL), or None where the backend does not tell."""
+    return store.size_bytes()
 
 
 async def health(request: Request) -> Response:

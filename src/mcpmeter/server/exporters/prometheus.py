@@ -12,7 +12,6 @@ on the same registry gives the same exposition (a test holds the two equal).
 from __future__ import annotations
 
 import gzip
-import os
 import threading
 from itertools import accumulate
 from operator import add
@@ -294,16 +293,7 @@ class PrometheusExporter:
         return body, False
 
     def storage_size(self) -> int | None:
-        path = getattr(self.collector.store, "path", None)
-        if path is None:
-            return None
-        total = 0
-        for suffix in ("", "-wal", "-shm"):
-            try:
-                total += os.stat(f"{path}{suffix}").st_size
-            except OSError:
-                pass
-        return total
+        return self.collector.store.size_bytes()
 
     def http_done(self, route: str, status: int, seconds: float) -> None:
         with self.http_lock:

@@ -1,0 +1,203 @@
+"""The security queries both stores share (mixed into ``core.SQLStore``).
+
+Keys version (immediate revocation), signing secrets, key rotation, people's access
+grants, the audit log, and erasing one user's data. Each change that must be recorded is
+written to ``audit_log`` in the same transaction as the change itself. The SQL is written
+once with ``?`` placeholders and runs through the store's hooks (``dialect.SQLBase``).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+from ..events import ROW_FIELDS, Row
+from .base import AuditEntry, KeyInfo
+from .dialect import SQLBase, now_ms, write_audit
+from .rollup import DAY_MS, Deltas, aggregate
+
+_FIELDS = ", ".join(ROW_FIELDS)
+_SESSION_CHUNK = 500  # session ids per IN list
+
+
+def rotated_name(name: str, now: int) -> str:
+    return f"{name}@{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now / 1000))}"
+
+
+class SecurityQueries(SQLBase):
+    """Methods of ``storage.base.SecurityStore`` over the hooks of ``dialect.SQLBase``."""
+
+    # ---- keys --------------------------------------------------------------------------
+
+    def keys_version(self) -> int:
+        rows = self._fetch(None, "SELECT value FROM security_state WHERE name = 'keys_version'")
+        return int(rows[0][0]) if rows else 0
+
+    def signing_secret(self, key_id: int) -> str | None:
+        rows = self._fetch(None, "SELECT signing_secret FROM api_keys WHERE id = ?", (key_id,))
+        return rows[0][0] if rows else None
+
+    def set_signing_secret(self, key_id: int, secret: str | None) -> None:
+        self._write(lambda conn: conn.execute(self._sql("UPDATE api_keys SET signing_secret = ? WHERE id = ?"), (secret, key_id)))
+
+    def rotate_key(self, project_id: int, name: str, key_hash: str, prefix: str, overlap_ms: int,
+                   signing_secret: str | None = None, audit: AuditEntry | None = None) -> tuple[KeyInfo, KeyInfo] | None:
+        """Give the active key ``name`` a successor with the same scopes (and a signing secret
+        if it had one); the old key is renamed ``name@<time>`` and expires after the overlap.
+        None when there is no active key of that name."""
+        now = now_ms()
+        sql = self._sql
+
+        def run(conn: Any) -> tuple[int, int] | None:
+            row = conn.execute(sql(
+                "SELECT id, scopes, expires_at FROM api_keys WHERE project_id = ? AND name = ? AND revoked_at IS NULL "
+                f"AND (expires_at IS NULL OR expires_at > ?){self._dialect.for_update}"), (project_id, name, now)).fetchone()
+            if row is None:
+                return None
+            old_id, scopes, expires = row
+            old_name, n = rotated_name(name, now), 1
+            while conn.execute(sql("SELECT 1 FROM api_keys WHERE project_id = ? AND name = ?"), (project_id, old_name)).fetchone():
+                old_name, n = f"{rotated_name(name, now)}-{n}", n + 1
+            until = now + overlap_ms
+            conn.execute(sql("UPDATE api_keys SET name = ?, expires_at = ? WHERE id = ?"),
+                         (old_name, until if expires is None else min(expires, until), old_id))
+            new_id = self._insert_returning_id(
+                conn, "INSERT INTO api_keys (project_id, name, prefix, key_hash, scopes, created_at, signing_secret) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", (project_id, name, prefix, key_hash, scopes, now, signing_secret))
+            write_audit(self, conn, audit)
+            return old_id, new_id
+
+        ids = self._write(run)
+        if ids is None:
+            return None
+        by_id = {k.id: k for k in self.list_keys(project_id)}
+        return by_id[ids[0]], by_id[ids[1]]
+
+    # ---- audit ----------------------------------------------------------------------------
+
+    def add_audit(self, entry: AuditEntry) -> None:
+        self._write(lambda conn: write_audit(self, conn, entry))
+
+    def audit_entries(self, project_id: int | None = None, since_ms: int = 0, limit: int = 1000) -> list[AuditEntry]:
+        sql = "SELECT ts, project_id, project, actor, action, target, detail, source FROM audit_log WHERE ts >= ?"
+        params: list[Any] = [since_ms]
+        if project_id is not None:
+            sql += " AND project_id = ?"
+            params.append(project_id)
+        rows = self._fetch(None, sql + " ORDER BY id DESC LIMIT ?", [*params, limit])
+        return [AuditEntry(*r) for r in reversed(rows)]
+
+    # ---- people's access ---------------------------------------------------------------------
+
+    def grant_access(self, project_id: int, identity: str, role: str, audit: AuditEntry | None = None) -> None:
+        def run(conn: Any) -> None:
+            conn.execute(self._sql("INSERT INTO access_grants VALUES (?, ?, ?, ?) ON CONFLICT (project_id, identity) "
+                                   "DO UPDATE SET role = excluded.role"), (project_id, identity, role, now_ms()))
+            write_audit(self, conn, audit)
+
+        self._write(run)
+
+    def revoke_access(self, project_id: int, identity: str, audit: AuditEntry | None = None) -> int:
+        def run(conn: Any) -> int:
+            n: int = conn.execute(self._sql("DELETE FROM access_grants WHERE project_id = ? AND identity = ?"),
+                                  (project_id, identity)).rowcount
+            if n:
+                write_audit(self, conn, audit)
+            return n
+
+        result: int = self._write(run)
+        return result
+
+    def access_for(self, identities: Sequence[str]) -> list[tuple[int, str, str, str]]:
+        """Grants of any of these identities: (project_id, project name, identity, role)."""
+        if not identities:
+            return []
+        where, params = self._in("g.identity", list(identities))
+        c = self._dialect.collate
+        return self._fetch(None, "SELECT g.project_id, p.name, g.identity, g.role FROM access_grants g "
+                                 f"JOIN projects p ON p.id = g.project_id WHERE {where} ORDER BY p.name{c}, g.identity{c}", params)
+
+    def list_access(self, project_id: int | None = None) -> list[tuple[str, str, str, int]]:
+        sql = "SELECT p.name, g.identity, g.role, g.created_at FROM access_grants g JOIN projects p ON p.id = g.project_id"
+        params: list[Any] = []
+        if project_id is not None:
+            sql += " WHERE g.project_id = ?"
+            params.append(project_id)
+        c = self._dialect.collate
+        return self._fetch(None, sql + f" ORDER BY p.name{c}, g.identity{c}", params)
+
+    # ---- limits ------------------------------------------------------------------------------
+
+    def known_names(self, project_id: int) -> tuple[set[str], set[tuple[str, str]]]:
+        """Servers and (server, tool) pairs the project's rollups and catalog know."""
+        rows = self._fetch(None, "SELECT DISTINCT server, tool FROM rollup_day WHERE project_id = ? "
+                                 "UNION SELECT server, tool FROM tool_catalog WHERE project_id = ?", (project_id, project_id))
+        return {s for s, _ in rows}, {(s, t) for s, t in rows if t}
+
+    # ---- erasure -----------------------------------------------------------------------------
+
+    def delete_user(self, project_id: int, user_hash: str, audit: AuditEntry | None = None) -> dict[str, int]:
+        """Remove one user's raw events and identifying rows, and take their calls out of the
+        rollups where raw events still cover the whole day; see docs/security.md."""
+        result: dict[str, int] = self._write(_delete_user, self, project_id, user_hash, audit)
+        return result
+
+
+def _delete_user(conn: Any, store: SQLBase, p: int, user: str, audit: AuditEntry | None) -> dict[str, int]:
+    sql, d = store._sql, store._dialect
+
+    def run(statement: str, params: Sequence[Any]) -> Any:
+        return conn.execute(sql(statement), params)
+
+    store._lock_users(conn, p)  # no numbering meanwhile
+    mine = [Row._make(row) for row in run(f"SELECT {_FIELDS} FROM events WHERE project_id = ? AND user_hash = ?", (p, user))]
+    days = sorted({row.ts - row.ts % DAY_MS for row in mine})
+    # A day is recomputed from raw events only when they still cover all of it: retention
+    # may have pruned raw events whose calls the day's rollups still count.
+    covered: list[int] = []
+    partial: list[int] = []
+    for day in days:
+        rolled = run("SELECT coalesce(sum(calls), 0) FROM rollup_day WHERE project_id = ? AND bucket = ?", (p, day)).fetchone()[0]
+        raw = run("SELECT count(*) FROM events WHERE project_id = ? AND ts >= ? AND ts < ? AND kind != 'tool_listed'",
+                  (p, day, day + DAY_MS)).fetchone()[0]
+        (covered if rolled == raw else partial).append(day)
+    number = run("SELECT number FROM user_number WHERE project_id = ? AND user_hash = ?", (p, user)).fetchone()
+    sessions = {row.session_id for row in mine if row.session_id}
+    sessions.update(s for (s,) in run("SELECT session_id FROM sessions WHERE project_id = ? AND user_hash = ?", (p, user)))
+    counts = {"events": run("DELETE FROM events WHERE project_id = ? AND user_hash = ?", (p, user)).rowcount}
+    for table in ("user_day", "user_hour", "user_first", "user_number"):
+        counts[table] = run(f"DELETE FROM {table} WHERE project_id = ? AND user_hash = ?", (p, user)).rowcount
+    if number is not None:  # the user's bit leaves every per-tool user set, however old
+        n = number[0]
+        updates = []
+        for bucket, server, tool, stored in run(f"SELECT bucket, server, tool, {d.users_column} FROM rollup_tool_day "
+                                                "WHERE project_id = ? AND users IS NOT NULL", (p,)):
+            users = d.users_of(stored)
+            if users >> n & 1:
+                updates.append((d.users_value(users & ~(1 << n)), p, bucket, server, tool))
+        if updates:
+            store._executemany(conn, sql(f"UPDATE rollup_tool_day SET users = {d.users_param} WHERE project_id = ? "
+                                         "AND bucket = ? AND server = ? AND tool = ?"), updates)
+    for day in covered:
+        end = day + DAY_MS
+        for table, column in (("rollup_hour", "bucket"), ("rollup_day", "bucket"), ("rollup_tool_day", "bucket"),
+                              ("error_hour", "bucket"), ("user_day", "day"), ("user_hour", "hour")):
+            run(f"DELETE FROM {table} WHERE project_id = ? AND {column} >= ? AND {column} < ?", (p, day, end))
+        rest = run(f"SELECT {_FIELDS} FROM events WHERE project_id = ? AND ts >= ? AND ts < ?", (p, day, end)).fetchall()
+        deltas = aggregate(rest)
+        deltas.sessions = {}  # sessions span days: rebuilt below, once
+        store._apply_rollups(conn, {p: deltas})
+    if sessions:
+        ids = sorted(sessions)
+        counts["sessions"] = 0
+        for i in range(0, len(ids), _SESSION_CHUNK):
+            where, params = store._in("session_id", ids[i:i + _SESSION_CHUNK])
+            run(f"DELETE FROM session_tools WHERE project_id = ? AND {where}", (p, *params))
+            counts["sessions"] += run(f"DELETE FROM sessions WHERE project_id = ? AND {where}", (p, *params)).rowcount
+            rest = run(f"SELECT {_FIELDS} FROM events WHERE project_id = ? AND {where}", (p, *params)).fetchall()
+            if rest:  # what other users did in those sessions stays
+                store._apply_rollups(conn, {p: Deltas(sessions=aggregate(rest).sessions)})
+    counts["days_recomputed"] = len(covered)
+    counts["days_left_aggregated"] = len(partial)
+    write_audit(store, conn, audit)
+    return counts
