@@ -39,14 +39,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, log, machine_line, median, table, verdict, write_json  # noqa: E402
+from _common import ROOT, log, machine_line, median, table, verdict, write_json
 
 sys.path.insert(0, str(ROOT / "src"))
-from mcpmeter.analytics import queries  # noqa: E402
-from mcpmeter.analytics.periods import window  # noqa: E402
-from mcpmeter.analytics.queries import Query  # noqa: E402
-from mcpmeter.histogram import RELATIVE_ERROR  # noqa: E402
-from mcpmeter.storage import open_store  # noqa: E402
+from mcpmeter.analytics import queries
+from mcpmeter.analytics.periods import window
+from mcpmeter.analytics.queries import Query
+from mcpmeter.histogram import RELATIVE_ERROR
+from mcpmeter.storage import open_store
 
 GENERATOR = 1  # bump when the generated data changes: cached stores of another version are rebuilt
 DAYS = 90

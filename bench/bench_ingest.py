@@ -40,7 +40,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, free_port, log, machine_line, median, table, verdict, wait_ready, write_json  # noqa: E402
+from _common import ROOT, free_port, log, machine_line, median, table, verdict, wait_ready, write_json
 
 TARGET_EVENTS_PER_S = 100_000
 MARK = b"QQQQQQQQ"  # replaced by the request's sequence number (8 hex digits)

@@ -41,7 +41,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import log, machine_line, median, table, verdict, write_json  # noqa: E402
+from _common import log, machine_line, median, table, verdict, write_json
 
 TARGET = 1.05
 SERVERS = ("mcpserver", "fastmcp")

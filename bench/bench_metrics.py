@@ -37,7 +37,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, free_port, log, machine_line, median, table, verdict, write_json  # noqa: E402
+from _common import ROOT, free_port, log, machine_line, median, table, verdict, write_json
 
 TARGET_SCRAPE_MS = 50.0
 MARK = b"QQQQQQQQ"
@@ -244,9 +244,9 @@ def bench_ingest(args, tmp: Path) -> dict:
 def bench_hook(tmp: Path, events: int = 40_000) -> dict:
     """In-process, in the writer thread's terms: storing batches vs counting them for metrics."""
     from mcpmeter.events import decode_batch
+    from mcpmeter.ingest import rows_for
     from mcpmeter.server.commits import Commit
     from mcpmeter.server.exporters.aggregate import MetricsState
-    from mcpmeter.ingest import rows_for
     from mcpmeter.storage import open_store
 
     store = open_store(str(tmp / "hook.db"))

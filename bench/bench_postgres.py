@@ -41,8 +41,8 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from _common import free_port, log, machine_line, table, wait_ready, write_json  # noqa: E402
-from bench_ingest import MARK, body_for, reference_rows, templates  # noqa: E402
+from _common import free_port, log, machine_line, table, wait_ready, write_json
+from bench_ingest import MARK, body_for, reference_rows, templates
 
 DAY = 86_400_000
 BATCH = 500

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import log, machine_line, table, verdict, write_json  # noqa: E402
+from _common import log, machine_line, table, verdict, write_json
 
 TARGET = 1.2
 SERVER = [sys.executable, "-m", "mcp_server_time", "--local-timezone", "Etc/UTC"]

@@ -32,7 +32,7 @@ from collections import deque
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import log, machine_line, median, table, verdict, write_json  # noqa: E402
+from _common import log, machine_line, median, table, verdict, write_json
 
 TARGET_VS_DEQUE = 2.0  # mcpmeter / deque, at most
 TARGET_PROM_VS_US = 5.0  # prometheus / mcpmeter, at least

@@ -13,8 +13,8 @@ import os
 import queue
 import secrets
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 BACKENDS = ("sqlite", "postgres")

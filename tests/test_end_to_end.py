@@ -158,7 +158,7 @@ def test_two_users_calling_through_the_sdk_are_reported_exactly(tmp_path, progra
     collector = start_collector(store_url, log=tmp_path / "e2e.log")
     try:
         alice, bob = program(collector.url, "alice@example.com"), program(collector.url, "bob@example.com")
-        calls = range(0, 90)
+        calls = range(90)
         alice.run(calls.start, len(calls), wait=False)
         bob.run(calls.start, len(calls), wait=False)
         alice.wait_done()
@@ -202,7 +202,7 @@ def test_a_collector_killed_mid_run_loses_nothing_and_counts_nothing_twice(tmp_p
         assert stats["spooled"] > 0, "the collector was never down while the program called"
         assert stats["replayed"] == stats["spooled"]
         assert stats["recorded"] == 500 and stats["dropped"] == {}
-        per_tool, errors = expected(range(0, 500))
+        per_tool, errors = expected(range(500))
         assert_report(report(restarted.url), per_tool, errors, users=1)
     finally:
         stop_collector(collector)

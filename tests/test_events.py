@@ -4,12 +4,12 @@ build events that are never rejected for a value's size."""
 from __future__ import annotations
 
 import json
+from datetime import UTC
 
 import msgspec
 import pytest
 
 from foundation_helpers import event, now_ms
-
 from mcpmeter import events as wire
 from mcpmeter.events import MAX_ERROR_MESSAGE, ROW_FIELDS, BatchError, Limits, decode_batch, new_event, to_row
 
@@ -47,10 +47,10 @@ def test_too_many_events_refuse_the_batch():
 
 def test_rfc3339_and_epoch_millisecond_timestamps_mean_the_same_instant():
     ms = now_ms() // 1000 * 1000
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    text = datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat().replace("+00:00", "Z")
-    offset = datetime.fromtimestamp(ms / 1000, tz=timezone.utc).astimezone().isoformat()
+    text = datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
+    offset = datetime.fromtimestamp(ms / 1000, tz=UTC).astimezone().isoformat()
     events, rejected = decode([event(ts=ms), event(ts=text), event(ts=offset)])
     assert not rejected
     assert [e.ts for e in events] == [ms, ms, ms]

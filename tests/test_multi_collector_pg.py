@@ -14,8 +14,8 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import psutil
@@ -26,7 +26,7 @@ from mcpmeter.storage import open_store
 from mcpmeter.storage.base import EventFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "analytics"))
-from analytics_oracle import Filters, Oracle, generate, same, window_of  # noqa: E402
+from analytics_oracle import Filters, Oracle, generate, same, window_of
 
 pytestmark = pytest.mark.slow
 
@@ -43,7 +43,7 @@ def cluster(pg_dsn: str, tmp_path: Path) -> Iterator[tuple[list[Collector], obje
     def start(i: int) -> None:
         try:
             collectors.append(start_collector(pg_dsn, log=tmp_path / f"collector{i}.log"))
-        except BaseException as exc:  # noqa: BLE001 (re-raised below)
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=start, args=(i,)) for i in range(3)]

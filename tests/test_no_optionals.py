@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import click
+
 from conftest import free_port, start_collector, stop_collector
 
 OPTIONAL = ["starlette", "uvicorn", "httpx", "click", "rich", "prometheus_client", "opentelemetry", "jwt", "mcp", "psycopg"]

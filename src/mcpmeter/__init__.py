@@ -15,11 +15,11 @@ from .exceptions import AuthError, ConfigError, MCPMeterError, StorageError, Val
 from .sdk.meter import Meter
 
 __all__ = [
-    "Meter",
-    "MCPMeterError",
-    "ConfigError",
-    "ValidationError",
     "AuthError",
+    "ConfigError",
+    "MCPMeterError",
+    "Meter",
     "StorageError",
+    "ValidationError",
     "__version__",
 ]

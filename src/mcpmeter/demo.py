@@ -12,7 +12,7 @@ import json
 import math
 import random
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import msgspec
 
@@ -20,7 +20,13 @@ from .events import Event, Limits, decode_batch, new_event
 from .ingest import rows_for
 from .measurements import measurement_rows, server_event_rows
 from .protocol import (
-    INITIALIZE, INITIALIZE_METHOD, LIST_TOOLS, METHOD_ATTRIBUTE, SERVER_DISCOVER_METHOD, TOOL_CALL, TOOL_LISTED,
+    INITIALIZE,
+    INITIALIZE_METHOD,
+    LIST_TOOLS,
+    METHOD_ATTRIBUTE,
+    SERVER_DISCOVER_METHOD,
+    TOOL_CALL,
+    TOOL_LISTED,
 )
 from .storage.base import Store
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Annotated, Any, Callable, Mapping, NamedTuple
+from typing import Annotated, Any, NamedTuple
 
 import msgspec
 from msgspec import Meta
 
-from .exceptions import BatchError  # noqa: F401  (raised here; its home is the exception tree)
+from .exceptions import BatchError
 from .protocol import TOOL_CALL
 
 # ---- the limits of the wire format ----------------------------------------------------------

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import sys
 from array import array
-from typing import Iterable
+from collections.abc import Iterable
 
 import msgspec
 
@@ -106,7 +106,7 @@ class Sum:
             else:
                 add_into(self.sparse, _decode(blob))
 
-    def add_sum(self, other: "Sum") -> None:
+    def add_sum(self, other: Sum) -> None:
         self.dense += other.dense
         add_into(self.sparse, other.sparse)
 

@@ -43,7 +43,7 @@ class UserHasher:
         return digest
 
 
-def client_user_key(home: "os.PathLike[str] | str | None" = None) -> bytes:
+def client_user_key(home: os.PathLike[str] | str | None = None) -> bytes:
     """The secret this machine hashes user identifiers with (``MCPMETER_HASH_USERS``):
     ``user-key`` in MCPMETER_HOME, made once (owner-only) and kept."""
     from pathlib import Path

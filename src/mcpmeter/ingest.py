@@ -3,7 +3,7 @@ SDK sink use, so an event means the same thing however it arrived."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from .events import Event, to_row
 from .identity import UserHasher

@@ -60,7 +60,7 @@ def _check_time(value: datetime | int | None, now_ms: int, limits: Limits, where
 def _decode(decoder: msgspec.json.Decoder, body: bytes):
     try:
         return decoder.decode(body)
-    except msgspec.ValidationError as exc:
+    except msgspec.ValidationError:
         # A whole number written as a float (``1700000000.0``) is a whole number, as JSON
         # Schema says: retry once with such timestamps made integers.
         value = msgspec.json.decode(body)

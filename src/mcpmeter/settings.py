@@ -8,8 +8,9 @@ so a setting cannot be added without being documented.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .exceptions import ConfigError
 

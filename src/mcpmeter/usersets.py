@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 from array import array
-from typing import Iterable
+from collections.abc import Iterable
 
 BITMAP = 0x00
 NUMBERS = 0x01  # then uint32 little-endian user numbers

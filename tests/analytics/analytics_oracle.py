@@ -17,8 +17,9 @@ import bisect
 import math
 import random
 from collections import defaultdict
-from datetime import datetime, timezone
-from typing import Any, Iterable, NamedTuple
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -205,7 +206,7 @@ class Window(NamedTuple):
     end: int
     grain_ms: int
 
-    def previous(self) -> "Window":
+    def previous(self) -> Window:
         return Window(2 * self.start - self.end, self.start, self.grain_ms)
 
 
@@ -214,7 +215,7 @@ def parse_iso(text: str) -> int:
 
 
 def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def window_of(answer: dict) -> Window:

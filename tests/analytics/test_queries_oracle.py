@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from analytics_oracle import DAY, HOUR, Filters, Oracle, generate, ingest, pct_ok, same, window_of
+
 from mcpmeter.analytics import queries
 from mcpmeter.analytics.periods import window
 from mcpmeter.analytics.queries import Query

@@ -7,15 +7,15 @@ import sqlite3
 
 import msgspec
 import pytest
-
 from analytics_oracle import DAY, HOUR, Filters, Oracle, generate, ingest, iso, same, window_of
+from test_queries_oracle import NOW
+
 from mcpmeter.analytics import queries
 from mcpmeter.analytics.periods import window
 from mcpmeter.analytics.queries import Query
 from mcpmeter.events import ROW_FIELDS, Limits, decode_batch
 from mcpmeter.ingest import rows_for
 from mcpmeter.storage import open_store
-from test_queries_oracle import NOW
 
 SEED = 977
 ANSWERS = {

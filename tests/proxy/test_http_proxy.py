@@ -13,10 +13,10 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp_types import Implementation
-
-from mcpmeter.proxy.http import jwt_claim, parse_listen, parse_user_source
-from mcpmeter.exceptions import ConfigError
 from proxy_helpers import by_tool, recorded, report, start_http_proxy, start_http_server, stop, user_hash
+
+from mcpmeter.exceptions import ConfigError
+from mcpmeter.proxy.http import jwt_claim, parse_listen, parse_user_source
 
 CLIENT = Implementation(name="pytest-http-client", version="4.5.6")
 

@@ -7,11 +7,10 @@ import time
 from pathlib import Path
 
 import pytest
+from proxy_helpers import recorded
 
 from mcpmeter import Meter
 from mcpmeter.proxy.tracker import Connection, Tracker, id_key
-
-from proxy_helpers import recorded
 
 
 @pytest.fixture

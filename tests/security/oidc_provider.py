@@ -91,7 +91,7 @@ class Provider:
 
     # ---- lifecycle -----------------------------------------------------------------------
 
-    def start(self) -> "Provider":
+    def start(self) -> Provider:
         app = Starlette(routes=[
             Route("/.well-known/openid-configuration", self.discovery), Route("/jwks", self.jwks),
             Route("/authorize", self.authorize), Route("/token", self.token, methods=["POST"])])

@@ -6,7 +6,8 @@ import gzip
 import json
 import re
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from starlette.routing import Route
 

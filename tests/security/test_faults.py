@@ -20,13 +20,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from security_helpers import wait_until
 
 from conftest import free_port, make_keys, start_collector, stop_collector
 from foundation_helpers import event, stored_count
 from mcpmeter import Meter
 from mcpmeter.storage import open_store
 from mcpmeter.storage.base import EventFilter
-from security_helpers import wait_until
 
 HERE = Path(__file__).resolve().parent
 OUTAGE_SECONDS = float(os.environ.get("MCPMETER_TEST_OUTAGE_SECONDS", "10"))

@@ -8,6 +8,7 @@ import os
 import subprocess
 
 import httpx
+from security_helpers import wait_until
 from starlette.testclient import TestClient
 
 from conftest import MCPMETER, make_keys, start_collector, stop_collector
@@ -15,7 +16,6 @@ from foundation_helpers import event
 from mcpmeter import keys as keylib
 from mcpmeter.server.collector import create_app
 from mcpmeter.storage import open_store
-from security_helpers import wait_until
 
 
 def cli(db, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:

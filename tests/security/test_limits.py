@@ -6,13 +6,13 @@ from __future__ import annotations
 import socket
 
 import httpx
+from security_helpers import wait_until
 from starlette.testclient import TestClient
 
 from conftest import make_keys, start_collector, stop_collector
 from foundation_helpers import event, stored_count
 from mcpmeter.server.collector import CollectorConfig, create_app
 from mcpmeter.storage import open_store
-from security_helpers import wait_until
 
 
 def test_distinct_servers_and_tools_per_project_are_capped_with_a_reason(store):

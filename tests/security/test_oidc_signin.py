@@ -5,17 +5,17 @@ until the grant is revoked. Tokens that do not verify are refused."""
 from __future__ import annotations
 
 import json
-from contextlib import closing
 import os
 import subprocess
+from contextlib import closing
 
 import httpx
 import pytest
+from oidc_provider import Provider
 
 from conftest import MCPMETER, free_port, make_keys, start_collector, stop_collector
 from foundation_helpers import event
 from mcpmeter.storage import open_store
-from oidc_provider import Provider
 
 CLIENT_ID, CLIENT_SECRET = "mcpmeter-dashboard", "s3cret-of-the-client"
 

@@ -15,12 +15,12 @@ import anyio
 import pytest
 from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
+from security_helpers import PAGES, app_routes, concrete, required_scope
 from starlette.testclient import TestClient
 
 from conftest import make_keys, start_collector, stop_collector
 from foundation_helpers import event
 from mcpmeter.server.collector import create_app
-from security_helpers import PAGES, app_routes, concrete, required_scope
 
 OTHER = "zzsecretserverzz"  # a server name only project "other" has: it must never appear in "mine"'s answers
 

@@ -9,6 +9,7 @@ import time
 
 import httpx
 import pytest
+from security_helpers import gz, signed
 from starlette.testclient import TestClient
 
 from conftest import MCPMETER, make_keys, start_collector, stop_collector
@@ -18,7 +19,6 @@ from mcpmeter import keys as keylib
 from mcpmeter.server.collector import create_app
 from mcpmeter.server.collector.security import new_signing_secret
 from mcpmeter.storage import open_store
-from security_helpers import gz, signed
 
 
 def signing_key(store, project: str = "default") -> tuple[str, str]:
@@ -132,8 +132,8 @@ def test_the_sdk_and_push_sign_when_given_the_secret(tmp_path, monkeypatch):
         # `mcpmeter push` signs with MCPMETER_SIGNING_SECRET
         local = tmp_path / "local.db"
         s = open_store(str(local))
-        from mcpmeter.ingest import rows_for
         from mcpmeter.events import decode_batch
+        from mcpmeter.ingest import rows_for
 
         events, _ = decode_batch(json.dumps([event(server="pushed") for _ in range(5)]).encode())
         s.ingest([(s.ensure_project("default").id, rows_for(s.ensure_project("default"), events))])

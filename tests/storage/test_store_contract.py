@@ -10,7 +10,8 @@ lets the backends answer differently.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -172,7 +173,7 @@ def test_both_backends_give_the_same_answer(answers, name):
 def test_ties_are_broken_the_same_documented_way(answers):
     """Where rows tie on the ORDER BY column, the order is the one the Store protocol states."""
     errors = answers["recent_errors[50] all/0"][0]
-    tie = [e for e in errors if e[0] == errors[-1][0] or e[5] and e[5].startswith("failure")]
+    tie = [e for e in errors if e[0] == errors[-1][0] or (e[5] and e[5].startswith("failure"))]
     assert [e[5] for e in tie if e[5] and e[5].startswith("failure")] == [f"failure {i}" for i in range(5, -1, -1)]  # later stored first
     assert answers["recent_errors[3] all/0"][0] == errors[:3]  # the LIMIT cuts the same ordered list
     sessions = answers["sessions[50] hours/0"][0]

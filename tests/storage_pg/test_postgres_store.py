@@ -30,7 +30,7 @@ from mcpmeter.storage.postgres_partitions import DAY_MS, name_of
 from mcpmeter.storage.sqlite_migrations import MIGRATIONS as SQLITE_MIGRATIONS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "analytics"))
-from analytics_oracle import generate  # noqa: E402  (the analytics tests' event generator)
+from analytics_oracle import generate
 
 LATEST = PG_MIGRATIONS[-1].version
 postgres_only = pytest.mark.parametrize("store", ["postgres"], indirect=True)
@@ -148,7 +148,7 @@ def test_collectors_starting_together_migrate_once(pg_dsn):
         barrier.wait()
         try:
             opened.append(open_store(pg_dsn))
-        except Exception as exc:  # noqa: BLE001 (reported below)
+        except Exception as exc:
             failures.append(exc)
 
     threads = [threading.Thread(target=start) for _ in range(8)]
@@ -249,7 +249,7 @@ def test_concurrent_stores_writing_overlapping_batches_count_every_event_once(st
             try:
                 for start in range(0, len(mine), 97):
                     writers[k].ingest([(project.id, mine[start:start + 97]), (project.id, mine[start:start + 50])])
-            except Exception as exc:  # noqa: BLE001 (reported below)
+            except Exception as exc:
                 failures.append(exc)
 
         threads = [threading.Thread(target=write, args=(k,)) for k in range(4)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 from ..exceptions import ValidationError
@@ -35,7 +35,7 @@ class Window(NamedTuple):
     def grain_ms(self) -> int:
         return HOUR_MS if self.grain == "hour" else DAY_MS
 
-    def previous(self) -> "Window":
+    def previous(self) -> Window:
         return Window(self.start_ms - self.span_ms, self.start_ms, self.grain)
 
 
@@ -75,7 +75,7 @@ def parse_time(text: str, name: str) -> int:
     except ValueError:
         raise ValidationError(f"{name}={text!r} is not a time", hint="use RFC 3339, e.g. 2026-11-01T00:00:00Z, or epoch milliseconds") from None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return int(moment.timestamp() * 1000)
 
 
@@ -107,4 +107,4 @@ def window(period: str | None = "7d", start: str | None = None, end: str | None 
 
 
 def iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

@@ -9,7 +9,8 @@ and distinct users are exact.
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 from ..storage.base import EventFilter, Store
 from ..storage.rollup import Cell
@@ -34,7 +35,7 @@ class Query(NamedTuple):
     def filter(self) -> EventFilter:
         return EventFilter(self.project_id, self.window.start_ms, self.window.end_ms, **self.dimensions)
 
-    def previous(self) -> "Query":
+    def previous(self) -> Query:
         return self._replace(window=self.window.previous())
 
     def describe(self) -> dict[str, Any]:

@@ -107,11 +107,11 @@ def to_markdown(r: dict[str, Any], title: str = "MCP usage report") -> str:
 
 
 def print_table(r: dict[str, Any]) -> None:
+    import sys
+
     from rich import box
     from rich.console import Console
     from rich.table import Table
-
-    import sys
 
     # Piped output has no terminal width to fit; use a width that keeps the table on one line.
     console = Console(width=None if sys.stdout.isatty() else 110)

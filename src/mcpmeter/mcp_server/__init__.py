@@ -14,10 +14,10 @@ from .sources import CollectorSource, Source, StoreSource
 if TYPE_CHECKING:
     from mcp.server.mcpserver import MCPServer
 
-__all__ = ["build_server", "CollectorSource", "Source", "StoreSource"]
+__all__ = ["CollectorSource", "Source", "StoreSource", "build_server"]
 
 
-def build_server(source: Source) -> "MCPServer[Any]":
+def build_server(source: Source) -> MCPServer[Any]:
     from .server import build_server as build
 
     return build(source)

@@ -25,8 +25,8 @@ import sys
 import time
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable
 from contextlib import asynccontextmanager
-from typing import Callable
 from urllib.parse import urlsplit
 
 import anyio

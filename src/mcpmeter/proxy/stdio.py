@@ -32,7 +32,7 @@ import signal
 import subprocess
 import threading
 import time
-from typing import Sequence
+from collections.abc import Sequence
 
 from ..exceptions import MCPMeterError
 from .tracker import Connection, Tracker, new_session_id

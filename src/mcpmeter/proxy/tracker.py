@@ -19,16 +19,28 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import msgspec
 from msgspec import UNSET, Raw, Struct, UnsetType, field
 
 from ..events import MAX_ATTRIBUTE_VALUE, MAX_ERROR_MESSAGE, MAX_PROTOCOL_VERSION, MAX_SHORT_TEXT, clip_text
 from ..protocol import (
-    CANCELLED_NOTIFICATION, CLIENT_INFO_META_KEY, HANDSHAKE_METHODS, INITIALIZE_METHOD, KIND_FOR_METHOD,
-    METHOD_ATTRIBUTE, PROTOCOL_VERSION_META_KEY, SERVER_DISCOVER_METHOD, SERVER_INFO_META_KEY, SESSION_END,
-    SESSION_START, TOOL_ERROR, TOOLS_CALL, error_type_for_code,
+    CANCELLED_NOTIFICATION,
+    CLIENT_INFO_META_KEY,
+    HANDSHAKE_METHODS,
+    INITIALIZE_METHOD,
+    KIND_FOR_METHOD,
+    METHOD_ATTRIBUTE,
+    PROTOCOL_VERSION_META_KEY,
+    SERVER_DISCOVER_METHOD,
+    SERVER_INFO_META_KEY,
+    SESSION_END,
+    SESSION_START,
+    TOOL_ERROR,
+    TOOLS_CALL,
+    error_type_for_code,
 )
 
 # The methods recorded are those with a kind of their own (protocol.KIND_FOR_METHOD). Both
@@ -150,8 +162,17 @@ class Connection:
     sessionless HTTP request. Requests are matched to responses within a connection only.
     """
 
-    __slots__ = ("session_id", "user", "client_name", "client_version", "protocol_version",
-                 "started", "pending", "is_session", "announced")
+    __slots__ = (
+        "announced",
+        "client_name",
+        "client_version",
+        "is_session",
+        "pending",
+        "protocol_version",
+        "session_id",
+        "started",
+        "user",
+    )
 
     def __init__(self, session_id: str | None = None, *, user: str | None = None,
                  is_session: bool = True, started: float | None = None) -> None:
@@ -171,7 +192,7 @@ class _Pending:
     when the event is built (the handshake may be processed after a request that
     followed it); only a handshake's proposed protocol version is kept here."""
 
-    __slots__ = ("method", "tool", "start", "args_bytes", "user", "protocol_version")
+    __slots__ = ("args_bytes", "method", "protocol_version", "start", "tool", "user")
 
     def __init__(self, method: str, tool: str | None, start: float, args_bytes: int | None,
                  user: str | None, protocol_version: str | None = None) -> None:

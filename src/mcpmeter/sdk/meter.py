@@ -15,8 +15,9 @@ import sys
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import settings
 from ..events import MAX_ERROR_MESSAGE, Event, clip_text, new_event
@@ -282,7 +283,7 @@ def _checked_sink(sink: Any) -> Sink | None:
     return sink
 
 
-_live_meters: "weakref.WeakSet[Meter]" = weakref.WeakSet()
+_live_meters: weakref.WeakSet[Meter] = weakref.WeakSet()
 
 
 def _shutdown_all() -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ..events import Event, new_event
 from ..protocol import SDK_DROPPED, TOOL_CALL

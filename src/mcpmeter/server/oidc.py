@@ -75,7 +75,7 @@ class OidcConfig:
     access: dict[str, dict[str, str]] = field(default_factory=dict)
 
     @classmethod
-    def from_settings(cls) -> "OidcConfig | None":
+    def from_settings(cls) -> OidcConfig | None:
         issuer = settings.get("MCPMETER_OIDC_ISSUER")
         if not issuer:
             return None

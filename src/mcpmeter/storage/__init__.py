@@ -9,7 +9,7 @@ from ..exceptions import ConfigError
 from ..paths import default_db_path
 from .base import EventFilter, IngestResult, KeyInfo, Project, Store
 
-__all__ = ["open_store", "resolve_db", "Store", "EventFilter", "IngestResult", "KeyInfo", "Project"]
+__all__ = ["EventFilter", "IngestResult", "KeyInfo", "Project", "Store", "open_store", "resolve_db"]
 
 
 def resolve_db(db: str | None = None) -> str:

@@ -9,7 +9,8 @@ checks it); their shared SQL is in ``core.py``.
 
 from __future__ import annotations
 
-from typing import Iterable, NamedTuple, Protocol, Sequence
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple, Protocol
 
 
 class Project(NamedTuple):
@@ -76,7 +77,7 @@ class Store(Protocol):
     def downgrade(self, target: int) -> list[int]: ...
 
     # projects and keys
-    def ensure_project(self, name: str, audit: "AuditEntry | None" = None) -> Project:
+    def ensure_project(self, name: str, audit: AuditEntry | None = None) -> Project:
         """The project, created if new; ``audit`` is written in the creating transaction (not
         when the project existed), with its project id and name filled in if left None."""
         ...
@@ -84,12 +85,12 @@ class Store(Protocol):
     def project_by_id(self, project_id: int) -> Project | None: ...
     def list_projects(self) -> list[Project]: ...
     def add_key(self, project_id: int, name: str, key_hash: str, prefix: str, scopes: Iterable[str], expires_at: int | None = None,
-                replace: bool = False, audit: "AuditEntry | None" = None) -> KeyInfo:
+                replace: bool = False, audit: AuditEntry | None = None) -> KeyInfo:
         """Store a new key; ``audit`` is written in the same transaction."""
         ...
     def key_by_hash(self, key_hash: str) -> KeyInfo | None: ...
     def list_keys(self, project_id: int | None = None) -> list[KeyInfo]: ...
-    def revoke_key(self, project_id: int | None, name_or_prefix: str, audit: "AuditEntry | None" = None) -> int:
+    def revoke_key(self, project_id: int | None, name_or_prefix: str, audit: AuditEntry | None = None) -> int:
         """Revoke the active keys of that name or prefix: how many; ``audit`` is written in the
         same transaction when at least one was."""
         ...

@@ -18,14 +18,16 @@ rows in the same order; ``tests/storage_pg`` checks it query by query.
 from __future__ import annotations
 
 import secrets
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from .. import usersets
 from ..events import ROW_FIELDS
 from ..exceptions import SchemaVersionError, StorageError
 from .base import AuditEntry, EventFilter, KeyInfo, Project
 from .core_security import SecurityQueries
-from .dialect import now_ms, write_audit as _audit
+from .dialect import now_ms
+from .dialect import write_audit as _audit
 from .rollup import DAY_MS, HOUR_MS, aggregate
 
 _KEY_COLUMNS = (

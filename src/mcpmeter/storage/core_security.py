@@ -9,7 +9,8 @@ once with ``?`` placeholders and runs through the store's hooks (``dialect.SQLBa
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from ..events import ROW_FIELDS, Row
 from .base import AuditEntry, KeyInfo

@@ -9,7 +9,8 @@ PostgreSQL, which row-level security context; ``_write``: one transaction), and 
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 from .base import AuditEntry, KeyInfo, Migration
 from .rollup import Deltas
@@ -37,7 +38,7 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def write_audit(store: "SQLBase", conn: Any, entry: AuditEntry | None) -> None:
+def write_audit(store: SQLBase, conn: Any, entry: AuditEntry | None) -> None:
     """Write ``entry`` (if any) in the transaction of ``conn``."""
     if entry is not None:
         conn.execute(store._sql(_AUDIT_INSERT), tuple(entry))

@@ -20,7 +20,8 @@ import contextlib
 import functools
 import secrets
 import time
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import msgspec

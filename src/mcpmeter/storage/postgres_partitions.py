@@ -15,12 +15,12 @@ SHARE UPDATE EXCLUSIVE lock on ``events``: ingest and reads carry on meanwhile.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 DAY_MS = 86_400_000
 AHEAD_DAYS = 7
 LOCK_KEY = 0x6D63706D_7061  # "mcpmpa": partition management, per database
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NAME = re.compile(r"^events_d(\d{8})$")
 
 
@@ -36,7 +36,7 @@ def _day_from_name(name: str) -> int | None:
     m = _NAME.match(name)
     if not m:
         return None
-    d = datetime.strptime(m.group(1), "%Y%m%d").replace(tzinfo=timezone.utc)
+    d = datetime.strptime(m.group(1), "%Y%m%d").replace(tzinfo=UTC)
     return (d - _EPOCH) // timedelta(milliseconds=1)
 
 

@@ -10,7 +10,7 @@ same order, so they queue instead of deadlocking.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import msgspec
 

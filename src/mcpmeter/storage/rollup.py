@@ -7,9 +7,10 @@ additive upserts in the same transaction as the raw rows.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Any, Sequence
+from typing import Any
 
 from .. import histogram
 from ..events import Row
@@ -35,7 +36,7 @@ class Cell:
     ``success_rate`` are what the usage questions report.
     """
 
-    __slots__ = ("calls", "errors", "dur_count", "dur_sum", "dur_min", "dur_max", "hist")
+    __slots__ = ("calls", "dur_count", "dur_max", "dur_min", "dur_sum", "errors", "hist")
 
     def __init__(self) -> None:
         self.calls = 0
@@ -79,7 +80,7 @@ class Cell:
             else:
                 self.hist.add(hist)
 
-    def merge(self, other: "Cell") -> None:
+    def merge(self, other: Cell) -> None:
         self.add_cell(other.calls, other.errors, other.dur_count, other.dur_sum, other.dur_min, other.dur_max, None)
         self.hist.add_sum(other.hist)
 

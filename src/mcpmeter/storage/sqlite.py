@@ -10,9 +10,10 @@ import functools
 import os
 import sqlite3
 import threading
+from collections.abc import Callable, Sequence
 from itertools import chain
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .. import settings, usersets
 from ..events import ROW_FIELDS

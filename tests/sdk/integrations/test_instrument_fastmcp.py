@@ -7,7 +7,6 @@ import pytest
 from fastmcp import Client, FastMCP
 from fastmcp.exceptions import ToolError
 from fastmcp.tools.base import ToolResult
-
 from instrument_helpers import attributes, kinds, new_meter, recorded, report_tools, tool_calls, wire
 
 

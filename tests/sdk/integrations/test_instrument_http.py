@@ -5,13 +5,13 @@ from __future__ import annotations
 import anyio
 import httpx2
 import pytest
+from instrument_helpers import kinds, new_meter, recorded
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.mcpserver import MCPServer
 
-from instrument_helpers import kinds, new_meter, recorded
 from mcpmeter.identity import UserHasher
 from mcpmeter.storage import open_store
 

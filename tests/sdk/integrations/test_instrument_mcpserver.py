@@ -5,12 +5,12 @@ from __future__ import annotations
 import anyio
 import mcp_types as types
 import pytest
+from instrument_helpers import attributes, kinds, new_meter, recorded, report_tools, tool_calls, wire
 from mcp import Client
 from mcp.server import Server
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 
-from instrument_helpers import attributes, kinds, new_meter, recorded, report_tools, tool_calls, wire
 from mcpmeter.exceptions import ConfigError
 
 MODES = ["auto", "legacy"]  # 2026-07-28 (server/discover, per-request envelope) and the handshake era

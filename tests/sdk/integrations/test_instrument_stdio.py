@@ -10,10 +10,9 @@ import time
 
 import anyio
 import pytest
+from instrument_helpers import report_tools
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
-
-from instrument_helpers import report_tools
 
 MCPSERVER_SCRIPT = '''
 from mcp.server.mcpserver import MCPServer

@@ -11,8 +11,8 @@ from starlette.testclient import TestClient
 
 from conftest import make_keys
 from foundation_helpers import event, now_ms, stored_count, stored_events
-from mcpmeter.server.collector import CollectorConfig, create_app
 from mcpmeter.events import Limits
+from mcpmeter.server.collector import CollectorConfig, create_app
 
 LOOPBACK = ("127.0.0.1", 5000)
 

@@ -14,12 +14,12 @@ from pathlib import Path
 import anyio
 import pytest
 from google.protobuf import json_format
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from mcp import Client
-from mcp.client.stdio import StdioServerParameters
 from starlette.testclient import TestClient
 
 from conftest import make_keys

@@ -19,9 +19,10 @@ from starlette.testclient import TestClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "analytics"))  # the oracle lives with the analytics tests
 
-from analytics_oracle import DAY, HOUR, Filters, Oracle, batches, generate, same, window_of  # noqa: E402
-from mcpmeter.server.collector import create_app  # noqa: E402
-from mcpmeter.storage import open_store  # noqa: E402
+from analytics_oracle import DAY, HOUR, Filters, Oracle, batches, generate, same, window_of
+
+from mcpmeter.server.collector import create_app
+from mcpmeter.storage import open_store
 
 _real = int(time.time() * 1000)
 NOW = _real - _real % HOUR - HOUR + 2_222_222  # 37 min into the previous hour: the same alignment every run

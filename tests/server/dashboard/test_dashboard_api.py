@@ -20,10 +20,10 @@ from mcpmeter import keys as keylib
 from mcpmeter.analytics import queries
 from mcpmeter.analytics.periods import window
 from mcpmeter.analytics.queries import Query
-from mcpmeter.server.collector import CollectorConfig, create_app
-from mcpmeter.server.dashboard import live as livelib
 from mcpmeter.events import ROW_FIELDS, Row
+from mcpmeter.server.collector import CollectorConfig, create_app
 from mcpmeter.server.commits import Commit, ProjectBatch
+from mcpmeter.server.dashboard import live as livelib
 
 CSRF = {"X-MCPMeter-CSRF": "1"}
 # Nothing here depends on the backend (the users-over-time answer only combines the store's
@@ -161,7 +161,7 @@ def test_every_asset_is_served_by_the_collector_compressed_and_cached(remote, ke
     sign_in(remote, keys.read)
     html = remote.get("/").text + remote.get("/signin").text
     urls = set(re.findall(r'(?:href|src)="([^"]+)"', html))
-    assert urls and all(u.startswith("/static/") or u.startswith("/") and not u.startswith("//") for u in urls), urls
+    assert urls and all(u.startswith("/static/") or (u.startswith("/") and not u.startswith("//")) for u in urls), urls
     assert not re.search(r"https?://", re.sub(r'http://www\.w3\.org/[^"]*', "", html))  # no CDN, no external font
     version = re.search(r"/static/(\w+)/", html).group(1)
     for url in [u for u in urls if u.startswith("/static/")]:

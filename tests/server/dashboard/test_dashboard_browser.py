@@ -9,13 +9,14 @@ browser is never downloaded (no `playwright install`). Screenshots go to artifac
 from __future__ import annotations
 
 import math
-from decimal import ROUND_HALF_UP, Decimal
 import os
 import re
 import subprocess
 import time
+from collections.abc import Iterator
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
-from typing import Any, Iterator, NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlsplit
 
 import httpx

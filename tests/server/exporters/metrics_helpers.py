@@ -9,9 +9,10 @@ import shutil
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -60,7 +61,7 @@ class Expected:
     events: int = 0
     rejected: int = 0
 
-    def merge(self, other: "Expected") -> None:
+    def merge(self, other: Expected) -> None:
         for name in ("calls", "discovery", "auth", "steps", "drops", "operations"):
             getattr(self, name).update(getattr(other, name))
         for name in ("durations", "step_ms"):
@@ -201,7 +202,7 @@ class Prometheus:
         done = subprocess.run([require("promtool"), "check", "config", str(self.config)], capture_output=True, timeout=60)
         assert done.returncode == 0, (done.stdout + done.stderr).decode()
 
-    def __enter__(self) -> "Prometheus":
+    def __enter__(self) -> Prometheus:
         with open(self.log, "wb") as fh:
             self.process = subprocess.Popen(
                 [require("prometheus"), f"--config.file={self.config}", f"--storage.tsdb.path={self.tmp / 'data'}",

@@ -9,8 +9,8 @@ import shutil
 import subprocess
 
 import yaml
-
 from metrics_helpers import DASHBOARD, DEPLOY
+
 from mcpmeter import settings
 
 COMPOSE_FILE = DEPLOY / "docker-compose.yml"

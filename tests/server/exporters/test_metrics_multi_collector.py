@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 
 import pytest
+from metrics_helpers import dataset, post, samples, scrape, total
 
 from conftest import start_collector, stop_collector
-from metrics_helpers import dataset, post, samples, scrape, total
 
 pytestmark = pytest.mark.slow
 

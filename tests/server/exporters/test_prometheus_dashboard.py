@@ -15,11 +15,19 @@ from collections import Counter, defaultdict
 
 import httpx
 import pytest
+from metrics_helpers import (
+    DASHBOARD,
+    Expected,
+    Prometheus,
+    dashboard_exprs,
+    dataset,
+    post,
+    scrape,
+    substitute,
+    wait_for,
+)
 
 from conftest import make_keys, start_collector, stop_collector
-from metrics_helpers import (
-    DASHBOARD, Expected, Prometheus, dashboard_exprs, dataset, post, scrape, substitute, wait_for,
-)
 from mcpmeter.storage import open_store
 
 pytestmark = pytest.mark.slow

@@ -9,17 +9,17 @@ from itertools import accumulate
 
 import httpx
 import pytest
+from metrics_helpers import by, dataset, post, promtool_check, samples, scrape, total, uid
+from prometheus_client import generate_latest
 from starlette.testclient import TestClient
 
 from conftest import free_port, make_keys, start_collector, stop_collector
-from metrics_helpers import by, dataset, post, promtool_check, samples, scrape, total, uid
 from mcpmeter.server.collector import CollectorConfig, create_app
 from mcpmeter.server.collector.bootstrap import register_metrics_key
 from mcpmeter.server.exporters import MetricsConfig
 from mcpmeter.server.exporters.aggregate import GATEWAY_BOUNDS_MS, SEMCONV_BOUNDS_MS
 from mcpmeter.server.exporters.prometheus import exposition
 from mcpmeter.storage import open_store
-from prometheus_client import generate_latest
 
 LOOPBACK = ("127.0.0.1", 5000)
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import msgspec
 
@@ -51,8 +52,13 @@ class Recorder:
     """Turns one observed request into an event on ``meter``'s queue."""
 
     __slots__ = (
-        "meter", "_user_fn", "_user_header", "_capture_args", "_capture_results",
-        "_redact", "_max_chars",
+        "_capture_args",
+        "_capture_results",
+        "_max_chars",
+        "_redact",
+        "_user_fn",
+        "_user_header",
+        "meter",
     )
 
     def __init__(self, meter, user: UserResolver | None = None, user_header: str | None = None) -> None:

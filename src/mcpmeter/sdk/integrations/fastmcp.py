@@ -13,7 +13,13 @@ from typing import Any
 from fastmcp.server.middleware import Middleware
 
 from ...protocol import (
-    INITIALIZE, INITIALIZE_METHOD, LIST_TOOLS, METHOD_ATTRIBUTE, SERVER_DISCOVER_METHOD, TOOL_CALL, TOOL_ERROR,
+    INITIALIZE,
+    INITIALIZE_METHOD,
+    LIST_TOOLS,
+    METHOD_ATTRIBUTE,
+    SERVER_DISCOVER_METHOD,
+    TOOL_CALL,
+    TOOL_ERROR,
     TOOLS_LIST,
 )
 from ._common import Recorder, _perf, _wall, failure_of, first_text, json_size, tool_failure, tool_name

@@ -17,7 +17,14 @@ import functools
 from typing import Any
 
 from ...protocol import (
-    HANDSHAKE_METHODS, INITIALIZE, INITIALIZE_METHOD, LIST_TOOLS, METHOD_ATTRIBUTE, TOOL_CALL, TOOL_ERROR, TOOLS_CALL,
+    HANDSHAKE_METHODS,
+    INITIALIZE,
+    INITIALIZE_METHOD,
+    LIST_TOOLS,
+    METHOD_ATTRIBUTE,
+    TOOL_CALL,
+    TOOL_ERROR,
+    TOOLS_CALL,
     TOOLS_LIST,
 )
 from ._common import Recorder, _perf, _wall, failure_of, first_text, json_size, tool_failure, tool_name

@@ -15,20 +15,20 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ... import settings
-from .. import dashboard
 from ...events import Limits
 from ...exceptions import AuthError, MCPMeterError, StorageError
+from ...storage.base import Store
+from .. import dashboard
 from ..dashboard.live import Live
 from ..dashboard.sessions import Sessions
 from ..exporters import Metrics, MetricsConfig
-from ...storage.base import Store
 from ..oidc import OidcConfig, People
 from ..oidc import routes as oidc_routes
 from . import admin_security, ingest, measurements, otlp, usage
 from .auth import Authenticator
-from .security import NameCaps, RateLimited, RateLimits, SignatureChecker
 from .openapi import openapi_schema
 from .responses import error
+from .security import NameCaps, RateLimited, RateLimits, SignatureChecker
 from .writer import Writer
 
 log = logging.getLogger("mcpmeter.server.collector")
@@ -48,7 +48,7 @@ class CollectorConfig:
     rate_limit_per_ip: int = field(default_factory=lambda: settings.get("MCPMETER_RATE_LIMIT_PER_IP"))
     max_servers: int = field(default_factory=lambda: settings.get("MCPMETER_MAX_SERVERS_PER_PROJECT"))
     max_tools: int = field(default_factory=lambda: settings.get("MCPMETER_MAX_TOOLS_PER_PROJECT"))
-    oidc: "OidcConfig | None" = field(default_factory=lambda: OidcConfig.from_settings())
+    oidc: OidcConfig | None = field(default_factory=lambda: OidcConfig.from_settings())
     key_touch_interval: float = 5.0
     prune_interval: float = field(default_factory=lambda: float(settings.get("MCPMETER_PRUNE_INTERVAL_SECONDS")))
     metrics: MetricsConfig = field(default_factory=MetricsConfig)

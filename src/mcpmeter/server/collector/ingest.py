@@ -9,8 +9,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ...events import BatchError, decode_batch
-from ...ingest import rows_for
 from ...exceptions import BodyTooLarge, Overloaded, StorageError
+from ...ingest import rows_for
 from .auth import Principal
 from .responses import error
 

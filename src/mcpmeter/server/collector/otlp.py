@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import base64
 import re
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import msgspec
 from google.protobuf import json_format
@@ -33,13 +34,26 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ...events import (
-    MAX_ATTRIBUTE_VALUE, MAX_NAME, MAX_PROTOCOL_VERSION, MAX_SHORT_TEXT, MAX_TRANSPORT, MAX_USER, BatchError,
-    Rejection, decode_batch,
+    MAX_ATTRIBUTE_VALUE,
+    MAX_NAME,
+    MAX_PROTOCOL_VERSION,
+    MAX_SHORT_TEXT,
+    MAX_TRANSPORT,
+    MAX_USER,
+    BatchError,
+    Rejection,
+    decode_batch,
 )
 from ...exceptions import AuthError, BodyTooLarge, OtlpError, Overloaded, StorageError
 from ...ingest import rows_for
 from ...protocol import (
-    LIST_TOOLS, METHOD_ATTRIBUTE, TOOL_CALL, TOOL_ERROR, TOOLS_CALL, error_type_for_code, kind_for_method,
+    LIST_TOOLS,
+    METHOD_ATTRIBUTE,
+    TOOL_CALL,
+    TOOL_ERROR,
+    TOOLS_CALL,
+    error_type_for_code,
+    kind_for_method,
 )
 from .ingest import read_body
 from .openapi import otlp_json_error
@@ -139,7 +153,7 @@ def _attributes(key_values: Any, wanted: frozenset[str] | None = None) -> dict[s
 
 
 class Converted:
-    __slots__ = ("events", "invalid", "ignored")
+    __slots__ = ("events", "ignored", "invalid")
 
     def __init__(self) -> None:
         self.events: list[dict[str, Any]] = []
@@ -359,4 +373,4 @@ def _validate(candidates: list[dict[str, Any]], limits, admit=None) -> tuple[lis
     return events, [r._replace(id=r.id or candidates[r.index]["id"]) for r in rejected]
 
 
-__all__ = ["post_traces", "parse_request", "convert", "OtlpError", "PROTOBUF", "JSON"]
+__all__ = ["JSON", "PROTOBUF", "OtlpError", "convert", "parse_request", "post_traces"]

@@ -28,7 +28,7 @@ import hmac
 import math
 import threading
 import time
-from typing import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 
 from ...events import Event
 from ...exceptions import SIGN_HINT, RateLimited, SignatureError
@@ -37,8 +37,18 @@ from ...signing import sign, signature_headers
 
 # sign, signature_headers (signing.py), new_signing_secret (keys.py), SignatureError and RateLimited
 # (exceptions.py) are re-exported: the collector's side of signatures and limits is read from here.
-__all__ = ["sign", "signature_headers", "new_signing_secret", "SECRET_PREFIX", "SIGN_HINT", "SignatureError", "RateLimited",
-           "SignatureChecker", "RateLimits", "NameCaps"]
+__all__ = [
+    "SECRET_PREFIX",
+    "SIGN_HINT",
+    "NameCaps",
+    "RateLimited",
+    "RateLimits",
+    "SignatureChecker",
+    "SignatureError",
+    "new_signing_secret",
+    "sign",
+    "signature_headers",
+]
 
 TIMESTAMP_HEADER = "x-mcpmeter-timestamp"
 SIGNATURE_HEADER = "x-mcpmeter-signature"

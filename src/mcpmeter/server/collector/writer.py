@@ -18,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from ...events import Row
 from ...exceptions import Overloaded
@@ -63,7 +63,7 @@ class Writer:
             self._queue.put(_STOP)
             self._thread.join(timeout)
 
-    def submit(self, project_id: int, rows: Sequence[Row]) -> "asyncio.Future[IngestResult]":
+    def submit(self, project_id: int, rows: Sequence[Row]) -> asyncio.Future[IngestResult]:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         if not rows:

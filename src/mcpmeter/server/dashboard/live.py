@@ -40,7 +40,7 @@ _CLOSE = object()
 
 
 class Subscriber:
-    __slots__ = ("project_id", "server", "tool", "client", "queue", "dropped", "lagged")
+    __slots__ = ("client", "dropped", "lagged", "project_id", "queue", "server", "tool")
 
     def __init__(self, project_id: int, server: str | None, tool: str | None, client: str | None) -> None:
         self.project_id, self.server, self.tool, self.client = project_id, server, tool, client
@@ -235,7 +235,7 @@ async def get_live(request: Request) -> Response:
             while not live._closing:
                 try:
                     item = await asyncio.wait_for(sub.queue.get(), HEARTBEAT_SECONDS)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     yield b": heartbeat\n\n"
                     continue
                 if item is _CLOSE:

@@ -27,9 +27,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ... import keys
+from ...exceptions import AuthError
 from ..collector.auth import presented_key
 from ..collector.responses import error
-from ...exceptions import AuthError
 
 COOKIE = "mcpmeter_session"
 CSRF_HEADER = "x-mcpmeter-csrf"

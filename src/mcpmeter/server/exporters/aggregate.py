@@ -19,8 +19,9 @@ from __future__ import annotations
 import threading
 import time
 from bisect import bisect_left
+from collections.abc import Sequence
 from operator import attrgetter
-from typing import Any, Sequence
+from typing import Any
 
 import msgspec
 
@@ -90,7 +91,7 @@ def _merge_union(target: list, source: Cell, projection: tuple[int, ...]) -> Non
 class Summary:
     """One commit's rows of one project, reduced to a few keys (built without the lock)."""
 
-    __slots__ = ("keys", "first_seen", "special")  # keys: the commit's cells, by (kind, server, tool, client, ok, error)
+    __slots__ = ("first_seen", "keys", "special")  # keys: the commit's cells, by (kind, server, tool, client, ok, error)
 
     def __init__(self, batch: ProjectBatch, sessions_open: bool = False) -> None:
         self.keys = keys = batch.cells()  # read only: the live feed reads the same cells
@@ -161,7 +162,7 @@ class ProjectMetrics:
 
     # ---- merging one commit -------------------------------------------------------------------
 
-    def merge(self, summary: Summary, sessions: "Sessions", project_id: int) -> None:
+    def merge(self, summary: Summary, sessions: Sessions, project_id: int) -> None:
         for (kind, server, tool, _client, ok, error), agg in summary.keys.items():  # clients add up
             n = agg.events
             timed = agg.timed > 0
@@ -234,7 +235,7 @@ class ProjectMetrics:
             hist = self.protocol[key] = new_hist(GATEWAY_BOUNDS_MS)
         observe(hist, GATEWAY_BOUNDS_MS, seconds_ms)
 
-    def snapshot(self) -> "ProjectMetrics":
+    def snapshot(self) -> ProjectMetrics:
         copy = ProjectMetrics.__new__(ProjectMetrics)
         copy.max_series = self.max_series
         copy.overflow = self.overflow

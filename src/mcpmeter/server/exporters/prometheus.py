@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import gzip
 import threading
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import accumulate
 from operator import add
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.metrics_core import Metric
@@ -202,7 +203,7 @@ def project_families(project_name: str, p: ProjectMetrics | None) -> list[Family
 class ProjectCollector(Collector):
     """The MCP series of one project, as THIS collector process stored them."""
 
-    def __init__(self, exporter: "PrometheusExporter", project_id: int, project_name: str) -> None:
+    def __init__(self, exporter: PrometheusExporter, project_id: int, project_name: str) -> None:
         self.exporter, self.project_id, self.project_name = exporter, project_id, project_name
 
     def collect(self) -> Iterable[Metric]:
@@ -212,7 +213,7 @@ class ProjectCollector(Collector):
 class HealthCollector(Collector):
     """The collector process itself: ingest, writer, storage, auth checks, HTTP requests."""
 
-    def __init__(self, exporter: "PrometheusExporter") -> None:
+    def __init__(self, exporter: PrometheusExporter) -> None:
         self.exporter = exporter
 
     def collect(self) -> Iterable[Metric]:
