@@ -175,6 +175,10 @@ CANCELLED: Final = "cancelled"  # the error_type of a cancelled request (its ``o
 CALLER_ERROR_TYPES: Final = frozenset({
     "parse_error", "invalid_request", "method_not_found", "invalid_params", "resource_not_found",
 })
+# A call to a tool the server does not list: what -32602 servers answer, and what a server
+# answering ``isError: "Unknown tool"`` (MCPServer, FastMCP) is recorded as when the capture
+# path knows the server's tools - so the same client mistake reads the same everywhere.
+UNKNOWN_TOOL: Final = "invalid_params"
 # The JSON-RPC names that are the server's fault (every other code, named or not, too).
 _SERVER_ERROR_TYPES: Final = frozenset(set(ERROR_NAMES.values()) - CALLER_ERROR_TYPES | {JSONRPC_ERROR})
 
@@ -207,6 +211,18 @@ def outcome_of(ok: bool | None, error_type: str | None, attributes: dict | None 
             return recorded  # type: ignore[no-any-return]
     return outcome(ok, error_type, raised_by_tool=error_type is not None and error_type not in _SERVER_ERROR_TYPES
                    and not error_type.lstrip("-").isdigit())
+
+
+def task_outcome(status: str, final_is_error: bool = False) -> tuple[str, str | None]:
+    """(outcome class, error_type) of a call that ran as a task and reached ``status``
+    (one of ``TASK_TERMINAL``): completed is ok (unless its final result says isError),
+    failed a tool error - the spec's status for a task whose result has isError - and
+    cancelled cancelled."""
+    if status == "cancelled":
+        return OUTCOME_CANCELLED, CANCELLED
+    if status == "completed" and not final_is_error:
+        return OUTCOME_OK, None
+    return OUTCOME_TOOL_ERROR, TOOL_ERROR
 
 
 def ok_for(outcome_class: str) -> bool | None:

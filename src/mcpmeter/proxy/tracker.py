@@ -62,10 +62,12 @@ from ..protocol import (
     TOOL_LISTED,
     TOOLS_CALL,
     TOOLS_LIST,
+    UNKNOWN_TOOL,
     catalog_event_id,
     definition_hash,
     ok_for,
     outcome,
+    task_outcome,
 )
 from .wire import (
     Message,
@@ -181,6 +183,7 @@ class Tracker:
         self._offset = time.time() - time.perf_counter()
         self.calls = OpenCalls()
         self._listed: set[tuple] = set()  # (server, tool, definition hash, day) recorded by this process
+        self._known: set[str] = set()  # the tools the server listed (a call to another is the caller's error)
         self._next_expiry = 0.0
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -389,6 +392,8 @@ class Tracker:
                 if result.is_error is True:
                     ok, error_type = False, TOOL_ERROR
                     error_message = first_text(result.content)
+                    if self._known and pending.tool not in self._known:
+                        error_type = UNKNOWN_TOOL  # a tool the server never listed: the caller's mistake
             elif pending.method == TOOLS_LIST:
                 count = self._catalog(conn, result.tools, pending.start)
                 if count is not None:
@@ -480,18 +485,15 @@ class Tracker:
             return
         message = clipped(result.status_message if result.status_message is not None else task.get("statusMessage"),
                         MAX_ERROR_MESSAGE)
-        size = None
+        size, failed = None, False
         if result.result is not UNSET:  # the final result, carried by the terminal status
             size = len(result.result)
             final = result_of(result.result)
-            if status == "completed" and final.is_error is True:
-                status, message = "failed", first_text(final.content) or message
-        if status == "completed":
-            self._end(logical, t, OUTCOME_OK, None, None, size)
-        elif status == "failed":
-            self._end(logical, t, OUTCOME_TOOL_ERROR, TOOL_ERROR, message, size)
-        else:
-            self._end(logical, t, OUTCOME_CANCELLED, CANCELLED, message, size)
+            failed = final.is_error is True
+            if failed:
+                message = first_text(final.content) or message
+        outcome_class, error_type = task_outcome(status, failed)
+        self._end(logical, t, outcome_class, error_type, message if outcome_class != OUTCOME_OK else None, size)
 
     def _expire(self, t: float) -> None:
         self._next_expiry = t + EXPIRY_EVERY_S
@@ -515,6 +517,8 @@ class Tracker:
                 continue
             if name is None:
                 continue
+            if len(self._known) < MAX_LISTED:
+                self._known.add(name)
             self._emit(conn, TOOL_LISTED, ts=t, tool=name, result_bytes=len(raw),
                        attributes={DEFINITION_HASH_ATTRIBUTE: definition_hash(bytes(raw))})
         return len(definitions)
