@@ -72,7 +72,7 @@ class Tasks(Extension):
             return {"task": self._task(params.task_id, "working")}
         if state["outcome"] == "failed":
             return {"task": self._task(params.task_id, "failed", statusMessage="the job failed")}
-        result = CallToolResult(content=[TextContent(type="text", text="job done")])
+        result = CallToolResult(content=[TextContent(type="text", text="job done")], structured_content={"result": "job done"})
         return {"task": self._task(params.task_id, "completed"),
                 "result": result.model_dump(mode="json", by_alias=True, exclude_none=True)}
 
