@@ -108,6 +108,11 @@ async def drive(target: Any, mode: str, *, tasks: bool = False) -> tuple[list[tu
                 outcome = "caller_error" if exc.error.code in (-32700, -32600, -32601, -32602, -32002) else "server_error"
             assert outcome == expected, (tool, arguments, outcome)
             seen.append((tool, outcome))
+        with anyio.move_on_after(0.5):  # the user presses stop: notifications/cancelled
+            await client.call_tool("slow", {"seconds": 30})
+        seen.append(("slow", "cancelled"))
+        await client.call_tool("forecast", {"city": "Lima"})  # the conversation goes on
+        seen.append(("forecast", "ok"))
     if tasks:
         assert extension.polls == 5
     return seen, sizes

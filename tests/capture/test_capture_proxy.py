@@ -34,12 +34,19 @@ def wait_for(where: str, expected: Counter, timeout: float = 30) -> list[dict]:
         time.sleep(0.2)
 
 
+def by_tool_of(events: list[dict], tool: str) -> list[dict]:
+    return [e for e in events if e["tool"] == tool]
+
+
 def check(events: list[dict], seen: list[tuple[str, str]], sizes: dict[str, int], protocol: str, transport: str,
           tasks: bool) -> None:
     # 2: one event per logical call, whatever the rounds; 3: task calls are the task's; 4: outcome classes
     assert calls(events) == Counter(seen)
     tool_calls = [e for e in events if e["kind"] == "tool_call"]
-    assert len(tool_calls) == len(SCRIPT) + (len(TASK_SCRIPT) if tasks else 0)
+    assert len(tool_calls) == len(SCRIPT) + (len(TASK_SCRIPT) if tasks else 0) + 2
+    # 3: the call the user stopped is neither a success nor an error
+    (stopped,) = by_tool_of(tool_calls, "slow")
+    assert (stopped["ok"], stopped["error_type"]) == (None, "cancelled")
     by_tool = {}
     for e in tool_calls:
         by_tool.setdefault(e["tool"], []).append(e)
