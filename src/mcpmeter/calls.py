@@ -140,15 +140,19 @@ class OpenCalls:
     def drain(self, belongs: Callable[[Logical], bool] | None = None) -> list[Logical]:
         """Take out every open call (of which ``belongs`` says yes): the conversation ended."""
         out = []
-        for table in (self._input, self._tasks):
-            for key, logical in list(table.items()):
-                if belongs is None or belongs(logical):
-                    out.append(table.pop(key))
+        for key, logical in list(self._input.items()):
+            if belongs is None or belongs(logical):
+                out.append(self._input.pop(key))
+        for task_id, logical in list(self._tasks.items()):
+            if belongs is None or belongs(logical):
+                out.append(self._tasks.pop(task_id))
         return out
 
     def _trim(self) -> list[Logical]:
         out = []
         while len(self._input) + len(self._tasks) > self.max_open:
-            table = self._input if self._input else self._tasks
-            out.append(table.pop(next(iter(table))))
+            if self._input:
+                out.append(self._input.pop(next(iter(self._input))))
+            else:
+                out.append(self._tasks.pop(next(iter(self._tasks))))
         return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from typing import Final
 
 # ---- event kinds -------------------------------------------------------------------------
@@ -201,14 +202,14 @@ def outcome(ok: bool | None, error_type: str | None, *, raised_by_tool: bool = F
     return OUTCOME_SERVER_ERROR
 
 
-def outcome_of(ok: bool | None, error_type: str | None, attributes: dict | None = None) -> str:
+def outcome_of(ok: bool | None, error_type: str | None, attributes: Mapping[str, object] | None = None) -> str:
     """The outcome class of a stored event: its ``mcp.outcome`` when a capture path recorded
     one, else derived from ``ok``/``error_type`` (events sent by hand or by ``@meter.tool``,
     where an error type that is no JSON-RPC name is an exception of the tool's code)."""
     if attributes:
         recorded = attributes.get(OUTCOME_ATTRIBUTE)
-        if recorded in OUTCOMES:
-            return recorded  # type: ignore[no-any-return]
+        if isinstance(recorded, str) and recorded in OUTCOMES:
+            return recorded
     return outcome(ok, error_type, raised_by_tool=error_type is not None and error_type not in _SERVER_ERROR_TYPES
                    and not error_type.lstrip("-").isdigit())
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import sys
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 import anyio
@@ -52,14 +52,14 @@ class Tasks(Extension):
         if params.name != "long_job":
             return await call_next(ctx)
         arguments = params.arguments or {}
-        now = datetime.now(timezone.utc).isoformat()
+        now = datetime.now(UTC).isoformat()
         task_id = uuid.uuid4().hex
         self.tasks[task_id] = {"left": int(arguments.get("steps", 2)), "outcome": arguments.get("outcome", "completed"),
                                "created": now}
         return {"resultType": "task", "task": self._task(task_id, "working")}
 
     def _task(self, task_id: str, status: str, **more: Any) -> dict[str, Any]:
-        now = datetime.now(timezone.utc).isoformat()
+        now = datetime.now(UTC).isoformat()
         return {"taskId": task_id, "status": status, "createdAt": self.tasks[task_id]["created"], "lastUpdatedAt": now,
                 "ttl": None, "pollInterval": 10, **more}
 

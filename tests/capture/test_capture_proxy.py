@@ -16,9 +16,9 @@ from capture_helpers import CLIENT, SCRIPT, SERVER, TASK_SCRIPT, calls, drive, s
 from mcp.client.stdio import StdioServerParameters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "proxy"))
-from proxy_helpers import MCPMETER, proxy_env, start_http_proxy, stop  # noqa: E402
+from proxy_helpers import MCPMETER, proxy_env, start_http_proxy, stop
 
-from conftest import free_port  # noqa: E402
+from conftest import free_port
 
 pytestmark = pytest.mark.slow
 
