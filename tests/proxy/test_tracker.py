@@ -311,7 +311,7 @@ def test_tools_list_records_the_catalog_once_a_day_per_definition(meter, isolate
         tracker.from_client(conn, line({"jsonrpc": "2.0", "id": msg_id, "method": "tools/list"}), t)
         tracker.from_server(conn, result(msg_id, {"tools": tools}), t)
     events = events_of(meter, isolated_env, None)
-    listed = [e for e in events if e["kind"] == "tool_listed"]
+    listed = recorded(isolated_env, "tool_listed")
     assert sorted((e["tool"], e["result_bytes"]) for e in listed) == [
         ("a", len(json.dumps(tools[0]))), ("b", len(json.dumps(tools[1])))]
     assert {e["session_id"] for e in listed} == {None} and all(e["event_id"].startswith("cat-") for e in listed)

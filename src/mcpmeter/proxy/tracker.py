@@ -275,8 +275,9 @@ class Tracker:
             return  # nothing to match (notifications, logs): skip the parse entirely
         for msg in messages(data):
             if msg.method is not None:
-                if msg.method == TASK_STATUS_NOTIFICATION and msg.id is UNSET and msg.params is not UNSET:
-                    self._task_state(result_of(msg.params), t, None)
+                params = msg.params
+                if msg.method == TASK_STATUS_NOTIFICATION and msg.id is UNSET and not isinstance(params, UnsetType):
+                    self._task_state(result_of(params), t, None)
                 continue  # a server→client request or notification
             if msg.id is UNSET:
                 continue

@@ -92,7 +92,7 @@ class Recorder:
         self._redact = tuple(k.lower() for k in keys)
         self._max_chars = max(16, min(int(meter.capture_max_chars), MAX_ATTRIBUTE_VALUE))
         self.calls = OpenCalls()
-        self._listed: set[tuple] = set()
+        self._listed: set[tuple[Any, ...]] = set()
 
     # ---- the request's context --------------------------------------------------------
 
@@ -198,7 +198,7 @@ class Recorder:
 
     # ---- one logical tools/call (rounds, tasks) ------------------------------------------
 
-    def open_call(self, wall: float, start: float, fields: tuple, tool: Any, params: Mapping[str, Any] | None,
+    def open_call(self, wall: float, start: float, fields: tuple[Any, ...], tool: Any, params: Mapping[str, Any] | None,
                   args_bytes: int | None) -> Logical:
         """The logical call a tools/call request starts, or continues (a retry carrying
         ``requestState``/``inputResponses`` after an input_required answer)."""
@@ -243,7 +243,7 @@ class Recorder:
 
     def end_call(self, logical: Logical, now: float, outcome_class: str, error_type: str | None,
                  error_message: str | None, *, result_bytes: int | None = None,
-                 attributes: dict | None = None) -> None:
+                 attributes: dict[str, Any] | None = None) -> None:
         """The one event of a logical call, from its first request to ``now``."""
         first: _First = logical.data
         attrs = {**(attributes or {}), **logical.attributes(), OUTCOME_ATTRIBUTE: outcome_class}
@@ -258,7 +258,7 @@ class Recorder:
 
     # ---- the catalog ------------------------------------------------------------------
 
-    def catalog(self, tools: Any, fields: tuple) -> int | None:
+    def catalog(self, tools: Any, fields: tuple[Any, ...]) -> int | None:
         """One ``tool_listed`` event per tool a tools/list result names (``result_bytes``:
         its definition's JSON size), once a day per definition; returns how many it named."""
         if not isinstance(tools, (list, tuple)):
@@ -288,7 +288,7 @@ class Recorder:
         self, kind: str, wall_start: float, duration: float, fields: tuple, *,
         tool: str | None = None, ok: bool | None = None, error_type: str | None = None,
         error_message: str | None = None, args_bytes: int | None = None,
-        result_bytes: int | None = None, attributes: dict | None = None, id: str | None = None,
+        result_bytes: int | None = None, attributes: dict[str, Any] | None = None, id: str | None = None,
         duration_known: bool = True,
     ) -> None:
         meter = self.meter
@@ -315,7 +315,8 @@ class _First:
 
     __slots__ = ("args_bytes", "fallback", "fields", "tool", "wall")
 
-    def __init__(self, wall: float, fields: tuple, tool: Any, args_bytes: int | None, fallback: tuple) -> None:
+    def __init__(self, wall: float, fields: tuple[Any, ...], tool: Any, args_bytes: int | None,
+                 fallback: tuple[Any, ...]) -> None:
         self.wall = wall
         self.fields = fields
         self.tool = tool

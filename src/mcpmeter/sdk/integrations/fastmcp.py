@@ -123,7 +123,7 @@ class MeterMiddleware(Middleware):
         task_id = getattr(task, "task_id", None) if task is not None else None
         return self.recorder.unfinished(logical, None, None, task_id) if task_id else False
 
-    def _captured(self, message, result) -> dict[str, Any] | None:
+    def _captured(self, message: Any, result: Any) -> dict[str, Any] | None:
         """The arguments and result contents, when the owner asked for them."""
         recorder = self.recorder
         arguments = getattr(message, "arguments", None)
@@ -136,7 +136,7 @@ class MeterMiddleware(Middleware):
             attributes = {**(attributes or {}), "result": recorder.capture(content)}
         return attributes
 
-    def _tool_event(self, message, logical, now, result) -> None:
+    def _tool_event(self, message: Any, logical: Any, now: float, result: Any) -> None:
         recorder = self.recorder
         attributes = self._captured(message, result)
         if getattr(result, "is_error", False):

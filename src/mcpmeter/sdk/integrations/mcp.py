@@ -93,11 +93,11 @@ class MeterMiddleware:
             result = await call_next(ctx)
         except BaseException as exc:
             error_type, message, outcome_class = _failure(exc)
-            attributes = {OUTCOME_ATTRIBUTE: outcome_class}
+            failed: dict[str, Any] = {OUTCOME_ATTRIBUTE: outcome_class}
             if kind == INITIALIZE:
-                attributes[METHOD_ATTRIBUTE] = method
+                failed[METHOD_ATTRIBUTE] = method
             self._emit(kind, wall, start, ctx, ok=ok_for(outcome_class), error_type=error_type, error_message=message,
-                       attributes=attributes)
+                       attributes=failed)
             raise
         duration = _perf() - start
         try:
@@ -163,7 +163,7 @@ class MeterMiddleware:
             self.recorder.task_state(logical, task.get("status"), task.get("statusMessage"), False, None)
         return unfinished
 
-    def _tool_event(self, ctx, logical: Logical, now: float, result: Any, raised: BaseException | None) -> None:
+    def _tool_event(self, ctx: Any, logical: Logical, now: float, result: Any, raised: BaseException | None) -> None:
         recorder = self.recorder
         attributes = None
         if recorder._capture_args:
@@ -205,8 +205,10 @@ class MeterMiddleware:
                 failed = result.get("isError") is True
                 self.recorder.task_state(logical, "completed", first_text(result.get("content")), failed, json_size(result))
                 return result
-            task = result.get("task") if isinstance(result.get("task"), dict) else result
-            final = result.get("result") if isinstance(result.get("result"), dict) else None
+            nested = result.get("task")
+            task: dict[str, Any] = nested if isinstance(nested, dict) else result
+            payload = result.get("result")
+            final: dict[str, Any] | None = payload if isinstance(payload, dict) else None
             failed = final is not None and final.get("isError") is True
             message = first_text(final.get("content")) if failed and final is not None else task.get("statusMessage")
             self.recorder.task_state(logical, task.get("status"), message, failed,
