@@ -8,8 +8,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ...events import BatchError, decode_batch
-from ...exceptions import BodyTooLarge, Overloaded, StorageError
+from ...events import decode_batch
+from ...exceptions import BatchError, BodyTooLarge, Overloaded, StorageError
 from ...ingest import rows_for
 from .auth import Principal
 from .responses import error
