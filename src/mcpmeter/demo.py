@@ -13,6 +13,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import msgspec
 
@@ -68,7 +69,7 @@ def generate(days: int = 90, users: int = 40, calls_per_day: int = 300, seed: in
             if server == "weblab" and day > deploy_day:
                 version = "1.3.2"
             client, versions, _ = rng.choices(CLIENTS, [c[2] for c in CLIENTS])[0]
-            session = {"session_id": f"s{rng.randrange(16**12):012x}", "client_name": client,
+            session: dict[str, Any] = {"session_id": f"s{rng.randrange(16**12):012x}", "client_name": client,
                        "client_version": rng.choice(versions), "server_version": version,
                        "protocol_version": rng.choices([p for p, _ in PROTOCOLS], [w for _, w in PROTOCOLS])[0],
                        "transport": rng.choice(["stdio", "stdio", "streamable-http"]), "user": rng.choice(active)}

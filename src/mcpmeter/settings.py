@@ -8,7 +8,7 @@ so a setting cannot be added without being documented.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -132,9 +132,10 @@ def get(env: str, explicit: Any = None) -> Any:
         raise ConfigError(f"{env}={raw!r} is not valid: {exc}", hint=setting.help) from None
 
 
-def env_api_keys(environ: dict[str, str] | None = None) -> dict[str, str]:
+def env_api_keys(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """``MCPMETER_API_KEY_<NAME>`` variables as {name: key}."""
-    environ = os.environ if environ is None else environ
+    if environ is None:
+        environ = os.environ
     prefix = "MCPMETER_API_KEY_"
     return {
         name[len(prefix):].lower(): value
