@@ -80,12 +80,12 @@ async def post_events(request: Request) -> Response:
     collector.counters["accepted"] += result.accepted
     collector.counters["duplicates"] += duplicates
     collector.counters["rejected"] += len(rejected)
-    body = {
+    answer = {
         "accepted": result.accepted,
         "duplicates": duplicates,
         "rejected": [r.as_dict() for r in rejected],
     }
     if rejected and not events:
-        body["error"] = f"all {len(rejected)} events were rejected; nothing was stored"
-        return JSONResponse(body, status_code=422)
-    return JSONResponse(body)
+        answer["error"] = f"all {len(rejected)} events were rejected; nothing was stored"
+        return JSONResponse(answer, status_code=422)
+    return JSONResponse(answer)
