@@ -53,7 +53,7 @@ def generate(days: int = 90, users: int = 40, calls_per_day: int = 300, seed: in
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     people = [f"user{i:03d}@example.com" for i in range(users)]
     deploy_day = days // 3
-    for server, (version, tools) in SERVERS.items():
+    for server, (_, tools) in SERVERS.items():
         for tool, _, _, _ in tools:  # the catalog each server advertises
             ts = now_ms - days * DAY_MS + 60_000
             yield new_event(TOOL_LISTED, ts, server, tool=tool)
