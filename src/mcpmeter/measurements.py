@@ -15,7 +15,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from .events import BatchError, Limits, Name, ShortText, Timestamp, ts_ms
+from .events import Limits, Name, ShortText, Timestamp, ts_ms
+from .exceptions import BatchError
 
 MetricName = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z_][A-Za-z0-9_.:/-]*$")]
 TagMap = Annotated[dict[Annotated[str, Meta(min_length=1, max_length=64)], Annotated[str, Meta(max_length=200)]], Meta(max_length=16)]

@@ -17,7 +17,7 @@ from starlette.routing import Route
 from ... import settings
 from ...events import Limits
 from ...exceptions import AuthError, MCPMeterError, StorageError
-from ...storage.base import Store
+from ...storage.base import AdminStore
 from .. import dashboard
 from ..dashboard.live import Live
 from ..dashboard.sessions import Sessions
@@ -61,7 +61,7 @@ class Collector:
     commit subscribers are listed at the end.
     """
 
-    def __init__(self, store: Store, config: CollectorConfig) -> None:
+    def __init__(self, store: AdminStore, config: CollectorConfig) -> None:
         self.store = store
         self.config = config
         self.started = time.time()
@@ -119,7 +119,7 @@ async def _handle_errors(request: Request, exc: Exception) -> Response:
     raise exc
 
 
-def create_app(store: Store, config: CollectorConfig | None = None) -> Starlette:
+def create_app(store: AdminStore, config: CollectorConfig | None = None) -> Starlette:
     collector = Collector(store, config or CollectorConfig())
 
     @contextlib.asynccontextmanager

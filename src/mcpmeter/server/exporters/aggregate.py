@@ -41,7 +41,7 @@ COMMIT_BOUNDS_MS = (0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000,
 
 def _projection(bounds: Sequence[float]) -> tuple[int, ...]:
     """Union bucket index -> bucket index in ``bounds`` (a subset of the union)."""
-    return tuple(bisect_left(bounds, u) for u in UNION_BOUNDS_MS) + (len(bounds),)
+    return (*(bisect_left(bounds, u) for u in UNION_BOUNDS_MS), len(bounds))
 
 
 _TO_GATEWAY = _projection(GATEWAY_BOUNDS_MS)
@@ -112,7 +112,8 @@ class _Bounded:
     __slots__ = ("cap", "other", "seen")
 
     def __init__(self, cap: int, other: str) -> None:
-        self.cap, self.other, self.seen = cap, other, set()
+        self.cap, self.other = cap, other
+        self.seen: set[str] = set()
 
     def __call__(self, value: str) -> str:
         if value in self.seen:

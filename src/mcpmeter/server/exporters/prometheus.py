@@ -46,9 +46,10 @@ class LabelCache:
     def __init__(self, limit: int = 200_000) -> None:
         self.limit = limit
         self._size = 0
-        self._families: dict[tuple[str, ...], dict[tuple, str]] = {}
+        self._families: dict[tuple[str, ...], dict[tuple, Any]] = {}
 
-    def family(self, names: tuple[str, ...]) -> dict[tuple, str]:
+    def family(self, names: tuple[str, ...]) -> dict[tuple, Any]:
+        """The cache of one family: label values -> label string (or, for ``("#buckets", ...)``, bucket lines)."""
         cache = self._families.get(names)
         if cache is None:
             cache = self._families[names] = {}
@@ -76,9 +77,9 @@ class Family(Metric):
         self.const_values = tuple(v for _, v in const)
         self.label_names = self.const_names + tuple(labels)
         self.bounds_ms = tuple(bounds_ms)
-        self.les = tuple(floatToGoString(b / 1000) for b in self.bounds_ms) + ("+Inf",)
+        self.les = (*(floatToGoString(b / 1000) for b in self.bounds_ms), "+Inf")
 
-    @property  # type: ignore[override]
+    @property
     def samples(self) -> list[Sample]:
         return list(self._samples())
 
@@ -117,7 +118,7 @@ class Family(Metric):
                 out.append(f"{name}{{{ls}}} {_number(value)}\n" if ls else f"{name} {_number(value)}\n")
             return
         les = self.les
-        prefixes = labelstr.family(("#buckets", name, *names))  # 'name_bucket{labels,le="0.005"} ' per bucket
+        prefixes: dict[tuple, list[str]] = labelstr.family(("#buckets", name, *names))  # 'name_bucket{labels,le="0.005"} ' per bucket
         for values, hist in self._series.items():
             values = const + values
             ls = get(values)
