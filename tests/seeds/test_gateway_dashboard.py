@@ -20,9 +20,9 @@ import pytest
 from gateway_helpers import DASHBOARD, TOOLS, Sent, emit_like_the_gateway_proxy, emit_with_client
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server" / "exporters"))
-from metrics_helpers import Prometheus, wait_for  # noqa: E402
+from metrics_helpers import Prometheus, wait_for
 
-from conftest import free_port, start_collector, stop_collector  # noqa: E402
+from conftest import free_port, start_collector, stop_collector
 
 pytestmark = pytest.mark.slow
 REGISTRY_KEY, AUTH_KEY, SCRAPE_KEY = "workshop-metrics-key-2026", "auth-server-key", "mcpm_gateway-scrape-key"
@@ -54,7 +54,7 @@ def scraped(tmp_path):
                 emit_like_the_gateway_proxy(c.url, AUTH_KEY, part)
                 _merge(sent, part)
                 calls = sum(sent.calls.values())
-                wait_for(lambda: prom.value('sum(mcp_tool_executions_total{method="tools/call"})') == calls,
+                wait_for(lambda calls=calls: prom.value('sum(mcp_tool_executions_total{method="tools/call"})') == calls,
                          f"prometheus to see {calls} tool calls")
             mark = time.time()
             wait_for(lambda: prom.scrapes_after(mark), "one more scrape")
@@ -72,7 +72,7 @@ def test_every_query_of_the_gateways_dashboard_answers(scraped):
     targets = _targets()
     assert len(targets) == 31
     calls_by_tool: dict = {}
-    for (server, tool, _), n in sent.calls.items():
+    for (_server, tool, _), n in sent.calls.items():
         calls_by_tool[(tool,)] = calls_by_tool.get((tool,), 0) + n
     auth_ok = sum(n for (_, _, ok), n in sent.auth.items() if ok)
     exact = {
