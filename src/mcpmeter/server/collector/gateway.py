@@ -388,7 +388,10 @@ async def post_metrics(request: Request) -> Response:
         principal = collector.auth.authenticate(request, "ingest")
     except AuthError as exc:
         reason = getattr(exc, "reason", "")
-        return _detail(exc.status, _AUTH_DETAIL.get(reason, str(exc)))
+        if reason in _AUTH_DETAIL:
+            return _detail(exc.status, _AUTH_DETAIL[reason])
+        # the service has no scopes: a key without `ingest` (403) is told so in both shapes
+        return JSONResponse({"detail": str(exc), "error": str(exc), "hint": exc.hint}, status_code=exc.status)
     except RateLimited as exc:
         limit = collector.config.rate_limit_per_key
         return _detail(429, f"Rate limit exceeded. Limit: {limit} requests/minute",
