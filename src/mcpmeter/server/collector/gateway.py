@@ -84,13 +84,22 @@ def _err(kind: str, loc: list, msg: str, value: Any, **ctx: Any) -> dict[str, An
     return out
 
 
-def _text(obj: dict, name: str, loc: list, errors: list, max_length: int, required: bool = False) -> str | None:
+_ABSENT = object()
+
+
+def _field(obj: dict, name: str, loc: list, errors: list, required: bool) -> Any:
+    """The field's value; ``_ABSENT`` when it is missing (an error if required) or an optional null."""
     if name not in obj:
         if required:
             errors.append(_err("missing", [*loc, name], "Field required", obj))
-        return None
+        return _ABSENT
     value = obj[name]
-    if value is None and not required:
+    return _ABSENT if value is None and not required else value
+
+
+def _text(obj: dict, name: str, loc: list, errors: list, max_length: int, required: bool = False) -> str | None:
+    value = _field(obj, name, loc, errors, required)
+    if value is _ABSENT:
         return None
     if not isinstance(value, str):
         errors.append(_err("string_type", [*loc, name], "Input should be a valid string", value))
@@ -102,12 +111,8 @@ def _text(obj: dict, name: str, loc: list, errors: list, max_length: int, requir
 
 
 def _number(obj: dict, name: str, loc: list, errors: list, required: bool) -> float | None:
-    if name not in obj:
-        if required:
-            errors.append(_err("missing", [*loc, name], "Field required", obj))
-        return None
-    value = obj[name]
-    if value is None and not required:
+    value = _field(obj, name, loc, errors, required)
+    if value is _ABSENT:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         errors.append(_err("float_type", [*loc, name], "Input should be a valid number", value))
