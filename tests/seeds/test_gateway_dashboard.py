@@ -58,6 +58,9 @@ def scraped(tmp_path):
                          f"prometheus to see {calls} tool calls")
             mark = time.time()
             wait_for(lambda: prom.scrapes_after(mark), "one more scrape")
+            # the metrics port is for scrapes: the gateway's API is on the main port only
+            r = httpx.post(f"http://127.0.0.1:{metrics_port}/metrics", json={}, headers={"X-API-Key": REGISTRY_KEY}, timeout=10)
+            assert r.status_code == 404, r.text
             yield prom, sent
     finally:
         stop_collector(c)
