@@ -172,6 +172,8 @@ def project_families(project_name: str, p: ProjectMetrics | None) -> list[Family
     operation duration, and what the project's SDKs reported dropping)."""
     const = (("project", project_name),)
     p = p or ProjectMetrics(0)
+    if p.gateway.compat:  # MCPMETER_METRICS_LABELS=gateway
+        return [*p.gateway.mcp_families(p, const), *_own_families(p, const)]
     return [
         Family("mcp_tool_executions", "Tool calls stored by this collector process (duplicates not counted).",
                "counter", ("server", "tool", "success"), p.tool_calls, const=const),
@@ -188,6 +190,14 @@ def project_families(project_name: str, p: ProjectMetrics | None) -> list[Family
         Family("mcp_protocol_latency_seconds",
                "Time between protocol steps of a session: initialize_to_tools_list, tools_list_to_tools_call, "
                "initialize_to_tools_call.", "histogram", ("server", "step"), p.protocol, GATEWAY_BOUNDS_MS, const),
+        *p.gateway.extra_families(const),
+        *_own_families(p, const),
+    ]
+
+
+def _own_families(p: ProjectMetrics, const: tuple) -> list[Family]:
+    """The convention's operation duration and mcpmeter's own series of a project (both label sets)."""
+    return [
         Family("mcp_server_operation_duration_seconds",
                "MCP request duration as observed by the server (OpenTelemetry MCP semantic conventions).",
                "histogram", ("server", "mcp_method_name", "gen_ai_tool_name", "error_type"), p.operation,
