@@ -314,12 +314,30 @@ _TEXT_FIELDS = ("id", "server", "server_version", "tool", "category", "error_typ
                 "client_name", "client_version", "protocol_version", "transport", "user")  # kind: its pattern has no NUL
 
 
+_MAX_ESCAPES_WALKED = 64  # backslashes looked at one by one; beyond, one search of the whole body
+
+
 def scan(body: bytes) -> tuple[bool, bool]:
     """Whether a JSON body may hold a NUL, and whether it may hold any non-ASCII text: the
-    per-value checks of ``text_problem`` are needed only then. (JSON writes NUL only as the
-    escape ``\\u0000``, and other characters either as themselves or as ``\\u`` escapes.)"""
-    nul = b"\\u0000" in body
-    return nul, nul or b"\\u" in body or not body.isascii()
+    per-value checks of ``text_problem`` are needed only then. JSON writes NUL only as the
+    escape ``\\u0000``, and other characters either as themselves or as ``\\u`` escapes; a body
+    without a backslash (the common case: one memchr) has neither escape."""
+    at = body.find(b"\\")
+    if at < 0:
+        return False, not body.isascii()
+    nul = escaped = False
+    for _ in range(_MAX_ESCAPES_WALKED):
+        if body[at + 1:at + 2] == b"u":
+            escaped = True
+            if body[at + 2:at + 6] == b"0000":
+                nul = True
+                break
+        at = body.find(b"\\", at + 2)  # past the escaped character (an escaped backslash too)
+        if at < 0:
+            return nul, escaped or not body.isascii()
+    else:  # many escapes: search once
+        nul = b"\\u0000" in body
+    return nul, True
 
 
 def text_problem(value: str, where: str, max_bytes: int | None = None) -> str | None:
@@ -334,8 +352,16 @@ def text_problem(value: str, where: str, max_bytes: int | None = None) -> str | 
     return None
 
 
+_NARROW = MAX_KEY_BYTES // 4  # a text of at most this many characters is within MAX_KEY_BYTES whatever they are
+
+
 def _check_texts(event: Event, nul: bool) -> None:
     """What ``text_problem`` says of the event's texts (only run on a body ``scan`` flags)."""
+    tool, client, error, session = event.tool, event.client_name, event.error_type, event.session_id
+    if not nul and len(event.server) <= _NARROW and (tool is None or len(tool) <= _NARROW) and (
+            client is None or len(client) <= _NARROW) and (error is None or len(error) <= _NARROW) and (
+            session is None or len(session) <= _NARROW):
+        return  # the common case: short key texts, no NUL anywhere
     if nul:
         for name in _TEXT_FIELDS:
             value = getattr(event, name)
@@ -387,7 +413,7 @@ def decode_batch(body: bytes, limits: Limits = Limits(), now_ms: int | None = No
     seen: set[str] = set()
     for index, raw in enumerate(parsed):
         try:
-            event = _decode_event(raw) if decoded is None else raw
+            event: Event = _decode_event(raw) if decoded is None else raw  # type: ignore[assignment, arg-type]
             _check(event, limits, now_ms)
             if wide:
                 _check_texts(event, nul)

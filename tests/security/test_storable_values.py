@@ -194,3 +194,19 @@ def test_a_group_commit_that_fails_is_retried_request_by_request(store):
     assert first.accepted == 5 and last.accepted == 7
     assert isinstance(middle, Unstorable) and "nothing of it was stored" in middle.hint
     assert held(store, "b")[0] == 12 and held(store, "a")[0] == 0
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("plain", (False, False)),
+    ("caf\u00e9", (False, True)),  # written as itself: not ASCII
+    ('say "hi"', (False, False)),  # escapes, but no \u
+    ("a\\u0000b", (False, False)),  # an escaped backslash then "u0000": no NUL
+    ("a\x00b", (True, True)),
+    ("\x1f", (False, True)),  # a \u escape (of an ASCII character: still checked)
+    ('"' * 100 + "\x00", (True, True)),  # more escapes than are walked one by one
+])
+def test_the_body_scan_finds_every_nul_and_every_escape(text, expected):
+    from mcpmeter.events import scan
+
+    assert scan(json.dumps([text], ensure_ascii=False).encode()) == expected
+    assert scan(json.dumps([text]).encode())[0] == expected[0]  # ASCII-only JSON: the same NULs
