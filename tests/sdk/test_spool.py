@@ -16,9 +16,10 @@ import pytest
 from conftest import free_port, start_collector, stop_collector
 from foundation_helpers import event
 from mcpmeter import Meter
+from mcpmeter.credentials import key_for
 from mcpmeter.sdk import internal
 from mcpmeter.sdk.sinks import HttpSink
-from mcpmeter.sdk.spool import Spool
+from mcpmeter.sdk.spool import Spool, spool_owner
 from mcpmeter.sdk.transport import HttpTransport
 
 
@@ -155,7 +156,7 @@ def test_a_spooled_batch_the_collector_already_has_counts_once(collector, meters
     assert first.json()["accepted"] == 3
     # the answer was "lost": the SDK spooled the same batch and replays it later
     spool = Spool(tmp_path / "spool.db", 1 << 20)
-    assert spool.put(collector.url, body, 3)
+    assert spool.put(collector.url, spool_owner(key_for(collector.url, "ingest"), None), body, 3)  # this program's own
     spool.close()
     meter = Meter(server="weblab", url=collector.url, spool=tmp_path / "spool.db")
     meters.append(meter)
@@ -172,15 +173,18 @@ def test_a_spooled_batch_the_collector_already_has_counts_once(collector, meters
 def test_the_spool_keeps_batches_per_url_across_reopening(tmp_path):
     path = tmp_path / "spool.db"
     spool = Spool(path, 1 << 20)
-    assert spool.put("http://a", b"one", 3) and spool.put("http://a", b"two", 2) and spool.put("http://b", b"x", 1)
+    a, b = spool_owner("mcpm_a", None), spool_owner("mcpm_b", None)
+    assert spool.put("http://a", a, b"one", 3) and spool.put("http://a", a, b"two", 2)
+    assert spool.put("http://b", a, b"x", 1) and spool.put("http://a", b, b"theirs", 7)
     spool.close()
     again = Spool(path, 1 << 20)
     try:
-        assert (again.pending("http://a"), again.pending("http://b")) == (5, 1)
-        rows = again.oldest("http://a")
+        assert (again.pending("http://a", a), again.pending("http://b", a), again.pending("http://a")) == (5, 1, 12)
+        rows = again.oldest("http://a", a)
         assert [(count, body) for _, count, body in rows] == [(3, b"one"), (2, b"two")]
+        assert [body for _, _, body in again.oldest("http://a", b)] == [b"theirs"]
         again.remove(rows[0][0])
-        assert again.pending("http://a") == 2
+        assert again.pending("http://a", a) == 2
     finally:
         again.close()
 
@@ -188,8 +192,8 @@ def test_the_spool_keeps_batches_per_url_across_reopening(tmp_path):
 def test_a_full_spool_refuses_and_writes_nothing(tmp_path):
     spool = Spool(tmp_path / "spool.db", max_bytes=100)
     try:
-        assert spool.put("http://a", b"x" * 60, 1)
-        assert not spool.put("http://a", b"y" * 60, 1)
+        assert spool.put("http://a", "k", b"x" * 60, 1)
+        assert not spool.put("http://a", "k", b"y" * 60, 1)
         assert spool.pending("http://a") == 1 and spool.size_bytes() == 60
     finally:
         spool.close()
