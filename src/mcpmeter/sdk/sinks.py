@@ -71,7 +71,10 @@ class HttpSink:
         key = api_key or credentials.key_for(url, "ingest")
         self.transport = HttpTransport(url, key, signing_secret=signing_secret)
         self.url = self.transport.url
-        self.owner = spool_owner(key, signing_secret)
+        # Whose the spooled batches are: the key this program was given. Without one, the key a
+        # local `mcpmeter serve` saved for the URL stands for "that collector's default project",
+        # whichever key it saved last, so its batches are that identity too.
+        self.owner = spool_owner(api_key, signing_secret)
         self.stats = stats
         self._spool_path = spool_path
         self._spool_max = spool_max_bytes
