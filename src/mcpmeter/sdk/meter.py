@@ -175,12 +175,16 @@ class Meter:
         """
         sink, url, db, stats = self._sink, self.url, self._db, self.stats
         key, secret, spool, spool_max = self._api_key, self._signing_secret, self._spool_path, self._spool_max
+        # Imported here, in the host's thread: a module the worker thread was importing when the
+        # host forked would stay half-imported in the child for good.
+        from .sinks import HttpSink, LocalSink
+
+        if sink is None and not url:
+            from .. import storage  # noqa: F401  (LocalSink's store, for the same reason)
 
         def make() -> Sink:
             if sink is not None:
                 return sink
-            from .sinks import HttpSink, LocalSink
-
             if url:
                 return HttpSink(url, key, spool, spool_max, stats, secret)
             return LocalSink(db, stats)

@@ -199,9 +199,10 @@ class Worker:
         except Exception as exc:
             good = list(_encodable(batch))
             bad = len(batch) - len(good)
-            if bad:
-                self.stats.drop("unencodable", bad)
-                internal_error(f"{bad} event(s) could not be encoded; dropped", exc)
+            if bad or any(g is not e for g, e in zip(good, batch)):
+                if bad:
+                    self.stats.drop("unencodable", bad)
+                internal_error(f"events that could not be encoded were rebuilt within the limits ({bad} dropped)", exc)
                 if not good:
                     return True
                 try:
