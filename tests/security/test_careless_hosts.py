@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from conftest import ROOT, free_port, start_collector, stop_collector
+from conftest import ROOT, start_collector, stop_collector
 from foundation_helpers import stored_events
 from mcpmeter import Meter
 from mcpmeter.events import Event, event_id
