@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import gzip
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import NamedTuple
 
 import httpx
 import pytest
+from scripted_server import Scripted
 
 from conftest import free_port, start_collector, stop_collector
 from foundation_helpers import event
@@ -199,51 +197,6 @@ def test_a_full_spool_refuses_and_writes_nothing(tmp_path):
 
 
 # ---- retries against a scripted server ----------------------------------------------------------
-
-
-class Hit(NamedTuple):
-    at: float
-    headers: dict[str, str]
-    body: bytes
-
-
-class Scripted:
-    """A tiny real HTTP server answering from a script: [(status, headers, body), ...]."""
-
-    def __init__(self, script: list[tuple[int, dict[str, str], dict]]) -> None:
-        self.script = list(script)
-        self.hits: list[Hit] = []
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                owner.hits.append(Hit(time.monotonic(), {k.lower(): v for k, v in self.headers.items()}, body))
-                status, headers, payload = owner.script.pop(0) if owner.script else (500, {}, {"error": "script ended"})
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                for name, value in {**headers, "Content-Type": "application/json", "Content-Length": str(len(data))}.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def __enter__(self) -> Scripted:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
 
 
 OK = (200, {}, {"accepted": 2, "duplicates": 0, "rejected": []})

@@ -13,12 +13,11 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from scripted_server import Answer, Scripted
 
-from conftest import ROOT, free_port, make_keys, start_collector, stop_collector
+from conftest import ROOT, Keys, free_port, make_keys, start_collector, stop_collector
 from foundation_helpers import event, stored_events
 from mcpmeter import Meter
 from mcpmeter.sdk import internal
@@ -49,16 +48,22 @@ def tools_of(db: str, project: str) -> dict[str, int]:
         store.close()
 
 
+def two_projects(db: str) -> tuple[int, Keys, Keys, dict[str, str], dict[str, str]]:
+    """Projects alpha and beta in the store ``db``, and the environment of a program of each
+    for a collector (not started) on a free port: (port, keys, keys, env, env)."""
+    store = open_store(db)
+    alpha, beta = make_keys(store, "alpha"), make_keys(store, "beta")
+    store.close()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    return (port, alpha, beta, {"MCPMETER_URL": url, "MCPMETER_API_KEY": alpha.ingest},
+            {"MCPMETER_URL": url, "MCPMETER_API_KEY": beta.ingest})
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_two_projects_on_one_machine_each_get_only_their_own_spooled_calls(backend, tmp_path):
     with store_location(backend, tmp_path) as db:
-        store = open_store(db)
-        alpha, beta = make_keys(store, "alpha"), make_keys(store, "beta")
-        store.close()
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        a = {"MCPMETER_URL": url, "MCPMETER_API_KEY": alpha.ingest}
-        b = {"MCPMETER_URL": url, "MCPMETER_API_KEY": beta.ingest}
+        port, _, _, a, b = two_projects(db)
 
         # The collector is down: both programs spool into the one spool of this home.
         assert run_host(a, "alpha-server", "alpha_tool", "5")["stats"]["spooled"] == 5
@@ -81,13 +86,8 @@ def test_two_projects_on_one_machine_each_get_only_their_own_spooled_calls(backe
 
 def test_a_batch_whose_key_was_revoked_is_kept_reported_and_never_sent_with_another_key(tmp_path):
     db = str(tmp_path / "collector.db")
-    store = open_store(db)
-    alpha, beta = make_keys(store, "alpha"), make_keys(store, "beta")
-    store.close()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    a = {"MCPMETER_URL": url, "MCPMETER_API_KEY": alpha.ingest}
-    b = {"MCPMETER_URL": url, "MCPMETER_API_KEY": beta.ingest}
+    port, alpha, beta, a, b = two_projects(db)
+    url = a["MCPMETER_URL"]
     assert run_host(a, "alpha-server", "alpha_tool", "4")["stats"]["spooled"] == 4
     store = open_store(db)
     assert store.revoke_key(store.project_by_name("alpha").id, "alpha-ingest") == 1
@@ -159,44 +159,25 @@ def test_a_batch_the_collector_refuses_with_a_4xx_is_dropped_once_and_later_ones
 
 
 class Poisoning:
-    """A real HTTP server that stores every batch except those holding a tool named "poison",
-    for which it answers 500 (as a store that cannot hold one value does)."""
+    """Stores every batch except those holding a tool named "poison", for which it answers
+    500 (as a store that cannot hold one value does); a real HTTP server (``Scripted``)."""
 
     def __init__(self) -> None:
         self.stored: list[str] = []
         self.poison_hits = 0
-        owner = self
+        self.scripted = Scripted(answer=self._answer).__enter__()
+        self.url = self.scripted.url
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self):
-                batch = json.loads(gzip.decompress(self.rfile.read(int(self.headers["Content-Length"]))))
-                tools = [e.get("tool") for e in batch]
-                if "poison" in tools:
-                    owner.poison_hits += 1
-                    status, answer = 500, {"error": "cannot store"}
-                else:
-                    owner.stored.extend(t for t in tools if t)
-                    status, answer = 200, {"accepted": len(batch), "duplicates": 0, "rejected": []}
-                data = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
+    def _answer(self, body: bytes) -> Answer:
+        tools = [e.get("tool") for e in json.loads(body)]
+        if "poison" in tools:
+            self.poison_hits += 1
+            return 500, {}, {"error": "cannot store"}
+        self.stored.extend(t for t in tools if t)
+        return 200, {}, {"accepted": len(tools), "duplicates": 0, "rejected": []}
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self.scripted.__exit__(None, None, None)
 
 
 def test_a_spooled_batch_that_keeps_failing_never_holds_up_the_ones_behind_it(tmp_path):
