@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .. import settings
 from ..events import MAX_ERROR_MESSAGE, Event, clip_text, new_event
@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     from .worker import Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
+# A queued tool call: (tool, category, start, duration, error type, error message); the worker makes it an event.
+_Call = tuple[str, str | None, float, float, str | None, str | None]
 _clock = time.perf_counter
 
 
@@ -153,7 +155,7 @@ class Meter:
         self._db = db
         self._spool_path = Path(spool) if spool else spool_path()
         self._spool_max = _setting("MCPMETER_SPOOL_MAX_MB") * 1024 * 1024
-        self._queue: deque[Any] = deque()
+        self._queue: deque[_Call | Event] = deque()
         self._worker: Worker | None = None
         if not self.disabled:
             self._start()
@@ -247,7 +249,7 @@ class Meter:
                     stats.drop("queue_full")
                 return result
 
-            return async_wrapper  # type: ignore[return-value]
+            return cast(F, async_wrapper)
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -263,7 +265,7 @@ class Meter:
                 stats.drop("queue_full")
             return result
 
-        return wrapper  # type: ignore[return-value]
+        return cast(F, wrapper)
 
     def instrument(self, server: Any, **options: Any) -> Any:
         """Record every request an MCP server handles, with one line; returns ``server``.
