@@ -8,7 +8,8 @@ context FastMCP binds for every request, so the fields match the mcp integration
 
 from __future__ import annotations
 
-from typing import Any
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
 
 from fastmcp.server.middleware import Middleware
 
@@ -33,6 +34,7 @@ from ...protocol import (
 )
 from ._common import (
     Recorder,
+    UserResolver,
     _perf,
     _wall,
     failure_of,
@@ -43,6 +45,10 @@ from ._common import (
     tool_name,
 )
 
+if TYPE_CHECKING:
+    from ..meter import Meter
+
+fastmcp_request_ctx: ContextVar[Any] | None
 try:
     from fastmcp.server.dependencies import fastmcp_request_ctx
 except ImportError:  # pragma: no cover - older FastMCP: no request fields, calls still recorded
@@ -73,7 +79,7 @@ class MeterMiddleware(Middleware):
         self.recorder = recorder
 
     @property
-    def meter(self):
+    def meter(self) -> Meter:
         return self.recorder.meter
 
     async def on_call_tool(self, context: Any, call_next: Any) -> Any:
@@ -127,7 +133,7 @@ class MeterMiddleware(Middleware):
         """The arguments and result contents, when the owner asked for them."""
         recorder = self.recorder
         arguments = getattr(message, "arguments", None)
-        attributes = None
+        attributes: dict[str, Any] | None = None
         if recorder._capture_args and arguments:
             attributes = {"arguments": recorder.capture(arguments)}
         if recorder._capture_results and result is not None:
@@ -181,7 +187,8 @@ class MeterMiddleware(Middleware):
             _internal(exc)
         return result
 
-    def _emit(self, kind, method, wall, duration, result, outcome_class: str, **kw) -> None:
+    def _emit(self, kind: str, method: str, wall: float, duration: float, result: Any, outcome_class: str,
+              **kw: Any) -> None:
         recorder = self.recorder
         srctx = _srctx()
         fields = recorder.context_fields(srctx, srctx.params if srctx else None)
@@ -206,7 +213,7 @@ def _internal(exc: BaseException) -> None:
     internal_error("recording an instrumented request failed", exc)
 
 
-def install(meter, server: Any, *, user=None, user_header: str | None = None) -> Any:
+def install(meter: Meter, server: Any, *, user: UserResolver | None = None, user_header: str | None = None) -> Any:
     """Add the meter's middleware to a FastMCP server, outermost (idempotent)."""
     chain = server.middleware
     if any(isinstance(m, MeterMiddleware) and m.meter is meter for m in chain):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextvars
 import functools
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
@@ -46,6 +46,7 @@ from ...protocol import (
 )
 from ._common import (
     Recorder,
+    UserResolver,
     _perf,
     _wall,
     failure_of,
@@ -55,6 +56,9 @@ from ._common import (
     tool_failure,
     tool_name,
 )
+
+if TYPE_CHECKING:
+    from ..meter import Meter
 
 # The exception a wrapped MCPServer.call_tool raised during the current request.
 _tool_exception: contextvars.ContextVar[BaseException | None] = contextvars.ContextVar(
@@ -73,7 +77,7 @@ class MeterMiddleware:
         self.tool_exists = tool_exists  # MCPServer answers an unknown tool with isError: it is the caller's error
 
     @property
-    def meter(self):
+    def meter(self) -> Meter:
         return self.recorder.meter
 
     async def __call__(self, ctx: Any, call_next: Any) -> Any:
@@ -165,7 +169,7 @@ class MeterMiddleware:
 
     def _tool_event(self, ctx: Any, logical: Logical, now: float, result: Any, raised: BaseException | None) -> None:
         recorder = self.recorder
-        attributes = None
+        attributes: dict[str, Any] | None = None
         if recorder._capture_args:
             arguments = (ctx.params or {}).get("arguments")
             if arguments:
@@ -217,7 +221,7 @@ class MeterMiddleware:
             _internal(exc)
         return result
 
-    def _emit(self, kind, wall, start, ctx, **kw) -> None:
+    def _emit(self, kind: str, wall: float, start: float, ctx: Any, **kw: Any) -> None:
         try:
             self.recorder.emit(kind, wall, _perf() - start, self.recorder.context_fields(ctx, ctx.params), **kw)
         except Exception as exc:
@@ -258,7 +262,7 @@ def _wrap_call_tool(server: Any) -> None:
     server.call_tool = call_tool
 
 
-def install(meter, server: Any, *, user=None, user_header: str | None = None) -> Any:
+def install(meter: Meter, server: Any, *, user: UserResolver | None = None, user_header: str | None = None) -> Any:
     """Add the meter's middleware to an mcp ``Server`` or ``MCPServer`` (idempotent)."""
     from mcp.server.lowlevel import Server
     from mcp.server.mcpserver import MCPServer
