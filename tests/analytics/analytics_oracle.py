@@ -36,6 +36,15 @@ SERVERS = {
     "time": ["get_current_time", "convert_time"],
 }
 NEVER_CALLED = {"weblab": "weblab_admin"}  # listed in the catalog, never called
+# Each tool's category as @meter.tool records it (None: recorded without one, as the proxy does).
+CATEGORIES = {
+    ("weblab", "search"): "read", ("weblab", "details"): "read", ("weblab", "allocations"): "write",
+    ("weblab", "weblab_admin"): "admin", ("archon", "search"): "read", ("archon", "rag_query"): "read",
+    ("archon", "create_task"): "write", ("time", "get_current_time"): "time", ("time", "convert_time"): "time",
+}
+RENAMED = ("archon", "create_task", "tasks")  # recorded as "tasks" before 30 days ago, then as its category above
+UNKNOWN_TOOL = "delete_everything"  # a tool clients try that no server has
+ACTIONS = ("page_view", "installation")  # other usage actions a directory records
 CLIENTS = [("claude-code", "2.1.0"), ("claude-code", "2.2.0"), ("cursor", "1.7.2"), ("vscode-copilot", None), (None, None)]
 PROTOCOLS = ["2025-06-18", "2025-11-25", None]
 ERRORS = ["TimeoutError", "ValidationError", "PermissionError", None]
@@ -71,8 +80,16 @@ def generate(seed: int, now_ms: int, sessions: int = 900, users: int = 60) -> li
         events.append({k: v for k, v in fields.items() if v is not None})
 
     def listing(server: str, ts: int) -> None:
-        for tool in SERVERS[server]:
-            emit(kind="tool_listed", ts=at(ts), server=server, tool=tool)
+        for tool in SERVERS[server]:  # definitions grew 20 days ago: the size of the last listing counts
+            size = 100 + 37 * len(tool) + (50 if ts > now_ms - 20 * DAY else 0)
+            emit(kind="tool_listed", ts=at(ts), server=server, tool=tool, result_bytes=size)
+
+    def category(server: str, tool: str, ts: int) -> str | None:
+        if rng.random() < 0.3:
+            return None
+        if (server, tool) == RENAMED[:2] and ts < now_ms - 30 * DAY:
+            return RENAMED[2]
+        return CATEGORIES.get((server, tool))
 
     def start_time() -> int:
         r = rng.random()
@@ -112,16 +129,28 @@ def generate(seed: int, now_ms: int, sessions: int = 900, users: int = 60) -> li
         for _ in range(rng.choice([0, 1, 2, 3, 5, 8, 13])):
             t += rng.randrange(50, 600_000)
             tool = rng.choice([x for x in SERVERS[server] if x != NEVER_CALLED.get(server)])
-            call = dict(kind="tool_call", ts=at(t), tool=tool, duration_ms=_duration(rng), **common, **who(),
-                        args_bytes=rng.randrange(2, 500))
+            ts = at(t)
+            call = dict(kind="tool_call", ts=ts, tool=tool, duration_ms=_duration(rng), **common, **who(),
+                        args_bytes=rng.randrange(2, 500), category=category(server, tool, ts))
             r = rng.random()
-            if r < 0.06:  # failed, with a type
+            if r < 0.03:  # a caller error: the tool does not exist (-32602, as a capture path records it)
+                call.update(tool=UNKNOWN_TOOL, category=None, ok=False, error_type="invalid_params",
+                            attributes={"mcp.outcome": "caller_error"})
+            elif r < 0.05:  # a caller error on a real tool (bad arguments)
+                call.update(ok=False, error_type="invalid_params", attributes={"mcp.outcome": "caller_error"})
+            elif r < 0.07:  # cancelled by the client: neither ok nor failed
+                call.update(error_type="cancelled", attributes={"mcp.outcome": "cancelled", "reason": "client_disconnected"})
+            elif r < 0.08:  # the server went away: a server error whatever its name says
+                call.update(ok=False, error_type="server_exited", attributes={"mcp.outcome": "server_error"})
+            elif r < 0.09:  # isError, as the proxy records it
+                call.update(ok=False, error_type="tool_error", attributes={"mcp.outcome": "tool_error", "mcp.rounds": 2})
+            elif r < 0.15:  # failed, with a type
                 call.update(ok=False, error_type=rng.choice(ERRORS[:3]), error_message="boom " * rng.choice([1, 3, 300]))
-            elif r < 0.08:  # failed without a type: grouped as "error"
+            elif r < 0.17:  # failed without a type: grouped as "error"
                 call.update(ok=False)
-            elif r < 0.10:  # error_type without `ok`: counted as failed
+            elif r < 0.19:  # error_type without `ok`: counted as failed
                 call.update(error_type="TimeoutError")
-            elif r < 0.12:
+            elif r < 0.21:
                 pass  # no `ok`, no error: a success
             else:
                 call.update(ok=True)
@@ -130,12 +159,25 @@ def generate(seed: int, now_ms: int, sessions: int = 900, users: int = 60) -> li
             listing(server, t + rng.randrange(1, 5000))
         if rng.random() < 0.3:
             emit(kind="session_end", ts=at(t + rng.randrange(1, 5000)), **common)
+    for _ in range(sessions // 3):  # other usage actions, and protocol requests that are none
+        kind = rng.choice([*ACTIONS, "page_view", "resources/read", "ping"])
+        emit(kind=kind, ts=at(start_time()), server=rng.choice(list(SERVERS)),
+             user=rng.choice(people) if rng.random() < 0.8 else None, ok=True if kind == "ping" else None)
+    for i in range(sessions // 10):  # 2026-07-28 without sessions: a user (or nobody) followed by requests
+        server = rng.choice(list(SERVERS))
+        user = rng.choice(people) if rng.random() < 0.7 else None
+        client = rng.choice(["claude-code", "crawler-bot", None])
+        t = start_time()
+        emit(kind="initialize", ts=at(t), server=server, user=user, client_name=client, ok=True,
+             attributes={"mcp.method.name": "server/discover"})
+        emit(kind="list_tools", ts=at(t + rng.randrange(1, 2000)), server=server, user=user, client_name=client, ok=True)
     for _ in range(sessions // 6):  # calls without a session (e.g. the SDK without session ids)
         server = rng.choice(list(SERVERS))
         client, version = rng.choice(CLIENTS)
         failed = rng.random() < 0.1
-        emit(kind="tool_call", ts=at(start_time()), server=server,
-             tool=rng.choice([x for x in SERVERS[server] if x != NEVER_CALLED.get(server)]),
+        tool = rng.choice([x for x in SERVERS[server] if x != NEVER_CALLED.get(server)])
+        ts = at(start_time())
+        emit(kind="tool_call", ts=ts, server=server, tool=tool, category=category(server, tool, ts),
              duration_ms=_duration(rng), ok=not failed, error_type=rng.choice(ERRORS) if failed else None,
              client_name=client, client_version=version, user=rng.choice(people))
     return events
@@ -187,18 +229,44 @@ class Ev(NamedTuple):
     error_message: str | None
     session: str | None
     user: str | None
+    category: str | None
+    size: int | None  # result_bytes
+    outcome: str
+
+
+CALLER = {"parse_error", "invalid_request", "method_not_found", "invalid_params", "resource_not_found"}
+SERVER_NAMES = {"error", "internal_error", "header_mismatch", "missing_required_client_capability",
+                "unsupported_protocol_version", "url_elicitation_required", "jsonrpc_error"}
+ERROR_OUTCOMES = ("tool_error", "server_error", "caller_error")
+
+
+def outcome_by_hand(ok: bool | None, error_type: str | None, attributes: dict | None) -> str:
+    """The documented rule (docs/analytics.md): the recorded mcp.outcome, else from ok and error_type."""
+    recorded = (attributes or {}).get("mcp.outcome")
+    if recorded in ("ok", *ERROR_OUTCOMES, "cancelled"):
+        return recorded
+    if error_type == "cancelled":
+        return "cancelled"
+    if ok or (ok is None and error_type is None):
+        return "ok"
+    if error_type in CALLER:
+        return "caller_error"
+    if error_type is None or error_type in SERVER_NAMES or error_type.lstrip("-").isdigit():
+        return "server_error"
+    return "tool_error"
 
 
 def normalise(event: dict) -> Ev:
     ok = event.get("ok")
-    if ok is None and event["kind"] == "tool_call":
+    if ok is None and event["kind"] == "tool_call" and event.get("error_type") != "cancelled":
         ok = event.get("error_type") is None
     message = event.get("error_message")
     if message is not None and len(message) > MAX_ERROR_MESSAGE:
         message = message[: MAX_ERROR_MESSAGE - 1] + "…"
     return Ev(event["kind"], event["ts"], event["server"], event.get("tool"), event.get("client_name"),
               event.get("client_version"), event.get("protocol_version"), event.get("duration_ms"), ok,
-              event.get("error_type"), message, event.get("session_id"), event.get("user"))
+              event.get("error_type"), message, event.get("session_id"), event.get("user"), event.get("category"),
+              event.get("result_bytes"), outcome_by_hand(ok, event.get("error_type"), event.get("attributes")))
 
 
 class Window(NamedTuple):
@@ -227,10 +295,12 @@ class Filters(NamedTuple):
     server: str | None = None
     tool: str | None = None
     client: str | None = None
+    category: str | None = None
 
-    def match(self, e: Ev) -> bool:
+    def match(self, e: Ev, category_of: dict | None = None) -> bool:
         return ((self.server is None or e.server == self.server) and (self.tool is None or e.tool == self.tool)
-                and (self.client is None or e.client == self.client))
+                and (self.client is None or e.client == self.client)
+                and (self.category is None or (category_of or {}).get((e.server, e.tool)) == self.category))
 
 
 class Oracle:
@@ -250,12 +320,22 @@ class Oracle:
         for e in self.events:
             if e.session and e.kind != "tool_listed":
                 self.sessions[e.session].append(e)
+        # A tool's category: the one of its latest event that has one (on equal times the larger).
+        latest: dict[tuple, tuple] = {}
+        for e in self.events:
+            if e.category is not None and e.tool is not None:
+                key = (e.server, e.tool)
+                latest[key] = max(latest.get(key, (e.ts, e.category)), (e.ts, e.category))
+        self.category_of = {k: c for k, (_, c) in latest.items()}
+
+    def match(self, e: Ev, f: Filters) -> bool:
+        return f.match(e, self.category_of)
 
     def between(self, start: int, end: int) -> list[Ev]:
         return self.events[bisect.bisect_left(self.times, start):bisect.bisect_left(self.times, end)]
 
     def calls_in(self, w: Window, f: Filters) -> list[Ev]:
-        return [e for e in self.between(w.start, w.end) if e.kind == "tool_call" and f.match(e)]
+        return [e for e in self.between(w.start, w.end) if e.kind == "tool_call" and self.match(e, f)]
 
     # -- summary --
 
@@ -274,16 +354,16 @@ class Oracle:
             "from": iso(w.start), "to": iso(w.end), "grain": "hour" if w.grain_ms == HOUR else "day",
             "filters": f._asdict(),
             "users": len(users), "new_users": new, "returning_users": len(users) - new,
-            "calls": len(calls), "errors": _errors(calls), "success_rate": sr, "latency_ms": _latency(calls),
+            "calls": len(calls), **_outcome_figures(calls), "latency_ms": _latency(calls),
             "calls_last_7d": len(self.calls_in(Window(week_end - 7 * DAY, week_end, DAY), f)),
             "tools": [  # the top ten
                 {"server": s, "tool": t, "calls": len(es), "share": round(len(es) / len(calls), 4), "errors": _errors(es),
-                 "success_rate": _success_rate(es), "users": _users(es),
+                 "failures": _failures(es), "success_rate": _success_rate(es), "users": _users(es),
                  **{f"p{q}_ms": Pct(_pct(_durations(es), q)) for q in (50, 95, 99)}}
                 for (s, t), es in ranked[:10]
             ],
             "previous": {"from": iso(w.previous().start), "to": iso(w.previous().end), "users": len(prev_users),
-                         "calls": len(prev), "errors": _errors(prev), "success_rate": prev_sr,
+                         "calls": len(prev), "errors": _errors(prev), "failures": _failures(prev), "success_rate": prev_sr,
                          "latency_ms": _latency(prev)},
             "change": {"users": _change(len(users), len(prev_users)), "calls": _change(len(calls), len(prev)),
                        "success_rate": None if sr is None or prev_sr is None else round(sr - prev_sr, 4),
@@ -303,16 +383,30 @@ class Oracle:
             if e.kind in ("tool_call", "tool_listed") and e.tool and (f.server is None or e.server == f.server):
                 span = catalog.setdefault((e.server, e.tool), [e.ts, e.ts])
                 span[1] = e.ts
+        definition = self.definitions()
         rows = [
-            {"server": s, "tool": t, "calls": len(es), "share": round(len(es) / len(calls), 4), "errors": _errors(es),
-             "error_rate": round(_errors(es) / len(es), 4), "success_rate": _success_rate(es), "users": _users(es),
-             "latency_ms": _latency(es), "last_used": iso(last_call[(s, t)])}
+            {"server": s, "tool": t, "category": self.category_of.get((s, t)), "calls": len(es),
+             "share": round(len(es) / len(calls), 4), **_outcome_figures(es),
+             "error_rate": round(_errors(es) / len(es), 4), "users": _users(es),
+             "latency_ms": _latency(es), "last_used": iso(last_call[(s, t)]), **_cost(definition.get((s, t)))}
             for (s, t), es in sorted(per_tool.items(), key=lambda kv: (-len(kv[1]), kv[0]))
         ]
-        never = [{"server": s, "tool": t, "first_seen": iso(a), "last_seen": iso(b)}
+        never = [{"server": s, "tool": t, "category": self.category_of.get((s, t)), "first_seen": iso(a), "last_seen": iso(b),
+                  "listed": (s, t) in definition, **_cost(definition.get((s, t)))}
                  for (s, t), (a, b) in sorted(catalog.items())
-                 if (s, t) not in per_tool and (f.tool is None or t == f.tool)]
+                 if (s, t) not in per_tool and (f.tool is None or t == f.tool)
+                 and (f.category is None or self.category_of.get((s, t)) == f.category)]
         return {**self._describe(w, f), "calls": len(calls), "tools": rows, "never_called": never}
+
+    def definitions(self) -> dict[tuple, tuple[int, int | None]]:
+        """(server, tool) -> (last listing's ts, the definition's size then)."""
+        out: dict[tuple, tuple[int, int | None]] = {}
+        for e in self.events:
+            if e.kind == "tool_listed":
+                before = out.get((e.server, e.tool))
+                if before is None or e.ts > before[0]:
+                    out[(e.server, e.tool)] = (e.ts, e.size)
+        return out
 
     # -- timeseries --
 
@@ -326,8 +420,9 @@ class Oracle:
             es = per_bucket.get(bucket, [])
             durations = _durations(es)
             points.append({
-                "t": iso(bucket), "calls": len(es), "errors": _errors(es), "success_rate": _success_rate(es),
-                "users": _users(es), "p50_ms": Pct(_pct(durations, 50)), "p95_ms": Pct(_pct(durations, 95)),
+                "t": iso(bucket), "calls": len(es), "errors": _errors(es), "failures": _failures(es),
+                "caller_errors": _count(es, "caller_error"), "cancelled": _count(es, "cancelled"),
+                "success_rate": _success_rate(es), "users": _users(es), "p50_ms": Pct(_pct(durations, 50)), "p95_ms": Pct(_pct(durations, 95)),
                 "p99_ms": Pct(_pct(durations, 99)),
                 "by_tool": {t: n for t in top if (n := sum(1 for e in es if e.tool == t))},
             })
@@ -354,17 +449,28 @@ class Oracle:
     # -- errors --
 
     def errors(self, w: Window, f: Filters, samples: int = 20) -> dict:
-        failed = [e for e in self.between(w.start, w.end) if e.ok is False and e.kind != "tool_listed" and f.match(e)]
-        groups = _group(failed, lambda e: (e.server, e.tool or "", e.error_type or "error"))
+        failed = [e for e in self.between(w.start, w.end)
+                  if e.outcome in ERROR_OUTCOMES and e.kind != "tool_listed" and self.match(e, f)]
+        groups = _group(failed, lambda e: (e.server, e.tool or "", e.error_type or "error", e.outcome))
         ranked = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
-        recent = sorted(failed, key=lambda e: -e.ts)[:samples]
+        recent = sorted((e for e in failed if e.ok is False), key=lambda e: -e.ts)[:samples]
+        listed: dict[str, set] = defaultdict(set)
+        for e in self.events:
+            if e.kind == "tool_listed" and (f.server is None or e.server == f.server):
+                listed[e.server].add(e.tool)
+        unknown = _group([e for e in failed if e.outcome == "caller_error" and e.error_type == "invalid_params" and e.tool
+                          and e.server in listed and e.tool not in listed[e.server]], lambda e: (e.server, e.tool))
         return {
             **self._describe(w, f), "errors": len(failed),
-            "types": [{"server": s, "tool": t or None, "error_type": et, "count": len(es),
+            "outcomes": {o: sum(1 for e in failed if e.outcome == o) for o in ERROR_OUTCOMES},
+            "types": [{"server": s, "tool": t or None, "error_type": et, "outcome": o, "count": len(es),
                        "share": round(len(es) / len(failed), 4), "last_seen": iso(max(e.ts for e in es))}
-                      for (s, t, et), es in ranked],
+                      for (s, t, et, o), es in ranked],
+            "unknown_tools": [{"server": s, "tool": t, "calls": len(es), "last_seen": iso(max(e.ts for e in es))}
+                              for (s, t), es in sorted(unknown.items(), key=lambda kv: (-len(kv[1]), kv[0]))],
             "recent": [{"ts": iso(e.ts), "kind": e.kind, "server": e.server, "tool": e.tool, "error_type": e.error_type,
-                        "error_message": e.error_message, "client": e.client, "session_id": e.session} for e in recent],
+                        "outcome": e.outcome, "error_message": e.error_message, "client": e.client, "session_id": e.session}
+                       for e in recent],
         }
 
     # -- sessions and clients --
@@ -385,7 +491,8 @@ class Oracle:
                  "list": min((e.ts for e in es if e.kind == "list_tools"), default=None),
                  "call": min((e.ts for e in es if e.kind == "tool_call"), default=None)}
             if ((f.server is None or s["server"] == f.server) and (f.client is None or s["client"] == f.client)
-                    and (f.tool is None or f.tool in s["tools"])):
+                    and (f.tool is None or f.tool in s["tools"])
+                    and (f.category is None or any(self.category_of.get((s["server"], t)) == f.category for t in s["tools"]))):
                 out.append(s)
         return out
 
@@ -400,7 +507,8 @@ class Oracle:
         return {
             **self._describe(w, f),
             "clients": [{"client": c or "unknown", "calls": len(es), "share": round(len(es) / len(calls), 4),
-                         "errors": _errors(es), "users": _users(es)}
+                         "errors": _errors(es), "failures": _failures(es), "success_rate": _success_rate(es),
+                         "users": _users(es)}
                         for c, es in sorted(per_client.items(), key=lambda kv: (-len(kv[1]), kv[0]))],
             "versions": [{"client": c or "unknown", "version": v or None, "sessions": n}
                          for (c, v), n in sorted(versions.items(), key=lambda kv: (-kv[1], kv[0]))],
@@ -444,8 +552,16 @@ def _first(values: Iterable[Any]) -> Any:
     return next((v for v in values if v is not None), None)
 
 
+def _count(events: list[Ev], outcome: str) -> int:
+    return sum(1 for e in events if e.outcome == outcome)
+
+
 def _errors(events: list[Ev]) -> int:
-    return sum(1 for e in events if e.ok is False)
+    return sum(1 for e in events if e.outcome in ERROR_OUTCOMES)
+
+
+def _failures(events: list[Ev]) -> int:
+    return _count(events, "tool_error") + _count(events, "server_error")
 
 
 def _users(events: list[Ev]) -> int:
@@ -453,7 +569,19 @@ def _users(events: list[Ev]) -> int:
 
 
 def _success_rate(events: list[Ev]) -> float | None:
-    return round((len(events) - _errors(events)) / len(events), 4) if events else None
+    """ok / (ok + tool errors + server errors)."""
+    judged = _count(events, "ok") + _failures(events)
+    return round(_count(events, "ok") / judged, 4) if judged else None
+
+
+def _outcome_figures(events: list[Ev]) -> dict:
+    return {"errors": _errors(events), "failures": _failures(events), "success_rate": _success_rate(events),
+            "outcomes": {o: _count(events, o) for o in ("ok", "tool_error", "server_error", "caller_error", "cancelled")}}
+
+
+def _cost(definition: tuple[int, int | None] | None) -> dict:
+    size = definition[1] if definition else None
+    return {"definition_bytes": size, "definition_tokens": None if size is None else math.ceil(size / 4)}
 
 
 def _change(now: float, before: float) -> float | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from analytics_oracle import DAY, HOUR, Filters, Oracle, generate, ingest, pct_ok, same, window_of
+from analytics_oracle import DAY, HOUR, Filters, Oracle, Window, generate, ingest, pct_ok, same, window_of
 
 from mcpmeter.analytics import queries
 from mcpmeter.analytics.periods import window
@@ -52,6 +52,10 @@ FILTERS = {
     "server+client": Filters(server="weblab", client="claude-code"),
     "server+tool+client": Filters(server="weblab", tool="details", client="claude-code"),
     "nothing matches": Filters(server="nope"),
+    "category": Filters(category="read"),
+    "server+category": Filters(server="archon", category="write"),
+    "category+client": Filters(category="time", client="cursor"),
+    "a category no tool has any more": Filters(category="tasks"),
 }
 
 
@@ -85,6 +89,13 @@ def test_the_data_covers_what_the_checks_need(data):
     assert sum(1 for e in oracle.calls if e.ok is False) >= 100
     durations = [e.duration for e in oracle.calls if e.duration is not None]
     assert min(durations) < 0.01 and max(durations) > 1000
+    outcomes = {o: sum(1 for e in oracle.calls if e.outcome == o) for o in ("tool_error", "server_error", "caller_error", "cancelled")}
+    assert min(outcomes.values()) >= 30, outcomes
+    assert any(e.error_type == "server_exited" and e.outcome == "server_error" for e in oracle.calls)  # the attribute decides
+    for name in ("category", "server+category", "category+client"):
+        assert oracle.calls_in(Window(NOW - 90 * DAY, NOW, DAY), FILTERS[name]), name
+    assert not oracle.calls_in(Window(NOW - 90 * DAY, NOW, DAY), FILTERS["a category no tool has any more"])
+    assert any(e.category == "tasks" for e in oracle.calls)
 
 
 @pytest.mark.parametrize("period", PERIODS)

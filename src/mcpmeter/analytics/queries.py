@@ -12,8 +12,9 @@ import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from ..protocol import OUTCOME_CALLER_ERROR, OUTCOME_SERVER_ERROR, OUTCOME_TOOL_ERROR, UNKNOWN_TOOL
 from ..storage.base import EventFilter, Store
-from ..storage.rollup import Cell
+from ..storage.rollup import Cell, outcome_class
 from .periods import DAY_MS, Window, align, iso
 
 TOP_TOOLS = 10
@@ -25,6 +26,7 @@ class Query(NamedTuple):
     server: str | None = None
     tool: str | None = None
     client: str | None = None
+    category: str | None = None
 
     @property
     def dimensions(self) -> dict[str, str | None]:
@@ -61,8 +63,21 @@ def aggregate_cells(cells: Sequence[tuple], key: Sequence[int] = ()) -> dict[tup
         agg = out.get(k)
         if agg is None:
             agg = out[k] = Agg()
-        agg.add_cell(*cell[5:12])
+        agg.add_cell(*cell[5:15])
     return out
+
+
+def outcome_figures(a: Agg) -> dict[str, Any]:
+    """What every answer says of a set of calls' outcomes: errors (tool, server and caller
+    errors), failures (tool and server errors: what the success rate counts against), the
+    success rate, and the calls per outcome class."""
+    return {"errors": a.errors, "failures": a.failures, "success_rate": a.success_rate, "outcomes": a.outcomes()}
+
+
+def tokens(size: int | None) -> int | None:
+    """An estimate of the tokens a text of ``size`` bytes costs a model: bytes / 4, rounded up
+    (the usual rule of thumb for English and JSON; no tokenizer is applied)."""
+    return None if size is None else -(-size // 4)
 
 
 # Positions in a cell row: (bucket, kind, server, tool, client, ...)
@@ -74,8 +89,7 @@ def _totals(store: Store, q: Query, new_users: bool = True) -> tuple[Agg, dict[t
     per_tool = aggregate_cells(cells, (SERVER, TOOL))
     total = Agg()
     for agg in per_tool.values():
-        total.add_cell(agg.calls, agg.errors, agg.dur_count, agg.dur_sum, agg.dur_min, agg.dur_max, None)
-        total.hist.add_sum(agg.hist)
+        total.merge(agg)
     users = store.users(q.filter, q.window.grain)[0][0]
     new = store.new_users(q.filter, q.window.grain) if users and new_users else 0
     return total, per_tool, users, new, cells
@@ -103,19 +117,18 @@ def summary(store: Store, q: Query) -> dict[str, Any]:
         "new_users": new,
         "returning_users": users - new,
         "calls": total.calls,
-        "errors": total.errors,
-        "success_rate": total.success_rate,
+        **outcome_figures(total),
         "latency_ms": latency,
         "calls_last_7d": calls_7d,
         "tools": [  # the top tools
             {"server": s, "tool": t, "calls": a.calls, "share": round(a.calls / total.calls, 4) if total.calls else 0.0,
-             "errors": a.errors, "success_rate": a.success_rate, "users": tool_users.get((s, t), 0),
+             "errors": a.errors, "failures": a.failures, "success_rate": a.success_rate, "users": tool_users.get((s, t), 0),
              **{f"{k}_ms": v for k, v in a.latency().items() if k in ("p50", "p95", "p99")}}
             for (s, t), a in ranked[:TOP_TOOLS]
         ],
         "previous": {"from": iso(q.window.previous().start_ms), "to": iso(q.window.previous().end_ms),
                      "users": prev_users, "calls": prev_total.calls, "errors": prev_total.errors,
-                     "success_rate": prev_total.success_rate, "latency_ms": prev_latency},
+                     "failures": prev_total.failures, "success_rate": prev_total.success_rate, "latency_ms": prev_latency},
         "change": {
             "users": _change(users, prev_users),
             "calls": _change(total.calls, prev_total.calls),
@@ -131,21 +144,29 @@ def tools(store: Store, q: Query) -> dict[str, Any]:
     per_tool = aggregate_cells(store.tool_cells(q.filter, q.window.grain), (SERVER, TOOL))
     total = sum(a.calls for a in per_tool.values())
     tool_users = {(s, t): n for s, t, n in store.users(q.filter, q.window.grain, ("server", "tool"))}
-    catalog = {(s, t): (first, last) for s, t, first, last in store.catalog(q.project_id, q.server)}
-    last_called = {(s, t): ts for s, t, ts in store.last_calls(q.project_id, q.server)}
+    catalog = {(r[0], r[1]): r for r in store.tool_catalog(q.project_id, q.server)}
     rows = []
     for (s, t), a in sorted(per_tool.items(), key=lambda kv: (-kv[1].calls, kv[0])):
+        entry = catalog.get((s, t))
         rows.append({
-            "server": s, "tool": t, "calls": a.calls, "share": round(a.calls / total, 4) if total else 0.0,
-            "errors": a.errors, "error_rate": round(a.errors / a.calls, 4) if a.calls else None,
-            "success_rate": a.success_rate, "users": tool_users.get((s, t), 0), "latency_ms": a.latency(),
-            "last_used": iso(last_called[(s, t)]) if (s, t) in last_called else None,
+            "server": s, "tool": t, "category": entry[8] if entry else None, "calls": a.calls,
+            "share": round(a.calls / total, 4) if total else 0.0, **outcome_figures(a),
+            "error_rate": round(a.errors / a.calls, 4) if a.calls else None,
+            "users": tool_users.get((s, t), 0), "latency_ms": a.latency(),
+            "last_used": iso(entry[4]) if entry and entry[4] is not None else None,
+            **_definition(entry),
         })
-    called = set(per_tool)
-    never = [{"server": s, "tool": t, "first_seen": iso(first), "last_seen": iso(last)}
-             for (s, t), (first, last) in sorted(catalog.items())
-             if (s, t) not in called and (q.tool is None or t == q.tool)]
+    never = [{"server": s, "tool": t, "category": entry[8], "first_seen": iso(entry[2]), "last_seen": iso(entry[3]),
+              "listed": entry[6] is not None, **_definition(entry)}
+             for (s, t), entry in sorted(catalog.items())
+             if (s, t) not in per_tool and (q.tool is None or t == q.tool) and (q.category is None or entry[8] == q.category)]
     return {**q.describe(), "calls": total, "tools": rows, "never_called": never}
+
+
+def _definition(entry: Sequence[Any] | None) -> dict[str, Any]:
+    """A catalog entry's context cost: its definition's size at the last tools/list, and the tokens that is."""
+    size = entry[7] if entry else None
+    return {"definition_bytes": size, "definition_tokens": tokens(size)}
 
 
 def timeseries(store: Store, q: Query, by_tool: int = 8) -> dict[str, Any]:
@@ -162,7 +183,8 @@ def timeseries(store: Store, q: Query, by_tool: int = 8) -> dict[str, Any]:
         a = per_bucket.get((bucket,), Agg())
         lat = a.latency()
         points.append({
-            "t": iso(bucket), "calls": a.calls, "errors": a.errors, "success_rate": a.success_rate,
+            "t": iso(bucket), "calls": a.calls, "errors": a.errors, "failures": a.failures,
+            "caller_errors": a.caller_errors, "cancelled": a.cancelled, "success_rate": a.success_rate,
             "users": users.get(bucket, 0), "p50_ms": lat["p50"], "p95_ms": lat["p95"], "p99_ms": lat["p99"],
             "by_tool": {t: per_bucket_tool[(bucket, t)].calls for t in top if (bucket, t) in per_bucket_tool},
         })
@@ -189,16 +211,40 @@ def users(store: Store, q: Query) -> dict[str, Any]:
 def errors(store: Store, q: Query, samples: int = 20) -> dict[str, Any]:
     """Top error types per tool with counts, and the most recent failures with their messages."""
     groups = store.error_groups(q.filter)
-    total = sum(g[3] for g in groups)
+    total = sum(g[4] for g in groups)
+    by_outcome = {o: 0 for o in (OUTCOME_TOOL_ERROR, OUTCOME_SERVER_ERROR, OUTCOME_CALLER_ERROR)}
+    for g in groups:
+        by_outcome[g[3]] = by_outcome.get(g[3], 0) + g[4]
     recent = store.recent_errors(q.filter, samples)
     return {
         **q.describe(),
         "errors": total,
-        "types": [{"server": s, "tool": t or None, "error_type": e, "count": n, "share": round(n / total, 4) if total else 0.0,
-                   "last_seen": iso(last)} for s, t, e, n, last in groups],
-        "recent": [{"ts": iso(ts), "kind": kind, "server": s, "tool": t, "error_type": e, "error_message": m,
-                    "client": c, "session_id": sid} for ts, kind, s, t, e, m, c, sid in recent],
+        "outcomes": by_outcome,
+        "types": [{"server": s, "tool": t or None, "error_type": e, "outcome": o, "count": n,
+                   "share": round(n / total, 4) if total else 0.0, "last_seen": iso(last)} for s, t, e, o, n, last in groups],
+        "unknown_tools": unknown_tools(store, q, groups),
+        "recent": [{"ts": iso(ts), "kind": kind, "server": s, "tool": t, "error_type": e,
+                    "outcome": outcome_class(0, e, attrs), "error_message": m, "client": c, "session_id": sid}
+                   for ts, kind, s, t, e, m, c, sid, attrs in recent],
     }
+
+
+def unknown_tools(store: Store, q: Query, groups: Sequence[tuple]) -> list[dict[str, Any]]:
+    """The tool names clients tried that the server does not have: calls refused as invalid
+    params (-32602, what a call to a missing tool is recorded as) naming a tool the server's
+    catalog never listed, on servers whose catalog is known (a tools/list was recorded)."""
+    listed: dict[str, set[str]] = {}
+    for entry in store.tool_catalog(q.project_id, q.server):
+        if entry[6] is not None:
+            listed.setdefault(entry[0], set()).add(entry[1])
+    tried: dict[tuple[str, str], list[int]] = {}
+    for s, t, e, o, n, last in groups:
+        if o == OUTCOME_CALLER_ERROR and e == UNKNOWN_TOOL and t and s in listed and t not in listed[s]:
+            entry = tried.setdefault((s, t), [0, last])
+            entry[0] += n
+            entry[1] = max(entry[1], last)
+    return [{"server": s, "tool": t, "calls": n, "last_seen": iso(last)}
+            for (s, t), (n, last) in sorted(tried.items(), key=lambda kv: (-kv[1][0], kv[0]))]
 
 
 def _session_counts(store: Store, q: Query) -> list[tuple]:
@@ -219,7 +265,8 @@ def clients(store: Store, q: Query) -> dict[str, Any]:
     return {
         **q.describe(),
         "clients": [{"client": c or "unknown", "calls": a.calls, "share": round(a.calls / total, 4) if total else 0.0,
-                     "errors": a.errors, "users": client_users.get(c, 0)}
+                     "errors": a.errors, "failures": a.failures, "success_rate": a.success_rate,
+                     "users": client_users.get(c, 0)}
                     for (c,), a in sorted(per_client.items(), key=lambda kv: (-kv[1].calls, kv[0]))],
         "versions": [{"client": c or "unknown", "version": v or None, "sessions": n}
                      for (c, v), n in sorted(versions.items(), key=lambda kv: (-kv[1], kv[0]))],

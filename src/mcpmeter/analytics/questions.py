@@ -20,13 +20,13 @@ This module needs no web framework: the CLI imports it on a base install.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..exceptions import ValidationError
 from ..storage.base import Store
-from . import queries
+from . import breakdowns, queries
 from .periods import NAMED_PERIODS, Window, iso, window
 from .queries import Query
 from .report import build_report
@@ -45,6 +45,7 @@ class Param:
     label: str = ""  # dimensions: what the dashboard's filter bar calls it ("Server")
     plural: str = ""  # dimensions: "servers" ("All servers" in the filter bar)
     default: str | None = None
+    multiple: bool = False  # several values: comma-separated, or the parameter repeated (joined with commas)
 
 
 # ---- filters ----------------------------------------------------------------------------------
@@ -69,6 +70,8 @@ DIMENSIONS = (
     Param("tool", "Only this tool. Omit for all tools.", label="Tool", plural="tools"),
     Param("client", "Only calls from this MCP client (e.g. `claude-code`, `cursor`). Omit for all clients.",
           label="Client", plural="clients"),
+    Param("category", "Only tools of this category (as `@meter.tool(category=...)` records it; a tool's latest "
+                      "recorded category). Omit for all tools.", label="Category", plural="categories"),
 )
 FILTERS = (*WINDOW, *DIMENSIONS)
 GRAIN = Param("grain", "Bucket size; default: hours for windows up to two days, else days.",
@@ -98,17 +101,6 @@ class Question:
         return (*self.filters, GRAIN, *self.options)
 
 
-def measurements(store: Store, q: Query, name: str | None = None) -> dict[str, Any]:
-    """Custom measurements per series (name, server, type, tags), one entry per day."""
-    series: dict[tuple, dict[str, Any]] = {}
-    for day, server, metric, kind, tags, count, total, low, high, last in store.measurement_days(q.filter, name):
-        entry = series.setdefault((metric, server, kind, tags), {
-            "name": metric, "server": server, "type": kind, "tags": json.loads(tags), "days": []})
-        entry["days"].append({"day": iso(day)[:10], "count": count, "sum": total, "min": low, "max": high,
-                              "avg": total / count, "last": last})
-    return {**q.describe(), "series": list(series.values())}
-
-
 def server_events(store: Store, q: Query) -> dict[str, Any]:
     """Server lifecycle events (restart, deploy, config change) in the window."""
     return {**q.describe(), "events": [
@@ -128,9 +120,18 @@ QUESTIONS: dict[str, Question] = {q.name: q for q in (
              queries.errors),
     Question("clients", "Clients with calls, share and users; client versions and protocol versions", queries.clients),
     Question("sessions", "Sessions: length, calls and tools per session, handshake latencies", queries.sessions),
+    Question("categories", "Per tool category: calls, share, outcomes, success rate, users, tools, latency",
+             breakdowns.categories),
+    Question("actions", "Other usage actions (e.g. page_view, installation): counts per server and action, users per "
+                        "action, counts per bucket", breakdowns.actions),
+    Question("activation", "Per server: the funnel handshake -> tools/list -> first tools/call, probes that never call, "
+                           "and each listed tool's context cost (definition bytes and tokens) beside its calls",
+             breakdowns.activation),
     Question("report", "Every answer above in one document (what `mcpmeter report --url` shows)", build_report),
-    Question("measurements", "Daily count/sum/min/max/avg/last of custom measurements", measurements,
-             options=(Param("name", "Only this metric"),)),
+    Question("measurements", "Custom measurements per hour (windows up to two days) or day: count/sum/min/max/avg/last, "
+                             "with server events as markers", breakdowns.measurements,
+             options=(Param("name", "Only these metrics: one name, several separated by commas, or the parameter "
+                                    "repeated", multiple=True),)),
     Question("server-events", "Server lifecycle events (restart, deploy, config change) in the window", server_events),
 )}
 
@@ -172,6 +173,16 @@ def parse(q: Question, params: Params, project_id: int | Callable[[], int]) -> t
     win = window_of(params)
     query = query_for(project_id if isinstance(project_id, int) else project_id(), win, params)
     return query, {p.name: params.get(p.name) for p in q.options}
+
+
+def params_of(q: Question, items: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Query parameters as a URL gives them (repeated names allowed) -> one value each: the
+    values of a ``multiple`` parameter joined with commas, of any other the last one."""
+    multiple = {p.name for p in q.parameters if p.multiple}
+    out: dict[str, str] = {}
+    for key, value in items:
+        out[key] = f"{out[key]},{value}" if key in multiple and key in out else value
+    return out
 
 
 def ask(store: Store, q: Question, query: Query, options: Mapping[str, str | None] = {}) -> dict[str, Any]:

@@ -141,7 +141,8 @@ def filter_options(fn: Callable) -> Callable:
 @filter_options
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "markdown"]), default="table", show_default=True,
               help="table for a terminal, json for programs, csv for spreadsheets, markdown for a wiki or PR.")
-@click.option("--csv-table", type=click.Choice(["tools", "timeseries", "errors", "clients"]), default="tools", show_default=True,
+@click.option("--csv-table", type=click.Choice(["tools", "timeseries", "errors", "clients", "categories", "actions", "activation"]),
+              default="tools", show_default=True,
               help="Which table --format csv writes.")
 @click.option("--url", default=None, help="Read from a collector instead of a store (default MCPMETER_URL).")
 @click.option("--api-key", default=None, help="Read key for --url (default MCPMETER_API_KEY).")

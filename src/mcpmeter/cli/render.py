@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 FORMATS = ("table", "json", "csv", "markdown")
-CSV_TABLES = ("tools", "timeseries", "errors", "clients")
+CSV_TABLES = ("tools", "timeseries", "errors", "clients", "categories", "actions", "activation")
 _BLOCKS = " ▁▂▃▄▅▆▇█"
 
 
@@ -52,9 +52,18 @@ def headline(r: dict[str, Any]) -> list[tuple[str, str]]:
                                     f"{r['new_users']} new, {r['returning_users']} returning"),
         ("What is popular?", f"{top['tool']}: {top['calls']} calls ({top['share'] * 100:.0f}% of {r['calls']})" if top else "no calls yet"),
         ("Is it working?", f"{pct(r['success_rate'])} success{_delta(change.get('success_rate'), True)}, "
-                           f"p50 {ms(lat['p50'])}, p95 {ms(lat['p95'])}, p99 {ms(lat['p99'])}"),
+                           f"p50 {ms(lat['p50'])}, p95 {ms(lat['p95'])}, p99 {ms(lat['p99'])}" + _apart(r.get("outcomes"))),
         ("What happened recently?", f"{r['calls_last_7d']} calls in the last 7 days; {r['calls']} in this period{_delta(change.get('calls'))}"),
     ]
+
+
+def _apart(outcomes: dict[str, int] | None) -> str:
+    """The calls the success rate leaves out, said beside it."""
+    if not outcomes:
+        return ""
+    parts = [f"{outcomes[k]} {label}" for k, label in (("caller_error", "caller errors"), ("cancelled", "cancelled"))
+             if outcomes.get(k)]
+    return f" ({', '.join(parts)} not counted)" if parts else ""
 
 
 def to_json(r: dict[str, Any]) -> str:
@@ -62,12 +71,18 @@ def to_json(r: dict[str, Any]) -> str:
 
 
 _CSV_COLUMNS = {
-    "tools": ("server", "tool", "calls", "share", "errors", "success_rate", "users", "p50_ms", "p95_ms", "p99_ms", "last_used"),
+    "tools": ("server", "tool", "category", "calls", "share", "errors", "failures", "success_rate", "users", "p50_ms",
+              "p95_ms", "p99_ms", "last_used", "definition_tokens"),
     "timeseries": ("t", "calls", "errors", "users", "p95_ms"),
-    "errors": ("server", "tool", "error_type", "count", "share", "last_seen"),
+    "errors": ("server", "tool", "error_type", "outcome", "count", "share", "last_seen"),
     "clients": ("client", "calls", "share", "errors", "users"),
+    "categories": ("category", "calls", "share", "errors", "failures", "success_rate", "users", "tools", "p50_ms", "p95_ms"),
+    "actions": ("server", "action", "count", "users"),
+    "activation": ("server", "followed", "sessions", "handshake", "listed_tools", "called", "listed_not_called", "probes",
+                   "activation_rate"),
 }
-_CSV_SOURCE = {"tools": "tools", "timeseries": "timeseries", "errors": "error_types", "clients": "clients"}
+_CSV_SOURCE = {"tools": "tools", "timeseries": "timeseries", "errors": "error_types", "clients": "clients",
+               "categories": "categories", "actions": "actions", "activation": "activation"}
 
 
 def to_csv(r: dict[str, Any], table: str = "tools") -> str:
@@ -99,10 +114,28 @@ def to_markdown(r: dict[str, Any], title: str = "MCP usage report") -> str:
         lines += ["", "## Errors", "", "| Tool | Error | Count | Share |", "|---|---|---:|---:|"]
         for e in r["error_types"][:10]:
             lines.append(f"| `{e['tool'] or '–'}` | {e['error_type']} | {e['count']} | {e['share'] * 100:.0f}% |")
+    if r.get("unknown_tools"):
+        lines += ["", "Tools clients tried that do not exist: " + ", ".join(
+            f"`{t['tool']}` ({t['server']}, {t['calls']}×)" for t in r["unknown_tools"])]
     if r.get("clients"):
         lines += ["", "## Clients", "", "| Client | Calls | Share | Users |", "|---|---:|---|---:|"]
         for c in r["clients"]:
             lines.append(f"| {c['client']} | {c['calls']} | `{bar(c['share'], 10)}` {c['share'] * 100:.0f}% | {c['users']} |")
+    if r.get("categories"):
+        lines += ["", "## Categories", "", "| Category | Calls | Share | Success | Users | Tools |", "|---|---:|---|---:|---:|---:|"]
+        for c in r["categories"]:
+            lines.append(f"| {c['category'] or '(none)'} | {c['calls']} | {c['share'] * 100:.0f}% | {pct(c['success_rate'])} "
+                         f"| {c['users']} | {c['tools']} |")
+    if r.get("actions"):
+        lines += ["", "## Other actions", "", "| Server | Action | Count | Users |", "|---|---|---:|---:|"]
+        lines += [f"| {a['server']} | {a['action']} | {a['count']} | {a['users']} |" for a in r["actions"]]
+    if r.get("activation"):
+        lines += ["", "## Activation", "", "| Server | Followed | Handshake | tools/list | Called | Probes | Context tokens |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for a in r["activation"]:
+            tokens = (a.get("context") or {}).get("definition_tokens")
+            lines.append(f"| {a['server']} | {a['followed']} | {a['handshake']} | {a['listed_tools']} | {a['called']} "
+                         f"| {a['probes']} | {'–' if tokens is None else tokens} |")
     return "\n".join(lines) + "\n"
 
 
@@ -134,3 +167,17 @@ def print_table(r: dict[str, Any]) -> None:
         console.print("  [dim]Listed, not called:[/] " + ", ".join(t["tool"] for t in r["never_called"]))
     if r.get("error_types"):
         console.print("  [dim]Top errors:[/] " + "; ".join(f"{e['tool'] or '–'} {e['error_type']} ×{e['count']}" for e in r["error_types"][:5]))
+    if r.get("unknown_tools"):
+        console.print("  [dim]Unknown tools tried:[/] " + ", ".join(f"{t['tool']} ×{t['calls']}" for t in r["unknown_tools"][:8]))
+    if r.get("categories"):
+        console.print("  [dim]Categories:[/] " + "; ".join(
+            f"{c['category'] or '(none)'} {c['calls']} calls, {pct(c['success_rate'])}" for c in r["categories"][:8]))
+    if r.get("actions"):
+        console.print("  [dim]Other actions:[/] " + "; ".join(
+            f"{a['action']} ×{a['count']} ({a['users']} users, {a['server']})" for a in r["actions"][:8]))
+    for a in r.get("activation") or ():
+        context = a.get("context") or {}
+        console.print(f"  [dim]Activation {a['server']}:[/] {a['followed']} followed → {a['listed_tools']} listed tools → "
+                      f"{a['called']} called; {a['probes']} never called"
+                      + (f"; catalog {context['definition_tokens']} tokens, {context['never_called_tokens']} never called"
+                         if context else ""))

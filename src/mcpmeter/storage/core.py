@@ -28,7 +28,7 @@ from .base import AuditEntry, EventFilter, KeyInfo, Project
 from .core_security import SecurityQueries
 from .dialect import now_ms
 from .dialect import write_audit as _audit
-from .rollup import DAY_MS, HOUR_MS, aggregate
+from .rollup import DAY_MS, HOUR_MS, PROTOCOL_KINDS, aggregate
 
 _KEY_COLUMNS = (
     "k.id, k.project_id, p.name, k.name, k.prefix, k.scopes, k.created_at, "
@@ -39,13 +39,18 @@ _ROLLUP_TABLES = ("rollup_hour", "rollup_day", "user_day", "user_hour", "user_fi
                   "sessions", "session_tools", "tool_catalog")
 _NUMBERED_TABLES = ("rollup_tool_day", "user_number")  # schema 5 on
 _PROJECT_COLUMNS = "id, name, user_salt, created_at"
+_OUTCOMES = "caller_errors, server_errors, cancelled"  # a cell's calls by outcome class beyond calls and errors
 # (table, time column, which cut) of what ``prune`` deletes after the raw events, in this order.
 _PRUNED = (
     ("measurements", "ts", "raw"), ("user_hour", "hour", "rollups"), ("rollup_hour", "bucket", "rollups"),
     ("rollup_day", "bucket", "rollups"), ("rollup_tool_day", "bucket", "rollups"), ("user_day", "day", "rollups"),
     ("error_hour", "bucket", "rollups"), ("session_tools", "", "rollups"), ("sessions", "last_ts", "rollups"),
     ("measurement_day", "day", "rollups"), ("server_events", "ts", "rollups"),
+    ("measurement_hour", "hour", "rollups"), ("action_user_day", "day", "rollups"), ("action_user_hour", "hour", "rollups"),
+    ("activation", "first_ts", "rollups"),
 )
+# Tools of a category (the latest category recorded for each: ``tool_catalog.category``).
+_IN_CATEGORY = "({prefix}server, {prefix}tool) IN (SELECT server, tool FROM tool_catalog WHERE project_id = ? AND category = ?)"
 
 
 def key_info(row: Sequence[Any]) -> KeyInfo:
@@ -54,12 +59,15 @@ def key_info(row: Sequence[Any]) -> KeyInfo:
 
 
 def dims(f: EventFilter, client_column: str = "client", prefix: str = "") -> tuple[str, list[Any]]:
-    """`` AND server = ? ...`` for the filter's dimensions that are set."""
+    """`` AND server = ? ...`` for the filter's dimensions that are set (a table with server and tool columns)."""
     sql, params = "", []
     for column, value in (("server", f.server), ("tool", f.tool), (client_column, f.client)):
         if value is not None:
             sql += f" AND {prefix}{column} = ?"
             params.append(value)
+    if f.category is not None:
+        sql += " AND " + _IN_CATEGORY.format(prefix=prefix)
+        params += [f.project_id, f.category]
     return sql, params
 
 
@@ -247,11 +255,11 @@ class SQLStore(SecurityQueries):
     def _where(f: EventFilter, kind: str | None = "tool_call") -> tuple[str, list[Any]]:
         sql = "project_id = ? AND ts >= ? AND ts < ?"
         params: list[Any] = [f.project_id, f.start_ms, f.end_ms]
-        for column, value in (("kind", kind), ("server", f.server), ("tool", f.tool), ("client_name", f.client)):
-            if value is not None:
-                sql += f" AND {column} = ?"
-                params.append(value)
-        return sql, params
+        if kind is not None:
+            sql += " AND kind = ?"
+            params.append(kind)
+        where, more = dims(f, client_column="client_name")
+        return sql + where, params + more
 
     def _one(self, project_id: int | None, sql: str, params: Sequence[Any]) -> Any:
         return self._fetch(project_id, sql, params)[0][0]
@@ -268,11 +276,11 @@ class SQLStore(SecurityQueries):
 
     def recent_errors(self, f: EventFilter, limit: int = 20) -> list[tuple[Any, ...]]:
         """Newest failed events first (the later stored first among equal times): (ts, kind,
-        server, tool, error_type, error_message, client_name, session_id)."""
+        server, tool, error_type, error_message, client_name, session_id, attributes)."""
         where, params = dims(f, client_column="client_name")
         return self._fetch(
             f.project_id,
-            f"SELECT ts, kind, server, tool, error_type, error_message, client_name, session_id FROM events "
+            f"SELECT ts, kind, server, tool, error_type, error_message, client_name, session_id, attributes FROM events "
             f"WHERE project_id = ? AND ok = 0 AND ts >= ? AND ts < ?{where} ORDER BY ts DESC, {self._dialect.seq} DESC LIMIT ?",
             [f.project_id, f.start_ms, f.end_ms, *params, limit])
 
@@ -290,18 +298,20 @@ class SQLStore(SecurityQueries):
         decode = self._dialect.decode_hist
         if decode is None:
             return rows
-        return [(*r[:11], decode(r[11]) if r[11] else None) for r in rows]
+        return [(*r[:11], decode(r[11]) if r[11] else None, *r[12:]) for r in rows]
 
-    def cells(self, f: EventFilter, grain: str, kinds: Sequence[str] = ("tool_call",)) -> list[tuple[Any, ...]]:
+    def cells(self, f: EventFilter, grain: str, kinds: Sequence[str] | None = ("tool_call",)) -> list[tuple[Any, ...]]:
         """Rollup cells in the window: (bucket, kind, server, tool, client, calls, errors,
-        dur_count, dur_sum, dur_min, dur_max, hist); ``hist`` as ``rollup.Cell.add_cell`` reads it."""
+        dur_count, dur_sum, dur_min, dur_max, hist, caller_errors, server_errors, cancelled);
+        ``hist`` as ``rollup.Cell.add_cell`` reads it. ``kinds`` None: every kind."""
         table = "rollup_hour" if grain == "hour" else "rollup_day"
         where, params = dims(f)
-        kind_sql, kind_params = self._in("kind", list(kinds))
+        kind_sql, kind_params = self._in("kind", list(kinds)) if kinds is not None else ("true", [])
         return self._hist_rows(self._fetch(
             f.project_id,
             f"SELECT bucket, kind, server, tool, client, calls, errors, dur_count, dur_sum, dur_min, dur_max, "
-            f"{self._dialect.hist_column} FROM {table} WHERE project_id = ? AND bucket >= ? AND bucket < ? AND {kind_sql}{where}",
+            f"{self._dialect.hist_column}, {_OUTCOMES} FROM {table} "
+            f"WHERE project_id = ? AND bucket >= ? AND bucket < ? AND {kind_sql}{where}",
             [f.project_id, f.start_ms, f.end_ms, *kind_params, *params]))
 
     def tool_cells(self, f: EventFilter, grain: str) -> list[tuple[Any, ...]]:
@@ -313,7 +323,7 @@ class SQLStore(SecurityQueries):
         return self._hist_rows(self._fetch(
             f.project_id,
             "SELECT bucket, 'tool_call', server, tool, '', calls, errors, dur_count, dur_sum, dur_min, dur_max, "
-            f"{self._dialect.hist_column} FROM rollup_tool_day WHERE project_id = ? AND bucket >= ? AND bucket < ?{where}",
+            f"{self._dialect.hist_column}, {_OUTCOMES} FROM rollup_tool_day WHERE project_id = ? AND bucket >= ? AND bucket < ?{where}",
             [f.project_id, f.start_ms, f.end_ms, *params]))
 
     def _user_sets(self, f: EventFilter) -> list[tuple[Any, ...]]:
@@ -329,7 +339,7 @@ class SQLStore(SecurityQueries):
     @staticmethod
     def _user_source(f: EventFilter, grain: str, need_dims: bool = False) -> tuple[str, list[Any]]:
         """A subquery of (bucket, server, tool, client, user_hash) rows for the window."""
-        filtered = need_dims or f.server is not None or f.tool is not None or f.client is not None
+        filtered = need_dims or f.server is not None or f.tool is not None or f.client is not None or f.category is not None
         if grain == "day":
             where, params = dims(f)
             return (f"SELECT day AS bucket, server, tool, client, user_hash FROM user_day "
@@ -358,7 +368,7 @@ class SQLStore(SecurityQueries):
     def new_users(self, f: EventFilter, grain: str) -> int:
         """Users active in the window whose first call (on the filtered server, or anywhere) falls in it."""
         window: list[Any] = [f.project_id, f.start_ms, f.end_ms]
-        if f.tool is None and f.client is None:
+        if f.tool is None and f.client is None and f.category is None:
             # A user whose first call (there) falls in the window was active in it: count those.
             if f.server is None:
                 return int(self._one(f.project_id, "SELECT count(*) FROM user_number WHERE project_id = ? "
@@ -390,16 +400,18 @@ class SQLStore(SecurityQueries):
             f"WHERE b.first_seen >= ?", [*params, *first_params, f.start_ms]))
 
     def error_groups(self, f: EventFilter) -> list[tuple[Any, ...]]:
-        """(server, tool, error_type, count, last_ts), most frequent first."""
+        """(server, tool, error_type, outcome, count, last_ts) of the errors (tool, server and caller
+        errors), most frequent first."""
         where, params = dims(f)
         c = self._dialect.collate
         rows = self._fetch(
             f.project_id,
-            f"SELECT server, tool, error_type, sum(count), max(last_ts) FROM error_hour "
-            f"WHERE project_id = ? AND bucket >= ? AND bucket < ?{where} GROUP BY server, tool, error_type "
-            f"ORDER BY sum(count) DESC, server{c}, tool{c}, error_type{c}",
+            f"SELECT server, tool, error_type, outcome, sum(count), max(last_ts) FROM error_hour "
+            f"WHERE project_id = ? AND bucket >= ? AND bucket < ? AND outcome <> 'cancelled'{where} "
+            f"GROUP BY server, tool, error_type, outcome "
+            f"ORDER BY sum(count) DESC, server{c}, tool{c}, error_type{c}, outcome{c}",
             [f.project_id, f.start_ms, f.end_ms, *params])
-        return [(server, tool, error, int(n), last) for server, tool, error, n, last in rows]
+        return [(server, tool, error, outcome, int(n), last) for server, tool, error, outcome, n, last in rows]
 
     def _sessions_where(self, f: EventFilter) -> tuple[str, list[Any]]:
         sql = "s.project_id = ? AND s.first_ts >= ? AND s.first_ts < ?"
@@ -412,6 +424,11 @@ class SQLStore(SecurityQueries):
             sql += (" AND EXISTS (SELECT 1 FROM session_tools t WHERE t.project_id = s.project_id "
                     "AND t.session_id = s.session_id AND t.tool = ?)")
             params.append(f.tool)
+        if f.category is not None:
+            sql += (" AND EXISTS (SELECT 1 FROM session_tools t JOIN tool_catalog c ON c.project_id = t.project_id "
+                    "AND c.server = s.server AND c.tool = t.tool WHERE t.project_id = s.project_id "
+                    "AND t.session_id = s.session_id AND c.category = ?)")
+            params.append(f.category)
         return sql, params
 
     def sessions(self, f: EventFilter, limit: int = 200_000) -> list[tuple[Any, ...]]:
@@ -470,6 +487,86 @@ class SQLStore(SecurityQueries):
             sql += " AND server = ?"
             params.append(f.server)
         return self._fetch(f.project_id, sql + f" ORDER BY ts, event_id{self._dialect.collate} LIMIT ?", [*params, limit])
+
+    def tool_catalog(self, project_id: int, server: str | None = None) -> list[tuple[Any, ...]]:
+        """Every tool servers listed or were called with: (server, tool, first_seen, last_seen,
+        last_called, listed_first, listed_last, def_bytes, category); listed_* None for a tool
+        never seen in a ``tools/list`` (called only), def_bytes the definition's size at the last listing."""
+        return self._catalog("server, tool, first_seen, last_seen, last_called, listed_first, listed_last, def_bytes, category",
+                             project_id, server)
+
+    def category_users(self, f: EventFilter, grain: str) -> list[tuple[Any, ...]]:
+        """Distinct calling users per tool category in the window: rows (category or None, users)."""
+        if grain == "day" and f.client is None:  # unions of the per-tool exact user sets
+            category = {(s, t): c for s, t, *_, c in self.tool_catalog(f.project_id, f.server)}
+            sets: dict[str | None, int] = {}
+            for _, server, tool, users in self._user_sets(f):
+                key = category.get((server, tool))
+                sets[key] = sets.get(key, 0) | users
+            return [(c, users.bit_count()) for c, users in sets.items()]
+        source, params = self._user_source(f, grain, need_dims=True)
+        return self._fetch(
+            f.project_id,
+            f"SELECT c.category, count(DISTINCT s.user_hash) FROM ({source}) AS s LEFT JOIN tool_catalog c "
+            "ON c.project_id = ? AND c.server = s.server AND c.tool = s.tool GROUP BY c.category",
+            [*params, f.project_id])
+
+    def action_counts(self, f: EventFilter, grain: str) -> list[tuple[Any, ...]]:
+        """Events of the other usage actions (``rollup.is_action``) in the window: rows (bucket,
+        kind, server, count) from the hourly or daily cells."""
+        table = "rollup_hour" if grain == "hour" else "rollup_day"
+        where, params = dims(f)
+        kinds, kind_params = self._in("kind", sorted(PROTOCOL_KINDS))
+        rows = self._fetch(
+            f.project_id,
+            f"SELECT bucket, kind, server, sum(calls) FROM {table} WHERE project_id = ? AND bucket >= ? AND bucket < ? "
+            f"AND NOT ({kinds}) AND kind NOT LIKE '%/%'{where} GROUP BY bucket, kind, server",
+            [f.project_id, f.start_ms, f.end_ms, *kind_params, *params])
+        return [(bucket, kind, server, int(n)) for bucket, kind, server, n in rows]
+
+    def action_users(self, f: EventFilter, grain: str) -> list[tuple[Any, ...]]:
+        """Distinct users per (server, action kind) of the other usage actions in the window: rows
+        (server, kind, users), from the hourly or daily sets as ``grain`` says (the window is aligned to it)."""
+        table, column = ("action_user_hour", "hour") if grain == "hour" else ("action_user_day", "day")
+        sql = (f"SELECT server, kind, count(DISTINCT user_hash) FROM {table} "
+               f"WHERE project_id = ? AND {column} >= ? AND {column} < ?")
+        params: list[Any] = [f.project_id, f.start_ms, f.end_ms]
+        if f.server is not None:
+            sql += " AND server = ?"
+            params.append(f.server)
+        return self._fetch(f.project_id, sql + " GROUP BY server, kind", params)
+
+    def activation(self, f: EventFilter) -> list[tuple[Any, ...]]:
+        """The activation funnel of whom it follows (``rollup.activation_subject``) first seen in the
+        window, per (server, client): rows (server, client, followed, sessions, handshake, listed,
+        called, listed_not_called). Only the server and client filters apply."""
+        sql = ("SELECT server, client, count(*), sum(CASE WHEN subject LIKE 's:%' THEN 1 ELSE 0 END), count(handshake_ts), "
+               "count(list_ts), count(call_ts), sum(CASE WHEN list_ts IS NOT NULL AND call_ts IS NULL THEN 1 ELSE 0 END) "
+               "FROM activation WHERE project_id = ? AND first_ts >= ? AND first_ts < ?")
+        params: list[Any] = [f.project_id, f.start_ms, f.end_ms]
+        for column, value in (("server", f.server), ("client", f.client)):
+            if value is not None:
+                sql += f" AND {column} = ?"
+                params.append(value)
+        rows = self._fetch(f.project_id, sql + " GROUP BY server, client", params)
+        return [(server, client, *(int(n) for n in counts)) for server, client, *counts in rows]
+
+    def measurement_buckets(self, f: EventFilter, names: Sequence[str] = (), grain: str = "day") -> list[tuple[Any, ...]]:
+        """(bucket, server, name, type, tags, count, sum, min, max, last_value) per hour or UTC day of
+        the window (aligned to ``grain``), for the metrics ``names`` (all when empty)."""
+        table, column = ("measurement_hour", "hour") if grain == "hour" else ("measurement_day", "day")
+        sql = (f"SELECT {column}, server, name, type, tags, count, sum, min, max, last_value FROM {table} "
+               f"WHERE project_id = ? AND {column} >= ? AND {column} < ?")
+        params: list[Any] = [f.project_id, f.start_ms, f.end_ms]
+        if names:
+            name_sql, name_params = self._in("name", list(names))
+            sql += f" AND {name_sql}"
+            params += name_params
+        if f.server is not None:
+            sql += " AND server = ?"
+            params.append(f.server)
+        c = self._dialect.collate
+        return self._fetch(f.project_id, sql + f" ORDER BY name{c}, {column}, server{c}, tags{c}, type{c}", params)
 
     # ---- retention --------------------------------------------------------------------------
 

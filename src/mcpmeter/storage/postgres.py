@@ -65,16 +65,17 @@ ORDER BY m COLLATE "C", o
 ON CONFLICT DO NOTHING
 RETURNING measurement_id
 """
-_MEASUREMENT_DAY = """
-INSERT INTO measurement_day AS r (project_id, day, server, name, type, tags, count, sum, min, max, last_ts, last_value)
+_MEASUREMENT_UPSERT = """
+INSERT INTO measurement_{grain} AS r (project_id, {grain}, server, name, type, tags, count, sum, min, max, last_ts, last_value)
 SELECT %s, * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bigint[], %b::float8[],
                          %b::float8[], %b::float8[], %b::bigint[], %b::float8[])
-ON CONFLICT (project_id, name, day, server, type, tags) DO UPDATE SET
+ON CONFLICT (project_id, name, {grain}, server, type, tags) DO UPDATE SET
     count = r.count + excluded.count, sum = r.sum + excluded.sum,
     min = least(r.min, excluded.min), max = greatest(r.max, excluded.max),
     last_value = CASE WHEN excluded.last_ts >= r.last_ts THEN excluded.last_value ELSE r.last_value END,
     last_ts = greatest(r.last_ts, excluded.last_ts)
 """
+_MEASUREMENT_GRAINS = (("day", 86_400_000), ("hour", 3_600_000))  # the aggregates new measurements fold into
 _NEW_SERVER_EVENTS = """
 INSERT INTO server_events (project_id, event_id, server, type, ts, version, message, attributes)
 SELECT %s, e, s, k, t, v, m, a
@@ -326,28 +327,14 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
             columns = [list(c) for c in zip(*rows)] if rows else [[] for _ in range(7)]
             columns[6] = [float(v) for v in columns[6]]  # a binary float8[] holds floats only
             new = {m for (m,) in conn.execute(_NEW_MEASUREMENTS, (project_id, *columns, list(range(len(rows))))).fetchall()}
-            days: dict[tuple[int, str, str, str, str], list[Any]] = {}  # (day, server, name, type, tags) -> [count, sum, min, max, last_ts, last_value]
-            for mid, server, name, kind, tags, ts, value in rows:  # in the order given, as SQLite applies them
-                if mid not in new:
-                    continue
-                new.discard(mid)
-                key = (ts - ts % 86_400_000, server, name, kind, tags)
-                agg = days.get(key)
-                if agg is None:
-                    days[key] = [1, value, value, value, ts, value]
-                    continue
-                agg[0] += 1
-                agg[1] += value
-                agg[2] = min(agg[2], value)
-                agg[3] = max(agg[3], value)
-                if ts >= agg[4]:
-                    agg[4], agg[5] = ts, value
-            stored = sum(a[0] for a in days.values())
-            ordered = sorted((k[2], k[0], k[1], k[3], k[4], *a) for k, a in days.items())  # key order: name, day, server, type, tags
-            if ordered:
-                name, day, server, kind, tags, count, total, lo, hi, last_ts, last_value = (list(c) for c in zip(*ordered))
-                floats = [[float(v) for v in column] for column in (total, lo, hi, last_value)]
-                conn.execute(_MEASUREMENT_DAY, (project_id, day, server, name, kind, tags, count, *floats[:3], last_ts, floats[3]))
+            fresh = []
+            for row in rows:  # in the order given, as SQLite applies them
+                if row[0] in new:
+                    new.discard(row[0])
+                    fresh.append(row)
+            for grain, size in _MEASUREMENT_GRAINS:
+                _upsert_measurements(conn, project_id, grain, size, fresh)
+            stored = len(fresh)
             return IngestResult(stored, len(rows) - stored)
 
         return self._write(run)
@@ -395,3 +382,26 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
+
+def _upsert_measurements(conn: psycopg.Connection, project_id: int, grain: str, size: int,
+                         rows: Sequence[tuple[Any, ...]]) -> None:
+    """Fold new measurement rows into ``measurement_<grain>`` (buckets of ``size`` ms), one statement in key order."""
+    buckets: dict[tuple[int, str, str, str, str], list[Any]] = {}  # (bucket, server, name, type, tags) -> [count, sum, min, max, last_ts, last_value]
+    for _, server, name, kind, tags, ts, value in rows:
+        key = (ts - ts % size, server, name, kind, tags)
+        agg = buckets.get(key)
+        if agg is None:
+            buckets[key] = [1, value, value, value, ts, value]
+            continue
+        agg[0] += 1
+        agg[1] += value
+        agg[2] = min(agg[2], value)
+        agg[3] = max(agg[3], value)
+        if ts >= agg[4]:
+            agg[4], agg[5] = ts, value
+    ordered = sorted((k[2], k[0], k[1], k[3], k[4], *a) for k, a in buckets.items())  # key order: name, bucket, server, type, tags
+    if ordered:
+        name, bucket, server, kind, tags, count, total, lo, hi, last_ts, last_value = (list(c) for c in zip(*ordered))
+        floats = [[float(v) for v in column] for column in (total, lo, hi, last_value)]
+        conn.execute(_MEASUREMENT_UPSERT.format(grain=grain),
+                     (project_id, bucket, server, name, kind, tags, count, *floats[:3], last_ts, floats[3]))

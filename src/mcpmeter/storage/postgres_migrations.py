@@ -356,3 +356,108 @@ MIGRATIONS.append(
         """,
     )
 )
+
+# The outcome class of an error_hour row written before schema 11, from its name alone (as sqlite_migrations).
+_OUTCOME_OF_NAME = """CASE
+    WHEN error_type = 'cancelled' THEN 'cancelled'
+    WHEN error_type IN ('parse_error', 'invalid_request', 'method_not_found', 'invalid_params', 'resource_not_found')
+        THEN 'caller_error'
+    WHEN error_type = 'tool_error' THEN 'tool_error'
+    WHEN error_type IN ('error', 'internal_error', 'header_mismatch', 'missing_required_client_capability',
+                        'unsupported_protocol_version', 'url_elicitation_required', 'jsonrpc_error')
+        OR error_type ~ '^-?[0-9]' THEN 'server_error'
+    ELSE 'tool_error' END"""
+_ACTION_KINDS = """kind NOT IN ('tool_call', 'list_tools', 'initialize', 'server_discover', 'session_start', 'session_end',
+    'tool_listed', 'sdk.dropped', 'auth', 'ping') AND strpos(kind, '/') = 0"""
+_OUTCOME_CELLS = "".join(
+    f"ALTER TABLE {t} ADD COLUMN caller_errors bigint NOT NULL DEFAULT 0, ADD COLUMN server_errors bigint NOT NULL DEFAULT 0, "
+    f"ADD COLUMN cancelled bigint NOT NULL DEFAULT 0;\n" for t in ("rollup_hour", "rollup_day", "rollup_tool_day"))
+
+MIGRATIONS.append(
+    Migration(
+        11,
+        "outcome classes in the rollups, categories and definition sizes in the catalog, hourly measurements, "
+        "usage actions, the activation funnel",
+        up=_sql(_OUTCOME_CELLS + f"""
+        ALTER TABLE error_hour ADD COLUMN outcome CTEXT NOT NULL DEFAULT 'tool_error';
+        UPDATE error_hour SET outcome = {_OUTCOME_OF_NAME};
+        ALTER TABLE error_hour ALTER COLUMN outcome DROP DEFAULT;
+        ALTER TABLE error_hour DROP CONSTRAINT error_hour_pkey;
+        ALTER TABLE error_hour ADD PRIMARY KEY (project_id, bucket, server, tool, client, error_type, outcome);
+        ALTER TABLE tool_catalog ADD COLUMN listed_first bigint, ADD COLUMN listed_last bigint, ADD COLUMN def_bytes bigint,
+            ADD COLUMN category CTEXT, ADD COLUMN category_ts bigint;
+        UPDATE tool_catalog SET listed_first = l.first, listed_last = l.last,
+            def_bytes = (SELECT max(e.result_bytes) FROM events e WHERE e.project_id = l.project_id AND e.kind = 'tool_listed'
+                         AND e.server = l.server AND e.tool = l.tool AND e.ts = l.last)
+        FROM (SELECT project_id, server, tool, min(ts) AS first, max(ts) AS last FROM events WHERE kind = 'tool_listed'
+              GROUP BY project_id, server, tool) AS l
+        WHERE l.project_id = tool_catalog.project_id AND l.server = tool_catalog.server AND l.tool = tool_catalog.tool;
+        UPDATE tool_catalog SET category_ts = c.ts,
+            category = (SELECT max(e.category COLLATE "C") FROM events e WHERE e.project_id = c.project_id AND e.server = c.server
+                        AND e.tool = c.tool AND e.ts = c.ts AND e.category IS NOT NULL)
+        FROM (SELECT project_id, server, tool, max(ts) AS ts FROM events WHERE category IS NOT NULL AND tool IS NOT NULL
+              GROUP BY project_id, server, tool) AS c
+        WHERE c.project_id = tool_catalog.project_id AND c.server = tool_catalog.server AND c.tool = tool_catalog.tool;
+        CREATE INDEX tool_catalog_by_category ON tool_catalog (project_id, category) WHERE category IS NOT NULL;
+        CREATE TABLE measurement_hour (
+            project_id bigint NOT NULL, hour bigint NOT NULL, server CTEXT NOT NULL, name CTEXT NOT NULL,
+            type CTEXT NOT NULL, tags CTEXT NOT NULL, count bigint NOT NULL, sum double precision NOT NULL,
+            min double precision NOT NULL, max double precision NOT NULL, last_ts bigint NOT NULL,
+            last_value double precision NOT NULL,
+            PRIMARY KEY (project_id, name, hour, server, type, tags)
+        ) WITH (fillfactor = 70);
+        INSERT INTO measurement_hour
+        SELECT DISTINCT ON (project_id, name, ts - ts % 3600000, server, type, tags)
+               project_id, ts - ts % 3600000, server, name, type, tags,
+               count(*) OVER w, sum(value) OVER w, min(value) OVER w, max(value) OVER w, ts, value
+        FROM measurements
+        WINDOW w AS (PARTITION BY project_id, name, ts - ts % 3600000, server, type, tags)
+        ORDER BY project_id, name, ts - ts % 3600000, server, type, tags, ts DESC, measurement_id DESC;
+        CREATE TABLE action_user_day (
+            project_id bigint NOT NULL, day bigint NOT NULL, server CTEXT NOT NULL, kind CTEXT NOT NULL, user_hash CTEXT NOT NULL,
+            PRIMARY KEY (project_id, day, server, kind, user_hash)
+        );
+        CREATE TABLE action_user_hour (
+            project_id bigint NOT NULL, hour bigint NOT NULL, server CTEXT NOT NULL, kind CTEXT NOT NULL, user_hash CTEXT NOT NULL,
+            PRIMARY KEY (project_id, hour, server, kind, user_hash)
+        );
+        INSERT INTO action_user_day SELECT DISTINCT project_id, ts - ts % 86400000, server, kind, user_hash FROM events
+        WHERE user_hash IS NOT NULL AND {_ACTION_KINDS};
+        INSERT INTO action_user_hour SELECT DISTINCT project_id, ts - ts % 3600000, server, kind, user_hash FROM events
+        WHERE user_hash IS NOT NULL AND {_ACTION_KINDS};
+        CREATE TABLE activation (
+            project_id bigint NOT NULL, server CTEXT NOT NULL, subject CTEXT NOT NULL, client CTEXT,
+            first_ts bigint NOT NULL, handshake_ts bigint, list_ts bigint, call_ts bigint,
+            PRIMARY KEY (project_id, server, subject)
+        ) WITH (fillfactor = 80);
+        CREATE INDEX activation_by_time ON activation (project_id, first_ts);
+        INSERT INTO activation
+        SELECT project_id, server, CASE WHEN session_id <> '' THEN 's:' || session_id ELSE 'u:' || user_hash END,
+               min(client_name COLLATE "C"), min(ts), min(CASE WHEN kind IN ('initialize', 'server_discover') THEN ts END),
+               min(CASE WHEN kind = 'list_tools' THEN ts END), min(CASE WHEN kind = 'tool_call' THEN ts END)
+        FROM events WHERE kind IN ('initialize', 'server_discover', 'list_tools', 'tool_call')
+            AND (session_id <> '' OR user_hash IS NOT NULL)
+        GROUP BY 1, 2, 3;
+        """ + _isolated("measurement_hour", "action_user_day", "action_user_hour", "activation")),
+        down="""
+        DROP TABLE activation;
+        DROP TABLE action_user_hour;
+        DROP TABLE action_user_day;
+        DROP TABLE measurement_hour;
+        DROP INDEX tool_catalog_by_category;
+        ALTER TABLE tool_catalog DROP COLUMN category_ts, DROP COLUMN category, DROP COLUMN def_bytes,
+            DROP COLUMN listed_last, DROP COLUMN listed_first;
+        CREATE TEMP TABLE error_hour_2 ON COMMIT DROP AS
+        SELECT project_id, bucket, server, tool, client, error_type, sum(count)::bigint AS count, max(last_ts) AS last_ts
+        FROM error_hour GROUP BY project_id, bucket, server, tool, client, error_type;
+        DELETE FROM error_hour;
+        ALTER TABLE error_hour DROP CONSTRAINT error_hour_pkey;
+        ALTER TABLE error_hour DROP COLUMN outcome;
+        ALTER TABLE error_hour ADD PRIMARY KEY (project_id, bucket, server, tool, client, error_type);
+        INSERT INTO error_hour SELECT * FROM error_hour_2;
+        ALTER TABLE rollup_tool_day DROP COLUMN cancelled, DROP COLUMN server_errors, DROP COLUMN caller_errors;
+        ALTER TABLE rollup_day DROP COLUMN cancelled, DROP COLUMN server_errors, DROP COLUMN caller_errors;
+        ALTER TABLE rollup_hour DROP COLUMN cancelled, DROP COLUMN server_errors, DROP COLUMN caller_errors;
+        """,
+    )
+)

@@ -45,6 +45,31 @@ ON CONFLICT (project_id, bucket, kind, server, tool, client) DO UPDATE SET
 _HOUR_UPSERT = _cell_upsert("rollup_hour")
 _DAY_UPSERT = _cell_upsert("rollup_day")
 
+
+def _cell_upsert_11(table: str) -> str:
+    """Schema 11 on: the cells count the calls of each outcome class apart (rollup.Cell)."""
+    return f"""
+INSERT INTO {table} AS r (project_id, bucket, kind, server, tool, client, calls, errors, dur_count, dur_sum, dur_min, dur_max, hist,
+                         caller_errors, server_errors, cancelled)
+SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bigint[], %b::bigint[],
+                     %b::bigint[], %b::float8[], %b::float8[], %b::float8[], %b::jsonb[], %b::bigint[], %b::bigint[], %b::bigint[])
+ON CONFLICT (project_id, bucket, kind, server, tool, client) DO UPDATE SET
+    calls = r.calls + excluded.calls,
+    errors = r.errors + excluded.errors,
+    dur_count = r.dur_count + excluded.dur_count,
+    dur_sum = r.dur_sum + excluded.dur_sum,
+    dur_min = least(r.dur_min, excluded.dur_min),
+    dur_max = greatest(r.dur_max, excluded.dur_max),
+    hist = mcpmeter_hist_merge(r.hist, excluded.hist),
+    caller_errors = r.caller_errors + excluded.caller_errors,
+    server_errors = r.server_errors + excluded.server_errors,
+    cancelled = r.cancelled + excluded.cancelled
+"""
+
+
+_HOUR_UPSERT_11 = _cell_upsert_11("rollup_hour")
+_DAY_UPSERT_11 = _cell_upsert_11("rollup_day")
+
 _USER_DAY = """
 INSERT INTO user_day SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[])
 ON CONFLICT DO NOTHING
@@ -58,6 +83,13 @@ _ERRORS = """
 INSERT INTO error_hour AS r SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[],
                                                  %b::bigint[], %b::bigint[])
 ON CONFLICT (project_id, bucket, server, tool, client, error_type) DO UPDATE SET
+    count = r.count + excluded.count, last_ts = greatest(r.last_ts, excluded.last_ts)
+"""
+_ERRORS_11 = """
+INSERT INTO error_hour AS r (project_id, bucket, server, tool, client, error_type, outcome, count, last_ts)
+SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[],
+                                                 %b::text[], %b::bigint[], %b::bigint[])
+ON CONFLICT (project_id, bucket, server, tool, client, error_type, outcome) DO UPDATE SET
     count = r.count + excluded.count, last_ts = greatest(r.last_ts, excluded.last_ts)
 """
 _SESSIONS = """
@@ -87,6 +119,44 @@ ON CONFLICT (project_id, server, tool) DO UPDATE SET
     first_seen = least(r.first_seen, excluded.first_seen), last_seen = greatest(r.last_seen, excluded.last_seen),
     last_called = greatest(r.last_called, excluded.last_called)
 """
+# Schema 11 on: listings, the definition's size at the last one, the latest category (ties:
+# the larger value, so the order of arrival does not matter; as rollup._seen).
+_CATALOG_11 = """
+INSERT INTO tool_catalog AS r (project_id, server, tool, first_seen, last_seen, last_called, listed_first, listed_last,
+                               def_bytes, category, category_ts)
+SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[],
+                     %b::bigint[], %b::bigint[], %b::text[], %b::bigint[])
+ON CONFLICT (project_id, server, tool) DO UPDATE SET
+    first_seen = least(r.first_seen, excluded.first_seen), last_seen = greatest(r.last_seen, excluded.last_seen),
+    last_called = greatest(r.last_called, excluded.last_called),
+    listed_first = least(r.listed_first, excluded.listed_first),
+    listed_last = greatest(r.listed_last, excluded.listed_last),
+    def_bytes = CASE WHEN r.listed_last IS NULL OR excluded.listed_last > r.listed_last THEN excluded.def_bytes
+                     WHEN excluded.listed_last = r.listed_last THEN greatest(r.def_bytes, excluded.def_bytes)
+                     ELSE r.def_bytes END,
+    category = CASE WHEN r.category_ts IS NULL OR excluded.category_ts > r.category_ts THEN coalesce(excluded.category, r.category)
+                    WHEN excluded.category_ts = r.category_ts THEN greatest(r.category, excluded.category)
+                    ELSE r.category END,
+    category_ts = greatest(r.category_ts, excluded.category_ts)
+"""
+_ACTION_DAY = """
+INSERT INTO action_user_day SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[])
+ON CONFLICT DO NOTHING
+"""
+_ACTION_HOUR = """
+INSERT INTO action_user_hour SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[])
+ON CONFLICT DO NOTHING
+"""
+_ACTIVATION = """
+INSERT INTO activation AS r (project_id, server, subject, client, first_ts, handshake_ts, list_ts, call_ts)
+SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[])
+ON CONFLICT (project_id, server, subject) DO UPDATE SET
+    client = least(r.client, excluded.client),
+    first_ts = least(r.first_ts, excluded.first_ts),
+    handshake_ts = least(r.handshake_ts, excluded.handshake_ts),
+    list_ts = least(r.list_ts, excluded.list_ts),
+    call_ts = least(r.call_ts, excluded.call_ts)
+"""
 # Schema 2 and 3 (a rebuild during an upgrade that has not reached schema 4; its migration fills last_called).
 _CATALOG_V2 = """
 INSERT INTO tool_catalog AS r (project_id, server, tool, first_seen, last_seen)
@@ -100,6 +170,24 @@ _USER_NUMBER_FIRST = """
 INSERT INTO user_number AS r (project_id, user_hash, number, first_seen)
 SELECT * FROM unnest(%b::bigint[], %b::text[], %b::int[], %b::bigint[])
 ON CONFLICT (project_id, user_hash) DO UPDATE SET first_seen = least(r.first_seen, excluded.first_seen)
+"""
+_TOOL_DAY_11 = """
+INSERT INTO rollup_tool_day AS r (project_id, bucket, server, tool, calls, errors, dur_count, dur_sum, dur_min, dur_max, hist, users,
+                                  caller_errors, server_errors, cancelled)
+SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::bigint[],
+                     %b::float8[], %b::float8[], %b::float8[], %b::jsonb[], %b::varbit[], %b::bigint[], %b::bigint[], %b::bigint[])
+ON CONFLICT (project_id, bucket, server, tool) DO UPDATE SET
+    calls = r.calls + excluded.calls,
+    errors = r.errors + excluded.errors,
+    dur_count = r.dur_count + excluded.dur_count,
+    dur_sum = r.dur_sum + excluded.dur_sum,
+    dur_min = least(r.dur_min, excluded.dur_min),
+    dur_max = greatest(r.dur_max, excluded.dur_max),
+    hist = mcpmeter_hist_merge(r.hist, excluded.hist),
+    users = mcpmeter_users_union(r.users, excluded.users),
+    caller_errors = r.caller_errors + excluded.caller_errors,
+    server_errors = r.server_errors + excluded.server_errors,
+    cancelled = r.cancelled + excluded.cancelled
 """
 _TOOL_DAY = """
 INSERT INTO rollup_tool_day AS r (project_id, bucket, server, tool, calls, errors, dur_count, dur_sum, dur_min, dur_max, hist, users)
@@ -190,9 +278,10 @@ def _hist_json(c: Cell) -> str | None:
     return _json(hist).decode() if hist else None
 
 
-def _cells(by_project: dict[int, Deltas], grain: str) -> list[tuple[Any, ...]]:
+def _cells(by_project: dict[int, Deltas], grain: str, outcomes: bool) -> list[tuple[Any, ...]]:
     return [
-        (p, *key, c.calls, c.errors, c.dur_count, c.dur_sum, c.dur_min, c.dur_max, _hist_json(c))
+        (p, *key, c.calls, c.errors, c.dur_count, c.dur_sum, c.dur_min, c.dur_max, _hist_json(c),
+         *((c.caller_errors, c.server_errors, c.cancelled) if outcomes else ()))
         for p, d in by_project.items() for key, c in getattr(d, grain).items()
     ]
 
@@ -202,22 +291,35 @@ def apply(conn: psycopg.Connection, by_project: dict[int, Deltas], version: int 
     (older only while upgrading), table by table, in key order. From schema 5 on,
     ``numbers`` (``number_users``) must hold every calling user's number."""
     items = by_project.items()
-    _run(conn, _HOUR_UPSERT, _cells(by_project, "hour"), 13, (9, 10, 11))
-    _run(conn, _DAY_UPSERT, _cells(by_project, "day"), 13, (9, 10, 11))
+    v11 = version >= 11
+    width = 16 if v11 else 13
+    _run(conn, _HOUR_UPSERT_11 if v11 else _HOUR_UPSERT, _cells(by_project, "hour", v11), width, (9, 10, 11))
+    _run(conn, _DAY_UPSERT_11 if v11 else _DAY_UPSERT, _cells(by_project, "day", v11), width, (9, 10, 11))
     _run(conn, _USER_DAY, [(p, *k) for p, d in items for k in d.user_day], 6)
     _run(conn, _USER_HOUR, [(p, *k) for p, d in items for k in d.user_hour], 3)
     _run(conn, _USER_FIRST, [(p, server, user, ts) for p, d in items for (server, user), ts in d.user_first.items()], 4)
-    _run(conn, _ERRORS, [(p, *k, n, last) for p, d in items for k, (n, last) in d.errors.items()], 8)
+    if v11:
+        _run(conn, _ERRORS_11, [(p, *k, n, last) for p, d in items for k, (n, last) in d.errors.items()], 9)
+    else:  # before schema 11 error_hour had no outcome column
+        merged: dict[tuple[Any, ...], list[int]] = {}
+        for p, d in items:
+            for k, (n, last) in d.errors.items():
+                entry = merged.setdefault((p, *k[:5]), [0, last])
+                entry[0] += n
+                entry[1] = max(entry[1], last)
+        _run(conn, _ERRORS, [(*k, n, last) for k, (n, last) in merged.items()], 8)
     _run(conn, _SESSIONS, [
         (p, sid, s.server, s.client, s.client_version, s.protocol_version, s.transport, s.user_hash,
          s.first_ts, s.last_ts, s.calls, s.errors, s.init_ts, s.list_ts, s.first_call_ts)
         for p, d in items for sid, s in d.sessions.items()
     ], 15)
     _run(conn, _SESSION_TOOLS, [(p, sid, tool) for p, d in items for sid, s in d.sessions.items() for tool in s.tools], 3)
-    if version >= 4:
-        _run(conn, _CATALOG, [(p, server, tool, *span) for p, d in items for (server, tool), span in d.catalog.items()], 6)
+    if v11:
+        _run(conn, _CATALOG_11, [(p, server, tool, *span) for p, d in items for (server, tool), span in d.catalog.items()], 11)
+    elif version >= 4:
+        _run(conn, _CATALOG, [(p, server, tool, *span[:3]) for p, d in items for (server, tool), span in d.catalog.items()], 6)
     else:
-        _run(conn, _CATALOG_V2, [(p, server, tool, a, b) for p, d in items for (server, tool), (a, b, _) in d.catalog.items()], 5)
+        _run(conn, _CATALOG_V2, [(p, server, tool, *span[:2]) for p, d in items for (server, tool), span in d.catalog.items()], 5)
     if version >= 5:
         assert numbers is not None, "schema 5 rollups need the users' numbers"
         firsts = first_calls(by_project)
@@ -230,6 +332,11 @@ def apply(conn: psycopg.Connection, by_project: dict[int, Deltas], version: int 
                 for user in d.tool_day_users.get(key, ()):
                     users |= 1 << number[user]
                 rows.append((p, *key, c.calls, c.errors, c.dur_count, c.dur_sum, c.dur_min, c.dur_max,
-                             _hist_json(c), bits(users)))
-        _run(conn, _TOOL_DAY, rows, 12, (7, 8, 9))
+                             _hist_json(c), bits(users), *((c.caller_errors, c.server_errors, c.cancelled) if v11 else ())))
+        _run(conn, _TOOL_DAY_11 if v11 else _TOOL_DAY, rows, 15 if v11 else 12, (7, 8, 9))
+    if v11:
+        _run(conn, _ACTION_DAY, [(p, *k) for p, d in items for k in d.action_day], 5)
+        _run(conn, _ACTION_HOUR, [(p, *k) for p, d in items for k in d.action_hour], 5)
+        _run(conn, _ACTIVATION, [(p, server, subject, *entry) for p, d in items
+                                 for (server, subject), entry in d.activation.items()], 8)
 

@@ -26,13 +26,15 @@ from .dialect import now_ms as _now_ms
 from .rollup import Deltas, aggregate
 from .sqlite_migrations import MIGRATIONS
 
-_MEASUREMENT_DAY_UPSERT = """
-INSERT INTO measurement_day VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?)
-ON CONFLICT (project_id, name, day, server, type, tags) DO UPDATE SET
+_MEASUREMENT_UPSERT = """
+INSERT INTO measurement_{grain} VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?, ?)
+ON CONFLICT (project_id, name, {grain}, server, type, tags) DO UPDATE SET
     count = count + 1, sum = sum + excluded.sum, min = min(min, excluded.min), max = max(max, excluded.max),
     last_value = CASE WHEN excluded.last_ts >= last_ts THEN excluded.last_value ELSE last_value END,
     last_ts = max(last_ts, excluded.last_ts)
 """
+_MEASUREMENT_DAY_UPSERT = _MEASUREMENT_UPSERT.format(grain="day")
+_MEASUREMENT_HOUR_UPSERT = _MEASUREMENT_UPSERT.format(grain="hour")
 DIALECT = Dialect(
     seq="rowid", greatest="max", collate="", hist_column="hist", decode_hist=None,  # msgpack or dense blobs, read as stored
     users_column="users", users_of=usersets.as_int, users_value=usersets.encode, users_param="?", for_update="",
@@ -229,7 +231,7 @@ class SQLiteStore(SQLStore):  # every query is in core.py / core_security.py
     # ---- measurements and server events ------------------------------------------------
 
     def ingest_measurements(self, project_id: int, rows: Sequence[tuple[Any, ...]]) -> IngestResult:
-        """Rows (measurement_id, server, name, type, tags, ts, value); new ones fold into daily aggregates."""
+        """Rows (measurement_id, server, name, type, tags, ts, value); new ones fold into hourly and daily aggregates."""
 
         def run(conn: sqlite3.Connection) -> IngestResult:
             before = conn.execute("SELECT coalesce(max(rowid), 0) FROM measurements").fetchone()[0]
@@ -237,6 +239,8 @@ class SQLiteStore(SQLStore):  # every query is in core.py / core_security.py
             new = conn.execute("SELECT server, name, type, tags, ts, value FROM measurements WHERE rowid > ?", (before,)).fetchall()
             conn.executemany(_MEASUREMENT_DAY_UPSERT, [(project_id, ts - ts % 86_400_000, server, name, kind, tags, value, value, value, ts, value)
                                                       for server, name, kind, tags, ts, value in new])
+            conn.executemany(_MEASUREMENT_HOUR_UPSERT, [(project_id, ts - ts % 3_600_000, server, name, kind, tags, value, value, value, ts, value)
+                                                       for server, name, kind, tags, ts, value in new])
             return IngestResult(len(new), len(rows) - len(new))
 
         return self._write(run)

@@ -260,3 +260,134 @@ MIGRATIONS.append(
         """,
     )
 )
+
+# The outcome class of an error_hour row written before schema 11, from its name alone
+# (``protocol.outcome_of`` without attributes; "error" is a failure without a type).
+_OUTCOME_OF_NAME = """CASE
+    WHEN error_type = 'cancelled' THEN 'cancelled'
+    WHEN error_type IN ('parse_error', 'invalid_request', 'method_not_found', 'invalid_params', 'resource_not_found')
+        THEN 'caller_error'
+    WHEN error_type = 'tool_error' THEN 'tool_error'
+    WHEN error_type IN ('error', 'internal_error', 'header_mismatch', 'missing_required_client_capability',
+                        'unsupported_protocol_version', 'url_elicitation_required', 'jsonrpc_error')
+        OR error_type GLOB '[0-9]*' OR error_type GLOB '-[0-9]*' THEN 'server_error'
+    ELSE 'tool_error' END"""
+_ERROR_HOUR_11 = """
+CREATE TABLE error_hour_11 (
+    project_id INTEGER NOT NULL, bucket INTEGER NOT NULL, server TEXT NOT NULL, tool TEXT NOT NULL,
+    client TEXT NOT NULL, error_type TEXT NOT NULL, outcome TEXT NOT NULL, count INTEGER NOT NULL, last_ts INTEGER NOT NULL,
+    PRIMARY KEY (project_id, bucket, server, tool, client, error_type, outcome)
+) WITHOUT ROWID;
+"""
+# Other usage actions: kinds mcpmeter and the MCP protocol do not record themselves (rollup.is_action).
+_ACTION_KINDS = """kind NOT IN ('tool_call', 'list_tools', 'initialize', 'server_discover', 'session_start', 'session_end',
+    'tool_listed', 'sdk.dropped', 'auth', 'ping') AND instr(kind, '/') = 0"""
+
+MIGRATIONS.append(
+    Migration(
+        11,
+        "outcome classes in the rollups, categories and definition sizes in the catalog, hourly measurements, "
+        "usage actions, the activation funnel",
+        up=f"""
+        ALTER TABLE rollup_hour ADD COLUMN caller_errors INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE rollup_hour ADD COLUMN server_errors INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE rollup_hour ADD COLUMN cancelled INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE rollup_day ADD COLUMN caller_errors INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE rollup_day ADD COLUMN server_errors INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE rollup_day ADD COLUMN cancelled INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE rollup_tool_day ADD COLUMN caller_errors INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE rollup_tool_day ADD COLUMN server_errors INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE rollup_tool_day ADD COLUMN cancelled INTEGER NOT NULL DEFAULT 0;
+        {_ERROR_HOUR_11}
+        INSERT INTO error_hour_11
+        SELECT project_id, bucket, server, tool, client, error_type, {_OUTCOME_OF_NAME}, count, last_ts FROM error_hour;
+        DROP TABLE error_hour;
+        ALTER TABLE error_hour_11 RENAME TO error_hour;
+        ALTER TABLE tool_catalog ADD COLUMN listed_first INTEGER;
+        ALTER TABLE tool_catalog ADD COLUMN listed_last INTEGER;
+        ALTER TABLE tool_catalog ADD COLUMN def_bytes INTEGER;
+        ALTER TABLE tool_catalog ADD COLUMN category TEXT;
+        ALTER TABLE tool_catalog ADD COLUMN category_ts INTEGER;
+        UPDATE tool_catalog SET listed_first = l.first, listed_last = l.last,
+            def_bytes = (SELECT max(e.result_bytes) FROM events e WHERE e.project_id = l.project_id AND e.kind = 'tool_listed'
+                         AND e.server = l.server AND e.tool = l.tool AND e.ts = l.last)
+        FROM (SELECT project_id, server, tool, min(ts) AS first, max(ts) AS last FROM events WHERE kind = 'tool_listed'
+              GROUP BY project_id, server, tool) AS l
+        WHERE l.project_id = tool_catalog.project_id AND l.server = tool_catalog.server AND l.tool = tool_catalog.tool;
+        UPDATE tool_catalog SET category_ts = c.ts,
+            category = (SELECT max(e.category) FROM events e WHERE e.project_id = c.project_id AND e.server = c.server
+                        AND e.tool = c.tool AND e.ts = c.ts AND e.category IS NOT NULL)
+        FROM (SELECT project_id, server, tool, max(ts) AS ts FROM events WHERE category IS NOT NULL AND tool IS NOT NULL
+              GROUP BY project_id, server, tool) AS c
+        WHERE c.project_id = tool_catalog.project_id AND c.server = tool_catalog.server AND c.tool = tool_catalog.tool;
+        CREATE INDEX tool_catalog_by_category ON tool_catalog (project_id, category) WHERE category IS NOT NULL;
+        CREATE TABLE measurement_hour (
+            project_id INTEGER NOT NULL, hour INTEGER NOT NULL, server TEXT NOT NULL, name TEXT NOT NULL,
+            type TEXT NOT NULL, tags TEXT NOT NULL, count INTEGER NOT NULL, sum REAL NOT NULL,
+            min REAL NOT NULL, max REAL NOT NULL, last_ts INTEGER NOT NULL, last_value REAL NOT NULL,
+            PRIMARY KEY (project_id, name, hour, server, type, tags)
+        ) WITHOUT ROWID;
+        INSERT INTO measurement_hour
+        SELECT project_id, ts - ts % 3600000, server, name, type, tags, count(*), sum(value), min(value), max(value), max(ts),
+               (SELECT m.value FROM measurements m WHERE m.project_id = g.project_id AND m.name = g.name AND m.server = g.server
+                AND m.type = g.type AND m.tags = g.tags AND m.ts - m.ts % 3600000 = g.ts - g.ts % 3600000
+                ORDER BY m.ts DESC, m.rowid DESC LIMIT 1)
+        FROM measurements g GROUP BY project_id, ts - ts % 3600000, server, name, type, tags;
+        CREATE TABLE action_user_day (
+            project_id INTEGER NOT NULL, day INTEGER NOT NULL, server TEXT NOT NULL, kind TEXT NOT NULL, user_hash TEXT NOT NULL,
+            PRIMARY KEY (project_id, day, server, kind, user_hash)
+        ) WITHOUT ROWID;
+        CREATE TABLE action_user_hour (
+            project_id INTEGER NOT NULL, hour INTEGER NOT NULL, server TEXT NOT NULL, kind TEXT NOT NULL, user_hash TEXT NOT NULL,
+            PRIMARY KEY (project_id, hour, server, kind, user_hash)
+        ) WITHOUT ROWID;
+        INSERT OR IGNORE INTO action_user_day SELECT DISTINCT project_id, ts - ts % 86400000, server, kind, user_hash FROM events
+        WHERE user_hash IS NOT NULL AND {_ACTION_KINDS};
+        INSERT OR IGNORE INTO action_user_hour SELECT DISTINCT project_id, ts - ts % 3600000, server, kind, user_hash FROM events
+        WHERE user_hash IS NOT NULL AND {_ACTION_KINDS};
+        CREATE TABLE activation (
+            project_id INTEGER NOT NULL, server TEXT NOT NULL, subject TEXT NOT NULL, client TEXT,
+            first_ts INTEGER NOT NULL, handshake_ts INTEGER, list_ts INTEGER, call_ts INTEGER,
+            PRIMARY KEY (project_id, server, subject)
+        ) WITHOUT ROWID;
+        CREATE INDEX activation_by_time ON activation (project_id, first_ts);
+        INSERT INTO activation
+        SELECT project_id, server, CASE WHEN session_id <> '' THEN 's:' || session_id ELSE 'u:' || user_hash END, min(client_name),
+               min(ts), min(CASE WHEN kind IN ('initialize', 'server_discover') THEN ts END),
+               min(CASE WHEN kind = 'list_tools' THEN ts END), min(CASE WHEN kind = 'tool_call' THEN ts END)
+        FROM events WHERE kind IN ('initialize', 'server_discover', 'list_tools', 'tool_call')
+            AND (session_id <> '' OR user_hash IS NOT NULL)
+        GROUP BY 1, 2, 3;
+        """,
+        down=f"""
+        DROP TABLE activation;
+        DROP TABLE action_user_hour;
+        DROP TABLE action_user_day;
+        DROP TABLE measurement_hour;
+        DROP INDEX tool_catalog_by_category;
+        ALTER TABLE tool_catalog DROP COLUMN category_ts;
+        ALTER TABLE tool_catalog DROP COLUMN category;
+        ALTER TABLE tool_catalog DROP COLUMN def_bytes;
+        ALTER TABLE tool_catalog DROP COLUMN listed_last;
+        ALTER TABLE tool_catalog DROP COLUMN listed_first;
+        CREATE TABLE error_hour_2 (
+            project_id INTEGER NOT NULL, bucket INTEGER NOT NULL, server TEXT NOT NULL, tool TEXT NOT NULL,
+            client TEXT NOT NULL, error_type TEXT NOT NULL, count INTEGER NOT NULL, last_ts INTEGER NOT NULL,
+            PRIMARY KEY (project_id, bucket, server, tool, client, error_type)
+        ) WITHOUT ROWID;
+        INSERT INTO error_hour_2 SELECT project_id, bucket, server, tool, client, error_type, sum(count), max(last_ts)
+        FROM error_hour GROUP BY project_id, bucket, server, tool, client, error_type;
+        DROP TABLE error_hour;
+        ALTER TABLE error_hour_2 RENAME TO error_hour;
+        ALTER TABLE rollup_tool_day DROP COLUMN cancelled;
+        ALTER TABLE rollup_tool_day DROP COLUMN server_errors;
+        ALTER TABLE rollup_tool_day DROP COLUMN caller_errors;
+        ALTER TABLE rollup_day DROP COLUMN cancelled;
+        ALTER TABLE rollup_day DROP COLUMN server_errors;
+        ALTER TABLE rollup_day DROP COLUMN caller_errors;
+        ALTER TABLE rollup_hour DROP COLUMN cancelled;
+        ALTER TABLE rollup_hour DROP COLUMN server_errors;
+        ALTER TABLE rollup_hour DROP COLUMN caller_errors;
+        """,
+    )
+)

@@ -25,10 +25,34 @@ ON CONFLICT (project_id, bucket, kind, server, tool, client) DO UPDATE SET
 """
 _HOUR_UPSERT = _CELL_UPSERT.format(table="rollup_hour")
 _DAY_UPSERT = _CELL_UPSERT.format(table="rollup_day")
+# Schema 11 on: the cells count the calls of each outcome class apart (rollup.Cell).
+_OUTCOME_COLUMNS = "caller_errors, server_errors, cancelled"
+_OUTCOME_SET = """,
+    caller_errors = caller_errors + excluded.caller_errors,
+    server_errors = server_errors + excluded.server_errors,
+    cancelled = cancelled + excluded.cancelled
+"""
+
+
+def _with_outcomes(upsert: str) -> str:
+    head, rest = upsert.split(")\nVALUES (", 1)
+    values, update = rest.split(")\nON CONFLICT", 1)
+    return f"{head}, {_OUTCOME_COLUMNS})\nVALUES ({values}, ?, ?, ?)\nON CONFLICT{update.rstrip()}{_OUTCOME_SET}"
+
+
+_HOUR_UPSERT_11 = _with_outcomes(_HOUR_UPSERT)
+_DAY_UPSERT_11 = _with_outcomes(_DAY_UPSERT)
 
 _ERROR_UPSERT = """
 INSERT INTO error_hour (project_id, bucket, server, tool, client, error_type, count, last_ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (project_id, bucket, server, tool, client, error_type) DO UPDATE SET
+    count = count + excluded.count, last_ts = max(last_ts, excluded.last_ts)
+"""
+
+_ERROR_UPSERT_11 = """
+INSERT INTO error_hour (project_id, bucket, server, tool, client, error_type, outcome, count, last_ts)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (project_id, bucket, server, tool, client, error_type, outcome) DO UPDATE SET
     count = count + excluded.count, last_ts = max(last_ts, excluded.last_ts)
 """
 
@@ -58,6 +82,36 @@ ON CONFLICT (project_id, server, tool) DO UPDATE SET
     first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen),
     last_called = max(coalesce(last_called, excluded.last_called), coalesce(excluded.last_called, last_called))
 """
+# Schema 11 on: when each tool was first and last listed, its definition's size at the last
+# listing, its latest category (ties: the larger value, so the order of arrival does not matter).
+_CATALOG_UPSERT_11 = """
+INSERT INTO tool_catalog (project_id, server, tool, first_seen, last_seen, last_called, listed_first, listed_last, def_bytes,
+                          category, category_ts)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (project_id, server, tool) DO UPDATE SET
+    first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen),
+    last_called = max(coalesce(last_called, excluded.last_called), coalesce(excluded.last_called, last_called)),
+    listed_first = min(coalesce(listed_first, excluded.listed_first), coalesce(excluded.listed_first, listed_first)),
+    listed_last = max(coalesce(listed_last, excluded.listed_last), coalesce(excluded.listed_last, listed_last)),
+    def_bytes = CASE WHEN listed_last IS NULL OR excluded.listed_last > listed_last THEN excluded.def_bytes
+                     WHEN excluded.listed_last = listed_last THEN max(coalesce(def_bytes, excluded.def_bytes),
+                                                                      coalesce(excluded.def_bytes, def_bytes))
+                     ELSE def_bytes END,
+    category = CASE WHEN category_ts IS NULL OR excluded.category_ts > category_ts THEN coalesce(excluded.category, category)
+                    WHEN excluded.category_ts = category_ts THEN max(category, excluded.category)
+                    ELSE category END,
+    category_ts = max(coalesce(category_ts, excluded.category_ts), coalesce(excluded.category_ts, category_ts))
+"""
+_ACTIVATION_UPSERT = f"""
+INSERT INTO activation (project_id, server, subject, client, first_ts, handshake_ts, list_ts, call_ts)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (project_id, server, subject) DO UPDATE SET
+    client = {_EARLIEST.format(c="client")},
+    first_ts = min(first_ts, excluded.first_ts),
+    handshake_ts = {_EARLIEST.format(c="handshake_ts")},
+    list_ts = {_EARLIEST.format(c="list_ts")},
+    call_ts = {_EARLIEST.format(c="call_ts")}
+"""
 # Schemas 2 and 3 (a rebuild during an upgrade, before schema 4; its migration fills last_called).
 _CATALOG_UPSERT_V2 = """
 INSERT INTO tool_catalog (project_id, server, tool, first_seen, last_seen) VALUES (?, ?, ?, ?, ?)
@@ -75,6 +129,23 @@ INSERT INTO user_number (project_id, user_hash, number, first_seen) VALUES (?, ?
 ON CONFLICT (project_id, user_hash) DO UPDATE SET first_seen = min(first_seen, excluded.first_seen)
 """
 
+_TOOL_DAY_UPSERT_11 = """
+INSERT INTO rollup_tool_day (project_id, bucket, server, tool, calls, errors, dur_count, dur_sum, dur_min, dur_max, hist, users,
+                             caller_errors, server_errors, cancelled)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (project_id, bucket, server, tool) DO UPDATE SET
+    calls = calls + excluded.calls,
+    errors = errors + excluded.errors,
+    dur_count = dur_count + excluded.dur_count,
+    dur_sum = dur_sum + excluded.dur_sum,
+    dur_min = min(coalesce(dur_min, excluded.dur_min), coalesce(excluded.dur_min, dur_min)),
+    dur_max = max(coalesce(dur_max, excluded.dur_max), coalesce(excluded.dur_max, dur_max)),
+    hist = hist_add(hist, excluded.hist),
+    users = users_union(users, excluded.users),
+    caller_errors = caller_errors + excluded.caller_errors,
+    server_errors = server_errors + excluded.server_errors,
+    cancelled = cancelled + excluded.cancelled
+"""
 _TOOL_DAY_UPSERT = """
 INSERT INTO rollup_tool_day (project_id, bucket, server, tool, calls, errors, dur_count, dur_sum, dur_min, dur_max, hist, users)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -147,7 +218,10 @@ def _hist_blob(c: Cell) -> bytes | None:
     return histogram.encode(hist) if hist else None
 
 
-def _cells(project_id: int, cells: dict[tuple[int, str, str, str, str], Cell]) -> list[tuple[Any, ...]]:
+def _cells(project_id: int, cells: dict[tuple[int, str, str, str, str], Cell], outcomes: bool) -> list[tuple[Any, ...]]:
+    if outcomes:
+        return [(project_id, *key, c.calls, c.errors, c.dur_count, c.dur_sum, c.dur_min, c.dur_max, _hist_blob(c),
+                 c.caller_errors, c.server_errors, c.cancelled) for key, c in cells.items()]
     return [
         (project_id, *key, c.calls, c.errors, c.dur_count, c.dur_sum, c.dur_min, c.dur_max, _hist_blob(c))
         for key, c in cells.items()
@@ -178,14 +252,22 @@ def _user_numbers(conn: sqlite3.Connection, p: int, d: Deltas) -> dict[str, int]
 def apply(conn: sqlite3.Connection, project_id: int, d: Deltas, version: int = LATEST) -> None:
     """Add the deltas to the rollups of a store at schema ``version`` (older only while upgrading)."""
     p = project_id
-    conn.executemany(_HOUR_UPSERT, _cells(p, d.hour))
-    conn.executemany(_DAY_UPSERT, _cells(p, d.day))
+    v11 = version >= 11
+    conn.executemany(_HOUR_UPSERT_11 if v11 else _HOUR_UPSERT, _cells(p, d.hour, v11))
+    conn.executemany(_DAY_UPSERT_11 if v11 else _DAY_UPSERT, _cells(p, d.day, v11))
     if d.user_day:
         conn.executemany("INSERT OR IGNORE INTO user_day VALUES (?, ?, ?, ?, ?, ?)", [(p, *k) for k in d.user_day])
         conn.executemany("INSERT OR IGNORE INTO user_hour VALUES (?, ?, ?)", [(p, *k) for k in d.user_hour])
         conn.executemany(_USER_FIRST_UPSERT, [(p, server, user, ts) for (server, user), ts in d.user_first.items()])
-    if d.errors:
-        conn.executemany(_ERROR_UPSERT, [(p, *k, n, last) for k, (n, last) in d.errors.items()])
+    if d.errors and v11:
+        conn.executemany(_ERROR_UPSERT_11, [(p, *k, n, last) for k, (n, last) in d.errors.items()])
+    elif d.errors:  # before schema 11 error_hour had no outcome column
+        merged: dict[tuple[Any, ...], list[int]] = {}
+        for k, (n, last) in d.errors.items():
+            entry = merged.setdefault(k[:5], [0, last])
+            entry[0] += n
+            entry[1] = max(entry[1], last)
+        conn.executemany(_ERROR_UPSERT, [(p, *k, n, last) for k, (n, last) in merged.items()])
     if d.sessions:
         conn.executemany(_SESSION_UPSERT, [
             (p, sid, s.server, s.client, s.client_version, s.protocol_version, s.transport, s.user_hash,
@@ -194,16 +276,25 @@ def apply(conn: sqlite3.Connection, project_id: int, d: Deltas, version: int = L
         ])
         conn.executemany("INSERT OR IGNORE INTO session_tools VALUES (?, ?, ?)",
                          [(p, sid, tool) for sid, s in d.sessions.items() for tool in s.tools])
-    if d.catalog and version >= 4:
-        conn.executemany(_CATALOG_UPSERT, [(p, server, tool, *span) for (server, tool), span in d.catalog.items()])
+    if d.catalog and v11:
+        conn.executemany(_CATALOG_UPSERT_11, [(p, server, tool, *span) for (server, tool), span in d.catalog.items()])
+    elif d.catalog and version >= 4:
+        conn.executemany(_CATALOG_UPSERT, [(p, server, tool, *span[:3]) for (server, tool), span in d.catalog.items()])
     elif d.catalog:
-        conn.executemany(_CATALOG_UPSERT_V2, [(p, server, tool, a, b) for (server, tool), (a, b, _) in d.catalog.items()])
+        conn.executemany(_CATALOG_UPSERT_V2, [(p, server, tool, span[0], span[1]) for (server, tool), span in d.catalog.items()])
     if d.tool_day and version >= 5:
         numbers = _user_numbers(conn, p, d)
-        conn.executemany(_TOOL_DAY_UPSERT, [
+        conn.executemany(_TOOL_DAY_UPSERT_11 if v11 else _TOOL_DAY_UPSERT, [
             (p, *key, c.calls, c.errors, c.dur_count, c.dur_sum, c.dur_min, c.dur_max,
              histogram.encode_dense(histogram.pack(c.histogram())),
-             usersets.encode(usersets.from_numbers(numbers[u] for u in d.tool_day_users.get(key, ()))))
+             usersets.encode(usersets.from_numbers(numbers[u] for u in d.tool_day_users.get(key, ()))),
+             *((c.caller_errors, c.server_errors, c.cancelled) if v11 else ()))
             for key, c in d.tool_day.items()
         ])
+    if v11:
+        if d.action_day:
+            conn.executemany("INSERT OR IGNORE INTO action_user_day VALUES (?, ?, ?, ?, ?)", [(p, *k) for k in d.action_day])
+            conn.executemany("INSERT OR IGNORE INTO action_user_hour VALUES (?, ?, ?, ?, ?)", [(p, *k) for k in d.action_hour])
+        if d.activation:
+            conn.executemany(_ACTIVATION_UPSERT, [(p, server, subject, *entry) for (server, subject), entry in d.activation.items()])
 

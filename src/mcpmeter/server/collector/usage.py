@@ -21,7 +21,8 @@ def endpoint(question: Question) -> Callable[[Request], Coroutine[None, None, Re
     async def handler(request: Request) -> Response:
         collector = request.app.state.collector
         principal = collector.auth.authenticate(request, "read")
-        q, options = questions.parse(question, dict(request.query_params), principal.project.id)
+        q, options = questions.parse(question, questions.params_of(question, request.query_params.multi_items()),
+                                     principal.project.id)
         result = await run_in_threadpool(questions.ask, collector.store, question, q, options)
         return JSONResponse({"project": principal.project.name, **result})
 
