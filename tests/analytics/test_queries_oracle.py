@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import time
 
+import oracle_breakdowns
 import pytest
 from analytics_oracle import DAY, HOUR, Filters, Oracle, Window, generate, ingest, pct_ok, same, window_of
 
-from mcpmeter.analytics import queries
+from mcpmeter.analytics import breakdowns, queries
 from mcpmeter.analytics.periods import window
 from mcpmeter.analytics.queries import Query
 from mcpmeter.analytics.report import build_report
@@ -194,3 +195,72 @@ def test_calls_last_7d_is_the_7d_period(data):
     week = queries.summary(store, query(project, "7d", Filters()))["calls"]
     for period in ("1h", "1d", "30d", "90d"):
         assert queries.summary(store, query(project, period, Filters()))["calls_last_7d"] == week, period
+
+
+# ---- categories, usage actions, activation, measurements (oracle_breakdowns) -------------------
+
+BREAKDOWN_PERIODS = ("1h", "1d", "7d", "90d", "6h to an hour", "from-to days", "from-to hours")
+BREAKDOWN_FILTERS = ("all", "server", "client", "server+tool", "category", "server+category")
+
+
+@pytest.mark.parametrize("period", BREAKDOWN_PERIODS)
+@pytest.mark.parametrize("name", BREAKDOWN_FILTERS)
+def test_categories(data, period, name):
+    store, project, oracle = data
+    answer = breakdowns.categories(store, query(project, period, FILTERS[name]))
+    check(answer, oracle_breakdowns.categories(oracle, window_of(answer), FILTERS[name]))
+
+
+@pytest.mark.parametrize("period", BREAKDOWN_PERIODS)
+@pytest.mark.parametrize("name", ("all", "server", "client", "server+tool"))
+def test_actions(data, period, name):
+    store, project, oracle = data
+    answer = breakdowns.actions(store, query(project, period, FILTERS[name]))
+    check(answer, oracle_breakdowns.actions(oracle, window_of(answer), FILTERS[name]))
+
+
+@pytest.mark.parametrize("period", BREAKDOWN_PERIODS)
+@pytest.mark.parametrize("name", BREAKDOWN_FILTERS)
+def test_activation(data, period, name):
+    store, project, oracle = data
+    answer = breakdowns.activation(store, query(project, period, FILTERS[name]))
+    check(answer, oracle_breakdowns.activation(oracle, window_of(answer), FILTERS[name]))
+
+
+def test_the_breakdowns_have_something_to_check(data):
+    store, project, oracle = data
+    q = query(project, "90d", Filters())
+    assert {r["action"] for r in breakdowns.actions(store, q)["actions"]} == {"page_view", "installation"}
+    servers = breakdowns.activation(store, q)["servers"]
+    assert all(s["probes"] > 0 and s["called"] > 0 and s["context"]["never_called"] >= 0 for s in servers)
+    assert any(c["client"] == "crawler-bot" for s in servers for c in s["probe_clients"])
+    assert any(s["sessions"] < s["followed"] for s in servers)  # users followed without sessions too
+    assert {c["category"] for c in breakdowns.categories(store, q)["categories"]} == {"read", "write", "time", None}
+    unknown = queries.errors(store, q)["unknown_tools"]
+    assert unknown and {u["tool"] for u in unknown} == {"delete_everything"}
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def metrics(request, tmp_path_factory):
+    rows = oracle_breakdowns.generate_measurements(SEED, NOW)
+    with store_location(request.param, tmp_path_factory.mktemp("measurements"), migrated=True) as location:
+        store = open_store(location, durable=False)
+        project = store.ensure_project("default")
+        for i in range(0, len(rows), 400):  # several requests, as senders make them
+            assert store.ingest_measurements(project.id, rows[i:i + 400]).accepted == len(rows[i:i + 400])
+        yield store, project, rows
+        store.close()
+
+
+@pytest.mark.parametrize("period", ["1h", "6h", "12h", "1d", "7d", "6h to an hour", "from-to hours", "from-to days"])
+@pytest.mark.parametrize("names", [None, "latency", "latency,builds"])
+@pytest.mark.parametrize("server", [None, "archon"])
+def test_measurements_answer_exactly_for_the_window(metrics, period, names, server):
+    """Hour windows from hourly aggregates (not the whole UTC day), day windows from daily ones."""
+    store, project, rows = metrics
+    spec = dict(PERIODS.get(period, dict(period=period)))
+    q = Query(project.id, window(now_ms=NOW, **spec), server=server)
+    answer = breakdowns.measurements(store, q, names)
+    w = window_of(answer)
+    check(answer, oracle_breakdowns.measurements(rows, w, server, breakdowns.metric_names(names), Filters(server=server)))
+    assert answer["series"] or period == "1h"
