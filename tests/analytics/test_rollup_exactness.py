@@ -16,6 +16,8 @@ from mcpmeter.analytics.queries import Query
 from mcpmeter.events import ROW_FIELDS, Limits, decode_batch
 from mcpmeter.ingest import rows_for
 from mcpmeter.storage import open_store
+from mcpmeter.storage.postgres_migrations import MIGRATIONS as PG_MIGRATIONS
+from mcpmeter.storage.sqlite_migrations import MIGRATIONS as SQLITE_MIGRATIONS
 
 SEED = 977
 ANSWERS = {
@@ -107,7 +109,8 @@ def test_downgrading_and_upgrading_again_gives_the_same_figures(store_url, event
         store.close()
         pytest.skip(f"this backend's newest schema is {latest}")
     assert store.downgrade(to)[-1] == to + 1
-    assert store.upgrade() == list(range(to + 1, latest + 1))
+    migrations = PG_MIGRATIONS if store_url.startswith("postgresql") else SQLITE_MIGRATIONS
+    assert store.upgrade() == [m.version for m in migrations if m.version > to]  # versions may leave gaps
     assert_figures(store, project, Oracle(events))
     store.close()
 

@@ -34,7 +34,9 @@ from mcpmeter.storage import open_store
 pytestmark = pytest.mark.anyio
 
 MIN_MS = 60_000
-TOOLS = {"usage_report", "top_tools", "tool_errors", "usage_timeseries", "clients", "sessions"}
+TOOLS = {"usage_report", "top_tools", "tool_errors", "usage_timeseries", "clients", "sessions", "tool_categories",
+         "activation", "usage_actions"}
+CATEGORY = {"search": "read", "details": "read", "now": "time"}  # as @meter.tool(category=...) records them
 
 
 @pytest.fixture
@@ -48,7 +50,8 @@ def anyio_backend() -> str:
 def call(ts: int, tool: str, user: str, client: str, ms: float, server: str = "weblab", session: str | None = None,
          error: str | None = None, message: str | None = None) -> dict[str, Any]:
     event = {"id": f"e{ts}-{tool}-{user}", "kind": "tool_call", "ts": ts, "server": server, "tool": tool, "user": user,
-             "client_name": client, "duration_ms": ms, "ok": error is None, "session_id": session}
+             "client_name": client, "duration_ms": ms, "ok": error is None, "session_id": session,
+             "category": CATEGORY.get(tool)}
     if error:
         event |= {"error_type": error, "error_message": message}
     return {k: v for k, v in event.items() if v is not None}
@@ -76,7 +79,11 @@ def known_events(now: int) -> tuple[list[dict], list[dict], list[dict]]:
         {"id": "init-s1", "kind": "initialize", "ts": recent - 1000, "server": "weblab", "session_id": "s1",
          "client_name": "cursor", "client_version": "1.7.2", "protocol_version": "2025-11-25"},
         {"id": "list-s1", "kind": "list_tools", "ts": recent - 800, "server": "weblab", "session_id": "s1"},
-        {"id": "listed-export", "kind": "tool_listed", "ts": recent, "server": "weblab", "tool": "export"},
+        {"id": "listed-export", "kind": "tool_listed", "ts": recent, "server": "weblab", "tool": "export", "result_bytes": 481},
+        {"id": "view-1", "kind": "page_view", "ts": recent, "server": "weblab", "user": "u1"},
+        {"id": "view-2", "kind": "page_view", "ts": recent + 1, "server": "weblab", "user": "u2"},
+        {"id": "view-3", "kind": "page_view", "ts": recent + 2, "server": "weblab", "user": "u1"},
+        {"id": "install-1", "kind": "installation", "ts": mid, "server": "time", "user": "u3"},
     ]
     return this_week, previous_week, other
 
@@ -125,9 +132,9 @@ def check_report(r: dict[str, Any], week: list[dict], previous: list[dict]) -> N
 
 
 def stdio_params(*args: str, env: dict[str, str] | None = None) -> StdioServerParameters:
-    # A spawned server inherits only a few safe variables: pass ours explicitly.
-    return StdioServerParameters(command=MCPMETER[0], args=[*MCPMETER[1:], "mcp", *args],
-                                 env={"MCPMETER_HOME": os.environ["MCPMETER_HOME"], **(env or {})})
+    # A spawned server inherits only a few safe variables: pass ours explicitly (PYTHONPATH: the sources under test).
+    inherited = {k: os.environ[k] for k in ("MCPMETER_HOME", "PYTHONPATH") if k in os.environ}
+    return StdioServerParameters(command=MCPMETER[0], args=[*MCPMETER[1:], "mcp", *args], env={**inherited, **(env or {})})
 
 
 async def test_over_stdio_every_tool_answers_with_the_numbers_of_the_store(known, tmp_path):
@@ -193,6 +200,24 @@ async def test_over_stdio_every_tool_answers_with_the_numbers_of_the_store(known
                 first_call = min(e["ts"] for e in week if e["session_id"] == "s1")
                 assert sessions["handshake_ms"]["initialize_to_list_tools"]["p50"] == listing - init
                 assert sessions["handshake_ms"]["list_tools_to_call_tool"]["p50"] == first_call - listing
+
+                # Categories, the activation funnel with the catalog's context cost, other actions.
+                r = await session.call_tool("tool_categories", {"period": "7d"})
+                by_category = {c["category"]: (c["calls"], c["users"]) for c in r.structured_content["categories"]}
+                assert by_category == {c: (sum(CATEGORY[e["tool"]] == c for e in week),
+                                           len({e["user"] for e in week if CATEGORY[e["tool"]] == c})) for c in ("read", "time")}
+                r = await session.call_tool("usage_report", {"period": "7d", "category": "time"})
+                assert r.structured_content["calls"] == sum(e["tool"] == "now" for e in week)
+                r = await session.call_tool("activation", {"period": "7d", "server": "weblab"})
+                [weblab] = r.structured_content["servers"]
+                assert (weblab["handshake"], weblab["listed_tools"]) == (1, 1)  # only s1 opened and listed
+                assert weblab["called"] == len({e["session_id"] for e in week if e["server"] == "weblab"})
+                assert weblab["context"] == {"tools": 1, "definition_bytes": 481, "definition_tokens": 121, "never_called": 1,
+                                             "never_called_tokens": 121}
+                assert "`export` (weblab, ~121 tokens)" in r.content[0].text
+                r = await session.call_tool("usage_actions", {"period": "7d"})
+                assert {(a["server"], a["action"], a["count"], a["users"]) for a in r.structured_content["by_server"]} == {
+                    ("weblab", "page_view", 3, 2), ("time", "installation", 1, 1)}
 
                 # Filters narrow every answer.
                 r = await session.call_tool("usage_report", {"period": "30d", "server": "weblab", "client": "cursor"})

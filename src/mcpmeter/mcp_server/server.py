@@ -35,8 +35,11 @@ INSTRUCTIONS = """\
 Usage analytics for MCP servers, recorded by mcpmeter: who uses them, which tools are popular,
 whether calls succeed and how fast they are, and what happened recently.
 Start with `usage_report` (period 7d unless asked otherwise); drill down with `top_tools`,
-`tool_errors`, `usage_timeseries`, `clients` and `sessions`. Every answer states the exact
-window (UTC, whole hours or days) it covers; quote it when reporting numbers."""
+`tool_errors`, `usage_timeseries`, `clients`, `sessions`, `tool_categories`, `activation` and
+`usage_actions`. Every answer states the exact window (UTC, whole hours or days) it covers;
+quote it when reporting numbers. The success rate counts tool and server errors against the
+calls; caller errors (a wrong request, a tool that does not exist) and cancelled calls are
+reported apart and do not count."""
 
 Granularity = Annotated[Literal["hour", "day"] | None, Field(description="Bucket size. Default: hour for periods up to 2 days, else day. "
                                                                           "Hourly points are offered for periods up to 7 days.")]
@@ -219,6 +222,34 @@ def build_server(source: Source) -> MCPServer:
         distinct tools per session, and handshake latencies (initialize → tools/list → first tools/call)."""
         a = answers.ask("sessions", params)
         return result(a, text.sessions_text(a))
+
+    @mcp.tool(title="Tool categories", annotations=READ_ONLY)
+    @asks("categories")
+    def tool_categories(params: Params) -> CallToolResult:
+        """Which kinds of tools are used? Calls, share, errors, success rate, distinct users and
+        tools per tool category (as the server records it, e.g. read / write); tools without one
+        are counted under none."""
+        a = answers.ask("categories", params)
+        return result(a, text.categories_text(a))
+
+    @mcp.tool(title="Activation", annotations=READ_ONLY)
+    @asks("activation")
+    def activation(params: Params) -> CallToolResult:
+        """Do clients that connect go on to use it? Per server, of the sessions (or, without sessions,
+        users) first seen in the period: how many opened (initialize / server/discover), listed the
+        tools, and called one; those that never called a tool (probes, crawlers: not counted as users)
+        and their clients; and what each listed tool costs in context (its definition's bytes and an
+        estimate in tokens, bytes / 4) beside its calls: tools that cost context and earn nothing."""
+        a = answers.ask("activation", params)
+        return result(a, text.activation_text(a))
+
+    @mcp.tool(title="Other usage actions", annotations=READ_ONLY)
+    @asks("actions", without=frozenset({"tool", "category"}))
+    def usage_actions(params: Params) -> CallToolResult:
+        """What else do people do? Events of other kinds the servers record (e.g. page_view,
+        installation): counts per server and action, distinct users per action."""
+        a = answers.ask("actions", params)
+        return result(a, text.actions_text(a))
 
     def resource_json(question: str, period: str) -> str:
         try:

@@ -43,15 +43,21 @@ def tools_text(a: dict[str, Any], shown: list[dict[str, Any]]) -> str:
 
 
 def errors_text(a: dict[str, Any]) -> str:
-    lines = [f"**Errors** · {scope(a)}", "", f"{a['errors']} failed call(s)."]
+    o = a.get("outcomes") or {}
+    lines = [f"**Errors** · {scope(a)}", "", f"{a['errors']} failed request(s): {o.get('tool_error', 0)} tool error(s), "
+             f"{o.get('server_error', 0)} server error(s), {o.get('caller_error', 0)} caller error(s) (wrong requests: "
+             "not counted against the success rate)."]
     if a["types"]:
-        lines += ["", "| Tool | Server | Error type | Count | Share | Last seen |", "|---|---|---|---:|---:|---|"]
+        lines += ["", "| Tool | Server | Error type | Outcome | Count | Share | Last seen |", "|---|---|---|---|---:|---:|---|"]
         for e in a["types"][:MAX_ROWS]:
-            lines.append(f"| `{e['tool'] or '–'}` | {e['server']} | {e['error_type'] or 'unknown'} | {e['count']} "
+            lines.append(f"| `{e['tool'] or '–'}` | {e['server']} | {e['error_type'] or 'unknown'} | {e['outcome']} | {e['count']} "
                          f"| {_share(e['share'])} | {e['last_seen']} |")
         if len(a["types"]) > MAX_ROWS:
             rest = a["types"][MAX_ROWS:]
             lines.append(f"\n…and {len(rest)} rarer error type(s) with {sum(e['count'] for e in rest)} failure(s) in all.")
+    if a.get("unknown_tools"):
+        lines += ["", "Tools clients tried that the server does not have: " + ", ".join(
+            f"`{t['tool']}` ({t['server']}, {t['calls']}×)" for t in a["unknown_tools"][:MAX_ROWS])]
     if a["recent"]:
         lines += ["", "Most recent failures:"]
         for r in a["recent"]:
@@ -110,4 +116,44 @@ def sessions_text(a: dict[str, Any]) -> str:
              f"- initialize → tools/list: {_dist(hs['initialize_to_list_tools'], ' ms')}",
              f"- tools/list → first tools/call: {_dist(hs['list_tools_to_call_tool'], ' ms')}",
              f"- initialize → first tools/call: {_dist(hs['initialize_to_call_tool'], ' ms')}"]
+    return "\n".join(lines) + "\n"
+
+
+def categories_text(a: dict[str, Any]) -> str:
+    lines = [f"**Tool categories** · {scope(a)}", "", f"{a['calls']} calls in all."]
+    if a["categories"]:
+        lines += ["", "| Category | Calls | Share | Success | Users | Tools | p95 |", "|---|---:|---|---:|---:|---:|---:|"]
+        for c in a["categories"]:
+            lines.append(f"| {c['category'] or '(none)'} | {c['calls']} | `{bar(c['share'], 10)}` {_share(c['share'])} "
+                         f"| {pct(c['success_rate'])} | {c['users']} | {c['tools']} | {ms(c['p95_ms'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def activation_text(a: dict[str, Any]) -> str:
+    lines = [f"**Activation** · {scope(a)}", "",
+             "Followed: sessions, or users where the protocol has no sessions, first seen in the period. "
+             "Tokens are estimated as bytes / 4."]
+    if a["servers"]:
+        lines += ["", "| Server | Followed | Opened | Listed tools | Called a tool | Never called | Catalog tokens | Unused tokens |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for s in a["servers"]:
+            c = s["context"] or {}
+            lines.append(f"| {s['server']} | {s['followed']} | {s['handshake']} | {s['listed_tools']} | {s['called']} "
+                         f"| {s['probes']} | {c.get('definition_tokens', '–')} | {c.get('never_called_tokens', '–')} |")
+        for s in a["servers"]:
+            if s["probe_clients"]:
+                lines.append(f"\nNever called a tool on {s['server']}: " + ", ".join(
+                    f"{p['client']} ×{p['probes']}" for p in s["probe_clients"]))
+    idle = [t for t in a["tools"] if t["listed_now"] and not t["calls"]]
+    if idle:
+        lines += ["", "Listed, costing context, never called in the period: " + ", ".join(
+            f"`{t['tool']}` ({t['server']}, ~{t['definition_tokens']} tokens)" for t in idle[:MAX_ROWS])]
+    return "\n".join(lines) + "\n"
+
+
+def actions_text(a: dict[str, Any]) -> str:
+    lines = [f"**Other usage actions** · {scope(a)}", "", f"{a['total']} event(s)."]
+    if a["by_server"]:
+        lines += ["", "| Server | Action | Count | Users |", "|---|---|---:|---:|"]
+        lines += [f"| {r['server']} | {r['action']} | {r['count']} | {r['users']} |" for r in a["by_server"][:MAX_ROWS]]
     return "\n".join(lines) + "\n"

@@ -20,6 +20,7 @@ PostgreSQL-specific choices, each explained where it is made:
 from __future__ import annotations
 
 from .base import Migration
+from .rollup import outcome_backfill
 
 READER_ROLE = "mcpmeter_reader"
 CURRENT_PROJECT = "nullif(current_setting('mcpmeter.project_id', true), '')::bigint"
@@ -373,6 +374,8 @@ _OUTCOME_CELLS = "".join(
     f"ALTER TABLE {t} ADD COLUMN caller_errors bigint NOT NULL DEFAULT 0, ADD COLUMN server_errors bigint NOT NULL DEFAULT 0, "
     f"ADD COLUMN cancelled bigint NOT NULL DEFAULT 0;\n" for t in ("rollup_hour", "rollup_day", "rollup_tool_day"))
 
+_OUTCOMES_FROM_EVENTS = outcome_backfill("(attributes::jsonb ->> 'mcp.outcome')", "error_type ~ '^-?[0-9]'")
+
 MIGRATIONS.append(
     Migration(
         11,
@@ -398,6 +401,7 @@ MIGRATIONS.append(
         FROM (SELECT project_id, server, tool, max(ts) AS ts FROM events WHERE category IS NOT NULL AND tool IS NOT NULL
               GROUP BY project_id, server, tool) AS c
         WHERE c.project_id = tool_catalog.project_id AND c.server = tool_catalog.server AND c.tool = tool_catalog.tool;
+        {_OUTCOMES_FROM_EVENTS}
         CREATE INDEX tool_catalog_by_category ON tool_catalog (project_id, category) WHERE category IS NOT NULL;
         CREATE TABLE measurement_hour (
             project_id bigint NOT NULL, hour bigint NOT NULL, server CTEXT NOT NULL, name CTEXT NOT NULL,

@@ -7,7 +7,7 @@ additive upserts in the same transaction as the raw rows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
@@ -38,9 +38,13 @@ from ..protocol import (
     kind_for_method,
     outcome_of,
 )
+from ..protocol import CALLER_ERROR_TYPES, CANCELLED, ERROR_NAMES, JSONRPC_ERROR, OUTCOMES, TOOL_ERROR
 
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
+# The error names that are the server's fault (``protocol.outcome_of``: any other JSON-RPC
+# name, a code without a name, no type at all); any other name is an exception of the tool's code.
+SERVER_ERROR_NAMES = frozenset(set(ERROR_NAMES.values()) - CALLER_ERROR_TYPES | {JSONRPC_ERROR})
 ERROR_OUTCOMES = (OUTCOME_TOOL_ERROR, OUTCOME_SERVER_ERROR, OUTCOME_CALLER_ERROR)  # what ``errors`` counts
 FUNNEL_KINDS = (*HANDSHAKE_KINDS, LIST_TOOLS, TOOL_CALL)  # what the activation funnel follows
 _decode_attributes = msgspec.json.Decoder(dict)
@@ -68,6 +72,56 @@ def outcome_class(ok: int | None, error_type: str | None, attributes: str | None
         except msgspec.DecodeError:
             attrs = None
     return outcome_of(None if ok is None else bool(ok), error_type, attrs)
+
+
+def outcome_case(recorded: str, numeric: str) -> str:
+    """``outcome_class`` as a SQL expression over an events row (``ok``, ``error_type``), given the
+    backend's expressions for its recorded ``mcp.outcome`` attribute and for "error_type is a
+    number": for the migration that fills the outcome counts from the raw events."""
+    def names(values: Iterable[str]) -> str:
+        return ", ".join(f"'{v}'" for v in sorted(values))
+    return (f"CASE WHEN {recorded} IN ({names(OUTCOMES)}) THEN {recorded} "
+            f"WHEN error_type = '{CANCELLED}' THEN '{OUTCOME_CANCELLED}' "
+            f"WHEN ok = 1 OR (ok IS NULL AND error_type IS NULL) THEN '{OUTCOME_OK}' "
+            f"WHEN error_type IN ({names(CALLER_ERROR_TYPES)}) THEN '{OUTCOME_CALLER_ERROR}' "
+            f"WHEN error_type = '{TOOL_ERROR}' THEN '{OUTCOME_TOOL_ERROR}' "
+            f"WHEN error_type IS NULL OR error_type IN ({names(SERVER_ERROR_NAMES)}) OR {numeric} THEN '{OUTCOME_SERVER_ERROR}' "
+            f"ELSE '{OUTCOME_TOOL_ERROR}' END")
+
+
+def outcome_backfill(recorded: str, numeric: str) -> str:
+    """SQL that fills the outcome counts of the rollups from the raw events (schema 11): every
+    cell whose events are all still stored (its raw count equals its ``calls``) gets its
+    errors, caller errors, server errors and cancelled calls counted by ``outcome_case``; the
+    error groups of every hour from the project's oldest stored event on are split by outcome
+    class. Older rollups keep what they had: every failure a tool error, nothing cancelled."""
+    errors = ", ".join(f"'{o}'" for o in ERROR_OUTCOMES)
+    events = (f"SELECT project_id, ts, kind, server, coalesce(tool, '') AS tool, coalesce(client_name, '') AS client, "
+              f"coalesce(error_type, 'error') AS error_type, {outcome_case(recorded, numeric)} AS o "
+              f"FROM events WHERE kind <> '{TOOL_LISTED}'")
+    counts = (f"count(*) AS calls, sum(CASE WHEN o IN ({errors}) THEN 1 ELSE 0 END) AS errors, "
+              f"sum(CASE WHEN o = '{OUTCOME_CALLER_ERROR}' THEN 1 ELSE 0 END) AS caller, "
+              f"sum(CASE WHEN o = '{OUTCOME_SERVER_ERROR}' THEN 1 ELSE 0 END) AS server_, "
+              f"sum(CASE WHEN o = '{OUTCOME_CANCELLED}' THEN 1 ELSE 0 END) AS cancelled")
+
+    def update(table: str, size: int, keys: tuple[str, ...], where: str = "") -> str:
+        match = " AND ".join(f"c.{k} = {table}.{k}" for k in ("project_id", "bucket", *keys))
+        return (f"UPDATE {table} SET errors = c.errors, caller_errors = c.caller, server_errors = c.server_, "
+                f"cancelled = c.cancelled FROM (SELECT project_id, ts - ts % {size} AS bucket, {', '.join(keys)}, {counts} "
+                f"FROM ({events}) AS e{where} GROUP BY project_id, ts - ts % {size}, {', '.join(keys)}) AS c "
+                f"WHERE {match} AND c.calls = {table}.calls;\n")
+
+    first = "SELECT project_id, min(ts) AS first FROM events GROUP BY project_id"
+    return (update("rollup_hour", HOUR_MS, ("kind", "server", "tool", "client"))
+            + update("rollup_day", DAY_MS, ("kind", "server", "tool", "client"))
+            + update("rollup_tool_day", DAY_MS, ("server", "tool"), f" WHERE kind = '{TOOL_CALL}'")
+            + f"DELETE FROM error_hour WHERE bucket >= (SELECT m.first FROM ({first}) AS m "
+              "WHERE m.project_id = error_hour.project_id);\n"
+            + "INSERT INTO error_hour (project_id, bucket, server, tool, client, error_type, outcome, count, last_ts) "
+              f"SELECT e.project_id, e.ts - e.ts % {HOUR_MS}, e.server, e.tool, e.client, e.error_type, e.o, count(*), max(e.ts) "
+              f"FROM ({events}) AS e JOIN ({first}) AS m ON m.project_id = e.project_id "
+              f"WHERE e.o IN ({errors}) AND e.ts - e.ts % {HOUR_MS} >= m.first "
+              f"GROUP BY e.project_id, e.ts - e.ts % {HOUR_MS}, e.server, e.tool, e.client, e.error_type, e.o;\n")
 
 
 def activation_subject(session_id: str | None, user_hash: str | None) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .base import Migration
+from .rollup import outcome_backfill
 
 MIGRATIONS: list[Migration] = [
     Migration(
@@ -283,6 +284,8 @@ CREATE TABLE error_hour_11 (
 _ACTION_KINDS = """kind NOT IN ('tool_call', 'list_tools', 'initialize', 'server_discover', 'session_start', 'session_end',
     'tool_listed', 'sdk.dropped', 'auth', 'ping') AND instr(kind, '/') = 0"""
 
+_OUTCOMES_FROM_EVENTS = outcome_backfill('json_extract(attributes, \'$."mcp.outcome"\')', "(error_type GLOB '[0-9]*' OR error_type GLOB '-[0-9]*')")
+
 MIGRATIONS.append(
     Migration(
         11,
@@ -320,6 +323,7 @@ MIGRATIONS.append(
         FROM (SELECT project_id, server, tool, max(ts) AS ts FROM events WHERE category IS NOT NULL AND tool IS NOT NULL
               GROUP BY project_id, server, tool) AS c
         WHERE c.project_id = tool_catalog.project_id AND c.server = tool_catalog.server AND c.tool = tool_catalog.tool;
+        {_OUTCOMES_FROM_EVENTS}
         CREATE INDEX tool_catalog_by_category ON tool_catalog (project_id, category) WHERE category IS NOT NULL;
         CREATE TABLE measurement_hour (
             project_id INTEGER NOT NULL, hour INTEGER NOT NULL, server TEXT NOT NULL, name TEXT NOT NULL,
