@@ -26,6 +26,7 @@ from mcpmeter.storage import open_store
 from mcpmeter.storage.base import EventFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "analytics"))
+import oracle_breakdowns
 from analytics_oracle import Filters, Oracle, generate, same, window_of
 
 pytestmark = pytest.mark.slow
@@ -128,27 +129,8 @@ class Load:
 
 
 def expected_report(oracle: Oracle, report: dict) -> dict:
-    """The report built_report gives, computed by the oracle for the report's own window."""
-    w, f = window_of(report), Filters()
-    s, t, ts = oracle.summary(w, f), oracle.tools(w, f), oracle.timeseries(w, f, by_tool=0)
-    e, c = oracle.errors(w, f, samples=10), oracle.clients(w, f)
-    return {
-        **{k: s[k] for k in ("from", "to", "grain", "filters", "users", "new_users", "returning_users", "calls",
-                             "errors", "success_rate", "latency_ms", "calls_last_7d", "previous", "change")},
-        "project": "default",
-        "tools": [
-            {"server": r["server"], "tool": r["tool"], "calls": r["calls"], "share": r["share"], "errors": r["errors"],
-             "success_rate": r["success_rate"], "users": r["users"], "p50_ms": r["latency_ms"]["p50"],
-             "p95_ms": r["latency_ms"]["p95"], "p99_ms": r["latency_ms"]["p99"], "last_used": r["last_used"]}
-            for r in t["tools"]
-        ],
-        "never_called": t["never_called"],
-        "timeseries": [{k: p[k] for k in ("t", "calls", "errors", "users", "p95_ms")} for p in ts["points"]],
-        "error_types": e["types"],
-        "recent_errors": e["recent"],
-        "clients": c["clients"],
-        "protocol_versions": c["protocol_versions"],
-    }
+    """The report build_report gives, computed by the oracle for the report's own window."""
+    return {**oracle_breakdowns.report(oracle, window_of(report), Filters()), "project": "default"}
 
 
 def check_everything(pg_dsn: str, collectors: list[Collector], read_key: str, events: list[dict], acked: set[str]) -> None:

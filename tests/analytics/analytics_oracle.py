@@ -163,7 +163,7 @@ def generate(seed: int, now_ms: int, sessions: int = 900, users: int = 60) -> li
         kind = rng.choice([*ACTIONS, "page_view", "resources/read", "ping"])
         emit(kind=kind, ts=at(start_time()), server=rng.choice(list(SERVERS)),
              user=rng.choice(people) if rng.random() < 0.8 else None, ok=True if kind == "ping" else None)
-    for i in range(sessions // 10):  # 2026-07-28 without sessions: a user (or nobody) followed by requests
+    for _ in range(sessions // 10):  # 2026-07-28 without sessions: a user (or nobody) followed by requests
         server = rng.choice(list(SERVERS))
         user = rng.choice(people) if rng.random() < 0.7 else None
         client = rng.choice(["claude-code", "crawler-bot", None])

@@ -168,3 +168,31 @@ def measurements(rows: list[tuple], w: Window, server: str | None, names: list[s
     for entry in series.values():
         entry["avg"] = entry["sum"] / entry["count"]
     return {**describe(w, f), "names": sorted(set(names)), "series": list(series.values()), "markers": []}
+
+
+def report(o: Oracle, w: Window, f: Filters) -> dict:
+    """What ``build_report`` answers (GET /v1/usage/report), computed by hand."""
+    s, t, ts = o.summary(w, f), o.tools(w, f), o.timeseries(w, f, by_tool=0)
+    e, c = o.errors(w, f, samples=10), o.clients(w, f)
+    return {
+        **{k: s[k] for k in ("from", "to", "grain", "filters", "users", "new_users", "returning_users", "calls",
+                             "errors", "failures", "success_rate", "outcomes", "latency_ms", "calls_last_7d", "previous",
+                             "change")},
+        "tools": [
+            {"server": r["server"], "tool": r["tool"], "category": r["category"], "calls": r["calls"], "share": r["share"],
+             "errors": r["errors"], "failures": r["failures"], "success_rate": r["success_rate"], "users": r["users"],
+             "p50_ms": r["latency_ms"]["p50"], "p95_ms": r["latency_ms"]["p95"], "p99_ms": r["latency_ms"]["p99"],
+             "last_used": r["last_used"], "definition_tokens": r["definition_tokens"]}
+            for r in t["tools"]
+        ],
+        "never_called": t["never_called"],
+        "timeseries": [{k: p[k] for k in ("t", "calls", "errors", "users", "p95_ms")} for p in ts["points"]],
+        "error_types": e["types"],
+        "unknown_tools": e["unknown_tools"],
+        "recent_errors": e["recent"],
+        "clients": c["clients"],
+        "protocol_versions": c["protocol_versions"],
+        "categories": categories(o, w, f)["categories"],
+        "actions": actions(o, w, f)["by_server"],
+        "activation": activation(o, w, f)["servers"],
+    }

@@ -158,6 +158,13 @@ def test_sessions(data, period, name):
     check(answer, oracle.sessions_answer(window_of(answer), FILTERS[name]))
 
 
+@pytest.mark.parametrize("period", ["1h", "1d", "30d"])
+def test_the_report_is_every_figure(data, period):
+    store, project, oracle = data
+    answer = build_report(store, query(project, period, Filters()))
+    check(answer, oracle_breakdowns.report(oracle, window_of(answer), Filters()))
+
+
 @pytest.mark.parametrize("period", ["1d", "30d"])
 def test_the_report_is_the_same_figures(data, period):
     store, project, oracle = data
@@ -228,7 +235,7 @@ def test_activation(data, period, name):
 
 
 def test_the_breakdowns_have_something_to_check(data):
-    store, project, oracle = data
+    store, project, _ = data
     q = query(project, "90d", Filters())
     assert {r["action"] for r in breakdowns.actions(store, q)["actions"]} == {"page_view", "installation"}
     servers = breakdowns.activation(store, q)["servers"]

@@ -92,7 +92,8 @@ def activation(store: Store, q: Query) -> dict[str, Any]:
     catalog = [r for r in store.tool_catalog(q.project_id, q.server) if r[6] is not None]
     for r in catalog:
         latest[r[0]] = max(latest.get(r[0], r[6]), r[6])
-    tools, cost = [], {}
+    tools: list[dict[str, Any]] = []
+    cost: dict[str, dict[str, int]] = {}
     for server, tool, *_, listed_last, size, category in catalog:
         current = listed_last >= latest[server] - latest[server] % DAY_MS  # in the server's latest day of listings
         if (q.tool is not None and tool != q.tool) or (q.category is not None and category != q.category):

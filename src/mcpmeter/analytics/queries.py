@@ -234,9 +234,9 @@ def unknown_tools(store: Store, q: Query, groups: Sequence[tuple]) -> list[dict[
     params (-32602, what a call to a missing tool is recorded as) naming a tool the server's
     catalog never listed, on servers whose catalog is known (a tools/list was recorded)."""
     listed: dict[str, set[str]] = {}
-    for entry in store.tool_catalog(q.project_id, q.server):
-        if entry[6] is not None:
-            listed.setdefault(entry[0], set()).add(entry[1])
+    for row in store.tool_catalog(q.project_id, q.server):
+        if row[6] is not None:
+            listed.setdefault(row[0], set()).add(row[1])
     tried: dict[tuple[str, str], list[int]] = {}
     for s, t, e, o, n, last in groups:
         if o == OUTCOME_CALLER_ERROR and e == UNKNOWN_TOOL and t and s in listed and t not in listed[s]:

@@ -60,7 +60,7 @@ def key_info(row: Sequence[Any]) -> KeyInfo:
 
 def dims(f: EventFilter, client_column: str = "client", prefix: str = "") -> tuple[str, list[Any]]:
     """`` AND server = ? ...`` for the filter's dimensions that are set (a table with server and tool columns)."""
-    sql, params = "", []
+    sql, params = "", list[Any]()
     for column, value in (("server", f.server), ("tool", f.tool), (client_column, f.client)):
         if value is not None:
             sql += f" AND {prefix}{column} = ?"

@@ -26,11 +26,21 @@ LATEST = MIGRATIONS[-1].version
 _json = msgspec.json.Encoder().encode
 
 
-def _cell_upsert(table: str) -> str:
+# Schema 11 on, the cells also count the calls of each outcome class apart (rollup.Cell).
+_OUTCOME_COLUMNS = ", caller_errors, server_errors, cancelled"
+_OUTCOME_TYPES = ", %b::bigint[], %b::bigint[], %b::bigint[]"
+_OUTCOME_SET = """,
+    caller_errors = r.caller_errors + excluded.caller_errors,
+    server_errors = r.server_errors + excluded.server_errors,
+    cancelled = r.cancelled + excluded.cancelled"""
+
+
+def _cell_upsert(table: str, outcomes: bool = False) -> str:
     return f"""
-INSERT INTO {table} AS r (project_id, bucket, kind, server, tool, client, calls, errors, dur_count, dur_sum, dur_min, dur_max, hist)
+INSERT INTO {table} AS r (project_id, bucket, kind, server, tool, client, calls, errors, dur_count, dur_sum, dur_min, dur_max, hist{
+    _OUTCOME_COLUMNS if outcomes else ""})
 SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bigint[], %b::bigint[],
-                     %b::bigint[], %b::float8[], %b::float8[], %b::float8[], %b::jsonb[])
+                     %b::bigint[], %b::float8[], %b::float8[], %b::float8[], %b::jsonb[]{_OUTCOME_TYPES if outcomes else ""})
 ON CONFLICT (project_id, bucket, kind, server, tool, client) DO UPDATE SET
     calls = r.calls + excluded.calls,
     errors = r.errors + excluded.errors,
@@ -38,37 +48,14 @@ ON CONFLICT (project_id, bucket, kind, server, tool, client) DO UPDATE SET
     dur_sum = r.dur_sum + excluded.dur_sum,
     dur_min = least(r.dur_min, excluded.dur_min),
     dur_max = greatest(r.dur_max, excluded.dur_max),
-    hist = mcpmeter_hist_merge(r.hist, excluded.hist)
+    hist = mcpmeter_hist_merge(r.hist, excluded.hist){_OUTCOME_SET if outcomes else ""}
 """
 
 
 _HOUR_UPSERT = _cell_upsert("rollup_hour")
 _DAY_UPSERT = _cell_upsert("rollup_day")
-
-
-def _cell_upsert_11(table: str) -> str:
-    """Schema 11 on: the cells count the calls of each outcome class apart (rollup.Cell)."""
-    return f"""
-INSERT INTO {table} AS r (project_id, bucket, kind, server, tool, client, calls, errors, dur_count, dur_sum, dur_min, dur_max, hist,
-                         caller_errors, server_errors, cancelled)
-SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[], %b::bigint[], %b::bigint[],
-                     %b::bigint[], %b::float8[], %b::float8[], %b::float8[], %b::jsonb[], %b::bigint[], %b::bigint[], %b::bigint[])
-ON CONFLICT (project_id, bucket, kind, server, tool, client) DO UPDATE SET
-    calls = r.calls + excluded.calls,
-    errors = r.errors + excluded.errors,
-    dur_count = r.dur_count + excluded.dur_count,
-    dur_sum = r.dur_sum + excluded.dur_sum,
-    dur_min = least(r.dur_min, excluded.dur_min),
-    dur_max = greatest(r.dur_max, excluded.dur_max),
-    hist = mcpmeter_hist_merge(r.hist, excluded.hist),
-    caller_errors = r.caller_errors + excluded.caller_errors,
-    server_errors = r.server_errors + excluded.server_errors,
-    cancelled = r.cancelled + excluded.cancelled
-"""
-
-
-_HOUR_UPSERT_11 = _cell_upsert_11("rollup_hour")
-_DAY_UPSERT_11 = _cell_upsert_11("rollup_day")
+_HOUR_UPSERT_11 = _cell_upsert("rollup_hour", outcomes=True)
+_DAY_UPSERT_11 = _cell_upsert("rollup_day", outcomes=True)
 
 _USER_DAY = """
 INSERT INTO user_day SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[])
@@ -171,11 +158,12 @@ INSERT INTO user_number AS r (project_id, user_hash, number, first_seen)
 SELECT * FROM unnest(%b::bigint[], %b::text[], %b::int[], %b::bigint[])
 ON CONFLICT (project_id, user_hash) DO UPDATE SET first_seen = least(r.first_seen, excluded.first_seen)
 """
-_TOOL_DAY_11 = """
-INSERT INTO rollup_tool_day AS r (project_id, bucket, server, tool, calls, errors, dur_count, dur_sum, dur_min, dur_max, hist, users,
-                                  caller_errors, server_errors, cancelled)
+def _tool_day_upsert(outcomes: bool = False) -> str:
+    return f"""
+INSERT INTO rollup_tool_day AS r (project_id, bucket, server, tool, calls, errors, dur_count, dur_sum, dur_min, dur_max, hist, users{
+    _OUTCOME_COLUMNS if outcomes else ""})
 SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::bigint[],
-                     %b::float8[], %b::float8[], %b::float8[], %b::jsonb[], %b::varbit[], %b::bigint[], %b::bigint[], %b::bigint[])
+                     %b::float8[], %b::float8[], %b::float8[], %b::jsonb[], %b::varbit[]{_OUTCOME_TYPES if outcomes else ""})
 ON CONFLICT (project_id, bucket, server, tool) DO UPDATE SET
     calls = r.calls + excluded.calls,
     errors = r.errors + excluded.errors,
@@ -184,25 +172,12 @@ ON CONFLICT (project_id, bucket, server, tool) DO UPDATE SET
     dur_min = least(r.dur_min, excluded.dur_min),
     dur_max = greatest(r.dur_max, excluded.dur_max),
     hist = mcpmeter_hist_merge(r.hist, excluded.hist),
-    users = mcpmeter_users_union(r.users, excluded.users),
-    caller_errors = r.caller_errors + excluded.caller_errors,
-    server_errors = r.server_errors + excluded.server_errors,
-    cancelled = r.cancelled + excluded.cancelled
+    users = mcpmeter_users_union(r.users, excluded.users){_OUTCOME_SET if outcomes else ""}
 """
-_TOOL_DAY = """
-INSERT INTO rollup_tool_day AS r (project_id, bucket, server, tool, calls, errors, dur_count, dur_sum, dur_min, dur_max, hist, users)
-SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::bigint[],
-                     %b::float8[], %b::float8[], %b::float8[], %b::jsonb[], %b::varbit[])
-ON CONFLICT (project_id, bucket, server, tool) DO UPDATE SET
-    calls = r.calls + excluded.calls,
-    errors = r.errors + excluded.errors,
-    dur_count = r.dur_count + excluded.dur_count,
-    dur_sum = r.dur_sum + excluded.dur_sum,
-    dur_min = least(r.dur_min, excluded.dur_min),
-    dur_max = greatest(r.dur_max, excluded.dur_max),
-    hist = mcpmeter_hist_merge(r.hist, excluded.hist),
-    users = mcpmeter_users_union(r.users, excluded.users)
-"""
+
+
+_TOOL_DAY = _tool_day_upsert()
+_TOOL_DAY_11 = _tool_day_upsert(outcomes=True)
 USERS_LOCK = 0x6D63_7075  # with the project id: numbering a project's new users, one transaction at a time
 
 

@@ -19,8 +19,12 @@ from ..events import Row
 from ..histogram import bin_of
 from ..protocol import (
     AUTH,
+    CALLER_ERROR_TYPES,
+    CANCELLED,
+    ERROR_NAMES,
     HANDSHAKE_KINDS,
     INITIALIZE,
+    JSONRPC_ERROR,
     LIST_TOOLS,
     MCP_METHODS,
     OUTCOME_ATTRIBUTE,
@@ -29,16 +33,17 @@ from ..protocol import (
     OUTCOME_OK,
     OUTCOME_SERVER_ERROR,
     OUTCOME_TOOL_ERROR,
+    OUTCOMES,
     SDK_DROPPED,
     SERVER_DISCOVER,
     SESSION_END,
     SESSION_START,
     TOOL_CALL,
+    TOOL_ERROR,
     TOOL_LISTED,
     kind_for_method,
     outcome_of,
 )
-from ..protocol import CALLER_ERROR_TYPES, CANCELLED, ERROR_NAMES, JSONRPC_ERROR, OUTCOMES, TOOL_ERROR
 
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000

@@ -363,7 +363,7 @@ MIGRATIONS.append(
             AND (session_id <> '' OR user_hash IS NOT NULL)
         GROUP BY 1, 2, 3;
         """,
-        down=f"""
+        down="""
         DROP TABLE activation;
         DROP TABLE action_user_hour;
         DROP TABLE action_user_day;

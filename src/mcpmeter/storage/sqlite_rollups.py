@@ -129,23 +129,6 @@ INSERT INTO user_number (project_id, user_hash, number, first_seen) VALUES (?, ?
 ON CONFLICT (project_id, user_hash) DO UPDATE SET first_seen = min(first_seen, excluded.first_seen)
 """
 
-_TOOL_DAY_UPSERT_11 = """
-INSERT INTO rollup_tool_day (project_id, bucket, server, tool, calls, errors, dur_count, dur_sum, dur_min, dur_max, hist, users,
-                             caller_errors, server_errors, cancelled)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT (project_id, bucket, server, tool) DO UPDATE SET
-    calls = calls + excluded.calls,
-    errors = errors + excluded.errors,
-    dur_count = dur_count + excluded.dur_count,
-    dur_sum = dur_sum + excluded.dur_sum,
-    dur_min = min(coalesce(dur_min, excluded.dur_min), coalesce(excluded.dur_min, dur_min)),
-    dur_max = max(coalesce(dur_max, excluded.dur_max), coalesce(excluded.dur_max, dur_max)),
-    hist = hist_add(hist, excluded.hist),
-    users = users_union(users, excluded.users),
-    caller_errors = caller_errors + excluded.caller_errors,
-    server_errors = server_errors + excluded.server_errors,
-    cancelled = cancelled + excluded.cancelled
-"""
 _TOOL_DAY_UPSERT = """
 INSERT INTO rollup_tool_day (project_id, bucket, server, tool, calls, errors, dur_count, dur_sum, dur_min, dur_max, hist, users)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -159,6 +142,7 @@ ON CONFLICT (project_id, bucket, server, tool) DO UPDATE SET
     hist = hist_add(hist, excluded.hist),
     users = users_union(users, excluded.users)
 """
+_TOOL_DAY_UPSERT_11 = _with_outcomes(_TOOL_DAY_UPSERT)
 
 
 def _hist_merge(a: bytes | None, b: bytes | None) -> bytes | None:

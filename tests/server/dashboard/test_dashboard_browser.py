@@ -212,21 +212,129 @@ def assert_kpis_match(page, s: dict) -> None:
     }
 
 
-def charts_drawn(page) -> dict[str, dict]:
+# Panels the demo's data does not fill yet (no other usage actions): checked on data of their own
+# in test_the_insight_panels_show_the_apis_figures.
+NOT_IN_DEMO = {"actions"}
+
+
+def charts_drawn(page, demo: bool = False) -> dict[str, dict]:
+    """Every chart on the page (``demo``: but those the demo does not fill)."""
     return {c["name"]: c for c in page.eval_on_selector_all("[data-chart]", """els => els.map(e => ({
         name: e.dataset.chart, points: +e.dataset.points, markers: +(e.dataset.markers || 0),
-        drawn: !!e.querySelector('canvas, svg')}))""")}
+        drawn: !!e.querySelector('canvas, svg')}))""") if not (demo and c["name"] in NOT_IN_DEMO)}
 
 
 # ---- the overview --------------------------------------------------------------------------------
 
 
+MIN = 60_000
+
+
+def insight_events(now: int) -> list[dict]:
+    """A small day of one server as the capture paths record it: a catalog with definition sizes,
+    categories, every outcome class, a call to a tool that does not exist, a probe that lists
+    the tools and never calls one, and a directory's page views and installations."""
+    t0 = now - 50 * MIN
+
+    def ev(i: int, kind: str, **fields: Any) -> dict:
+        return {"id": f"i{i}", "kind": kind, "ts": t0 + i * 1000, "server": "shop", **fields}
+
+    s1 = dict(session_id="s1", client_name="claude-code", user="u1")
+    events = [ev(0, "initialize", ok=True, **s1), ev(1, "list_tools", ok=True, **s1),
+              ev(2, "initialize", ok=True, session_id="s2", client_name="crawler-bot"),
+              ev(3, "list_tools", ok=True, session_id="s2", client_name="crawler-bot")]
+    events += [ev(4 + i, "tool_listed", tool=tool, result_bytes=size)
+               for i, (tool, size) in enumerate((("search", 300), ("buy", 520), ("export", 900)))]
+    events += [ev(10 + i, "tool_call", tool="search", category="read", ok=True, duration_ms=12.0, **s1) for i in range(5)]
+    events += [ev(20, "tool_call", tool="buy", category="write", ok=True, duration_ms=40.0, **s1),
+               ev(21, "tool_call", tool="buy", category="write", ok=False, error_type="tool_error",
+                  attributes={"mcp.outcome": "tool_error"}, **s1),
+               ev(22, "tool_call", tool="buy", category="write", ok=False, error_type="invalid_params",
+                  attributes={"mcp.outcome": "caller_error"}, **s1),
+               ev(23, "tool_call", tool="refund_all", ok=False, error_type="invalid_params",
+                  attributes={"mcp.outcome": "caller_error"}, **s1),
+               ev(24, "tool_call", tool="buy", category="write", error_type="cancelled",
+                  attributes={"mcp.outcome": "cancelled"}, **s1)]
+    events += [ev(30 + i, "page_view", user=u) for i, u in enumerate(("u1", "u2", "u1"))]
+    events += [ev(40, "installation", user="u2")]
+    return events
+
+
+def test_the_insight_panels_show_the_apis_figures(tmp_path, page):
+    """Categories, other actions, caller errors and unknown tools, the activation funnel, the
+    context cost of listed tools and a custom metric, drawn with the API's figures."""
+    env = clean_env(tmp_path / "home")
+    db = tmp_path / "insights.db"
+    store = open_store(str(db))
+    keys = make_keys(store)
+    store.close()
+    c = start_collector(db, env=env)
+    try:
+        now = now_ms()
+        r = httpx.post(c.url + "/v1/events", json=insight_events(now), headers=bearer(keys.ingest))
+        assert r.status_code == 200 and r.json()["accepted"] == len(insight_events(now)), r.text
+        metrics = [{"name": "queue_depth", "value": float(v), "timestamp": now - (40 - i) * MIN}
+                   for i, v in enumerate((3, 9, 4, 7, 12, 5))]
+        assert httpx.post(c.url + "/v1/measurements", json={"server": "shop", "metrics": metrics},
+                          headers=bearer(keys.ingest)).status_code == 200
+        assert httpx.post(c.url + "/v1/server-events", json={"events": [{"server": "shop", "type": "deploy", "ts": now - 30 * MIN}]},
+                          headers=bearer(keys.ingest)).status_code == 200
+        q = {"period": "1d"}
+        page.goto(c.url + "/?period=1d")
+        ready(page)
+        charts = charts_drawn(page)
+        for name in ("categories", "actions", "metric"):
+            assert charts[name]["drawn"] and charts[name]["points"] > 0, charts[name]
+
+        categories = api(c, "/v1/usage/categories", keys.read, **q)["categories"]
+        assert bar_texts(page, "categories") == [(r["category"] or "(none)", f"{fmt_int(r['calls'])} · "
+                                                  + ("–" if r["success_rate"] is None else fmt_pct(r["success_rate"])))
+                                                 for r in categories]
+        assert {r["category"]: r["calls"] for r in categories} == {"read": 5, "write": 4, None: 1}
+        actions = api(c, "/v1/usage/actions", keys.read, **q)["by_server"]
+        assert bar_texts(page, "actions") == [(f"{a['action']} · shop", f"{a['count']} · {a['users']} users") for a in actions]
+        assert [(a["action"], a["count"], a["users"]) for a in actions] == [("page_view", 3, 2), ("installation", 1, 1)]
+
+        caller = page.text_content("#caller-errors")
+        assert "refund_all" in caller and "no such tool" in caller and "invalid_params" in caller
+        s = api(c, "/v1/usage/summary", keys.read, **q)
+        assert s["outcomes"] == {"ok": 6, "tool_error": 1, "server_error": 0, "caller_error": 2, "cancelled": 1}
+        assert s["success_rate"] == round(6 / 7, 4)
+        assert_kpis_match(page, s)
+        assert "2 caller errors" in page.text_content("#kpi-success_rate") and "1 cancelled" in page.text_content("#kpi-success_rate")
+
+        funnel = page.eval_on_selector_all("#activation tbody tr", "trs => trs.map(tr => [...tr.cells].map(td => td.textContent.trim()))")
+        [shop] = api(c, "/v1/usage/activation", keys.read, **q)["servers"]
+        assert (shop["followed"], shop["handshake"], shop["listed_tools"], shop["called"], shop["probes"]) == (2, 2, 2, 1, 1)
+        assert shop["probe_clients"] == [{"client": "crawler-bot", "probes": 1}]
+        assert funnel == [["shop", "2", "2", "2", "1 50.0%", "1"]]
+        cost = page.eval_on_selector_all("#context-cost tbody tr", "trs => trs.map(tr => [...tr.cells].map(td => td.textContent.trim()))")
+        assert cost == [["export shop", "225", "900", "never"], ["buy shop", "130", "520", "4"], ["search shop", "75", "300", "5"]]
+
+        m = api(c, "/v1/usage/measurements", keys.read, name="queue_depth", **q)
+        [series] = m["series"]
+        assert (series["count"], series["min"], series["max"]) == (6, 3.0, 12.0)
+        values = page.evaluate("() => document.querySelector('[data-metric=queue_depth]').__chart.spec.series.map(s => s.values)")
+        by_t = {p["t"]: p for p in series["points"]}
+        hours = page.evaluate("() => document.querySelector('[data-metric=queue_depth]').__chart.spec.x")
+        from mcpmeter.analytics.periods import iso
+        expected = [[by_t[iso(t * 1000)][k] if iso(t * 1000) in by_t else None for t in hours] for k in ("min", "avg", "max")]
+        assert [[None if v is None else round(v, 4) for v in col] for col in values] == [
+            [None if v is None else round(v, 4) for v in col] for col in expected]
+        assert charts["metric"]["markers"] == 1  # the deploy
+        shot(page, "dashboard-insights.png")
+    finally:
+        stop_collector(c)
+
+
 def test_the_overview_draws_every_chart_with_the_apis_figures(site, page):
     page.goto(site.url + "/?period=30d")
     ready(page)
-    charts = charts_drawn(page)
-    assert set(charts) == {"calls", "errors", "latency", "tools", "users", "clients", "protocols"}
+    charts = charts_drawn(page, demo=True)
+    assert set(charts) == {"calls", "errors", "latency", "tools", "users", "clients", "protocols", "categories", "metric"}
     for name, chart in charts.items():
+        if name == "metric":
+            assert chart["markers"] == 3, chart
         assert chart["drawn"] and chart["points"] > 0, chart
         if name in TIME_CHARTS:
             assert chart["markers"] == 3, chart  # the demo's deploy, restart and config change
@@ -414,7 +522,7 @@ def test_light_dark_and_phone(site, browser):
         ready(phone)
         assert phone.evaluate("() => document.scrollingElement.scrollWidth") <= 390  # nothing wider than the phone
         assert phone.evaluate("() => getComputedStyle(document.body).backgroundColor") == "rgb(11, 15, 23)"  # dark
-        assert all(c["drawn"] and c["points"] > 0 for c in charts_drawn(phone).values())
+        assert all(c["drawn"] and c["points"] > 0 for c in charts_drawn(phone, demo=True).values())
         shot(phone, "dashboard-phone-dark.png")
         phone.click("#theme-toggle")  # the user's choice beats the system's, and is remembered
         phone.wait_for_function("() => getComputedStyle(document.body).backgroundColor === 'rgb(246, 247, 251)'")
@@ -450,7 +558,7 @@ def test_sign_in_with_a_read_key_when_loopback_is_not_trusted(locked, page):
     page.problems.clear()
     sign_in(page, c, locked.a.read)
     assert_kpis_match(page, api(c, "/v1/usage/summary", key=locked.a.read, period="30d"))
-    assert all(chart["drawn"] and chart["points"] > 0 for chart in charts_drawn(page).values())
+    assert all(chart["drawn"] and chart["points"] > 0 for chart in charts_drawn(page, demo=True).values())
     (cookie,) = [k for k in page.context.cookies() if k["name"] == "mcpmeter_session"]
     assert (cookie["httpOnly"], cookie["sameSite"], cookie["secure"]) == (True, "Strict", False)
     visible = page.evaluate("() => document.cookie + JSON.stringify(localStorage) + JSON.stringify(sessionStorage) + document.documentElement.outerHTML")

@@ -33,7 +33,8 @@ SECURITY_HEADERS = {
 }
 # Module files each page imports (preloaded, so the browser fetches them in parallel).
 MODULES = {
-    "overview": ["js/overview.js", "js/api.js", "js/format.js", "js/charts.js", "js/panels.js", "js/filters.js", "js/live.js", "js/shell.js"],
+    "overview": ["js/overview.js", "js/api.js", "js/format.js", "js/charts.js", "js/panels.js", "js/insights.js", "js/filters.js",
+                 "js/live.js", "js/shell.js"],
     "tool": ["js/tool.js", "js/api.js", "js/format.js", "js/charts.js", "js/panels.js", "js/filters.js", "js/live.js", "js/shell.js"],
     "admin": ["js/admin.js", "js/api.js", "js/format.js", "js/shell.js"],
     "signin": ["js/signin.js"],
@@ -43,7 +44,8 @@ MODULES = {
 # The answers each page asks for first (questions of the registry), fetched while its scripts
 # load. The URLs must be the very ones api.js builds: the registry's filters in their order
 # (the page reads them from REGISTRY_JSON), encoded as URLSearchParams does.
-PANELS = {"overview": ("summary", "timeseries", "users", "tools", "errors", "clients"),
+PANELS = {"overview": ("summary", "timeseries", "users", "tools", "errors", "clients", "categories", "actions", "activation",
+                      "measurements"),
           "tool": ("summary", "timeseries", "users", "errors", "clients")}
 # What api.js and filters.js know of the registry, embedded in every page (data, not script:
 # the CSP allows no inline script, and none is run). "<" is escaped so no value can end the element.

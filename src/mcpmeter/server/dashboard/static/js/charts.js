@@ -42,7 +42,7 @@ function renderLegend(el, items) {
 
 /**
  * A time chart. spec: {x: [epoch s], grain: s, series: [{label, values, color, type: "bar"|"line",
- * axis: "y"|"y2", href, fmt}], stacked, y: {fmt, min, max}, y2: {fmt, min, max}, markers: [{t, label, detail}],
+ * axis: "y"|"y2", href, fmt, points: show every point (sparse lines)}], stacked, y: {fmt, min, max}, y2: {fmt, min, max}, markers: [{t, label, detail}],
  * height, onPick(seriesIndex, pointIndex)}.
  */
 export function timeChart(el, spec) {
@@ -137,7 +137,7 @@ function build(chart) {
     series: [{}, ...ordered(spec).map((s) => {
       const c = color(s.color);
       return s.type === "line"
-        ? { label: s.label, scale: s.axis || "y", stroke: c, width: 2, spanGaps: false, points: { show: few, size: 6, fill: c } }
+        ? { label: s.label, scale: s.axis || "y", stroke: c, width: 2, spanGaps: false, points: { show: few || !!s.points, size: 6, fill: c } }
         : { label: s.label, scale: s.axis || "y", stroke: c, fill: c, width: 0, paths: bars, points: { show: false } };
     })],
     plugins: [tooltip(chart), markers(chart)],

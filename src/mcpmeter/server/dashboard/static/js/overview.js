@@ -1,5 +1,6 @@
 // The overview page: KPIs, calls/errors/latency/users over time, top tools, clients,
-// protocol versions, recent errors, tools never called, server events, and the live feed.
+// protocol versions, recent errors, tools never called, server events, the live feed, and
+// the insights panels (categories, other actions, caller errors, activation, context cost, custom metrics).
 // One JSON request per panel group; every panel draws as soon as its answer arrives.
 
 import { dimensions, getJSON, overviewURL, toolURL } from "./api.js";
@@ -10,6 +11,7 @@ import { connectLive, Feed } from "./live.js";
 import {
   applyLive, bars, chart, errorsTable, finishLoad, KPI_LAYOUT, markersList, panelError, renderKpis, timeSpecs, usersSpec,
 } from "./panels.js";
+import { actionsPanel, activationPanel, callerErrorsPanel, categoriesPanel, INSIGHTS_LAYOUT, metricsPanel } from "./insights.js";
 import { initShell } from "./shell.js";
 
 const page = (window.mcpmeter = Object.assign(window.mcpmeter || {}, { generation: 0, ready: false }));
@@ -25,7 +27,7 @@ document.getElementById("main").innerHTML = `${KPI_LAYOUT}
   <section class="card span-4"><h2>Protocol versions <span class="aside">sessions</span></h2><div id="chart-protocols" data-chart="protocols"></div></section>
   <section class="card span-4"><h2>Server events</h2><ul class="list" id="markers"></ul></section>
   <section class="card span-8"><h2>Recent errors</h2><div class="table-wrap" id="recent-errors"></div></section>
-  <section class="card span-4"><h2>Listed but never called</h2><ul class="list" id="never-called"></ul></section>`;
+  <section class="card span-4"><h2>Listed but never called</h2><ul class="list" id="never-called"></ul></section>${INSIGHTS_LAYOUT}`;
 
 let filters;
 const data = {};
@@ -57,7 +59,8 @@ const panels = {
   tools(t) {
     const names = t.tools.map((r) => r.tool).concat(t.never_called.map((r) => r.tool));
     const servers = t.tools.map((r) => r.server).concat(t.never_called.map((r) => r.server));
-    bar.setOptions({ tool: [...new Set(names)], server: [...new Set(servers)] });
+    const categories = t.tools.map((r) => r.category).concat(t.never_called.map((r) => r.category)).filter((c) => c != null);
+    bar.setOptions({ tool: [...new Set(names)], server: [...new Set(servers)], category: [...new Set(categories)] });
     document.getElementById("never-called").innerHTML = t.never_called.length
       ? t.never_called.map((r) => `<li><a href="${esc(toolURL(r.tool, filters, r.server))}"><b>${esc(r.tool)}</b></a>
           <span class="muted">${esc(r.server)}</span><span class="when" title="last listed">listed ${esc(when(r.last_seen))}</span></li>`).join("")
@@ -65,7 +68,12 @@ const panels = {
   },
   errors(e) {
     errorsTable("recent-errors", e.recent.slice(0, 12), filters);
+    callerErrorsPanel(e, filters);
   },
+  categories(c) { categoriesPanel(c, filters); },
+  actions(a) { actionsPanel(a); },
+  activation(a) { activationPanel(a, filters); },
+  measurements(m) { metricsPanel(m); },
   clients(c) {
     bar.setOptions({ client: c.clients.map((r) => r.client).filter((n) => n !== "unknown") });
     bars("chart-clients", c.clients.map((r) => ({
@@ -81,7 +89,8 @@ const panels = {
 };
 
 const PANEL_TARGET = { summary: "chart-tools", timeseries: "chart-calls", users: "chart-users", tools: "never-called",
-                       errors: "recent-errors", clients: "chart-clients" };
+                       errors: "recent-errors", clients: "chart-clients", categories: "chart-categories", actions: "chart-actions",
+                       activation: "activation", measurements: "metrics" };
 
 async function load() {
   const generation = ++page.generation;

@@ -30,7 +30,9 @@ export function kpiCards(s) {
              sub: `${vs(s.users, s.change?.users)} <span>${int(s.new_users)} new · ${int(s.returning_users)} returning</span>` },
     calls: { value: s.calls, shown: int(s.calls), sub: `${vs(s.calls, s.change?.calls)} <span>${int(s.calls_last_7d)} in the last 7 days</span>` },
     success_rate: { value: s.success_rate, shown: pct(s.success_rate),
-                    sub: `${vs(s.calls, s.change?.success_rate, { kind: "points" })} <span>${int(s.errors)} errors</span>` },
+                    sub: `${vs(s.calls, s.change?.success_rate, { kind: "points" })} <span>${int(s.failures ?? s.errors)} failures${
+                      s.outcomes?.caller_error ? ` · ${int(s.outcomes.caller_error)} caller errors` : ""}${
+                      s.outcomes?.cancelled ? ` · ${int(s.outcomes.cancelled)} cancelled` : ""}</span>` },
     p95: { value: lat.p95, shown: ms(lat.p95),
            sub: `${vs(lat.p95, s.change?.p95_ms, { higherIsBetter: false })} <span>p50 ${ms(lat.p50)} · p99 ${ms(lat.p99)}</span>` },
   };
