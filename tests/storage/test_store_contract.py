@@ -59,13 +59,26 @@ def _load(store: Store, now: int) -> dict[str, int]:
                        "client_name": ("cursor", "claude-code", None)[i % 3], "client_version": "1.0",
                        "protocol_version": "2025-06-18", "transport": "stdio", "user": f"u{i % 5}"})
     events.append({"id": "init-1", "kind": "initialize", "ts": tie, "server": "weblab", "session_id": "s-a"})
-    events.append({"id": "list-1", "kind": "tool_listed", "ts": tie, "server": "weblab", "tool": "t9"})
+    events.append({"id": "list-1", "kind": "tool_listed", "ts": tie, "server": "weblab", "tool": "t9", "result_bytes": 300})
+    for i in range(8):  # categories (one tool's changes), outcome classes, usage actions, sessionless visitors
+        events.append({"id": f"cat-{i}", "kind": "tool_call", "ts": tie + i, "server": "weblab", "tool": f"t{i % 3}",
+                       "category": ("read", "write", "Read")[i % 3] if i % 4 else None, "user": f"u{i % 3}",
+                       "ok": None if i == 5 else i % 2 == 0, "error_type": {1: "invalid_params", 3: "server_exited", 5: "cancelled",
+                                                                            7: "tool_error"}.get(i),
+                       "attributes": {"mcp.outcome": {1: "caller_error", 3: "server_error", 5: "cancelled"}.get(i, "ok")}
+                       if i % 2 else None})
+        events.append({"id": f"act-{i}", "kind": ("page_view", "installation")[i % 2], "ts": tie - i * HOUR_MS,
+                       "server": ("weblab", "docs")[i % 2], "user": f"u{i % 3}"})
+        events.append({"id": f"probe-{i}", "kind": ("initialize", "list_tools")[i % 2], "ts": tie + i,
+                       "server": "weblab", "user": f"p{i // 2}", "client_name": ("bot", "Bot", None)[i % 3]})
     valid, rejected = decode_batch(json.dumps(events).encode(), Limits(max_events=10_000), now_ms=now)
     assert not rejected, rejected
     project = store.project_by_id(p)
     assert project is not None
     store.ingest([(p, rows_for(project, valid))])
-    store.ingest_measurements(p, [(f"m{i}", "weblab", "latency", "timer", "{}", now - i * 600_000, float(i)) for i in range(30)])
+    store.ingest_measurements(p, [(f"m{i}", "weblab", "latency", "timer", "{}", now - i * 600_000, float(i)) for i in range(30)]
+                             + [(f"q{i}", ("weblab", "docs")[i % 2], "queue", "gauge", '{"region":"eu"}', tie - i * 1_800_000,
+                                 float(i % 4)) for i in range(30)])
     store.ingest_server_events(p, [(f"d-{c}", "weblab", "deploy", tie, c, "m", None) for c in "cab"]
                                   + [(f"d-{i}", "docs", "restart", now - i * HOUR_MS, str(i), None, None) for i in range(4)])
     return ids
@@ -93,7 +106,8 @@ def _queries(now: int) -> dict[str, tuple[Callable[[Store, dict[str, int]], Any]
     day, hour = now - now % DAY_MS, now - now % HOUR_MS
     windows = {"all": (0, 1 << 62, "day"), "month": (day - 30 * DAY_MS, day + DAY_MS, "day"),
                "hours": (hour - 30 * HOUR_MS, hour + HOUR_MS, "hour")}
-    filters = [{}, {"server": "weblab"}, {"tool": "t1"}, {"client": "cursor"}, {"server": "weblab", "tool": "t0", "client": "cursor"}]
+    filters = [{}, {"server": "weblab"}, {"tool": "t1"}, {"client": "cursor"}, {"server": "weblab", "tool": "t0", "client": "cursor"},
+               {"category": "read"}, {"server": "weblab", "category": "Read"}]
     out: dict[str, tuple[Callable[[Store, dict[str, int]], Any], bool]] = {}
 
     def add(name: str, ask: Callable[[Store, dict[str, int]], Any], ordered: bool) -> None:
@@ -121,9 +135,17 @@ def _queries(now: int) -> dict[str, tuple[Callable[[Store, dict[str, int]], Any]
             for group in [(), ("bucket",), ("server", "tool"), ("client",)]:
                 add(f"users{group} {tag}", lambda s, ids, f=f, g=grain, group=group: s.users(f(ids), g, group), False)
             add(f"new_users {tag}", lambda s, ids, f=f, g=grain: s.new_users(f(ids), g), True)
+            add(f"category_users {tag}", lambda s, ids, f=f, g=grain: s.category_users(f(ids), g), False)
+            add(f"action_counts {tag}", lambda s, ids, f=f, g=grain: s.action_counts(f(ids), g), False)
+            add(f"action_users {tag}", lambda s, ids, f=f, g=grain: s.action_users(f(ids), g), False)
+            add(f"activation {tag}", lambda s, ids, f=f: s.activation(f(ids)), False)
+            for names in ((), ("queue",), ("queue", "latency")):
+                add(f"measurement_buckets{names} {tag}",
+                    lambda s, ids, f=f, g=grain, names=names: s.measurement_buckets(f(ids), names, g), True)
     for server in (None, "weblab"):
         add(f"catalog {server}", lambda s, ids, server=server: s.catalog(ids["default"], server), True)
         add(f"last_calls {server}", lambda s, ids, server=server: s.last_calls(ids["default"], server), True)
+        add(f"tool_catalog {server}", lambda s, ids, server=server: s.tool_catalog(ids["default"], server), True)
     skip = ROW_FIELDS.index("user_hash") + 1  # user hashes are keyed by each store's own salt
     add("export_events", lambda s, ids: [r[1:skip] + r[skip + 1:] for r in s.export_events(ids["default"], 0, 1000)], True)
     add("export_events[page]", lambda s, ids: [r[1:skip] + r[skip + 1:] for r in s.export_events(
