@@ -149,6 +149,22 @@ def test_series_beyond_the_cap_are_counted_under_other(store):
     assert total(m, "mcp_server_operation_duration_seconds_count") == 13  # nothing lost, only folded
 
 
+def test_each_tool_s_category_is_a_label_to_join_on(store):
+    """mcpmeter_tool_info carries each tool's latest category, for the tools with series (bounded by the cap)."""
+    with _app(store, max_series=3, enabled=True, port=None, otlp_export=frozenset()) as client:
+        batch = _tool_calls("weblab", ["search", "buy", "admin", "beyond"])
+        for e, category in zip(batch, ("read", "write", None, "read")):
+            if category:
+                e["category"] = category
+        later = _tool_calls("weblab", ["buy"])
+        later[0].update(category="payments", ts=later[0]["ts"] + 1)
+        assert client.post("/v1/events", content=json.dumps(batch + later)).json()["accepted"] == 5
+        m = samples(client.get("/metrics").text)
+    info = {(d["server"], d["tool"], d["category"]) for (n, ls), v in m.items() if n == "mcpmeter_tool_info" and v == 1
+            for d in [dict(ls)]}
+    assert info == {("weblab", "search", "read"), ("weblab", "buy", "payments")}  # "beyond" is past the cap of 3
+
+
 def test_the_fast_exposition_says_what_prometheus_client_would(store):
     with _app(store, max_series=2000, enabled=True, port=None, otlp_export=frozenset()) as client:
         events, _ = dataset()

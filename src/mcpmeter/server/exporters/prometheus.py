@@ -25,6 +25,7 @@ from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from ... import __version__
+from ...exceptions import MCPMeterError
 from .aggregate import COMMIT_BOUNDS_MS, GATEWAY_BOUNDS_MS, SEMCONV_BOUNDS_MS, MetricsState, ProjectMetrics, new_hist, observe
 
 if TYPE_CHECKING:
@@ -218,7 +219,27 @@ class ProjectCollector(Collector):
         self.exporter, self.project_id, self.project_name = exporter, project_id, project_name
 
     def collect(self) -> Iterable[Metric]:
-        return project_families(self.project_name, self.exporter.state.project(self.project_id))
+        p = self.exporter.state.project(self.project_id)
+        families = project_families(self.project_name, p)
+        info = tool_info(self.exporter.collector.store, self.project_id, self.project_name, p)
+        return families if info is None else [*families, info]
+
+
+def tool_info(store: Any, project_id: int, project_name: str, p: ProjectMetrics | None) -> Family | None:
+    """``mcpmeter_tool_info{server, tool, category} 1``: each tool's category (its latest recorded
+    one, from the store's catalog), for the (server, tool) pairs this project's series have, so
+    it stays within MCPMETER_METRICS_MAX_SERIES. Join it in PromQL:
+    ``sum by (category) (rate(mcp_tool_executions_total[5m]) * on(project, server, tool) group_left(category) mcpmeter_tool_info)``.
+    None when the store cannot be read (the scrape goes on without it)."""
+    if p is None or not p.pairs:
+        return None
+    try:
+        categories = {(r[0], r[1]): r[8] for r in store.tool_catalog(project_id) if r[8] is not None}
+    except MCPMeterError:
+        return None
+    series = {(*labels, categories[pair]): 1 for pair, labels in list(p.pairs.items()) if pair in categories}
+    return Family("mcpmeter_tool_info", "The category of each tool (its latest recorded one); the value is always 1.",
+                  "gauge", ("server", "tool", "category"), series, const=(("project", project_name),))
 
 
 class HealthCollector(Collector):
