@@ -2,7 +2,8 @@
 
     MCPMeterError                 base; ``hint`` is one line saying what to do about it
      ├── ConfigError              a setting or argument is wrong (the message says which, and how to fix it)
-     │    └── MissingExtra        a command needs an optional extra that is not installed (pip install 'mcpmeter[...]')
+     │    ├── MissingExtra        a command needs an optional extra that is not installed (pip install 'mcpmeter[...]')
+     │    └── Unreachable         the collector at MCPMETER_URL / --url cannot be reached (or its proxy answers 502-504)
      ├── ValidationError          an event, request or admin argument is not valid (``field`` names it, when known)
      │    ├── BatchError          a request body as a whole is unusable (not JSON, not a list, too many events)
      │    │    └── OtlpError      the body is not an OTLP trace export
@@ -35,6 +36,10 @@ class MCPMeterError(Exception):
 
 class ConfigError(MCPMeterError):
     pass
+
+
+class Unreachable(ConfigError):
+    """The collector cannot be reached: ``mcpmeter report`` then answers from this machine's data."""
 
 
 class MissingExtra(ConfigError):

@@ -93,6 +93,9 @@ SETTINGS: dict[str, Setting] = {
         Setting("MCPMETER_BATCH_SIZE", 500, _positive_int, "Events per batch sent by the SDK.", "sdk"),
         Setting("MCPMETER_FLUSH_INTERVAL", 1.0, _positive_float, "Seconds between SDK flushes when batches are not full.", "sdk"),
         Setting("MCPMETER_MAX_QUEUE", 100_000, _positive_int, "Events the SDK keeps in memory before it drops (and counts) new ones.", "sdk"),
+        Setting("MCPMETER_READ_KEY", None, str,
+                "Read key the usage report tool (`meter.add_usage_report_tool`) sends to MCPMETER_URL. Unset: the read key "
+                "saved by a local `mcpmeter serve` for that URL.", "sdk"),
         Setting("MCPMETER_SPOOL_MAX_MB", 256, _positive_int, "Size cap of the SDK's local spool used while the collector is unreachable.", "sdk"),
         Setting("MCPMETER_HOST", "127.0.0.1", str, "Address `mcpmeter serve` binds to.", "collector",
                 aliases=("METRICS_SERVICE_HOST",)),

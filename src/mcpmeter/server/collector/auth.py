@@ -4,7 +4,10 @@ person's session), or a trusted loopback caller. Also where rate limits are appl
 Revocation is immediate: key lookups are cached only while the store's ``keys_version``
 (bumped by a trigger whenever a key or an access grant is revoked, expires early, is
 replaced or changed) stays the same, and every request reads that number, so a request
-that starts after a revocation committed is refused by every collector on the store."""
+that starts after a revocation committed is refused by every collector on the store.
+
+A key may be bound to servers (``mcpmeter keys create --server a --server b``): ingest paths
+ask ``Principal.admitting`` / ``refused_server`` and reject what it submits for any other."""
 
 from __future__ import annotations
 
@@ -12,11 +15,13 @@ import ipaddress
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from starlette.requests import Request
 
 from ... import keys
+from ...events import Event
 from ...exceptions import AuthError
 from ...storage.base import AdminStore, KeyInfo, Project
 from .security import RateLimited, RateLimits
@@ -36,6 +41,26 @@ class Principal(NamedTuple):
     key_id: int | None  # None: trusted loopback caller, or a person signed in with OpenID Connect
     actor: str = "loopback"  # for the audit log: "key:mcpm_AbC123", "oidc:<subject> <email>", "loopback"
     signing_secret: str | None = None  # the key requires signed submissions with this secret
+    servers: frozenset[str] | None = None  # the key may submit only for these servers (None: any)
+
+    def refused_server(self, server: str) -> str | None:
+        """Why this key may not submit for ``server`` (None: it may)."""
+        if self.servers is None or server in self.servers:
+            return None
+        return (f"this API key may submit only for server(s) {', '.join(sorted(self.servers))}, "
+                f"not for {server[:80]!r} - `$.server`")
+
+    def admitting(self, admit: Callable[[Event], str | None]) -> Callable[[Event], str | None]:
+        """``admit`` (the name caps) behind this key's server binding: an event for another
+        server is rejected with the reason (and takes nothing from the caps)."""
+        if self.servers is None:
+            return admit
+        refused = self.refused_server
+
+        def bound(event: Event) -> str | None:
+            return refused(event.server) or admit(event)
+
+        return bound
 
 
 def is_loopback(host: str | None) -> bool:
@@ -143,7 +168,7 @@ class Authenticator:
         if self.limits is not None:
             self.limits.check_key(info.id, info.prefix)
         self.last_used[info.id] = now_ms
-        return Principal(self._project(info.project_id), info.scopes, info.id, f"key:{info.prefix}", secret)
+        return Principal(self._project(info.project_id), info.scopes, info.id, f"key:{info.prefix}", secret, info.servers)
 
     def _keys_version(self) -> int:
         """The store's keys version; a change empties the cache (one small read per request)."""

@@ -441,9 +441,12 @@ async def post_metrics(request: Request) -> Response:
     rejected: list[Rejection] = []
     if candidates:
         events, rejected = decode_batch(msgspec.json.encode([e for _, e in candidates]), collector.config.limits,
-                                        admit=names.admitter(project.id))
+                                        admit=principal.admitting(names.admitter(project.id)))
         errors += [f"metrics[{candidates[r.index][0]}]: {r.error}" for r in rejected]
     measurement_rows_ = []
+    if custom and (refused := principal.refused_server(parsed["service"])) is not None:  # a key bound to servers
+        errors += [f"metrics[{i}]: {refused}" for i, m in enumerate(parsed["metrics"]) if m["type"] == "custom"]
+        custom = []
     if custom:
         try:
             measurement_rows_ = measurement_rows(msgspec.json.encode({"server": parsed["service"], "metrics": custom}),

@@ -67,7 +67,7 @@ async def post_events(request: Request) -> Response:
     try:
         body = await read_body(request, limit, principal)
         counts: dict[str, int] = {}
-        events, rejected = decode_batch(body, collector.config.limits, counts=counts, admit=names.admitter(principal.project.id))
+        events, rejected = decode_batch(body, collector.config.limits, counts=counts, admit=principal.admitting(names.admitter(principal.project.id)))
     except BodyTooLarge:
         return error(413, f"the body is larger than {limit} bytes", "send smaller batches (MCPMETER_MAX_BODY_BYTES)")
     except BatchError as exc:

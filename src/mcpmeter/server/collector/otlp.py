@@ -326,7 +326,7 @@ async def post_traces(request: Request) -> Response:
     try:
         body = await read_body(request, limit, principal)
         converted = convert(parse_request(body, content_type))
-        events, rejected = _validate(converted.events, collector.config.limits, collector.names.admitter(principal.project.id))
+        events, rejected = _validate(converted.events, collector.config.limits, principal.admitting(collector.names.admitter(principal.project.id)))
     except AuthError as exc:  # a signature that does not match
         return _failure(content_type, exc.status, str(exc), exc.hint, {"WWW-Authenticate": "Bearer"})
     except BodyTooLarge:
