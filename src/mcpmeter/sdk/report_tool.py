@@ -62,6 +62,8 @@ def answer(meter: Meter, url: str | None, api_key: str | None, period: str) -> s
             except Unreachable as exc:
                 from .. import undelivered
 
+                meter.flush(5.0)  # this process's latest calls: spooled now, so counted below
+
                 local = undelivered.answer("summary", url, params, db=meter._db, spool=meter._spool_path, reason=str(exc))
                 return (text(local, meter.server, "THIS MACHINE ONLY: the collector cannot be reached")
                         + f"\n({local['source']['spooled_events']} calls wait in this machine's spool; the team's figures "
@@ -75,6 +77,7 @@ def _local(meter: Meter, params: dict[str, str | None]) -> str:
     from ..analytics import questions
     from ..storage import open_store
 
+    meter.flush(5.0)  # this process's latest calls: in the store now
     win = questions.window_of(params)
     store = open_store(meter._db)
     try:
