@@ -169,6 +169,8 @@ def report(fmt: str, csv_table: str, url: str | None, api_key: str | None, proje
 
             data = undelivered.answer("report", url, filters, project=project, reason=str(exc))
             source = data["source"]
+            if not source["spooled_events"] and not source["local_store_events"]:
+                raise  # nothing of this machine's either: the collector's absence is the answer
             click.echo(f"{exc}\nshowing THIS MACHINE'S data only: {source['spooled_events']} calls waiting in the spool "
                        f"(undelivered) and {source['local_store_events']} in the local store - not the team's figures",
                        err=True)

@@ -65,6 +65,8 @@ def answer(meter: Meter, url: str | None, api_key: str | None, period: str) -> s
                 meter.flush(5.0)  # this process's latest calls: spooled now, so counted below
 
                 local = undelivered.answer("summary", url, params, db=meter._db, spool=meter._spool_path, reason=str(exc))
+                if not local["source"]["spooled_events"] and not local["source"]["local_store_events"]:
+                    raise
                 return (text(local, meter.server, "THIS MACHINE ONLY: the collector cannot be reached")
                         + f"\n({local['source']['spooled_events']} calls wait in this machine's spool; the team's figures "
                           "come back with the collector)")
