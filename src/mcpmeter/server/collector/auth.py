@@ -1,6 +1,10 @@
 """Who is asking: API keys (Bearer or X-API-Key), a signed-in browser (a key's or a
 person's session), or a trusted loopback caller. Also where rate limits are applied.
 
+A keyless caller is trusted only from a loopback address, addressed to a loopback name,
+and not from another site's page (``mcpmeter.trust``): DNS rebinding and cross-site
+requests cannot borrow the machine's trust.
+
 Revocation is immediate: key lookups are cached only while the store's ``keys_version``
 (bumped by a trigger whenever a key or an access grant is revoked, expires early, is
 replaced or changed) stays the same, and every request reads that number, so a request
@@ -8,7 +12,6 @@ that starts after a revocation committed is refused by every collector on the st
 
 from __future__ import annotations
 
-import ipaddress
 import threading
 import time
 from collections import Counter
@@ -19,6 +22,7 @@ from starlette.requests import Request
 from ... import keys
 from ...exceptions import AuthError
 from ...storage.base import KeyInfo, Project, Store
+from ...trust import is_loopback, keyless_refusal
 from .security import RateLimited, RateLimits
 
 if TYPE_CHECKING:
@@ -36,15 +40,6 @@ class Principal(NamedTuple):
     key_id: int | None  # None: trusted loopback caller, or a person signed in with OpenID Connect
     actor: str = "loopback"  # for the audit log: "key:mcpm_AbC123", "oidc:<subject> <email>", "loopback"
     signing_secret: str | None = None  # the key requires signed submissions with this secret
-
-
-def is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def presented_key(request: Request) -> str | None:
@@ -123,6 +118,10 @@ class Authenticator:
                 return self.people.principal(key_hash[5:], scope, self._keys_version())
         if key_hash is None:
             if self.local_trust and is_loopback(client):
+                refusal = keyless_refusal(request.headers)
+                if refusal is not None:
+                    raise _failed("not_local", refusal, hint="open it as http://127.0.0.1:<port> (or localhost), "
+                                  "or send an API key as `Authorization: Bearer <key>`")
                 if self._default is None:
                     self._default = self.store.ensure_project(DEFAULT_PROJECT)
                 return Principal(self._default, frozenset(keys.SCOPES), None)
