@@ -102,9 +102,15 @@ SETTINGS: dict[str, Setting] = {
         Setting("MCPMETER_SIGNATURE_TOLERANCE_SECONDS", 300, _positive_int, "How far a signed request's X-MCPMeter-Timestamp may be from the collector's clock; older (or newer) is refused as a possible replay.", "collector"),
         Setting("MCPMETER_RATE_LIMIT_PER_KEY", 1000, _non_negative_int, "Requests per minute per API key, per collector process (token bucket); more get 429 with Retry-After. 0 turns it off.", "collector"),
         Setting("MCPMETER_RATE_LIMIT_PER_IP", 1000, _non_negative_int, "Requests per minute per source address (loopback excepted), per collector process; more get 429 with Retry-After. 0 turns it off.", "collector"),
-        Setting("MCPMETER_MAX_CONNECTIONS", 1000, _positive_int, "Open connections (and requests in flight) one collector process serves; beyond, uvicorn answers 503. At the cap, a new connection first closes the one that has waited longest without sending a request.", "collector"),
-        Setting("MCPMETER_MAX_CONNECTIONS_PER_IP", 100, _non_negative_int, "Open connections from one peer address, per collector process; one more is answered 503 and closed. Behind a reverse proxy all connections come from the proxy: raise it, or 0 turns it off.", "collector"),
-        Setting("MCPMETER_READ_TIMEOUT_SECONDS", 10.0, _positive_float, "A connection must send a request's headers within this long of opening (or of its previous answer), and its body without pausing this long; otherwise the collector closes it.", "collector"),
+        Setting("MCPMETER_MAX_CONNECTIONS", 1000, _positive_int,
+                "Open connections (and requests in flight) one collector process serves; beyond, uvicorn answers 503. "
+                "At the cap, a new connection first closes the one that has waited longest without sending a request.", "collector"),
+        Setting("MCPMETER_MAX_CONNECTIONS_PER_IP", 100, _non_negative_int,
+                "Open connections from one peer address, per collector process; one more is answered 503 and closed. "
+                "Behind a reverse proxy all connections come from the proxy: raise it, or 0 turns it off.", "collector"),
+        Setting("MCPMETER_READ_TIMEOUT_SECONDS", 10.0, _positive_float,
+                "A connection must send a request's headers within this long of opening (or of its previous answer), "
+                "and its body without pausing this long; otherwise the collector closes it.", "collector"),
         Setting("MCPMETER_MAX_SERVERS_PER_PROJECT", 1000, _positive_int, "Distinct server names a project may have; events naming one more are rejected with a reason.", "collector"),
         Setting("MCPMETER_MAX_TOOLS_PER_PROJECT", 10_000, _positive_int, "Distinct (server, tool) pairs a project may have; events naming one more are rejected with a reason.", "collector"),
         Setting("MCPMETER_BUSY_TIMEOUT_SECONDS", 30.0, _positive_float, "How long a SQLite write waits for another process's lock before the collector answers 503 (and the sender retries).", "all"),

@@ -22,8 +22,22 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping
 
+from .exceptions import AuthError
+
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def key_in(headers: Mapping[str, str]) -> str | None:
+    """The API key a request presents (``Authorization: Bearer <key>`` or ``X-API-Key``), or None."""
+    header = headers.get("authorization")
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            raise AuthError("the Authorization header must be `Bearer <key>`",
+                            hint="send the key as `Authorization: Bearer <key>` or `X-API-Key: <key>`")
+        return value.strip()
+    return headers.get("x-api-key") or None
 
 
 def is_loopback(address: str | None) -> bool:

@@ -22,7 +22,7 @@ from starlette.requests import Request
 from ... import keys
 from ...exceptions import AuthError
 from ...storage.base import KeyInfo, Project, Store
-from ...trust import is_loopback, keyless_refusal
+from ...trust import is_loopback, key_in, keyless_refusal
 from .security import RateLimited, RateLimits
 
 if TYPE_CHECKING:
@@ -43,14 +43,7 @@ class Principal(NamedTuple):
 
 
 def presented_key(request: Request) -> str | None:
-    header = request.headers.get("authorization")
-    if header:
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
-            raise AuthError("the Authorization header must be `Bearer <key>`",
-                            hint="send the key as `Authorization: Bearer <key>` or `X-API-Key: <key>`")
-        return value.strip()
-    return request.headers.get("x-api-key") or None
+    return key_in(request.headers)
 
 
 def _failed(reason: str, message: str, **kwargs) -> AuthError:
