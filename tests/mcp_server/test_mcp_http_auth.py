@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
-import threading
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -21,7 +19,7 @@ import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from test_analytics_mcp_server import fill
+from test_analytics_mcp_server import fill, mcp_http
 
 from conftest import MCPMETER, make_keys
 from foundation_helpers import event
@@ -36,32 +34,6 @@ MCP_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-@contextlib.contextmanager
-def mcp_http(*args: str) -> Iterator[str]:
-    """`mcpmeter mcp --http --port 0 ARGS`; yields the address it announced (as reached on 127.0.0.1)."""
-    proc = subprocess.Popen([*MCPMETER, "mcp", "--http", "--port", "0", *args], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
-    lines: list[str] = []
-    url = None
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        lines.append(line)
-        if "MCP server on http://" in line:
-            url = line.split(" on ", 1)[1].split(",", 1)[0]
-            break
-    assert url, f"the server did not start: {''.join(lines)}"
-    drain = threading.Thread(target=lambda: lines.extend(proc.stderr or ()), daemon=True)
-    drain.start()
-    try:
-        yield url.replace("://0.0.0.0:", "://127.0.0.1:")
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        drain.join(10)
-        proc.stderr.close()
-        assert "Traceback" not in "".join(lines), "".join(lines)
 
 
 @contextlib.asynccontextmanager
