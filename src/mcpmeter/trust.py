@@ -12,9 +12,10 @@ dependency). A keyless caller is trusted only when all of these hold:
   navigation (following a link to the dashboard).
 
 And, for anyone, a request that changes something (POST, PUT, PATCH, DELETE) must not come
-from another site's page, and a body it carries must be declared JSON: an HTML form or a
-"simple" cross-site ``fetch`` can send ``text/plain``, form types or no type at all, never
-``application/json`` without the server's consent (CORS, which these servers never give).
+from another site's page; without a key header, a body it carries must be declared JSON: an
+HTML form or a "simple" cross-site ``fetch`` can send ``text/plain``, form types or no type
+at all, never ``application/json`` or an ``Authorization`` header without the server's
+consent (CORS, which these servers never give).
 """
 
 from __future__ import annotations
