@@ -77,7 +77,7 @@ class Family(Metric):
         self.const_values = tuple(v for _, v in const)
         self.label_names = self.const_names + tuple(labels)
         self.bounds_ms = tuple(bounds_ms)
-        self.les = tuple(floatToGoString(b / 1000) for b in self.bounds_ms) + ("+Inf",)
+        self.les = (*(floatToGoString(b / 1000) for b in self.bounds_ms), "+Inf")
 
     @property  # type: ignore[override]
     def samples(self) -> list[Sample]:
