@@ -45,7 +45,7 @@ from ..admin import ROLES, normalize_identity
 from ..exceptions import AuthError, ConfigError, SignInError
 
 if TYPE_CHECKING:
-    from ..storage.base import Store
+    from ..storage.base import AdminStore
     from .collector.app import Collector
     from .dashboard.sessions import Sessions
 
@@ -154,7 +154,7 @@ class Provider:
         meta = await self.metadata()
         c = self.config
         form = {"grant_type": "authorization_code", "code": code, "redirect_uri": c.redirect_url, "code_verifier": verifier}
-        auth = None
+        auth: httpx.Auth | None = None
         if c.client_secret:
             methods = meta.get("token_endpoint_auth_methods_supported") or ["client_secret_basic"]
             if "client_secret_basic" in methods:
@@ -165,7 +165,8 @@ class Provider:
             form["client_id"] = c.client_id
         try:
             async with httpx.AsyncClient(timeout=10) as client:
-                response = await client.post(meta["token_endpoint"], data=form, auth=auth, headers={"Accept": "application/json"})
+                response = await client.post(meta["token_endpoint"], data=form, headers={"Accept": "application/json"},
+                                             auth=httpx.USE_CLIENT_DEFAULT if auth is None else auth)
             answer = response.json()
         except (httpx.HTTPError, ValueError) as exc:
             raise SignInError(f"the provider's token endpoint failed: {exc}") from None
@@ -248,7 +249,7 @@ class People:
     Grants are cached per session while the store's keys version stays the same (a grant
     change moves it), so revoking access ends it at the person's next request."""
 
-    def __init__(self, store: Store, config: OidcConfig, sessions: Sessions) -> None:
+    def __init__(self, store: AdminStore, config: OidcConfig, sessions: Sessions) -> None:
         self.store = store
         self.config = config
         self.sessions = sessions
@@ -265,9 +266,9 @@ class People:
             roles[project] = max(roles.get(project, role), role, key=list(ROLES).index)
         out = {}
         for name, role in roles.items():
-            project = self.store.project_by_name(name)
-            if project is not None:
-                out[name] = (project, role)
+            found = self.store.project_by_name(name)
+            if found is not None:
+                out[name] = (found, role)
         return out
 
     def person(self, token_digest: str) -> Person | None:
@@ -310,7 +311,7 @@ class Flows:
     signed with the store's ``oidc-flow`` secret; valid for ``FLOW_SECONDS``, for one state,
     once (the store remembers the states taken until they expire: ``used_once``)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: AdminStore) -> None:
         self.store = store
         self._secret: bytes | None = None
 
@@ -438,7 +439,8 @@ def routes(collector: Collector) -> list:
         if not grants:
             return failed(f"{email or claims['sub']} has no access to any project here; ask an admin to run "
                           f"`mcpmeter access grant {email or 'sub:' + str(claims['sub'])} --project P --role viewer`", 403)
-        project = flow.get("project") if flow.get("project") in grants else sorted(grants)[0]
+        asked = flow.get("project")
+        project = asked if isinstance(asked, str) and asked in grants else sorted(grants)[0]
         person = Person(str(claims["sub"]), email, ids, project)
         token = await run_in_threadpool(sessions.create, grants[project][0].id, "oidc:" + person.subject, person.dumps())
         headers = [("Set-Cookie", cookie_header(request, token, int(sessions.ttl))),

@@ -132,9 +132,12 @@ class SecurityQueries(SQLBase):
     # ---- limits ------------------------------------------------------------------------------
 
     def known_names(self, project_id: int) -> tuple[set[str], set[tuple[str, str]]]:
-        """Servers and (server, tool) pairs the project's rollups and catalog know."""
+        """Servers and (server, tool) pairs the project's rollups and catalog know (with the
+        servers its measurements and server events name)."""
         rows = self._fetch(None, "SELECT DISTINCT server, tool FROM rollup_day WHERE project_id = ? "
-                                 "UNION SELECT server, tool FROM tool_catalog WHERE project_id = ?", (project_id, project_id))
+                                 "UNION SELECT server, tool FROM tool_catalog WHERE project_id = ? "
+                                 "UNION SELECT server, '' FROM measurement_day WHERE project_id = ? "
+                                 "UNION SELECT server, '' FROM server_events WHERE project_id = ?", (project_id,) * 4)
         return {s for s, _ in rows}, {(s, t) for s, t in rows if t}
 
     # ---- dashboard sessions and collector secrets ---------------------------------------------

@@ -29,13 +29,13 @@ import psycopg
 import psycopg_pool
 from psycopg import errors as pgerrors
 
-from ..events import ROW_FIELDS
-from ..exceptions import StorageError
+from ..events import ROW_FIELDS, Row
+from ..exceptions import StorageError, Unstorable
 from . import postgres_partitions as partitions
 from . import postgres_rollups
 from .base import IngestResult
 from .core import SQLStore
-from .dialect import Dialect
+from .dialect import Dialect, T
 from .dialect import now_ms as _now_ms
 from .postgres_migrations import MIGRATIONS, READER_ROLE
 from .rollup import Deltas, aggregate, calling_users
@@ -44,6 +44,9 @@ MIGRATION_LOCK = 0x6D63706D_6D69  # "mcpmmi": one migrator at a time per databas
 POOL_SIZE = 8
 _RETRIES = 5  # deadlocks and serialization failures are retried (the transaction was rolled back)
 _RETRYABLE = (pgerrors.DeadlockDetected, pgerrors.SerializationFailure, pgerrors.LockNotAvailable)
+# A value the database cannot hold (NUL in text, a number out of range, an index row over the
+# btree limit): the fault of the request that carried it, not of the store.
+_UNSTORABLE = (psycopg.DataError, pgerrors.ProgramLimitExceeded, UnicodeError, OverflowError)
 
 _COPY_EVENTS = f"COPY events (project_id, {', '.join(ROW_FIELDS)}, received_at) FROM STDIN"
 _NEW_IDS = """
@@ -139,7 +142,7 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
         except psycopg_pool.PoolTimeout:
             raise StorageError(f"no free connection to {self.url}", hint="the database is overloaded or unreachable; retry later") from None
 
-    def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def _write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` in one transaction; deadlocks and serialization failures are retried."""
         for attempt in range(_RETRIES):
             try:
@@ -149,12 +152,15 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
                 if attempt == _RETRIES - 1:
                     raise StorageError(f"write to {self.url} failed: {_first_line(exc)}", hint="retry later") from exc
                 time.sleep(0.01 * 2 ** attempt * (1 + secrets.randbelow(100) / 100))  # jittered back-off
+            except _UNSTORABLE as exc:  # the data's fault, not the store's: the caller answers 4xx
+                raise Unstorable(f"the store cannot hold a value of this request: {_first_line(exc)}",
+                                 hint="nothing of it was stored; correct the value (a bug in validation: please report it)") from exc
             except psycopg.Error as exc:
                 raise StorageError(f"write to {self.url} failed: {_first_line(exc)}",
                                    hint="is the database reachable, the disk full, or the schema out of date (`mcpmeter db upgrade`)?") from exc
         raise AssertionError("unreachable")
 
-    def _owner_read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    def _owner_read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Reads that are not about one project's data (projects, keys, schema)."""
         try:
             with self._connection() as conn:
@@ -178,7 +184,7 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
         except psycopg.Error as exc:
             raise StorageError(f"read from {self.url} failed: {_first_line(exc)}", hint="is the database reachable?") from exc
 
-    def _read(self, project_id: int, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    def _read(self, project_id: int, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self.reading(project_id) as conn:
             return conn.execute(sql, params).fetchall()
 
@@ -187,7 +193,7 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
     def _sql(self, sql: str) -> str:
         return _pyformat(sql)
 
-    def _fetch(self, project_id: int | None, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    def _fetch(self, project_id: int | None, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         if project_id is None:
             return self._owner_read(_pyformat(sql), params)
         return self._read(project_id, _pyformat(sql), params)
@@ -222,9 +228,11 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
     def schema_version(self) -> int:
         try:
             with self._connection() as conn:
-                if conn.execute("SELECT to_regclass('schema_migrations')").fetchone()[0] is None:
+                table = conn.execute("SELECT to_regclass('schema_migrations')").fetchone()
+                if table is None or table[0] is None:
                     return 0
-                return conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
+                row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+                return int(row[0]) if row else 0
         except psycopg.Error as exc:
             raise StorageError(f"read from {self.url} failed: {_first_line(exc)}", hint="is the database reachable?") from exc
 
@@ -236,7 +244,7 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
 
     def _run_migration(self, conn: psycopg.Connection, script: str) -> None:
-        conn.execute(script)  # type: ignore[arg-type]  # a migration script is a fixed string
+        conn.execute(script)
 
     def _schema_changed(self) -> None:
         self._known_days.clear()
@@ -248,8 +256,8 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
         if missing:
             self._known_days = self._write(partitions.create, missing, _now_ms())
 
-    def ingest(self, groups: Sequence[tuple[int, Sequence[tuple]]],
-               stored_rows: dict[int, list[tuple]] | None = None) -> list[IngestResult]:
+    def ingest(self, groups: Sequence[tuple[int, Sequence[Row]]],
+               stored_rows: dict[int, list[Row]] | None = None) -> list[IngestResult]:
         received = _now_ms()
         width = len(ROW_FIELDS)
         for _, rows in groups:
@@ -273,8 +281,8 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
         raise AssertionError("unreachable")
 
     @staticmethod
-    def _ingest(conn: psycopg.Connection, groups: Sequence[tuple[int, Sequence[tuple]]],
-                received: int) -> tuple[list[IngestResult], dict[int, list[tuple]]]:
+    def _ingest(conn: psycopg.Connection, groups: Sequence[tuple[int, Sequence[Row]]],
+                received: int) -> tuple[list[IngestResult], dict[int, list[Row]]]:
         projects, ids, stamps, order = [], [], [], []
         n = 0
         for project_id, rows in groups:
@@ -288,7 +296,7 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
         numbers = postgres_rollups.number_users(conn, calling_users(groups))
         new = set(conn.execute(_NEW_IDS, (projects, ids, stamps, order)).fetchall()) if n else set()
         results = []
-        stored: dict[int, list[tuple]] = {}  # project -> rows really inserted, in order
+        stored: dict[int, list[Row]] = {}  # project -> rows really inserted, in order
         for project_id, rows in groups:
             kept = []
             for row in rows:
@@ -311,14 +319,14 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
 
     # ---- measurements and server events ------------------------------------------------
 
-    def ingest_measurements(self, project_id: int, rows: Sequence[tuple]) -> IngestResult:
+    def ingest_measurements(self, project_id: int, rows: Sequence[tuple[Any, ...]]) -> IngestResult:
         """Rows (measurement_id, server, name, type, tags, ts, value); new ones fold into daily aggregates."""
 
         def run(conn: psycopg.Connection) -> IngestResult:
             columns = [list(c) for c in zip(*rows)] if rows else [[] for _ in range(7)]
             columns[6] = [float(v) for v in columns[6]]  # a binary float8[] holds floats only
             new = {m for (m,) in conn.execute(_NEW_MEASUREMENTS, (project_id, *columns, list(range(len(rows))))).fetchall()}
-            days: dict[tuple, list] = {}  # (day, server, name, type, tags) -> [count, sum, min, max, last_ts, last_value]
+            days: dict[tuple[int, str, str, str, str], list[Any]] = {}  # (day, server, name, type, tags) -> [count, sum, min, max, last_ts, last_value]
             for mid, server, name, kind, tags, ts, value in rows:  # in the order given, as SQLite applies them
                 if mid not in new:
                     continue
@@ -344,7 +352,7 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
 
         return self._write(run)
 
-    def ingest_server_events(self, project_id: int, rows: Sequence[tuple]) -> IngestResult:
+    def ingest_server_events(self, project_id: int, rows: Sequence[tuple[Any, ...]]) -> IngestResult:
         """Rows (event_id, server, type, ts, version, message, attributes)."""
 
         def run(conn: psycopg.Connection) -> IngestResult:
@@ -375,9 +383,9 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
         if name is None:  # another collector pruned it
             return 0
         conn.execute("SET LOCAL lock_timeout = '10s'")  # a long read must not stall ingest behind our lock queue
-        n = conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
+        row = conn.execute(f"SELECT count(*) FROM {name}").fetchone()
         conn.execute(f"DROP TABLE {name}")
-        return n
+        return int(row[0]) if row else 0
 
     def close(self) -> None:
         self._pool.close()

@@ -17,14 +17,15 @@ from starlette.routing import Route
 from ... import settings
 from ...events import Limits
 from ...exceptions import AuthError, MCPMeterError, StorageError
-from ...storage.base import Store
+from ...retention import ingest_limits
+from ...storage.base import AdminStore
 from .. import dashboard
 from ..dashboard.live import Live
 from ..dashboard.sessions import Sessions
 from ..exporters import Metrics, MetricsConfig
 from ..oidc import OidcConfig, People
 from ..oidc import routes as oidc_routes
-from . import admin_security, ingest, measurements, otlp, usage
+from . import admin_security, gateway, ingest, measurements, otlp, usage
 from .auth import Authenticator
 from .openapi import openapi_schema
 from .responses import error
@@ -38,11 +39,7 @@ log = logging.getLogger("mcpmeter.server.collector")
 class CollectorConfig:
     local_trust: bool = field(default_factory=lambda: settings.get("MCPMETER_LOCAL_TRUST"))
     max_body_bytes: int = field(default_factory=lambda: settings.get("MCPMETER_MAX_BODY_BYTES"))
-    limits: Limits = field(default_factory=lambda: Limits(
-        max_events=settings.get("MCPMETER_MAX_BATCH_EVENTS"),
-        max_age_ms=settings.get("MCPMETER_MAX_EVENT_AGE_DAYS") * 86_400_000,
-        max_skew_ms=settings.get("MCPMETER_MAX_CLOCK_SKEW_SECONDS") * 1000,
-    ))
+    limits: Limits = field(default_factory=ingest_limits)  # no event older than the retention (retention.py)
     signature_tolerance: int = field(default_factory=lambda: settings.get("MCPMETER_SIGNATURE_TOLERANCE_SECONDS"))
     rate_limit_per_key: int = field(default_factory=lambda: settings.get("MCPMETER_RATE_LIMIT_PER_KEY"))
     rate_limit_per_ip: int = field(default_factory=lambda: settings.get("MCPMETER_RATE_LIMIT_PER_IP"))
@@ -61,7 +58,7 @@ class Collector:
     commit subscribers are listed at the end.
     """
 
-    def __init__(self, store: Store, config: CollectorConfig) -> None:
+    def __init__(self, store: AdminStore, config: CollectorConfig) -> None:
         self.store = store
         self.config = config
         self.started = time.time()
@@ -119,7 +116,7 @@ async def _handle_errors(request: Request, exc: Exception) -> Response:
     raise exc
 
 
-def create_app(store: Store, config: CollectorConfig | None = None) -> Starlette:
+def create_app(store: AdminStore, config: CollectorConfig | None = None) -> Starlette:
     collector = Collector(store, config or CollectorConfig())
 
     @contextlib.asynccontextmanager
@@ -147,7 +144,8 @@ def create_app(store: Store, config: CollectorConfig | None = None) -> Starlette
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
-        *collector.metrics.routes,
+        *collector.metrics.routes,  # GET /metrics: Prometheus
+        Route("/metrics", gateway.post_metrics, methods=["POST"]),  # the MCP gateway's metrics-service API
         *dashboard.routes(),  # /, /static, /v1/session, /v1/live, /v1/admin/*
         *admin_security.routes,  # /v1/admin/audit, key rotation, access grants, erasing a user
         *oidc_routes(collector),  # /v1/oidc/*: people's sign-in (when MCPMETER_OIDC_ISSUER is set)

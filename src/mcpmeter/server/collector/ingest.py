@@ -8,8 +8,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ...events import BatchError, decode_batch
-from ...exceptions import BodyTooLarge, Overloaded, StorageError
+from ...events import decode_batch
+from ...exceptions import BatchError, BodyTooLarge, Overloaded, StorageError, Unstorable
 from ...ingest import rows_for
 from .auth import Principal
 from .responses import error
@@ -49,6 +49,11 @@ async def read_body(request: Request, limit: int, principal: Principal | None = 
     return body
 
 
+def unstorable(exc: Unstorable) -> Response:
+    """The answer to a request whose values the store refused (nothing of it was stored)."""
+    return error(422, f"{exc}; nothing of this request was stored", exc.hint)
+
+
 async def post_events(request: Request) -> Response:
     collector = request.app.state.collector
     principal = collector.auth.authenticate(request, "ingest")
@@ -73,6 +78,9 @@ async def post_events(request: Request) -> Response:
     except Overloaded as exc:
         collector.counters["requests_failed"] += 1
         return error(503, f"the collector is overloaded ({exc}); nothing was stored", "retry later", {"Retry-After": "2"})
+    except Unstorable as exc:  # this request's values, not the store: retrying it cannot help
+        collector.counters["requests_failed"] += 1
+        return unstorable(exc)
     except StorageError:
         collector.counters["requests_failed"] += 1
         raise
@@ -80,12 +88,12 @@ async def post_events(request: Request) -> Response:
     collector.counters["accepted"] += result.accepted
     collector.counters["duplicates"] += duplicates
     collector.counters["rejected"] += len(rejected)
-    body = {
+    answer = {
         "accepted": result.accepted,
         "duplicates": duplicates,
         "rejected": [r.as_dict() for r in rejected],
     }
     if rejected and not events:
-        body["error"] = f"all {len(rejected)} events were rejected; nothing was stored"
-        return JSONResponse(body, status_code=422)
-    return JSONResponse(body)
+        answer["error"] = f"all {len(rejected)} events were rejected; nothing was stored"
+        return JSONResponse(answer, status_code=422)
+    return JSONResponse(answer)

@@ -115,11 +115,12 @@ class Live:
         if self._version_lock is None:
             self._version_lock = asyncio.Lock()
         async with self._version_lock:
-            if self._version is None or self._version_at < after:
+            version = self._version
+            if version is None or self._version_at < after:
                 started = time.monotonic()
-                self._version = await run_in_threadpool(store.keys_version)
+                version = self._version = int(await run_in_threadpool(store.keys_version))
                 self._version_at = started
-            return self._version
+            return version
 
     # -- writer thread --------------------------------------------------------------
 
