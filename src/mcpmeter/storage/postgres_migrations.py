@@ -359,7 +359,7 @@ MIGRATIONS.append(
 
 MIGRATIONS.append(
     Migration(
-        8,
+        7,
         "dashboard sessions shared by every collector process of the store, the collectors' own secrets, tokens used once",
         # No row-level security policy: the reader role is granted nothing on these tables.
         up=_sql("""

@@ -263,7 +263,7 @@ MIGRATIONS.append(
 
 MIGRATIONS.append(
     Migration(
-        8,
+        7,
         "dashboard sessions shared by every collector process of the store, the collectors' own secrets, tokens used once",
         up="""
         CREATE TABLE dashboard_sessions (
