@@ -160,3 +160,4 @@ class GuardedH11Protocol(H11Protocol):
             self.guard.evicted += 1
             oldest._cancel()
             oldest.transport.close()
+            self.connections.discard(oldest)  # counted out now, not when the loop reports it lost
