@@ -145,7 +145,7 @@ def test_a_key_bound_to_a_server_submits_for_it_alone(directory):
 
 
 def test_the_directory_tracks_views_installations_and_tool_usage(directory):
-    c, keys, key, secret, db = directory
+    c, _, key, secret, db = directory
     actions = [
         {"server_id": SERVER, "action": "view", "details": {"page": "/servers/server-123", "user_id": "visitor-1"}},
         {"server_id": SERVER, "action": "view", "details": {"page": "/servers/server-123", "user_id": "visitor-2"}},
