@@ -331,6 +331,8 @@ def routes(collector: Collector) -> list:
     from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
     from starlette.routing import Route
 
+    from .collector.admin_security import json_body
+
     config, people, sessions = collector.config.oidc, collector.people, collector.sessions
 
     async def status(request: Request) -> Response:
@@ -407,10 +409,7 @@ def routes(collector: Collector) -> list:
         person = people.get(key_hash[5:]) if key_hash and key_hash.startswith("oidc:") else None
         if person is None:
             return JSONResponse({"error": "sign in with single sign-on first", "hint": "/v1/oidc/login"}, status_code=401)
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
+        body = await json_body(request)
         name = body.get("project") if isinstance(body, dict) else None
         grants = await run_in_threadpool(people.grants, person.identities)
         if name not in grants:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -26,6 +27,7 @@ from ..oidc import OidcConfig, People
 from ..oidc import routes as oidc_routes
 from . import admin_security, ingest, measurements, otlp, usage
 from .auth import Authenticator
+from .inputs import RefuseNul
 from .openapi import openapi_schema
 from .responses import error
 from .security import NameCaps, RateLimited, RateLimits, SignatureChecker
@@ -155,7 +157,7 @@ def create_app(store: Store, config: CollectorConfig | None = None) -> Starlette
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=collector.metrics.middleware,
+        middleware=[*collector.metrics.middleware, Middleware(RefuseNul)],
         exception_handlers={MCPMeterError: _handle_errors},
     )
     app.state.collector = collector
