@@ -10,7 +10,7 @@ deeper than the decoders can follow.
 The skim runs ``_MARGIN`` Python frames below its caller, so a document that passes still
 decodes in any function up to that many frames deeper (every decoder of a body runs within a
 few frames of where its body was read). No format mcpmeter reads nests more than about ten
-levels; a document that passes nests less than about 900 (Python's default recursion limit of
+levels; a document that passes nests less than about 850 (Python's default recursion limit of
 1,000, minus the frames above the check).
 """
 
@@ -20,7 +20,7 @@ import msgspec
 
 from .exceptions import BatchError
 
-_MARGIN = 64
+_MARGIN = 100
 
 
 class _Anything(msgspec.Struct, forbid_unknown_fields=False):

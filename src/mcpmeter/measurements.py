@@ -60,7 +60,8 @@ def _check_time(value: datetime | int | None, now_ms: int, limits: Limits, where
 def _decode(decoder: msgspec.json.Decoder, body: bytes):
     try:
         return decoder.decode(body)
-    except msgspec.ValidationError:
+    except msgspec.ValidationError as first:
+        problem = first
         # A whole number written as a float (``1700000000.0``) is a whole number, as JSON
         # Schema says: retry once with such timestamps made integers.
         value = msgspec.json.decode(body)
@@ -68,8 +69,8 @@ def _decode(decoder: msgspec.json.Decoder, body: bytes):
             try:
                 return decoder.decode(msgspec.json.encode(value))
             except msgspec.ValidationError as again:
-                exc = again
-        raise BatchError(str(exc)) from None
+                problem = again
+        raise BatchError(str(problem)) from None
     except msgspec.DecodeError as exc:
         raise BatchError(str(exc)) from None
 

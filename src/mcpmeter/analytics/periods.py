@@ -117,7 +117,7 @@ def window(period: str | None = "7d", start: str | None = None, end: str | None 
         last = end_ms - 1  # [.., end) ends with the bucket holding end - 1, also when end is on a boundary
         start_ms = last - last % size - (max(span // size, 1) - 1) * size
     if end_ms - start_ms > MAX_SPAN_MS:
-        raise ValidationError("the time range is longer than 400 days")
+        raise ValidationError("the time range is longer than 400 days", hint="ask for at most 400 days (a later `from` or an earlier `to`)")
     aligned = align(start_ms, end_ms, grain)
     if aligned.previous().start_ms < EARLIEST_MS or aligned.end_ms >= END_OF_TIME_MS:
         raise ValidationError("the window (and the one before it, which answers compare with) must lie in the years 1 to 9999",
