@@ -5,7 +5,7 @@ from __future__ import annotations
 import zlib
 
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from ...events import BatchError, decode_batch
@@ -29,11 +29,14 @@ async def read_body(request: Request, limit: int, principal: Principal | None = 
     if declared and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge()
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge()
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge()
+            chunks.append(chunk)
+    except ClientDisconnect:  # the sender gave up (a timeout): nothing was read, nothing is stored
+        raise BatchError("the client disconnected before it sent the whole body") from None
     body = b"".join(chunks)
     if principal is not None and principal.signing_secret is not None:
         request.app.state.collector.signatures.verify(principal.signing_secret, request.headers, body)
