@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test bench clean tools node-deps chromium
+.PHONY: run test lint bench clean tools node-deps chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,8 +50,13 @@ node-deps: $(EVERYTHING)
 test: $(VENV)/.test tools chromium $(EVERYTHING)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The gates .ci/run runs after the tests: ruff, and mypy (strict for sdk/, storage/, events, protocol; see pyproject.toml).
+lint: $(VENV)/.test
+	$(BIN)/ruff check src tests bench
+	env -u MYPYPATH $(BIN)/mypy
+
 bench: $(VENV)/.test
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -109,20 +109,20 @@ def generate(total: int, anchor_ms: int, seed: int = 11):
             ts = day_ms + rng.randrange(span)
             common = (session, client, version, protocol, transport, user)
 
-            def row(kind, tool, duration, ok, error=(None, None), args=None, result=None):
+            def row(ts, kind, tool, duration, ok, error=(None, None), args=None, result=None, server=server, common=common):
                 nonlocal seq
                 seq += 1
                 return (f"{seq:016x}", kind, ts, server, "1.0.0", tool, None, duration, ok, *error, *common, args, result, None)
 
-            rows.append(row("initialize", None, round(rng.uniform(2, 15), 3), 1))
+            rows.append(row(ts, "initialize", None, round(rng.uniform(2, 15), 3), 1))
             ts += rng.randrange(20, 400)
-            rows.append(row("list_tools", None, round(rng.uniform(1, 8), 3), 1))
+            rows.append(row(ts, "list_tools", None, round(rng.uniform(1, 8), 3), 1))
             picks = rng.choices(server_tools, [t[4] for t in server_tools], k=rng.randrange(4, 20))
             for _, tool, base, error_rate, _ in picks:
                 ts += rng.randrange(200, 60_000)
                 failed = rng.random() < error_rate
                 duration = round(base * multipliers[rng.getrandbits(16)] * (2.5 if failed else 1.0), 3)
-                rows.append(row("tool_call", tool, duration, 0 if failed else 1, rng.choice(ERRORS) if failed else (None, None),
+                rows.append(row(ts, "tool_call", tool, duration, 0 if failed else 1, rng.choice(ERRORS) if failed else (None, None),
                                 rng.randrange(20, 2000), rng.randrange(50, 50_000)))
         rows = rows[:count]
         rows.sort(key=lambda r: r[2])

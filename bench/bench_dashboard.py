@@ -79,8 +79,9 @@ def serve(db: Path, home: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("MCPMETER_")}, "MCPMETER_HOME": str(home),
            "MCPMETER_PRUNE_INTERVAL_SECONDS": "86400"}
-    proc = subprocess.Popen([sys.executable, "-m", "mcpmeter", "serve", "--db", str(db), "--port", str(port), "--log-level", "warning"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=open(home / "serve.log", "wb"))
+    with open(home / "serve.log", "wb") as log:  # the collector keeps its own descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "mcpmeter", "serve", "--db", str(db), "--port", str(port), "--log-level", "warning"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=log)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

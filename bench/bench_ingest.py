@@ -144,7 +144,7 @@ def reference_rows(bodies: list[bytes], batches: int) -> list[list[tuple]]:
                          e.get("result_bytes"), json.dumps(attrs) if attrs else None, 0))
         templates_rows.append(rows)
     mark = MARK.decode()
-    return [[(1, r[1].replace(mark, "%08x" % seq)) + r[2:] for r in templates_rows[seq % len(bodies)]]
+    return [[(1, r[1].replace(mark, f"{seq:08x}"), *r[2:]) for r in templates_rows[seq % len(bodies)]]
             for seq in range(batches)]
 
 

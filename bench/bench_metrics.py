@@ -48,10 +48,10 @@ class Collector:
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("MCPMETER_")}
         env.update(MCPMETER_HOME=str(tmp / "home"), MCPMETER_METRICS="true" if metrics else "false")
-        self.log = open(tmp / f"collector-{self.port}.log", "wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "mcpmeter", "serve", "--port", str(self.port), "--db", str(tmp / f"store-{self.port}.db"),
-             "--log-level", "warning"], stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+        with open(tmp / f"collector-{self.port}.log", "wb") as log:  # the collector keeps its own descriptor
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "mcpmeter", "serve", "--port", str(self.port), "--db", str(tmp / f"store-{self.port}.db"),
+                 "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -70,7 +70,6 @@ class Collector:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        self.log.close()
 
 
 def post(port: int, body: bytes) -> dict:

@@ -57,9 +57,9 @@ def start(tmp: Path, name: str, env_extra: dict[str, str], signed: bool) -> tupl
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MCPMETER_")}
     env.update(MCPMETER_HOME=str(tmp / f"home-{name}"), MCPMETER_METRICS="false", **env_extra)
-    log_file = open(tmp / f"{name}.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "mcpmeter", "serve", "--port", str(port), "--db", str(db), "--log-level", "warning"],
-                            env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT)
+    with open(tmp / f"{name}.log", "wb") as log_file:  # the collector keeps its own descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "mcpmeter", "serve", "--port", str(port), "--db", str(db), "--log-level", "warning"],
+                                env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
@@ -164,7 +164,7 @@ def main() -> int:
         rates: dict[str, list[float]] = {"plain": [], "secured": []}
         try:
             for r in range(args.rounds):
-                for name, (proc, port, key, secret) in (("plain", plain), ("secured", secured)) if r % 2 == 0 else \
+                for name, (_, port, key, secret) in (("plain", plain), ("secured", secured)) if r % 2 == 0 else \
                         (("secured", secured), ("plain", plain)):
                     payloads = bodies(args.batches, args.events)  # new ids every round: nothing is a duplicate
                     seconds, accepted = load(port, key, secret, payloads, args.clients)

@@ -17,13 +17,13 @@ import json
 import re
 import time
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 from . import keys as keylib
 from .analytics.periods import iso
 from .exceptions import ConflictError, NotFoundError, StorageError, ValidationError
 from .ingest import hasher_for
-from .storage.base import AuditEntry, KeyInfo, Project, SecurityStore, Store
+from .storage.base import AdminStore, AuditEntry, KeyInfo, Project
 
 ACTIONS = ("key.create", "key.revoke", "key.rotate", "project.create", "access.grant", "access.revoke", "user.delete")
 ROLES = {"viewer": frozenset({"read"}), "admin": frozenset({"read", "admin"})}  # a person's role -> key scopes
@@ -32,10 +32,6 @@ MAX_EXPIRES_DAYS = 3650
 MAX_IDENTITY = 320
 MAX_USER = 512
 
-
-
-class AdminStore(Store, SecurityStore, Protocol):
-    """A store with its security side (both backends are)."""
 
 
 # Where each surface lists what a NotFoundError was looking for.

@@ -13,6 +13,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import msgspec
 
@@ -52,7 +53,7 @@ def generate(days: int = 90, users: int = 40, calls_per_day: int = 300, seed: in
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     people = [f"user{i:03d}@example.com" for i in range(users)]
     deploy_day = days // 3
-    for server, (version, tools) in SERVERS.items():
+    for server, (_, tools) in SERVERS.items():
         for tool, _, _, _ in tools:  # the catalog each server advertises
             ts = now_ms - days * DAY_MS + 60_000
             yield new_event(TOOL_LISTED, ts, server, tool=tool)
@@ -68,7 +69,7 @@ def generate(days: int = 90, users: int = 40, calls_per_day: int = 300, seed: in
             if server == "weblab" and day > deploy_day:
                 version = "1.3.2"
             client, versions, _ = rng.choices(CLIENTS, [c[2] for c in CLIENTS])[0]
-            session = {"session_id": f"s{rng.randrange(16**12):012x}", "client_name": client,
+            session: dict[str, Any] = {"session_id": f"s{rng.randrange(16**12):012x}", "client_name": client,
                        "client_version": rng.choice(versions), "server_version": version,
                        "protocol_version": rng.choices([p for p, _ in PROTOCOLS], [w for _, w in PROTOCOLS])[0],
                        "transport": rng.choice(["stdio", "stdio", "streamable-http"]), "user": rng.choice(active)}

@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, NamedTuple
 
@@ -261,7 +262,8 @@ ROW_FIELDS: tuple[str, ...] = Row._fields
 _new_row = tuple.__new__  # a Row built as fast as a plain tuple (no per-field checks)
 
 
-class Rejection(NamedTuple):
+@dataclass(frozen=True, slots=True)
+class Rejection:  # not a NamedTuple: its field ``index`` would hide tuple.index
     index: int
     id: str | None
     error: str
@@ -296,11 +298,12 @@ def decode_batch(body: bytes, limits: Limits = Limits(), now_ms: int | None = No
         decoded: list[Event] | dict[str, list[Event]] | None = _valid_batch_decoder.decode(body)
     except msgspec.DecodeError:  # also a ValidationError: take the slow path, which says what is wrong
         decoded = None
+    parsed: Sequence[msgspec.Raw | Event] | Mapping[str, Sequence[msgspec.Raw | Event]]
     try:
         parsed = _batch_decoder.decode(body) if decoded is None else decoded
     except msgspec.DecodeError as exc:
         raise BatchError(f"body is not a JSON array of events or {{\"events\": [...]}}: {exc}") from None
-    if isinstance(parsed, dict):
+    if isinstance(parsed, Mapping):
         if set(parsed) != {"events"}:
             raise BatchError('an object body must have exactly one key, "events"')
         parsed = parsed["events"]
@@ -312,10 +315,10 @@ def decode_batch(body: bytes, limits: Limits = Limits(), now_ms: int | None = No
     seen: set[str] = set()
     for index, raw in enumerate(parsed):
         try:
-            event = _decode_event(raw) if decoded is None else raw
+            event = raw if isinstance(raw, Event) else _decode_event(raw)
             _check(event, limits, now_ms)
         except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
-            rejected.append(Rejection(index, _id_of(raw) if decoded is None else raw.id, _message(exc)))
+            rejected.append(Rejection(index, raw.id if isinstance(raw, Event) else _id_of(raw), _message(exc)))
             continue
         if event.id in seen:  # the same id twice in one batch: keep the first
             continue
@@ -385,9 +388,8 @@ def _id_of(raw: msgspec.Raw) -> str | None:
         value = msgspec.json.decode(raw)
     except msgspec.DecodeError:
         return None
-    if isinstance(value, dict) and isinstance(value.get("id"), str):
-        return value["id"][:MAX_ID]
-    return None
+    ident = value.get("id") if isinstance(value, dict) else None
+    return ident[:MAX_ID] if isinstance(ident, str) else None
 
 
 def _message(exc: Exception) -> str:

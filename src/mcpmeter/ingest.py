@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .events import Event, to_row
+from .events import Event, Row, to_row
 from .identity import UserHasher
 from .storage.base import Project
 
@@ -20,6 +20,6 @@ def hasher_for(project: Project) -> UserHasher:
     return hasher
 
 
-def rows_for(project: Project, events: Sequence[Event]) -> list[tuple]:
+def rows_for(project: Project, events: Sequence[Event]) -> list[Row]:
     hash_user = hasher_for(project)
     return [to_row(e, hash_user(e.user)) for e in events]

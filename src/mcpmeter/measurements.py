@@ -15,7 +15,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta
 
-from .events import BatchError, Limits, Name, ShortText, Timestamp, ts_ms
+from .events import Limits, Name, ShortText, Timestamp, ts_ms
+from .exceptions import BatchError
 
 MetricName = Annotated[str, Meta(min_length=1, max_length=200, pattern=r"^[A-Za-z_][A-Za-z0-9_.:/-]*$")]
 TagMap = Annotated[dict[Annotated[str, Meta(min_length=1, max_length=64)], Annotated[str, Meta(max_length=200)]], Meta(max_length=16)]
@@ -61,16 +62,16 @@ def _decode(decoder: msgspec.json.Decoder, body: bytes):
     try:
         return decoder.decode(body)
     except msgspec.ValidationError as first:
-        problem = first
         # A whole number written as a float (``1700000000.0``) is a whole number, as JSON
         # Schema says: retry once with such timestamps made integers.
+        error: msgspec.ValidationError = first
         value = msgspec.json.decode(body)
         if _whole_timestamps(value):
             try:
                 return decoder.decode(msgspec.json.encode(value))
             except msgspec.ValidationError as again:
-                problem = again
-        raise BatchError(str(problem)) from None
+                error = again
+        raise BatchError(str(error)) from None
     except msgspec.DecodeError as exc:
         raise BatchError(str(exc)) from None
 

@@ -22,6 +22,11 @@ SESSION_END: Final = "session_end"  # ... and end (attributes.reason says why)
 TOOL_LISTED: Final = "tool_listed"  # one tool of the catalog a server advertises
 SDK_DROPPED: Final = "sdk.dropped"  # a recorder's report of what it dropped, by reason
 AUTH: Final = "auth"  # an authorization outcome reported by a server
+# Reported through the MCP gateway's metrics-service API (POST /metrics; server/collector/gateway.py):
+PROTOCOL_LATENCY: Final = "protocol_latency"  # time between two protocol steps (attributes.flow_step)
+HEALTH_CHECK: Final = "health_check"  # a health probe of a server (ok = healthy)
+REGISTRY_OPERATION: Final = "registry_operation"  # a change or read of the gateway's registry
+GATEWAY_KINDS: Final = frozenset({PROTOCOL_LATENCY, HEALTH_CHECK, REGISTRY_OPERATION})
 
 HANDSHAKE_KINDS: Final = (INITIALIZE, SERVER_DISCOVER)
 

@@ -93,7 +93,7 @@ def generate(seed: int, now_ms: int, sessions: int = 900, users: int = 60) -> li
         t = start_time()
         common = dict(server=server, session_id=sid, server_version="1.0")
 
-        def who(always: bool = False) -> dict:  # the session's attributes, each present or absent
+        def who(always: bool = False, client=client, version=version, protocol=protocol, user=user) -> dict:  # the session's attributes, each present or absent
             keep = always or rng.random() < 0.7
             return dict(client_name=client if keep else None, client_version=version if keep else None,
                         protocol_version=protocol if rng.random() < 0.6 else None, user=user if keep else None)
@@ -372,7 +372,7 @@ class Oracle:
     def session_rows(self, w: Window, f: Filters) -> list[dict]:
         """Sessions that started in the window (their first event), matching the filters."""
         out = []
-        for sid, es in self.sessions.items():
+        for es in self.sessions.values():
             first = min(e.ts for e in es)
             if not w.start <= first < w.end:
                 continue

@@ -71,12 +71,12 @@ def test_every_command_and_option_has_help():
 
     def walk(group, path):
         for name, command in group.commands.items():
-            assert command.help, f"`mcpmeter {' '.join(path + [name])}` has no help text"
+            assert command.help, f"`mcpmeter {' '.join([*path, name])}` has no help text"
             for param in command.params:
                 if param.param_type_name == "option" and param.name != "help":
-                    assert param.help, f"`mcpmeter {' '.join(path + [name])}` option {param.opts} has no help"
+                    assert param.help, f"`mcpmeter {' '.join([*path, name])}` option {param.opts} has no help"
             if hasattr(command, "commands"):
-                walk(command, path + [name])
+                walk(command, [*path, name])
 
     walk(cli, [])
 

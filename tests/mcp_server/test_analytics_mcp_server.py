@@ -148,7 +148,7 @@ async def test_over_stdio_every_tool_answers_with_the_numbers_of_the_store(known
                 report = r.structured_content
                 check_report(report, week, previous)
                 assert report["project"] == "default"
-                assert [h["question"] for h in report["headline"]][0] == "How many people use it?"
+                assert next(h["question"] for h in report["headline"]) == "How many people use it?"
                 md = r.content[0].text
                 assert md.startswith("# MCP usage report") and "| `search` | weblab | 4 |" in md
                 assert {(t["server"], t["tool"]) for t in report["never_called"]} == {("weblab", "export"), ("weblab", "old_tool")}
@@ -288,7 +288,7 @@ async def test_an_empty_store_or_a_missing_project_is_explained(tmp_path, known)
 
 
 async def test_projects_are_kept_apart(tmp_path):
-    week, previous, other = known_events(now_ms())
+    week, _previous, _other = known_events(now_ms())
     store = open_store(str(tmp_path / "two.db"))
     fill(store, week, project="default")
     fill(store, week[:2], project="team-b")

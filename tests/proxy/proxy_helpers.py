@@ -187,7 +187,7 @@ class RawProxy:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"the proxy did not exit within {timeout}s; stderr: {self.stderr.decode(errors='replace')}")
+            raise AssertionError(f"the proxy did not exit within {timeout}s; stderr: {self.stderr.decode(errors='replace')}") from None
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -204,7 +204,7 @@ def wait_for_stderr(proxy: RawProxy, text: bytes, timeout: float = 20) -> None:
         time.sleep(0.01)
 
 
-# ---- fixtures (imported by the test modules) ------------------------------------------------
+# ---- fixtures (test modules load them with pytest_plugins) ------------------------------------------------
 
 
 @pytest.fixture
@@ -298,5 +298,5 @@ def stop(process: Process, timeout: float = 15) -> int:
         except subprocess.TimeoutExpired:
             process.proc.kill()
             process.proc.wait()
-            raise AssertionError(f"{process.url} did not stop within {timeout}s: {process.log.read_text()}")
+            raise AssertionError(f"{process.url} did not stop within {timeout}s: {process.log.read_text()}") from None
     return process.proc.returncode

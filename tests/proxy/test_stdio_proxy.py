@@ -15,10 +15,11 @@ from mcp import Client
 from mcp.client.stdio import StdioServerParameters
 from mcp.shared.exceptions import MCPError
 from mcp_types import Implementation
-from proxy_helpers import FAKE_SERVER, MCPMETER, TIME_SERVER, by_tool, everything_server, proxy_env, raw_proxies, recorded, report, user_hash, wait_for_stderr  # noqa: F401
+from proxy_helpers import FAKE_SERVER, MCPMETER, TIME_SERVER, by_tool, proxy_env, recorded, report, user_hash, wait_for_stderr
 
 from conftest import free_port, start_collector, stop_collector
 
+pytest_plugins = ["proxy_helpers"]  # its fixtures: everything_server, raw_proxies
 CLIENT = Implementation(name="pytest-client", version="1.2.3")
 
 

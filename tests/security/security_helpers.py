@@ -19,7 +19,7 @@ PUBLIC = {
     ("GET", "/v1/session"), ("POST", "/v1/session"), ("DELETE", "/v1/session"), ("GET", "/v1/oidc"),
     ("GET", "/v1/oidc/login"), ("GET", "/v1/oidc/callback"), ("POST", "/v1/oidc/project"),
 }
-INGEST_PATHS = {"/v1/events", "/v1/traces", "/v1/measurements", "/v1/server-events"}
+INGEST_PATHS = {"/v1/events", "/v1/traces", "/v1/measurements", "/v1/server-events", "/metrics"}  # POST /metrics: the MCP gateway API
 PAGES = {"/", "/tools/{tool}", "/admin"}  # HTML pages: a refusal is a redirect to /signin
 
 

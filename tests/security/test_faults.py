@@ -85,7 +85,7 @@ def test_sigkill_under_load_loses_and_doubles_nothing(tmp_path):
         for _ in range(4):
             # let ingest get going, then kill in the middle of it
             before = sum(counts_by_server(db).values())
-            wait_until(lambda: sum(counts_by_server(db).values()) > before + 100, 20, "more events to arrive")
+            wait_until(lambda before=before: sum(counts_by_server(db).values()) > before + 100, 20, "more events to arrive")
             c.process.send_signal(signal.SIGKILL)
             c.process.wait(10)
             kills += 1

@@ -49,7 +49,8 @@ def test_fuzzing_the_openapi_document_finds_nothing(tmp_path):
     (tmp_path / "schemathesis.toml").write_text(CONFIG)
     try:
         result = subprocess.run(
-            [*schemathesis(), "--config-file", str(tmp_path / "schemathesis.toml"), "run", f"{c.url}/openapi.json", "--checks", "all", "--max-examples", str(EXAMPLES),
+            [*schemathesis(), "--config-file", str(tmp_path / "schemathesis.toml"), "run", f"{c.url}/openapi.json", "--checks", "all",
+             "--max-examples", str(EXAMPLES),
              "--seed", os.environ.get("MCPMETER_FUZZ_SEED", "8890"), "--workers", "1", "--no-color",
              "-H", f"Authorization: Bearer {keys.admin}"],
             capture_output=True, text=True, timeout=150, cwd=tmp_path, env={**os.environ, "NO_COLOR": "1"})

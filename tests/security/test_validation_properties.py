@@ -36,7 +36,7 @@ def candidate(draw):
         return draw(values)
     event = {"id": draw(st.sampled_from(["e1", "e2", "e3"]) | texts), "kind": draw(st.sampled_from(["tool_call", "list_tools", "x.y/z"]) | texts),
              "ts": draw(timestamps), "server": draw(st.sampled_from(["weblab", "time"]) | texts)}
-    for name in draw(st.sets(st.sampled_from(sorted(FIELDS - set(event)) + ["unknown", "arguments"]), max_size=6)):
+    for name in draw(st.sets(st.sampled_from([*sorted(FIELDS - set(event)), "unknown", "arguments"]), max_size=6)):
         if name == "attributes":
             event[name] = draw(attribute_maps | values)
         elif name in ("duration_ms",):
@@ -111,7 +111,7 @@ def valid(e: dict) -> bool:
 @given(st.binary(max_size=300) | st.text(max_size=200).map(str.encode))
 def test_any_bytes_give_events_or_a_batch_error(body):
     try:
-        events, rejected = decode_batch(body, LIMITS, now_ms=NOW)
+        _events, rejected = decode_batch(body, LIMITS, now_ms=NOW)
     except BatchError:
         return
     assert all(r.index >= 0 for r in rejected)

@@ -195,7 +195,7 @@ def test_touch_keys_keeps_the_latest_use(store):
 def test_ingest_is_idempotent_by_event_id(store):
     batch = [event(), event(), event()]
     assert tuple(ingest(store, batch)) == (3, 0)
-    assert tuple(ingest(store, batch + [event()])) == (1, 3)
+    assert tuple(ingest(store, [*batch, event()])) == (1, 3)
     assert stored_count(store) == 4
 
 

@@ -234,7 +234,8 @@ def db_downgrade(target, yes, db) -> None:
 
 @db.command("prune")
 @click.option("--retention-days", type=click.IntRange(min=1), default=None, help="Keep raw events this many days (default MCPMETER_RETENTION_DAYS, 180).")
-@click.option("--rollup-retention-days", type=click.IntRange(min=1), default=None, help="Keep rollups this many days (default MCPMETER_ROLLUP_RETENTION_DAYS, 730).")
+@click.option("--rollup-retention-days", type=click.IntRange(min=1), default=None,
+              help="Keep rollups this many days (default MCPMETER_ROLLUP_RETENTION_DAYS, 730).")
 @db_option
 @friendly
 def db_prune(retention_days, rollup_retention_days, db) -> None:

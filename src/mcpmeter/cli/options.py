@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import click
 
@@ -78,7 +78,7 @@ def open_store(db: str | None, upgrade: bool = True) -> admin.AdminStore:
 
     store = open_(db, upgrade=upgrade)
     click.get_current_context().call_on_close(store.close)
-    return cast(admin.AdminStore, store)  # both backends have the security side
+    return store
 
 
 def require_project(store: admin.AdminStore, name: str, hint: str | None = "pass --project NAME") -> Project:

@@ -110,7 +110,7 @@ def print_table(r: dict[str, Any]) -> None:
     import sys
 
     from rich import box
-    from rich.console import Console
+    from rich.console import Console, JustifyMethod
     from rich.table import Table
 
     # Piped output has no terminal width to fit; use a width that keeps the table on one line.
@@ -122,8 +122,9 @@ def print_table(r: dict[str, Any]) -> None:
         unit = "hour" if r.get("grain") == "hour" else "day"
         console.print(f"  [dim]{'Calls per ' + unit:<26}[/] {sparkline([p['calls'] for p in r['timeseries']])}")
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1), header_style="bold")
-    for column, justify in (("Tool", "left"), ("Server", "left"), ("Calls", "right"), ("Share", "left"),
-                            ("Success", "right"), ("Users", "right"), ("p50", "right"), ("p95", "right")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (("Tool", "left"), ("Server", "left"), ("Calls", "right"), ("Share", "left"),
+                                                     ("Success", "right"), ("Users", "right"), ("p50", "right"), ("p95", "right"))
+    for column, justify in columns:
         table.add_column(column, justify=justify, no_wrap=True, overflow="ellipsis", min_width=len(column) if column != "Tool" else 8)
     for t in r["tools"]:
         table.add_row(t["tool"], t["server"], str(t["calls"]), f"{t['share'] * 100:.0f}%",

@@ -82,7 +82,7 @@ def timeseries_text(a: dict[str, Any]) -> str:
 def clients_text(a: dict[str, Any]) -> str:
     lines = [f"**Clients** · {scope(a)}", ""]
     if not a["clients"]:
-        return "\n".join(lines + ["No calls in this period."]) + "\n"
+        return "\n".join([*lines, "No calls in this period."]) + "\n"
     lines += ["| Client | Calls | Share | Errors | Users |", "|---|---:|---|---:|---:|"]
     for c in a["clients"]:
         lines.append(f"| {c['client']} | {c['calls']} | `{bar(c['share'], 10)}` {_share(c['share'])} | {c['errors']} | {c['users']} |")

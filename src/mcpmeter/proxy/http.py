@@ -27,6 +27,7 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import anyio
@@ -35,6 +36,9 @@ import anyio.lowlevel
 from ..exceptions import ConfigError
 from ..jsondepth import check_depth
 from .tracker import Connection, Tracker
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("mcpmeter.proxy")
 
@@ -316,7 +320,7 @@ class _Exchange:
         self.proxy = proxy
         self.conn = conn
         self.upstream_request = upstream_request
-        self.response = None
+        self.response: httpx.Response | None = None
         self.keys: list[tuple] = []
         self.disconnected = False
         self.failure: str | None = None
@@ -378,6 +382,7 @@ class _Exchange:
 
     async def _stream(self, send) -> None:
         response = self.response
+        assert response is not None  # run() streams only an opened response
         tracker, conn = self.proxy.tracker, self.conn
         content_type = response.headers.get("content-type", "").lower()
         sse = SseReader() if content_type.startswith("text/event-stream") else None

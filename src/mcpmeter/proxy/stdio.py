@@ -85,6 +85,7 @@ class StdioProxy:
             ) from None
         conn = Connection(new_session_id(), started=clock())
         previous = {sig: signal.signal(sig, self._on_signal) for sig in _FORWARDED}
+        assert proc.stdin is not None and proc.stdout is not None  # both are pipes
         try:
             child_in, child_out = proc.stdin.fileno(), proc.stdout.fileno()
             to_child = threading.Thread(target=self._pump, args=(client_in, child_in, _CLIENT, self._client_eof),
@@ -157,6 +158,7 @@ class StdioProxy:
         """The client closed our stdin: close the child's, then escalate if it lingers."""
         self._client_gone.set()
         proc = self._proc
+        assert proc is not None and proc.stdin is not None  # the pumps run only once the child started
         try:
             proc.stdin.close()
         except OSError:
@@ -165,6 +167,7 @@ class StdioProxy:
 
     def _escalate(self) -> None:
         proc = self._proc
+        assert proc is not None  # started from _client_eof
         for action in (proc.terminate, proc.kill):
             try:
                 proc.wait(self.grace)

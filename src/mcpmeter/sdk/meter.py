@@ -17,7 +17,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .. import settings
 from ..events import MAX_ERROR_MESSAGE, Event, clip_text, new_event
@@ -30,13 +30,16 @@ from .stats import Stats
 
 if TYPE_CHECKING:
     from .sinks import Sink
+    from .worker import Worker
 
 F = TypeVar("F", bound=Callable[..., Any])
+# A queued tool call: (tool, category, start, duration, error type, error message); the worker makes it an event.
+_Call = tuple[str, str | None, float, float, str | None, str | None]
 _clock = time.perf_counter
 
 
 def _default_server_name() -> str:
-    name = settings.get("MCPMETER_SERVER_NAME")
+    name: str | None = settings.get("MCPMETER_SERVER_NAME")
     if name:
         return name
     main = sys.modules.get("__main__")
@@ -68,7 +71,7 @@ class Meter:
         batch_size: int | None = None,
         flush_interval: float | None = None,
         max_queue: int | None = None,
-        spool: str | os.PathLike | None = None,
+        spool: str | os.PathLike[str] | None = None,
         transport: str = "stdio",
         capture_arguments: bool = False,
         capture_results: bool = False,
@@ -108,8 +111,8 @@ class Meter:
         self._db = db
         self._spool_path = Path(spool) if spool else spool_path()
         self._spool_max = settings.get("MCPMETER_SPOOL_MAX_MB") * 1024 * 1024
-        self._queue: deque = deque()
-        self._worker = None
+        self._queue: deque[_Call | Event] = deque()
+        self._worker: Worker | None = None
         if not self.disabled:
             self._start()
             _live_meters.add(self)
@@ -174,7 +177,7 @@ class Meter:
 
         if inspect.iscoroutinefunction(fn):
             @functools.wraps(fn)
-            async def async_wrapper(*args, **kwargs):
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 start = _clock()
                 try:
                     result = await fn(*args, **kwargs)
@@ -187,10 +190,10 @@ class Meter:
                     stats.drop("queue_full")
                 return result
 
-            return async_wrapper  # type: ignore[return-value]
+            return cast(F, async_wrapper)
 
         @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
             start = _clock()
             try:
                 result = fn(*args, **kwargs)
@@ -203,7 +206,7 @@ class Meter:
                 stats.drop("queue_full")
             return result
 
-        return wrapper  # type: ignore[return-value]
+        return cast(F, wrapper)
 
     def instrument(self, server: Any, **options: Any) -> Any:
         """Record every request an MCP server handles, with one line; returns ``server``.

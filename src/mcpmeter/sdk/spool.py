@@ -27,7 +27,7 @@ class Spool:
         )
 
     def size_bytes(self) -> int:
-        return self._conn.execute("SELECT coalesce(sum(length(body)), 0) FROM spool").fetchone()[0]
+        return int(self._conn.execute("SELECT coalesce(sum(length(body)), 0) FROM spool").fetchone()[0])
 
     def put(self, url: str, body_gz: bytes, events: int) -> bool:
         """Keep a batch; False (and nothing written) when the spool is full."""
@@ -40,7 +40,7 @@ class Spool:
         return True
 
     def pending(self, url: str) -> int:
-        return self._conn.execute("SELECT coalesce(sum(events), 0) FROM spool WHERE url = ?", (url,)).fetchone()[0]
+        return int(self._conn.execute("SELECT coalesce(sum(events), 0) FROM spool WHERE url = ?", (url,)).fetchone()[0])
 
     def oldest(self, url: str, limit: int = 20) -> list[tuple[int, int, bytes]]:
         return self._conn.execute(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -12,12 +13,12 @@ class Stats:
     sent: int = 0
     spooled: int = 0
     replayed: int = 0
-    dropped: Counter = field(default_factory=Counter)
-    reported: Counter = field(default_factory=Counter)  # drops already sent as sdk.dropped events
+    dropped: Counter[str] = field(default_factory=Counter)
+    reported: Counter[str] = field(default_factory=Counter)  # drops already sent as sdk.dropped events
 
     def drop(self, reason: str, count: int = 1) -> None:
         self.dropped[reason] += count
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"recorded": self.recorded, "sent": self.sent, "spooled": self.spooled,
                 "replayed": self.replayed, "dropped": dict(self.dropped)}

@@ -10,20 +10,25 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..events import Event, new_event
 from ..protocol import SDK_DROPPED, TOOL_CALL
 from .internal import internal_error
+
+if TYPE_CHECKING:
+    from .meter import Meter
+    from .sinks import Sink
 
 _TICK = 0.2
 _SPOOL_MARGIN = 0.5
 
 
 class Worker:
-    def __init__(self, meter, make_sink: Callable) -> None:
+    def __init__(self, meter: Meter, make_sink: Callable[[], Sink]) -> None:
         self.meter = meter
         self._make_sink = make_sink
-        self._sink = None
+        self._sink: Sink | None = None
         self._wake = threading.Event()
         self._stop = False
         self._waiters: list[tuple[threading.Event, float]] = []
@@ -53,7 +58,7 @@ class Worker:
 
     def _run(self) -> None:
         try:
-            self._sink = self._make_sink()
+            sink = self._sink = self._make_sink()
         except Exception as exc:
             internal_error("cannot start recording; events will be dropped", exc)
             self._fail_all()
@@ -66,7 +71,7 @@ class Worker:
             self._cycle(final=True)
         finally:
             try:
-                self._sink.close()
+                sink.close()
             except Exception as exc:
                 internal_error("closing the sink failed", exc)
 
@@ -74,6 +79,8 @@ class Worker:
         """One round of work; ``final`` (at stop) sends whatever is pending, due or not."""
         with self._lock:
             waiters, self._waiters = self._waiters, []
+        sink = self._sink
+        assert sink is not None  # set by _run before the first cycle
         try:
             self._drain()
             self._report_drops()  # before sending, so a flush or the final round carries the report
@@ -86,12 +93,12 @@ class Worker:
             due = final or waiters or now - self._last_send >= self.meter.flush_interval
             while len(self._pending) >= self.meter.batch_size or (due and self._pending):
                 batch = self._pending[: self.meter.batch_size]
-                if not self._sink.deliver(batch, deadline):
+                if not sink.deliver(batch, deadline):
                     break  # sink asked to keep them; retried next cycle
                 del self._pending[: len(batch)]
                 self._last_send = time.monotonic()
             else:
-                self._sink.idle(deadline)
+                sink.idle(deadline)
         except Exception as exc:
             internal_error("the worker failed a cycle", exc)
         finally:

@@ -36,7 +36,7 @@ from ..admin import ROLES, normalize_identity
 from ..exceptions import AuthError, ConfigError, SignInError
 
 if TYPE_CHECKING:
-    from ..storage.base import Store
+    from ..storage.base import AdminStore
     from .collector.app import Collector
 
 FLOW_COOKIE = "mcpmeter_oidc"
@@ -144,7 +144,7 @@ class Provider:
         meta = await self.metadata()
         c = self.config
         form = {"grant_type": "authorization_code", "code": code, "redirect_uri": c.redirect_url, "code_verifier": verifier}
-        auth = None
+        auth: httpx.Auth | None = None
         if c.client_secret:
             methods = meta.get("token_endpoint_auth_methods_supported") or ["client_secret_basic"]
             if "client_secret_basic" in methods:
@@ -155,7 +155,8 @@ class Provider:
             form["client_id"] = c.client_id
         try:
             async with httpx.AsyncClient(timeout=10) as client:
-                response = await client.post(meta["token_endpoint"], data=form, auth=auth, headers={"Accept": "application/json"})
+                response = await client.post(meta["token_endpoint"], data=form, headers={"Accept": "application/json"},
+                                             auth=httpx.USE_CLIENT_DEFAULT if auth is None else auth)
             answer = response.json()
         except (httpx.HTTPError, ValueError) as exc:
             raise SignInError(f"the provider's token endpoint failed: {exc}") from None
@@ -226,7 +227,7 @@ class Person:
 class People:
     """Signed-in people by id (what their session cookie stands for: ``oidc:<id>``)."""
 
-    def __init__(self, store: Store, config: OidcConfig) -> None:
+    def __init__(self, store: AdminStore, config: OidcConfig) -> None:
         self.store = store
         self.config = config
         self._people: dict[str, Person] = {}
@@ -242,9 +243,9 @@ class People:
             roles[project] = max(roles.get(project, role), role, key=list(ROLES).index)
         out = {}
         for name, role in roles.items():
-            project = self.store.project_by_name(name)
-            if project is not None:
-                out[name] = (project, role)
+            found = self.store.project_by_name(name)
+            if found is not None:
+                out[name] = (found, role)
         return out
 
     def add(self, person: Person) -> str:

@@ -7,9 +7,9 @@ from pathlib import Path
 from .. import settings
 from ..exceptions import ConfigError
 from ..paths import default_db_path
-from .base import EventFilter, IngestResult, KeyInfo, Project, Store
+from .base import AdminStore, EventFilter, IngestResult, KeyInfo, Project, Store
 
-__all__ = ["EventFilter", "IngestResult", "KeyInfo", "Project", "Store", "open_store", "resolve_db"]
+__all__ = ["AdminStore", "EventFilter", "IngestResult", "KeyInfo", "Project", "Store", "open_store", "resolve_db"]
 
 
 def resolve_db(db: str | None = None) -> str:
@@ -18,14 +18,14 @@ def resolve_db(db: str | None = None) -> str:
     return str(value) if value else str(default_db_path())
 
 
-def open_store(db: str | None = None, *, durable: bool = True, upgrade: bool = True) -> Store:
+def open_store(db: str | None = None, *, durable: bool = True, upgrade: bool = True) -> AdminStore:
     """Open (and by default migrate) the store named by ``db``.
 
     ``durable=False`` trades the last few transactions on power loss for speed (SQLite
     ``synchronous=NORMAL``); a process crash loses nothing either way.
     """
     target = resolve_db(db)
-    store: Store
+    store: AdminStore
     if target.startswith(("postgresql://", "postgres://")):
         try:
             from .postgres import PostgresStore

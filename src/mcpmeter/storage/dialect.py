@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from .base import AuditEntry, KeyInfo, Migration
 from .rollup import Deltas
+
+T = TypeVar("T")
 
 _AUDIT_INSERT = ("INSERT INTO audit_log (ts, project_id, project, actor, action, target, detail, source) "
                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
@@ -76,7 +78,7 @@ class SQLBase:
         """Run a read (``?`` placeholders): of one project's data, or (None) of the store's own tables."""
         raise NotImplementedError
 
-    def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def _write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` in one write transaction."""
         raise NotImplementedError
 

@@ -29,13 +29,13 @@ import psycopg
 import psycopg_pool
 from psycopg import errors as pgerrors
 
-from ..events import ROW_FIELDS
+from ..events import ROW_FIELDS, Row
 from ..exceptions import StorageError
 from . import postgres_partitions as partitions
 from . import postgres_rollups
 from .base import IngestResult
 from .core import SQLStore
-from .dialect import Dialect
+from .dialect import Dialect, T
 from .dialect import now_ms as _now_ms
 from .postgres_migrations import MIGRATIONS, READER_ROLE
 from .rollup import Deltas, aggregate, calling_users
@@ -139,7 +139,7 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
         except psycopg_pool.PoolTimeout:
             raise StorageError(f"no free connection to {self.url}", hint="the database is overloaded or unreachable; retry later") from None
 
-    def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def _write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` in one transaction; deadlocks and serialization failures are retried."""
         for attempt in range(_RETRIES):
             try:
@@ -154,7 +154,7 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
                                    hint="is the database reachable, the disk full, or the schema out of date (`mcpmeter db upgrade`)?") from exc
         raise AssertionError("unreachable")
 
-    def _owner_read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    def _owner_read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Reads that are not about one project's data (projects, keys, schema)."""
         try:
             with self._connection() as conn:
@@ -178,7 +178,7 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
         except psycopg.Error as exc:
             raise StorageError(f"read from {self.url} failed: {_first_line(exc)}", hint="is the database reachable?") from exc
 
-    def _read(self, project_id: int, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    def _read(self, project_id: int, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self.reading(project_id) as conn:
             return conn.execute(sql, params).fetchall()
 
@@ -187,7 +187,7 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
     def _sql(self, sql: str) -> str:
         return _pyformat(sql)
 
-    def _fetch(self, project_id: int | None, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    def _fetch(self, project_id: int | None, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         if project_id is None:
             return self._owner_read(_pyformat(sql), params)
         return self._read(project_id, _pyformat(sql), params)
@@ -222,9 +222,11 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
     def schema_version(self) -> int:
         try:
             with self._connection() as conn:
-                if conn.execute("SELECT to_regclass('schema_migrations')").fetchone()[0] is None:
+                table = conn.execute("SELECT to_regclass('schema_migrations')").fetchone()
+                if table is None or table[0] is None:
                     return 0
-                return conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
+                row = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()
+                return int(row[0]) if row else 0
         except psycopg.Error as exc:
             raise StorageError(f"read from {self.url} failed: {_first_line(exc)}", hint="is the database reachable?") from exc
 
@@ -236,7 +238,7 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
 
     def _run_migration(self, conn: psycopg.Connection, script: str) -> None:
-        conn.execute(script)  # type: ignore[arg-type]  # a migration script is a fixed string
+        conn.execute(script)
 
     def _schema_changed(self) -> None:
         self._known_days.clear()
@@ -248,8 +250,8 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
         if missing:
             self._known_days = self._write(partitions.create, missing, _now_ms())
 
-    def ingest(self, groups: Sequence[tuple[int, Sequence[tuple]]],
-               stored_rows: dict[int, list[tuple]] | None = None) -> list[IngestResult]:
+    def ingest(self, groups: Sequence[tuple[int, Sequence[Row]]],
+               stored_rows: dict[int, list[Row]] | None = None) -> list[IngestResult]:
         received = _now_ms()
         width = len(ROW_FIELDS)
         for _, rows in groups:
@@ -273,8 +275,8 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
         raise AssertionError("unreachable")
 
     @staticmethod
-    def _ingest(conn: psycopg.Connection, groups: Sequence[tuple[int, Sequence[tuple]]],
-                received: int) -> tuple[list[IngestResult], dict[int, list[tuple]]]:
+    def _ingest(conn: psycopg.Connection, groups: Sequence[tuple[int, Sequence[Row]]],
+                received: int) -> tuple[list[IngestResult], dict[int, list[Row]]]:
         projects, ids, stamps, order = [], [], [], []
         n = 0
         for project_id, rows in groups:
@@ -288,7 +290,7 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
         numbers = postgres_rollups.number_users(conn, calling_users(groups))
         new = set(conn.execute(_NEW_IDS, (projects, ids, stamps, order)).fetchall()) if n else set()
         results = []
-        stored: dict[int, list[tuple]] = {}  # project -> rows really inserted, in order
+        stored: dict[int, list[Row]] = {}  # project -> rows really inserted, in order
         for project_id, rows in groups:
             kept = []
             for row in rows:
@@ -311,14 +313,14 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
 
     # ---- measurements and server events ------------------------------------------------
 
-    def ingest_measurements(self, project_id: int, rows: Sequence[tuple]) -> IngestResult:
+    def ingest_measurements(self, project_id: int, rows: Sequence[tuple[Any, ...]]) -> IngestResult:
         """Rows (measurement_id, server, name, type, tags, ts, value); new ones fold into daily aggregates."""
 
         def run(conn: psycopg.Connection) -> IngestResult:
             columns = [list(c) for c in zip(*rows)] if rows else [[] for _ in range(7)]
             columns[6] = [float(v) for v in columns[6]]  # a binary float8[] holds floats only
             new = {m for (m,) in conn.execute(_NEW_MEASUREMENTS, (project_id, *columns, list(range(len(rows))))).fetchall()}
-            days: dict[tuple, list] = {}  # (day, server, name, type, tags) -> [count, sum, min, max, last_ts, last_value]
+            days: dict[tuple[int, str, str, str, str], list[Any]] = {}  # (day, server, name, type, tags) -> [count, sum, min, max, last_ts, last_value]
             for mid, server, name, kind, tags, ts, value in rows:  # in the order given, as SQLite applies them
                 if mid not in new:
                     continue
@@ -344,7 +346,7 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
 
         return self._write(run)
 
-    def ingest_server_events(self, project_id: int, rows: Sequence[tuple]) -> IngestResult:
+    def ingest_server_events(self, project_id: int, rows: Sequence[tuple[Any, ...]]) -> IngestResult:
         """Rows (event_id, server, type, ts, version, message, attributes)."""
 
         def run(conn: psycopg.Connection) -> IngestResult:
@@ -375,9 +377,9 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
         if name is None:  # another collector pruned it
             return 0
         conn.execute("SET LOCAL lock_timeout = '10s'")  # a long read must not stall ingest behind our lock queue
-        n = conn.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
+        row = conn.execute(f"SELECT count(*) FROM {name}").fetchone()
         conn.execute(f"DROP TABLE {name}")
-        return n
+        return int(row[0]) if row else 0
 
     def close(self) -> None:
         self._pool.close()

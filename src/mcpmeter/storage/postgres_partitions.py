@@ -16,6 +16,10 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import psycopg
 
 DAY_MS = 86_400_000
 AHEAD_DAYS = 7
@@ -40,7 +44,7 @@ def _day_from_name(name: str) -> int | None:
     return (d - _EPOCH) // timedelta(milliseconds=1)
 
 
-def existing(conn) -> dict[int, str]:
+def existing(conn: psycopg.Connection) -> dict[int, str]:
     """The partitions ``events`` has now: {day start in ms: table name}."""
     rows = conn.execute(
         "SELECT c.relname FROM pg_catalog.pg_inherits i JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid "
@@ -54,7 +58,7 @@ def existing(conn) -> dict[int, str]:
     return found
 
 
-def create(conn, days: set[int], now_ms: int) -> set[int]:
+def create(conn: psycopg.Connection, days: set[int], now_ms: int) -> set[int]:
     """Create the partitions of ``days`` (and of the days just ahead of ``now_ms``) that are
     missing. Runs in the caller's transaction, which should do nothing else. Returns every
     day that has a partition afterwards."""

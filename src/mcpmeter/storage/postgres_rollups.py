@@ -11,11 +11,15 @@ same order, so they queue instead of deadlocking.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from .postgres_migrations import MIGRATIONS
 from .rollup import Cell, Deltas
+
+if TYPE_CHECKING:
+    import psycopg
 
 LATEST = MIGRATIONS[-1].version
 
@@ -134,7 +138,7 @@ def first_calls(by_project: dict[int, Deltas]) -> dict[int, dict[str, int]]:
     return out
 
 
-def number_users(conn, users: dict[int, dict[str, int]]) -> dict[int, dict[str, int]]:
+def number_users(conn: psycopg.Connection, users: dict[int, dict[str, int]]) -> dict[int, dict[str, int]]:
     """Each user's number in its project, numbering new users 0, 1, 2 … in order of first call.
 
     Runs first in the ingest transaction. Only a transaction that meets a user never seen
@@ -145,15 +149,16 @@ def number_users(conn, users: dict[int, dict[str, int]]) -> dict[int, dict[str, 
     numbers: dict[int, dict[str, int]] = {}
     for p in sorted(users):
         wanted = sorted(users[p])
-        known = dict(conn.execute("SELECT user_hash, number FROM user_number WHERE project_id = %s AND user_hash = ANY(%b)",
-                                  (p, wanted)).fetchall())
+        known: dict[str, int] = dict(conn.execute("SELECT user_hash, number FROM user_number WHERE project_id = %s AND user_hash = ANY(%b)",
+                                                  (p, wanted)).fetchall())
         if len(known) < len(wanted):
             conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (USERS_LOCK, p))
             known = dict(conn.execute("SELECT user_hash, number FROM user_number WHERE project_id = %s AND user_hash = ANY(%b)",
                                       (p, wanted)).fetchall())
             new = sorted((u for u in wanted if u not in known), key=lambda u: (users[p][u], u))
             if new:
-                top = conn.execute("SELECT coalesce(max(number), -1) FROM user_number WHERE project_id = %s", (p,)).fetchone()[0]
+                row = conn.execute("SELECT coalesce(max(number), -1) FROM user_number WHERE project_id = %s", (p,)).fetchone()
+                top = int(row[0]) if row else -1
                 known.update((u, top + 1 + i) for i, u in enumerate(new))
                 conn.execute("INSERT INTO user_number (project_id, user_hash, number, first_seen) "
                              "SELECT %s, * FROM unnest(%b::text[], %b::int[], %b::bigint[])",
@@ -162,7 +167,7 @@ def number_users(conn, users: dict[int, dict[str, int]]) -> dict[int, dict[str, 
     return numbers
 
 
-def _columns(rows: list[tuple], width: int, floats: tuple[int, ...] = ()) -> list[list]:
+def _columns(rows: list[tuple[Any, ...]], width: int, floats: tuple[int, ...] = ()) -> list[list[Any]]:
     """Rows (already in key order) as one list per column: the unnest() parameters, sent
     in binary. ``floats`` are the double precision columns (a binary array is of one type)."""
     if not rows:
@@ -173,7 +178,7 @@ def _columns(rows: list[tuple], width: int, floats: tuple[int, ...] = ()) -> lis
     return columns
 
 
-def _run(conn, sql: str, rows: Iterable[tuple], width: int, floats: tuple[int, ...] = ()) -> None:
+def _run(conn: psycopg.Connection, sql: str, rows: Iterable[tuple[Any, ...]], width: int, floats: tuple[int, ...] = ()) -> None:
     ordered = sorted(rows)  # ascending key order (the key leads each row); str order is "C" collation order
     if ordered:
         conn.execute(sql, _columns(ordered, width, floats))
@@ -185,14 +190,14 @@ def _hist_json(c: Cell) -> str | None:
     return _json(hist).decode() if hist else None
 
 
-def _cells(by_project: dict[int, Deltas], grain: str) -> list[tuple]:
+def _cells(by_project: dict[int, Deltas], grain: str) -> list[tuple[Any, ...]]:
     return [
         (p, *key, c.calls, c.errors, c.dur_count, c.dur_sum, c.dur_min, c.dur_max, _hist_json(c))
         for p, d in by_project.items() for key, c in getattr(d, grain).items()
     ]
 
 
-def apply(conn, by_project: dict[int, Deltas], version: int = LATEST, numbers: dict[int, dict[str, int]] | None = None) -> None:
+def apply(conn: psycopg.Connection, by_project: dict[int, Deltas], version: int = LATEST, numbers: dict[int, dict[str, int]] | None = None) -> None:
     """Add the deltas of every project to the rollups of a store at schema ``version``
     (older only while upgrading), table by table, in key order. From schema 5 on,
     ``numbers`` (``number_users``) must hold every calling user's number."""

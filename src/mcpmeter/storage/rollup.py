@@ -103,7 +103,7 @@ def _round(value: float | None) -> float | None:
     return None if value is None else histogram.round_ms(value)
 
 
-def calling_users(groups: Sequence[tuple[int, Sequence[tuple]]]) -> dict[int, dict[str, int]]:
+def calling_users(groups: Sequence[tuple[int, Sequence[tuple[Any, ...]]]]) -> dict[int, dict[str, int]]:
     """Per project, the users of the tool calls in ``groups`` with their first call's time."""
     users: dict[int, dict[str, int]] = {}
     for project_id, rows in groups:
@@ -133,29 +133,29 @@ class SessionDelta:
     init_ts: int | None = None
     list_ts: int | None = None
     first_call_ts: int | None = None
-    tools: set = field(default_factory=set)
+    tools: set[str] = field(default_factory=set)
 
 
 @dataclass
 class Deltas:
-    hour: dict[tuple, Cell] = field(default_factory=dict)  # (bucket, kind, server, tool, client)
-    day: dict[tuple, Cell] = field(default_factory=dict)
-    user_day: set = field(default_factory=set)  # (day, server, tool, client, user)
-    user_hour: set = field(default_factory=set)  # (hour, user)
-    user_first: dict[tuple, int] = field(default_factory=dict)  # (server, user) -> ts
-    errors: dict[tuple, list] = field(default_factory=dict)  # (hour, server, tool, client, error_type) -> [count, last_ts]
+    hour: dict[tuple[int, str, str, str, str], Cell] = field(default_factory=dict)  # (bucket, kind, server, tool, client)
+    day: dict[tuple[int, str, str, str, str], Cell] = field(default_factory=dict)
+    user_day: set[tuple[int, str, str, str, str]] = field(default_factory=set)  # (day, server, tool, client, user)
+    user_hour: set[tuple[int, str]] = field(default_factory=set)  # (hour, user)
+    user_first: dict[tuple[str, str], int] = field(default_factory=dict)  # (server, user) -> ts
+    errors: dict[tuple[int, str, str, str, str], list[int]] = field(default_factory=dict)  # (hour, server, tool, client, error_type) -> [count, last_ts]
     sessions: dict[str, SessionDelta] = field(default_factory=dict)
-    catalog: dict[tuple, list] = field(default_factory=dict)  # (server, tool) -> [first seen, last seen, last called]
+    catalog: dict[tuple[str, str], list[Any]] = field(default_factory=dict)  # (server, tool) -> [first seen, last seen, last called or None]
     # Tool calls per (day, server, tool), every client together: what most reads need.
-    tool_day: dict[tuple, Cell] = field(default_factory=dict)
-    tool_day_users: dict[tuple, set] = field(default_factory=dict)  # (day, server, tool) -> user hashes
+    tool_day: dict[tuple[int, str, str], Cell] = field(default_factory=dict)
+    tool_day_users: dict[tuple[int, str, str], set[str]] = field(default_factory=dict)  # (day, server, tool) -> user hashes
 
 
 def _min(a: int | None, b: int) -> int:
     return b if a is None or b < a else a
 
 
-def _seen(catalog: dict[tuple, list], key: tuple, ts: int, called: bool) -> None:
+def _seen(catalog: dict[tuple[str, str], list[Any]], key: tuple[str, str], ts: int, called: bool) -> None:
     span = catalog.get(key)
     if span is None:
         catalog[key] = [ts, ts, ts if called else None]
@@ -166,7 +166,7 @@ def _seen(catalog: dict[tuple, list], key: tuple, ts: int, called: bool) -> None
         span[2] = ts
 
 
-def aggregate(rows: Sequence[tuple]) -> Deltas:
+def aggregate(rows: Sequence[tuple[Any, ...]]) -> Deltas:
     d = Deltas()
     hour_cells = d.hour
     for row in rows:

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import settings, usersets
-from ..events import ROW_FIELDS
+from ..events import ROW_FIELDS, Row
 from ..exceptions import StorageError
 from . import sqlite_rollups
 from .base import IngestResult
 from .core import SQLStore
-from .dialect import Dialect
+from .dialect import Dialect, T
 from .dialect import now_ms as _now_ms
 from .rollup import Deltas, aggregate
 from .sqlite_migrations import MIGRATIONS
@@ -61,12 +61,12 @@ def _insert_chunks(conn: sqlite3.Connection) -> tuple[int, ...]:
 
 
 def _insert_events(conn: sqlite3.Connection, chunks: tuple[int, ...], project_id: int, received: int,
-                   rows: Sequence[tuple]) -> int:
+                   rows: Sequence[Row]) -> int:
     """Insert ``rows`` (in order, duplicates ignored); the number really inserted."""
     inserted, start, total = 0, 0, len(rows)
     for size in chunks:
         while total - start >= size:
-            params = [project_id, received]
+            params: list[Any] = [project_id, received]
             params.extend(chain.from_iterable(rows[start:start + size]))
             inserted += conn.execute(_insert_events_sql(size), params).rowcount
             start += size
@@ -127,7 +127,7 @@ class SQLiteStore(SQLStore):  # every query is in core.py / core_security.py
     def _sql(self, sql: str) -> str:
         return sql
 
-    def _fetch(self, project_id: int | None, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+    def _fetch(self, project_id: int | None, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         try:
             return self._reader().execute(sql, params).fetchall()
         except sqlite3.Error as exc:
@@ -152,7 +152,7 @@ class SQLiteStore(SQLStore):  # every query is in core.py / core_security.py
         for project_id, deltas in by_project.items():
             sqlite_rollups.apply(conn, project_id, deltas, sqlite_rollups.LATEST if version is None else version)
 
-    def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def _write(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` in one IMMEDIATE transaction on the writer connection."""
         with self._write_lock:
             conn = self._writer
@@ -186,13 +186,13 @@ class SQLiteStore(SQLStore):  # every query is in core.py / core_security.py
 
     # ---- events ---------------------------------------------------------------------
 
-    def ingest(self, groups: Sequence[tuple[int, Sequence[tuple]]],
-               stored_rows: dict[int, list[tuple]] | None = None) -> list[IngestResult]:
+    def ingest(self, groups: Sequence[tuple[int, Sequence[Row]]],
+               stored_rows: dict[int, list[Row]] | None = None) -> list[IngestResult]:
         received = _now_ms()
 
-        def run(conn: sqlite3.Connection) -> tuple[list[IngestResult], dict[int, list[tuple]]]:
+        def run(conn: sqlite3.Connection) -> tuple[list[IngestResult], dict[int, list[Row]]]:
             results = []
-            stored: dict[int, list[tuple]] = {}  # project -> rows really inserted, in order
+            stored: dict[int, list[Row]] = {}  # project -> rows really inserted, in order
             for project_id, rows in groups:
                 if not rows:
                     results.append(IngestResult(0, 0))
@@ -225,7 +225,7 @@ class SQLiteStore(SQLStore):  # every query is in core.py / core_security.py
 
     # ---- measurements and server events ------------------------------------------------
 
-    def ingest_measurements(self, project_id: int, rows: Sequence[tuple]) -> IngestResult:
+    def ingest_measurements(self, project_id: int, rows: Sequence[tuple[Any, ...]]) -> IngestResult:
         """Rows (measurement_id, server, name, type, tags, ts, value); new ones fold into daily aggregates."""
 
         def run(conn: sqlite3.Connection) -> IngestResult:
@@ -238,7 +238,7 @@ class SQLiteStore(SQLStore):  # every query is in core.py / core_security.py
 
         return self._write(run)
 
-    def ingest_server_events(self, project_id: int, rows: Sequence[tuple]) -> IngestResult:
+    def ingest_server_events(self, project_id: int, rows: Sequence[tuple[Any, ...]]) -> IngestResult:
         """Rows (event_id, server, type, ts, version, message, attributes)."""
 
         def run(conn: sqlite3.Connection) -> IngestResult:

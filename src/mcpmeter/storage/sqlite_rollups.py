@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from typing import Any
 
 from .. import histogram, usersets
 from .rollup import Cell, Deltas
@@ -135,8 +136,9 @@ def register_functions(conn: sqlite3.Connection) -> None:
     conn.create_function("hist_merge", 2, _hist_merge, deterministic=True)
     conn.create_function("hist_add", 2, _hist_add, deterministic=True)
     conn.create_function("users_union", 2, usersets.union, deterministic=True)
-    conn.create_aggregate("hist_sum", 1, _HistSum)
-    conn.create_aggregate("user_set", 1, _UserSet)
+    # typeshed types an aggregate as int -> int; SQLite passes and takes any of its values (here blobs and NULL)
+    conn.create_aggregate("hist_sum", 1, _HistSum)  # type: ignore[arg-type]
+    conn.create_aggregate("user_set", 1, _UserSet)  # type: ignore[arg-type]
 
 
 def _hist_blob(c: Cell) -> bytes | None:
@@ -145,7 +147,7 @@ def _hist_blob(c: Cell) -> bytes | None:
     return histogram.encode(hist) if hist else None
 
 
-def _cells(project_id: int, cells: dict) -> list[tuple]:
+def _cells(project_id: int, cells: dict[tuple[int, str, str, str, str], Cell]) -> list[tuple[Any, ...]]:
     return [
         (project_id, *key, c.calls, c.errors, c.dur_count, c.dur_sum, c.dur_min, c.dur_max, _hist_blob(c))
         for key, c in cells.items()

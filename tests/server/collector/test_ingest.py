@@ -78,7 +78,7 @@ def test_a_retried_batch_is_stored_once_and_answered_as_duplicates(client, store
     batch = [event(), event(), event()]
     assert post(client, batch).json() == {"accepted": 3, "duplicates": 0, "rejected": []}
     assert post(client, batch).json() == {"accepted": 0, "duplicates": 3, "rejected": []}
-    assert post(client, batch[:1] + [event()]).json() == {"accepted": 1, "duplicates": 1, "rejected": []}
+    assert post(client, [*batch[:1], event()]).json() == {"accepted": 1, "duplicates": 1, "rejected": []}
     assert stored_count(store) == 4
 
 

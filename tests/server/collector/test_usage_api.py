@@ -111,7 +111,7 @@ def test_a_real_collector_counts_retried_overlapping_and_concurrent_batches_once
     for batch in held_back:  # the same batch from four connections at once
         start = threading.Barrier(senders)
 
-        def send(_: int) -> dict:
+        def send(_: int, start: threading.Barrier = start, batch: list = batch) -> dict:
             with httpx.Client(base_url=collector.url, timeout=30) as c:
                 start.wait()
                 r = c.post("/v1/events", json=batch)

@@ -224,7 +224,7 @@ def test_health_reports_ingest_and_the_collectors_state(remote, keys):
     admin = {"Authorization": f"Bearer {keys.admin}"}
     batch = [event(ts=now_ms() - i) for i in range(5)]
     assert remote.post("/v1/events", json=batch, headers={"Authorization": f"Bearer {keys.ingest}"}).json()["accepted"] == 5
-    remote.post("/v1/events", json=batch[:2] + [{"kind": "tool_call"}], headers={"Authorization": f"Bearer {keys.ingest}"})
+    remote.post("/v1/events", json=[*batch[:2], {"kind": "tool_call"}], headers={"Authorization": f"Bearer {keys.ingest}"})
     h = remote.get("/v1/admin/health", headers=admin).json()
     assert h["ingest"]["accepted_since_start"] == 5
     assert h["ingest"]["events_per_second_1m"] == pytest.approx(5 / 60, abs=0.01)

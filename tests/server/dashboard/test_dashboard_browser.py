@@ -151,7 +151,8 @@ def spec_values(page, chart: str) -> list[list]:
 
 
 def bar_texts(page, chart: str) -> list[tuple[str, str]]:
-    rows = page.eval_on_selector_all(f"#chart-{chart} g.row", "gs => gs.map(g => [g.querySelector('.bar-label').textContent, g.querySelector('.bar-value').textContent])")
+    rows = page.eval_on_selector_all(f"#chart-{chart} g.row",
+                                     "gs => gs.map(g => [g.querySelector('.bar-label').textContent, g.querySelector('.bar-value').textContent])")
     return [tuple(r) for r in rows]
 
 
@@ -252,7 +253,8 @@ def test_the_overview_draws_every_chart_with_the_apis_figures(site, page):
     assert [(t["tool"], t["server"]) for t in never] == [("weblab_export", "weblab")]
     assert "weblab_export" in page.text_content("#never-called")
     recent = api(site, "/v1/usage/errors", **q)["recent"][:12]
-    rows = page.eval_on_selector_all("#recent-errors tbody tr", "trs => trs.map(tr => [tr.querySelector('b').textContent, tr.querySelector('.pill').textContent])")
+    rows = page.eval_on_selector_all("#recent-errors tbody tr",
+                                     "trs => trs.map(tr => [tr.querySelector('b').textContent, tr.querySelector('.pill').textContent])")
     assert rows == [[r["tool"], r["error_type"]] for r in recent]
     assert page.locator("#markers li").count() == len(ts["markers"]) == 3
     assert page.text_content("#project-name") == "default"

@@ -44,7 +44,7 @@ def test_docker_compose_accepts_the_file_and_it_runs_collector_prometheus_grafan
     assert dockerfile.is_file()
     env = collector["environment"]
     for name in env:
-        assert name.startswith("OTEL_") or name in settings.SETTINGS or name.startswith("MCPMETER_API_KEY_"), name
+        assert name.startswith(("OTEL_", "MCPMETER_API_KEY_")) or name in settings.SETTINGS, name
     metrics_port = env["MCPMETER_METRICS_PORT"]
     scrape = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     (job,) = scrape["scrape_configs"]

@@ -52,7 +52,7 @@ def scraped(tmp_path):
                 post(c.url, events, keys.ingest)
                 expected.merge(exp)
                 calls = sum(expected.calls.values())
-                wait_for(lambda: prom.value("sum(mcp_tool_executions_total)") == calls, f"prometheus to see {calls} calls")
+                wait_for(lambda calls=calls: prom.value("sum(mcp_tool_executions_total)") == calls, f"prometheus to see {calls} calls")
             mark = time.time()
             wait_for(lambda: prom.scrapes_after(mark), "one more scrape")
             yield prom, expected, scrape(c.url, keys.read)
@@ -69,7 +69,7 @@ def test_every_dashboard_query_is_valid_and_answers_what_was_sent(scraped):
     targets = dashboard_exprs()
     assert len(targets) >= 30
     tool_totals = Counter()
-    for (server, tool, _), n in exp.calls.items():
+    for (_, tool, _), n in exp.calls.items():
         tool_totals[(tool,)] += n
     steps = Counter()
     step_sum = defaultdict(float)

@@ -6,9 +6,13 @@ kind is instrumented, so ``from mcpmeter import Meter`` needs neither installed.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...exceptions import ConfigError
+
+if TYPE_CHECKING:
+    from ..meter import Meter
+    from ._common import UserResolver
 
 
 def _framework(server: Any) -> str | None:
@@ -27,7 +31,7 @@ def _fastmcp_version() -> str | None:
     return getattr(fastmcp, "__version__", None)
 
 
-def instrument(meter, server: Any, *, user=None, user_header: str | None = None) -> Any:
+def instrument(meter: Meter, server: Any, *, user: UserResolver | None = None, user_header: str | None = None) -> Any:
     """Record every tools/call, tools/list and initialize/server/discover ``server`` handles.
 
     ``user``: a callable ``(request_context) -> str | None`` naming the user of a request

@@ -12,13 +12,16 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
 from ...events import MAX_ATTRIBUTE_VALUE, UNNAMED, new_event
 from ...protocol import CLIENT_INFO_META_KEY, error_type_for_code
 from ..internal import internal_error
+
+if TYPE_CHECKING:
+    from ..meter import Meter
 
 DEFAULT_REDACT_KEYS = (
     "password", "passwd", "secret", "token", "authorization", "api_key", "apikey", "api-key",
@@ -28,16 +31,18 @@ REDACTED = "[redacted]"
 _SESSION_STATE_KEY = "mcpmeter.session_id"
 _FIELDS_KEY = "mcpmeter.fields"
 try:  # protocol versions with no handshake: every request stands alone
-    from mcp_types.version import MODERN_PROTOCOL_VERSIONS as _MODERN
+    from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+    _MODERN_VERSIONS = frozenset(MODERN_PROTOCOL_VERSIONS)
 except ImportError:  # pragma: no cover - mcp-types is what every supported framework runs on
-    _MODERN = ("2026-07-28",)
-_MODERN_VERSIONS = frozenset(_MODERN)
+    _MODERN_VERSIONS = frozenset(("2026-07-28",))
 
 _encode = msgspec.json.Encoder().encode
 _perf = time.perf_counter
 _wall = time.time
 
 UserResolver = Callable[[Any], "str | None"]
+# (session_id, client_name, client_version, protocol_version, transport, user) of a request
+Fields = tuple[Any, ...]
 
 
 def json_size(value: Any) -> int | None:
@@ -61,7 +66,7 @@ class Recorder:
         "meter",
     )
 
-    def __init__(self, meter, user: UserResolver | None = None, user_header: str | None = None) -> None:
+    def __init__(self, meter: Meter, user: UserResolver | None = None, user_header: str | None = None) -> None:
         self.meter = meter
         self._user_fn = user
         self._user_header = user_header.lower() if user_header else None
@@ -73,7 +78,7 @@ class Recorder:
 
     # ---- the request's context --------------------------------------------------------
 
-    def context_fields(self, srctx: Any, params: Mapping[str, Any] | None) -> tuple:
+    def context_fields(self, srctx: Any, params: Mapping[str, Any] | None) -> Fields:
         """(session_id, client_name, client_version, protocol_version, transport, user) for
         an mcp ``ServerRequestContext`` (None outside a request: programmatic calls).
 
@@ -97,7 +102,7 @@ class Recorder:
             connection.state[_FIELDS_KEY] = known
         return (*known, user)
 
-    def _connection_fields(self, srctx: Any, connection: Any, params: Any, request: Any) -> tuple:
+    def _connection_fields(self, srctx: Any, connection: Any, params: Any, request: Any) -> Fields:
         version = srctx.protocol_version
         name = client_version = session_id = None
         client = connection.client_params if connection is not None else None
@@ -174,10 +179,10 @@ class Recorder:
     # ---- the event --------------------------------------------------------------------
 
     def emit(
-        self, kind: str, wall_start: float, duration: float, fields: tuple, *,
+        self, kind: str, wall_start: float, duration: float, fields: Fields, *,
         tool: str | None = None, ok: bool | None = None, error_type: str | None = None,
         error_message: str | None = None, args_bytes: int | None = None,
-        result_bytes: int | None = None, attributes: dict | None = None,
+        result_bytes: int | None = None, attributes: dict[str, Any] | None = None,
     ) -> None:
         meter = self.meter
         if meter.disabled:
@@ -240,7 +245,7 @@ def tool_failure(raised: BaseException) -> tuple[str, str | None]:
     for candidate in (cause, raised):
         if type(candidate).__name__ == "ValidationError" and type(candidate).__module__.startswith("pydantic"):
             try:
-                fields = sorted({".".join(str(p) for p in e["loc"]) for e in candidate.errors()})
+                fields = sorted({".".join(str(p) for p in e["loc"]) for e in cast(Any, candidate).errors()})
             except Exception:
                 fields = []
             return "ValidationError", "invalid arguments: " + (", ".join(fields) or "?")

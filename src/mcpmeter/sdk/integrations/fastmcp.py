@@ -8,7 +8,8 @@ context FastMCP binds for every request, so the fields match the mcp integration
 
 from __future__ import annotations
 
-from typing import Any
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
 
 from fastmcp.server.middleware import Middleware
 
@@ -22,8 +23,12 @@ from ...protocol import (
     TOOL_ERROR,
     TOOLS_LIST,
 )
-from ._common import Recorder, _perf, _wall, failure_of, first_text, json_size, tool_failure, tool_name
+from ._common import Recorder, UserResolver, _perf, _wall, failure_of, first_text, json_size, tool_failure, tool_name
 
+if TYPE_CHECKING:
+    from ..meter import Meter
+
+fastmcp_request_ctx: ContextVar[Any] | None
 try:
     from fastmcp.server.dependencies import fastmcp_request_ctx
 except ImportError:  # pragma: no cover - older FastMCP: no request fields, calls still recorded
@@ -54,7 +59,7 @@ class MeterMiddleware(Middleware):
         self.recorder = recorder
 
     @property
-    def meter(self):
+    def meter(self) -> Meter:
         return self.recorder.meter
 
     async def on_call_tool(self, context: Any, call_next: Any) -> Any:
@@ -80,11 +85,12 @@ class MeterMiddleware(Middleware):
             _internal(exc)
         return result
 
-    def _tool_event(self, message, wall, duration, result, ok, error_type, error_message) -> None:
+    def _tool_event(self, message: Any, wall: float, duration: float, result: Any, ok: bool, error_type: str | None,
+                    error_message: str | None) -> None:
         recorder = self.recorder
         arguments = getattr(message, "arguments", None)
         srctx = _srctx()
-        attributes = None
+        attributes: dict[str, Any] | None = None
         if recorder._capture_args and arguments:
             attributes = {"arguments": recorder.capture(arguments)}
         if recorder._capture_results and result is not None:
@@ -126,9 +132,10 @@ class MeterMiddleware(Middleware):
             _internal(exc)
         return result
 
-    def _emit(self, kind, method, wall, duration, result, **kw) -> None:
+    def _emit(self, kind: str, method: str, wall: float, duration: float, result: Any, **kw: Any) -> None:
         recorder = self.recorder
         srctx = _srctx()
+        attributes: dict[str, Any] | None
         if kind == LIST_TOOLS:
             attributes = {"tools": len(result)} if isinstance(result, (list, tuple)) else None
             size = None
@@ -148,7 +155,7 @@ def _internal(exc: BaseException) -> None:
     internal_error("recording an instrumented request failed", exc)
 
 
-def install(meter, server: Any, *, user=None, user_header: str | None = None) -> Any:
+def install(meter: Meter, server: Any, *, user: UserResolver | None = None, user_header: str | None = None) -> Any:
     """Add the meter's middleware to a FastMCP server, outermost (idempotent)."""
     chain = server.middleware
     if any(isinstance(m, MeterMiddleware) and m.meter is meter for m in chain):

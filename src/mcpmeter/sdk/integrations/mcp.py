@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ...protocol import (
     HANDSHAKE_METHODS,
@@ -27,7 +27,10 @@ from ...protocol import (
     TOOLS_CALL,
     TOOLS_LIST,
 )
-from ._common import Recorder, _perf, _wall, failure_of, first_text, json_size, tool_failure, tool_name
+from ._common import Recorder, UserResolver, _perf, _wall, failure_of, first_text, json_size, tool_failure, tool_name
+
+if TYPE_CHECKING:
+    from ..meter import Meter
 
 # The exception a wrapped MCPServer.call_tool raised during the current request.
 _tool_exception: contextvars.ContextVar[BaseException | None] = contextvars.ContextVar(
@@ -44,7 +47,7 @@ class MeterMiddleware:
         self.recorder = recorder
 
     @property
-    def meter(self):
+    def meter(self) -> Meter:
         return self.recorder.meter
 
     async def __call__(self, ctx: Any, call_next: Any) -> Any:
@@ -67,7 +70,7 @@ class MeterMiddleware:
             raise
         duration = _perf() - start
         try:
-            attributes = None
+            attributes: dict[str, Any] | None = None
             if kind == LIST_TOOLS:
                 tools = result.get("tools") if isinstance(result, dict) else None
                 attributes = {"tools": len(tools)} if isinstance(tools, list) else None
@@ -90,8 +93,7 @@ class MeterMiddleware:
             duration = _perf() - start
             _tool_exception.set(None)
             try:
-                error_type, message = failure_of(exc)
-                self._tool_event(ctx, wall, duration, None, False, error_type, message)
+                self._tool_event(ctx, wall, duration, None, False, *failure_of(exc))
             except Exception as inner:
                 _internal(inner)
             raise
@@ -112,11 +114,12 @@ class MeterMiddleware:
             _internal(exc)
         return result
 
-    def _tool_event(self, ctx, wall, duration, result, ok, error_type, message) -> None:
+    def _tool_event(self, ctx: Any, wall: float, duration: float, result: Any, ok: bool, error_type: str | None,
+                    message: str | None) -> None:
         recorder = self.recorder
         params = ctx.params or {}
         arguments = params.get("arguments")
-        attributes = None
+        attributes: dict[str, Any] | None = None
         if recorder._capture_args and arguments:
             attributes = {"arguments": recorder.capture(arguments)}
         if recorder._capture_results and result is not None:
@@ -129,7 +132,7 @@ class MeterMiddleware:
             result_bytes=None if result is None else json_size(result), attributes=attributes,
         )
 
-    def _emit(self, kind, wall, start, ctx, **kw) -> None:
+    def _emit(self, kind: str, wall: float, start: float, ctx: Any, **kw: Any) -> None:
         try:
             self.recorder.emit(kind, wall, _perf() - start, self.recorder.context_fields(ctx, ctx.params), **kw)
         except Exception as exc:
@@ -160,7 +163,7 @@ def _wrap_call_tool(server: Any) -> None:
     server.call_tool = call_tool
 
 
-def install(meter, server: Any, *, user=None, user_header: str | None = None) -> Any:
+def install(meter: Meter, server: Any, *, user: UserResolver | None = None, user_header: str | None = None) -> Any:
     """Add the meter's middleware to an mcp ``Server`` or ``MCPServer`` (idempotent)."""
     from mcp.server.lowlevel import Server
     from mcp.server.mcpserver import MCPServer

@@ -18,14 +18,14 @@ from starlette.routing import Route
 from ... import settings
 from ...events import Limits
 from ...exceptions import AuthError, MCPMeterError, StorageError
-from ...storage.base import Store
+from ...storage.base import AdminStore
 from .. import dashboard
 from ..dashboard.live import Live
 from ..dashboard.sessions import Sessions
 from ..exporters import Metrics, MetricsConfig
 from ..oidc import OidcConfig, People
 from ..oidc import routes as oidc_routes
-from . import admin_security, ingest, measurements, otlp, usage
+from . import admin_security, gateway, ingest, measurements, otlp, usage
 from .auth import Authenticator
 from .inputs import RefuseNul
 from .openapi import openapi_schema
@@ -63,7 +63,7 @@ class Collector:
     commit subscribers are listed at the end.
     """
 
-    def __init__(self, store: Store, config: CollectorConfig) -> None:
+    def __init__(self, store: AdminStore, config: CollectorConfig) -> None:
         self.store = store
         self.config = config
         self.started = time.time()
@@ -121,7 +121,7 @@ async def _handle_errors(request: Request, exc: Exception) -> Response:
     raise exc
 
 
-def create_app(store: Store, config: CollectorConfig | None = None) -> Starlette:
+def create_app(store: AdminStore, config: CollectorConfig | None = None) -> Starlette:
     collector = Collector(store, config or CollectorConfig())
 
     @contextlib.asynccontextmanager
@@ -149,7 +149,8 @@ def create_app(store: Store, config: CollectorConfig | None = None) -> Starlette
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
-        *collector.metrics.routes,
+        *collector.metrics.routes,  # GET /metrics: Prometheus
+        Route("/metrics", gateway.post_metrics, methods=["POST"]),  # the MCP gateway's metrics-service API
         *dashboard.routes(),  # /, /static, /v1/session, /v1/live, /v1/admin/*
         *admin_security.routes,  # /v1/admin/audit, key rotation, access grants, erasing a user
         *oidc_routes(collector),  # /v1/oidc/*: people's sign-in (when MCPMETER_OIDC_ISSUER is set)

@@ -18,7 +18,7 @@ from starlette.requests import Request
 
 from ... import keys
 from ...exceptions import AuthError
-from ...storage.base import KeyInfo, Project, Store
+from ...storage.base import AdminStore, KeyInfo, Project
 from .security import RateLimited, RateLimits
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ class Authenticator:
     """``sessions``: a signed-in browser's cookie stands for its key's hash (or ``oidc:<id>``);
     ``people``: who ``oidc:<id>`` is (None when single sign-on is not configured)."""
 
-    def __init__(self, store: Store, local_trust: bool, limits: RateLimits | None = None,
+    def __init__(self, store: AdminStore, local_trust: bool, limits: RateLimits | None = None,
                  sessions: Sessions | None = None, people: People | None = None) -> None:
         self.store = store
         self.local_trust = local_trust

@@ -8,8 +8,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from ...events import BatchError, decode_batch
-from ...exceptions import BodyTooLarge, Overloaded, StorageError
+from ...events import decode_batch
+from ...exceptions import BatchError, BodyTooLarge, Overloaded, StorageError
 from ...ingest import rows_for
 from ...jsondepth import check_depth
 from .auth import Principal
@@ -92,12 +92,12 @@ async def post_events(request: Request) -> Response:
     collector.counters["accepted"] += result.accepted
     collector.counters["duplicates"] += duplicates
     collector.counters["rejected"] += len(rejected)
-    body = {
+    answer = {
         "accepted": result.accepted,
         "duplicates": duplicates,
         "rejected": [r.as_dict() for r in rejected],
     }
     if rejected and not events:
-        body["error"] = f"all {len(rejected)} events were rejected; nothing was stored"
-        return JSONResponse(body, status_code=422)
-    return JSONResponse(body)
+        answer["error"] = f"all {len(rejected)} events were rejected; nothing was stored"
+        return JSONResponse(answer, status_code=422)
+    return JSONResponse(answer)

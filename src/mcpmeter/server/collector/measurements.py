@@ -7,9 +7,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ...events import BatchError
+from ...exceptions import BatchError, BodyTooLarge
 from ...measurements import measurement_rows, server_event_rows
-from .ingest import BodyTooLarge, read_body
+from .ingest import read_body
 from .responses import error
 
 

@@ -65,7 +65,7 @@ def openapi_schema() -> dict[str, Any]:
             "grain": {"type": "string", "enum": ["hour", "day"]}, "filters": {"type": "object"}},
             "description": "Every usage answer names the aligned window it covers; see docs/analytics.md"},
     })
-    security = [{"bearer": []}, {"apiKey": []}]
+    security: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
     signature_params = [  # required by keys made with --require-signature (docs/security.md)
         {"name": "X-MCPMeter-Timestamp", "in": "header", "required": False, "schema": {"type": "string"},
          "description": "Signed requests: when the request was signed, in unix seconds (digits), within "
@@ -172,20 +172,22 @@ def _otlp_json_schemas() -> dict[str, Any]:
     uint64 = {"anyOf": [{"type": "string", "pattern": "^[0-9]{1,19}$"}, {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}]}
     uint32 = {"type": "integer", "minimum": 0, "maximum": 2**32 - 1}
     attributes = {"type": "array", "items": {"$ref": ref("OtlpKeyValue")}}
-    schemas = {
+    schemas: dict[str, dict[str, Any]] = {
         "OtlpAnyValue": {"type": "object", "maxProperties": 1, "properties": {
             "stringValue": {"type": "string"}, "boolValue": {"type": "boolean"}, "doubleValue": {"type": "number"},
             "intValue": {"anyOf": [{"type": "string", "pattern": "^-?[0-9]{1,18}$"},
                                    {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1}]}}},
         "OtlpKeyValue": {"type": "object", "properties": {"key": {"type": "string"}, "value": {"$ref": ref("OtlpAnyValue")}}},
         "OtlpSpan": {"type": "object", "properties": {
-            "traceId": {"type": "string", "pattern": "^([0-9a-fA-F]{2})*$", "x-form": "a hex string"}, "spanId": {"type": "string", "pattern": "^([0-9a-fA-F]{2})*$", "x-form": "a hex string"},
+            "traceId": {"type": "string", "pattern": "^([0-9a-fA-F]{2})*$", "x-form": "a hex string"},
+            "spanId": {"type": "string", "pattern": "^([0-9a-fA-F]{2})*$", "x-form": "a hex string"},
             "parentSpanId": {"type": "string", "pattern": "^([0-9a-fA-F]{2})*$", "x-form": "a hex string"}, "traceState": {"type": "string"},
             "name": {"type": "string"}, "kind": _enum("SPAN_KIND_UNSPECIFIED", "SPAN_KIND_INTERNAL", "SPAN_KIND_SERVER",
                                                       "SPAN_KIND_CLIENT", "SPAN_KIND_PRODUCER", "SPAN_KIND_CONSUMER"),
             "startTimeUnixNano": uint64, "endTimeUnixNano": uint64, "attributes": attributes,
             "droppedAttributesCount": uint32, "flags": uint32,
-            "status": {"type": "object", "properties": {"message": {"type": "string"}, "code": _enum("STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR")}}}},
+            "status": {"type": "object", "properties": {
+                "message": {"type": "string"}, "code": _enum("STATUS_CODE_UNSET", "STATUS_CODE_OK", "STATUS_CODE_ERROR")}}}},
         "OtlpScopeSpans": {"type": "object", "properties": {
             "scope": {"type": "object", "properties": {"name": {"type": "string"}, "version": {"type": "string"}, "attributes": attributes}},
             "spans": {"type": "array", "items": {"$ref": ref("OtlpSpan")}}, "schemaUrl": {"type": "string"}}},
@@ -237,9 +239,9 @@ def schema_error(value: Any, schema: dict[str, Any], path: str = "$") -> str | N
         return f"{path} must be one of {', '.join(map(str, schema['enum']))}"
     if isinstance(value, str) and "pattern" in schema and not re.search(schema["pattern"], value):
         return f"{path} {value[:40]!r} is not {schema.get('x-form', 'of the right form')}"
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value < schema.get("minimum", value) or value > schema.get("maximum", value):
-            return f"{path} is out of range"
+    if (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and (value < schema.get("minimum", value) or value > schema.get("maximum", value))):
+        return f"{path} is out of range"
     if isinstance(value, list) and "items" in schema:
         for i, item in enumerate(value):
             if (error := schema_error(item, schema["items"], f"{path}[{i}]")) is not None:

@@ -17,6 +17,7 @@ turned into a valid event are the OTLP answer's ``rejected_spans``.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -40,11 +41,10 @@ from ...events import (
     MAX_SHORT_TEXT,
     MAX_TRANSPORT,
     MAX_USER,
-    BatchError,
     Rejection,
     decode_batch,
 )
-from ...exceptions import AuthError, BodyTooLarge, OtlpError, Overloaded, StorageError
+from ...exceptions import AuthError, BatchError, BodyTooLarge, OtlpError, Overloaded, StorageError
 from ...ingest import rows_for
 from ...protocol import (
     LIST_TOOLS,
@@ -370,7 +370,7 @@ def _validate(candidates: list[dict[str, Any]], limits, admit=None) -> tuple[lis
         return [], []
     events, rejected = decode_batch(_encode(candidates), limits, admit=admit)
     # an event of the batch that is rejected carries the index of its span's event
-    return events, [r._replace(id=r.id or candidates[r.index]["id"]) for r in rejected]
+    return events, [dataclasses.replace(r, id=r.id or candidates[r.index]["id"]) for r in rejected]
 
 
 __all__ = ["JSON", "PROTOBUF", "OtlpError", "convert", "parse_request", "post_traces"]

@@ -141,6 +141,15 @@ class TokenBuckets:
             self.refused += 1
             return (1.0 - tokens) / self.rate
 
+    def remaining(self, key: Hashable, now: float | None = None) -> int:
+        """Whole tokens left for ``key`` (what an ``X-RateLimit-Remaining`` header reports)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            bucket = self._buckets.get(key)
+            if bucket is None:
+                return self.per_minute
+            return int(min(self.capacity, bucket[0] + (now - bucket[1]) * self.rate))
+
     def _evict(self, now: float) -> None:
         full = [k for k, (tokens, last) in self._buckets.items() if tokens + (now - last) * self.rate >= self.capacity]
         for key in full:  # a full bucket holds nothing a new one would not

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
@@ -67,7 +68,7 @@ class Pages:
         self.assets = assets
         self.templates = {p.stem: p.read_text() for p in TEMPLATES.glob("*.html")}
 
-    def render(self, template: str, page: str, title: str, data: list[str] = ()) -> HTMLResponse:
+    def render(self, template: str, page: str, title: str, data: Sequence[str] = ()) -> HTMLResponse:
         a = self.assets
         preload = "\n".join([*(f'  <link rel="modulepreload" href="{a.url(m)}">' for m in MODULES[page][1:]),
                              *(f'  <link rel="preload" as="fetch" crossorigin href="{html.escape(u)}">' for u in data)])

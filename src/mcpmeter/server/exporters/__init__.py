@@ -36,6 +36,7 @@ _METRICS_PORT_PATHS = frozenset({METRICS_PATH, "/health"})
 class MetricsConfig:
     enabled: bool = field(default_factory=lambda: settings.get("MCPMETER_METRICS"))
     max_series: int = field(default_factory=lambda: settings.get("MCPMETER_METRICS_MAX_SERIES"))
+    labels: str = field(default_factory=lambda: settings.get("MCPMETER_METRICS_LABELS"))
     port: int | None = field(default_factory=lambda: settings.get("MCPMETER_METRICS_PORT"))
     otlp_export: frozenset[str] = field(default_factory=lambda: settings.get("MCPMETER_OTLP_EXPORT") or frozenset())
 
@@ -46,7 +47,7 @@ class Metrics:
     def __init__(self, collector: Collector, config: MetricsConfig) -> None:
         self.config = config
         self.enabled = config.enabled
-        self.state = MetricsState(config.max_series)
+        self.state = MetricsState(config.max_series, config.labels)
         self.otlp: OtlpExporter | None = None
         if self.enabled and config.otlp_export:
             from .otlp_export import OtlpExporter
@@ -113,12 +114,13 @@ class RequestMetrics:
             await self.app(scope, receive, send)
             return
         server = scope.get("server")
-        if self.port is not None and server and server[1] == self.port and scope.get("path") not in _METRICS_PORT_PATHS:
+        on_metrics_port = self.port is not None and server and server[1] == self.port
+        if on_metrics_port and (scope.get("path") not in _METRICS_PORT_PATHS or scope.get("method") == "POST"):
             response = JSONResponse({"error": "only /metrics and /health are served on the metrics port",
                                      "hint": "use the collector's main port for the API"}, status_code=404)
             await response(scope, receive, send)
             return
-        if scope.get("path") == METRICS_PATH or not self.metrics.enabled:
+        if (scope.get("path") == METRICS_PATH and scope.get("method") != "POST") or not self.metrics.enabled:
             await self.app(scope, receive, send)  # scrapes are not timed: they would swamp the routes that matter
             return
         start = time.perf_counter()

@@ -26,7 +26,7 @@ from typing import Any
 import msgspec
 
 from ...events import Row
-from ...protocol import kind_for_method
+from ...protocol import GATEWAY_KINDS, kind_for_method
 from ..commits import GATEWAY_BOUNDS_MS, SEMCONV_BOUNDS_MS, UNION_BOUNDS_MS, Cell, Commit, ProjectBatch
 
 __all__ = ["COMMIT_BOUNDS_MS", "GATEWAY_BOUNDS_MS", "METHOD_FOR_KIND", "SEMCONV_BOUNDS_MS", "MetricsState",
@@ -41,7 +41,7 @@ COMMIT_BOUNDS_MS = (0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000,
 
 def _projection(bounds: Sequence[float]) -> tuple[int, ...]:
     """Union bucket index -> bucket index in ``bounds`` (a subset of the union)."""
-    return tuple(bisect_left(bounds, u) for u in UNION_BOUNDS_MS) + (len(bounds),)
+    return (*(bisect_left(bounds, u) for u in UNION_BOUNDS_MS), len(bounds))
 
 
 _TO_GATEWAY = _projection(GATEWAY_BOUNDS_MS)
@@ -91,9 +91,9 @@ def _merge_union(target: list, source: Cell, projection: tuple[int, ...]) -> Non
 class Summary:
     """One commit's rows of one project, reduced to a few keys (built without the lock)."""
 
-    __slots__ = ("first_seen", "keys", "special")  # keys: the commit's cells, by (kind, server, tool, client, ok, error)
+    __slots__ = ("first_seen", "gateway_rows", "keys", "special")  # keys: the commit's cells, by (kind, server, tool, client, ok, error)
 
-    def __init__(self, batch: ProjectBatch, sessions_open: bool = False) -> None:
+    def __init__(self, batch: ProjectBatch, sessions_open: bool = False, compat: bool = False) -> None:
         self.keys = keys = batch.cells()  # read only: the live feed reads the same cells
         kinds = {key[0] for key in keys}
         rows = batch.rows
@@ -104,6 +104,8 @@ class Summary:
         else:
             self.first_seen = {}
         self.special = [r for r in rows if r.kind in _SPECIAL_KINDS] if kinds & _SPECIAL_KINDS else []
+        # the rows the gateway-named series read (gateway_series.py): all of them with its labels
+        self.gateway_rows = rows if compat else [r for r in rows if r.kind in GATEWAY_KINDS] if kinds & GATEWAY_KINDS else []
 
 
 class _Bounded:
@@ -112,7 +114,8 @@ class _Bounded:
     __slots__ = ("cap", "other", "seen")
 
     def __init__(self, cap: int, other: str) -> None:
-        self.cap, self.other, self.seen = cap, other, set()
+        self.cap, self.other = cap, other
+        self.seen: set[str] = set()
 
     def __call__(self, value: str) -> str:
         if value in self.seen:
@@ -126,8 +129,11 @@ class _Bounded:
 class ProjectMetrics:
     """The series of one project. Keys are label values in family order (project comes first at render)."""
 
-    def __init__(self, max_series: int) -> None:
+    def __init__(self, max_series: int, compat: bool = False) -> None:
+        from .gateway_series import GatewaySeries  # (it builds on this module)
+
         self.max_series = max_series
+        self.gateway = GatewaySeries(compat)  # the gateway metrics-service's series (MCPMETER_METRICS_LABELS)
         self.pairs: dict[tuple[str, str], tuple[str, str]] = {}  # admitted (server, tool) -> labels
         self.servers: set[str] = set()
         self.overflow = 0
@@ -199,6 +205,8 @@ class ProjectMetrics:
                 self._auth(row)
             else:
                 self._dropped(row)
+        if summary.gateway_rows:
+            self.gateway.add(summary.gateway_rows, self)
         if summary.first_seen:
             sessions.update(self, project_id, summary.first_seen)
 
@@ -241,6 +249,7 @@ class ProjectMetrics:
         copy.overflow = self.overflow
         copy.pairs = self.pairs  # read only by render, never mutated there
         copy.servers = set()
+        copy.gateway = self.gateway.snapshot()
         for name in ("tool_calls", "discovery", "auth", "dropped"):
             setattr(copy, name, dict(getattr(self, name)))
         for name in ("tool_duration", "discovery_duration", "auth_duration", "protocol", "operation"):
@@ -308,8 +317,9 @@ class Sessions:
 class MetricsState:
     """Everything /metrics and the OTLP exporter read, for one collector process."""
 
-    def __init__(self, max_series: int = 2000) -> None:
+    def __init__(self, max_series: int = 2000, labels: str = "mcpmeter") -> None:
         self.max_series = max_series
+        self.compat = labels == "gateway"  # the MCP series with the gateway metrics-service's labels
         self.started = time.time()
         self._lock = threading.Lock()
         self._projects: dict[int, ProjectMetrics] = {}
@@ -322,7 +332,7 @@ class MetricsState:
     def committed(self, commit: Commit) -> None:
         """A writer subscriber (its thread): count what one commit really inserted."""
         open_sessions = bool(self._sessions.known)
-        summaries = [(project_id, Summary(batch, open_sessions)) for project_id, batch in commit.projects.items()
+        summaries = [(project_id, Summary(batch, open_sessions, self.compat)) for project_id, batch in commit.projects.items()
                      if batch.rows]
         with self._lock:
             self.ingested += commit.stored
@@ -332,7 +342,7 @@ class MetricsState:
             for project_id, summary in summaries:
                 project = self._projects.get(project_id)
                 if project is None:
-                    project = self._projects[project_id] = ProjectMetrics(self.max_series)
+                    project = self._projects[project_id] = ProjectMetrics(self.max_series, self.compat)
                 project.merge(summary, self._sessions, project_id)
 
     def project(self, project_id: int) -> ProjectMetrics | None:

@@ -23,7 +23,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
@@ -73,7 +73,7 @@ def _ms_env(name: str, default: float) -> float:
 
 def _resource() -> Resource:
     resource = Resource.create({})
-    if resource.attributes.get("service.name", "unknown_service").startswith("unknown_service"):
+    if str(resource.attributes.get("service.name", "unknown_service")).startswith("unknown_service"):
         resource = resource.merge(Resource({"service.name": "mcpmeter-collector"}))
     return resource
 
@@ -82,7 +82,7 @@ class _CountingSpanExporter(SpanExporter):
     def __init__(self, inner: SpanExporter, count: Callable[[str, str], None]) -> None:
         self.inner, self.count = inner, count
 
-    def export(self, spans):  # type: ignore[no-untyped-def]
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         result = self.inner.export(spans)
         self.count("traces", "success" if result == SpanExportResult.SUCCESS else "failure")
         return result
@@ -184,7 +184,7 @@ class OtlpExporter:
         semconv = family.name == "mcp_server_operation_duration_seconds"
         names = family.label_names
         bounds = [b / 1000 for b in family.bounds_ms]
-        points = []
+        points: list[HistogramDataPoint | NumberDataPoint] = []
         for values, value in family._series.items():
             attrs = {}
             for n, v in zip(names, family.const_values + tuple(values)):
@@ -195,7 +195,7 @@ class OtlpExporter:
                 attrs[n] = v
             if family.type == "histogram":
                 points.append(HistogramDataPoint(attrs, start, now, value[1], value[0] / 1000, list(value[2:]),
-                                                 bounds, None, None))  # type: ignore[arg-type]
+                                                 bounds, None, None))  # type: ignore[arg-type]  # OTLP min/max are optional; the SDK types them float
             else:
                 points.append(NumberDataPoint(attrs, start, now, value))
         return points

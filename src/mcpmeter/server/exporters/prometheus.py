@@ -46,9 +46,10 @@ class LabelCache:
     def __init__(self, limit: int = 200_000) -> None:
         self.limit = limit
         self._size = 0
-        self._families: dict[tuple[str, ...], dict[tuple, str]] = {}
+        self._families: dict[tuple[str, ...], dict[tuple, Any]] = {}
 
-    def family(self, names: tuple[str, ...]) -> dict[tuple, str]:
+    def family(self, names: tuple[str, ...]) -> dict[tuple, Any]:
+        """The cache of one family: label values -> label string (or, for ``("#buckets", ...)``, bucket lines)."""
         cache = self._families.get(names)
         if cache is None:
             cache = self._families[names] = {}
@@ -76,9 +77,9 @@ class Family(Metric):
         self.const_values = tuple(v for _, v in const)
         self.label_names = self.const_names + tuple(labels)
         self.bounds_ms = tuple(bounds_ms)
-        self.les = tuple(floatToGoString(b / 1000) for b in self.bounds_ms) + ("+Inf",)
+        self.les = (*(floatToGoString(b / 1000) for b in self.bounds_ms), "+Inf")
 
-    @property  # type: ignore[override]
+    @property
     def samples(self) -> list[Sample]:
         return list(self._samples())
 
@@ -117,7 +118,7 @@ class Family(Metric):
                 out.append(f"{name}{{{ls}}} {_number(value)}\n" if ls else f"{name} {_number(value)}\n")
             return
         les = self.les
-        prefixes = labelstr.family(("#buckets", name, *names))  # 'name_bucket{labels,le="0.005"} ' per bucket
+        prefixes: dict[tuple, list[str]] = labelstr.family(("#buckets", name, *names))  # 'name_bucket{labels,le="0.005"} ' per bucket
         for values, hist in self._series.items():
             values = const + values
             ls = get(values)
@@ -171,6 +172,8 @@ def project_families(project_name: str, p: ProjectMetrics | None) -> list[Family
     operation duration, and what the project's SDKs reported dropping)."""
     const = (("project", project_name),)
     p = p or ProjectMetrics(0)
+    if p.gateway.compat:  # MCPMETER_METRICS_LABELS=gateway
+        return [*p.gateway.mcp_families(p, const), *_own_families(p, const)]
     return [
         Family("mcp_tool_executions", "Tool calls stored by this collector process (duplicates not counted).",
                "counter", ("server", "tool", "success"), p.tool_calls, const=const),
@@ -187,6 +190,14 @@ def project_families(project_name: str, p: ProjectMetrics | None) -> list[Family
         Family("mcp_protocol_latency_seconds",
                "Time between protocol steps of a session: initialize_to_tools_list, tools_list_to_tools_call, "
                "initialize_to_tools_call.", "histogram", ("server", "step"), p.protocol, GATEWAY_BOUNDS_MS, const),
+        *p.gateway.extra_families(const),
+        *_own_families(p, const),
+    ]
+
+
+def _own_families(p: ProjectMetrics, const: tuple) -> list[Family]:
+    """The convention's operation duration and mcpmeter's own series of a project (both label sets)."""
+    return [
         Family("mcp_server_operation_duration_seconds",
                "MCP request duration as observed by the server (OpenTelemetry MCP semantic conventions).",
                "histogram", ("server", "mcp_method_name", "gen_ai_tool_name", "error_type"), p.operation,
