@@ -17,6 +17,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 
@@ -71,7 +72,8 @@ class Pair:
             if key is not None:
                 project, scope = key.split(".")
                 h.setdefault("Authorization", f"Bearer {getattr(getattr(side, project), scope)}".encode())
-            answers.append(side.client.request(method, path, content=content, headers=h, params=params))
+            url = path + ("?" + urlencode(params, errors="surrogatepass") if params else "")  # lone surrogates sent as bytes
+            answers.append(side.client.request(method, url, content=content, headers=h))
         return answers
 
 
