@@ -5,9 +5,16 @@ own so that one bad event is reported by index and reason without sinking the ba
 msgspec does the type, length and unknown-field checks in C; the few rules it cannot
 express (time window, kind-specific requirements) follow in ``_check``.
 
+What both stores can hold is part of the rules, so that an accepted event can always be
+stored (a value one store cannot hold would fail the whole group commit it travels in):
+no text may contain the NUL character (PostgreSQL text cannot), and the texts that are part
+of an index key (``KEY_FIELDS``) are also limited in UTF-8 bytes (``MAX_KEY_BYTES``), so that
+the widest rollup key stays under PostgreSQL's btree limit of 2704 bytes per index row. The
+same rules (``text_problem``) apply to measurements, server events and OTLP spans.
+
 Senders (the SDK's ``Meter``, its framework integrations, the proxy, the demo data) build
-events with ``new_event``, which clips every value to the same limits, so that what they
-queue is always accepted.
+events with ``new_event``, which clips every value to the same limits (and replaces NUL with
+U+FFFD), so that what they queue is always accepted.
 """
 
 from __future__ import annotations
@@ -43,6 +50,13 @@ MAX_ATTRIBUTE_VALUE = 512
 MAX_DURATION_MS = 86_400_000
 MAX_SIZE = 1 << 40  # args_bytes, result_bytes
 MAX_TS_MS = 253_402_300_799_999  # epoch ms up to year 9999
+# What both stores can hold. A text in an index key is at most MAX_KEY_BYTES of UTF-8 (so 200
+# characters of any script but the 4-byte ones: 150 emoji): the widest key, error_hour's
+# (server, tool, client, error_type), is then 4 x 600 + 40 bytes, under PostgreSQL's 2704.
+MAX_KEY_BYTES = 600
+KEY_FIELDS = ("server", "tool", "client_name", "error_type", "session_id")  # texts in an index key
+NUL = "\x00"  # refused in every text: PostgreSQL text cannot hold it
+REPLACEMENT = "\ufffd"  # what new_event puts in its place
 
 Name = Annotated[str, Meta(min_length=1, max_length=MAX_NAME)]
 ShortText = Annotated[str, Meta(max_length=MAX_SHORT_TEXT)]
@@ -84,9 +98,13 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_ids.seed)  # a forked child must not repeat its parent's ids
 _attr_encoder = msgspec.json.Encoder()
 UNNAMED = "(unnamed)"  # the name of a server or tool that has none
-# The limits of new_event's optional text fields, in the order it checks them.
+# The limits of new_event's optional text fields, in the order it checks them: characters,
+# and UTF-8 bytes (only the fields of KEY_FIELDS have a byte limit below 4 bytes a character).
 _TEXT_LIMITS = (MAX_SHORT_TEXT, MAX_SHORT_TEXT, MAX_SHORT_TEXT, MAX_ERROR_MESSAGE, MAX_SHORT_TEXT, MAX_SHORT_TEXT,
                 MAX_SHORT_TEXT, MAX_PROTOCOL_VERSION, MAX_TRANSPORT, MAX_USER)
+_BYTE_LIMITS = tuple(MAX_KEY_BYTES if field in KEY_FIELDS else 4 * chars for field, chars in zip(
+    ("server_version", "category", "error_type", "error_message", "session_id", "client_name", "client_version",
+     "protocol_version", "transport", "user"), _TEXT_LIMITS))
 _SCALARS = (int, float, bool)
 
 
@@ -96,18 +114,30 @@ def event_id(ts_ms: int) -> str:
     return f"{ts_ms:012x}{_ids.getrandbits(80):020x}"
 
 
-def clip_text(value: Any, limit: int) -> str | None:
-    """``value`` as text of at most ``limit`` characters (a cut one ends with "…"); None stays None."""
+def clip_text(value: Any, limit: int, max_bytes: int | None = None) -> str | None:
+    """``value`` as text of at most ``limit`` characters (and ``max_bytes`` of UTF-8, if given)
+    with NUL replaced by U+FFFD; a cut one ends with "…". None stays None."""
     if value is None:
         return None
     text = value if type(value) is str else str(value)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    if NUL in text:
+        text = text.replace(NUL, REPLACEMENT)
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    if max_bytes is not None and len(text) * 4 > max_bytes and len(encoded := text.encode()) > max_bytes:
+        text = encoded[: max_bytes - 3].decode(errors="ignore") + "…"  # "…" is 3 bytes
+    return text
+
+
+def _fits(value: str, limit: int, max_bytes: int) -> bool:
+    """Within ``limit`` characters and ``max_bytes`` of UTF-8, without NUL."""
+    return len(value) <= limit and NUL not in value and (len(value) * 4 <= max_bytes or len(value.encode()) <= max_bytes)
 
 
 def _name(value: Any) -> str:
-    if type(value) is str and 0 < len(value) <= MAX_NAME:
+    if type(value) is str and len(value) > 0 and _fits(value, MAX_NAME, MAX_KEY_BYTES):
         return value
-    return clip_text(value, MAX_NAME) or UNNAMED
+    return clip_text(value, MAX_NAME, MAX_KEY_BYTES) or UNNAMED
 
 
 def _size(value: Any) -> int | None:
@@ -146,11 +176,11 @@ def fit_attributes(attributes: Any) -> dict[str, Any] | None:
         return None
     if type(attributes) is dict and len(attributes) <= MAX_ATTRIBUTES:
         for key, value in attributes.items():  # the common case: all fits, nothing is copied
-            if type(key) is not str or not 0 < len(key) <= MAX_ATTRIBUTE_KEY:
+            if type(key) is not str or not 0 < len(key) <= MAX_ATTRIBUTE_KEY or NUL in key:
                 break
             kind = type(value)
             if kind is str:
-                if len(value) > MAX_ATTRIBUTE_VALUE:
+                if len(value) > MAX_ATTRIBUTE_VALUE or NUL in value:
                     break
             elif value is not None and kind is not int and kind is not float and kind is not bool:
                 break
@@ -199,16 +229,17 @@ def new_event(
         ts = min(max(int(ts), 0), MAX_TS_MS)
     if kind.__class__ is not str or len(kind) > MAX_KIND:
         kind = clip_text(kind, MAX_KIND) or ""
-    if server.__class__ is not str or not 0 < len(server) <= MAX_NAME:
-        server = _name(server)
-    if tool is not None and (tool.__class__ is not str or not 0 < len(tool) <= MAX_NAME):
+    if server.__class__ is not str or not 0 < len(server) <= MAX_NAME // 4 or NUL in server:
+        server = _name(server)  # (the common short name skips the byte count)
+    if tool is not None and (tool.__class__ is not str or not 0 < len(tool) <= MAX_NAME // 4 or NUL in tool):
         tool = _name(tool)
     texts = (server_version, category, error_type, error_message, session_id, client_name, client_version,
              protocol_version, transport, user)
-    for value, limit in zip(texts, _TEXT_LIMITS):
-        if value is not None and (value.__class__ is not str or len(value) > limit):
+    for value, limit, max_bytes in zip(texts, _TEXT_LIMITS, _BYTE_LIMITS):
+        if value is not None and (value.__class__ is not str or len(value) > limit or NUL in value
+                                  or (len(value) * 4 > max_bytes and len(value.encode()) > max_bytes)):
             (server_version, category, error_type, error_message, session_id, client_name, client_version,
-             protocol_version, transport, user) = (clip_text(v, n) for v, n in zip(texts, _TEXT_LIMITS))
+             protocol_version, transport, user) = (clip_text(v, n, b) for v, n, b in zip(texts, _TEXT_LIMITS, _BYTE_LIMITS))
             break
     if duration_ms is not None and (duration_ms.__class__ is not float or not 0.0 <= duration_ms <= MAX_DURATION_MS):
         duration_ms = _duration(duration_ms)
@@ -276,6 +307,75 @@ class Limits(NamedTuple):
     max_events: int = 10_000
     max_age_ms: int = 180 * 86_400_000
     max_skew_ms: int = 86_400_000
+    age_setting: str = "MCPMETER_MAX_EVENT_AGE_DAYS"  # the setting that put max_age_ms where it is (named in refusals)
+
+
+# ---- what both stores can hold ---------------------------------------------------------------
+
+_TEXT_FIELDS = ("id", "server", "server_version", "tool", "category", "error_type", "error_message", "session_id",
+                "client_name", "client_version", "protocol_version", "transport", "user")  # kind: its pattern has no NUL
+
+
+_MAX_ESCAPES_WALKED = 64  # backslashes looked at one by one; beyond, one search of the whole body
+
+
+def scan(body: bytes) -> tuple[bool, bool]:
+    """Whether a JSON body may hold a NUL, and whether it may hold any non-ASCII text: the
+    per-value checks of ``text_problem`` are needed only then. JSON writes NUL only as the
+    escape ``\\u0000``, and other characters either as themselves or as ``\\u`` escapes; a body
+    without a backslash (the common case: one memchr) has neither escape."""
+    at = body.find(b"\\")
+    if at < 0:
+        return False, not body.isascii()
+    nul = escaped = False
+    for _ in range(_MAX_ESCAPES_WALKED):
+        if body[at + 1:at + 2] == b"u":
+            escaped = True
+            if body[at + 2:at + 6] == b"0000":
+                nul = True
+                break
+        at = body.find(b"\\", at + 2)  # past the escaped character (an escaped backslash too)
+        if at < 0:
+            return nul, escaped or not body.isascii()
+    else:  # many escapes: search once
+        nul = b"\\u0000" in body
+    return nul, True
+
+
+def text_problem(value: str, where: str, max_bytes: int | None = None) -> str | None:
+    """Why a store could not hold ``value`` (None when it can): a NUL, or more than ``max_bytes``
+    of UTF-8 where the value is part of an index key. ``where`` is its JSON path (``$.server``)."""
+    if NUL in value:
+        return f"text must not contain the NUL character (\\u0000) - `{where}`"
+    if max_bytes is not None and len(value) * 4 > max_bytes:
+        size = len(value.encode())
+        if size > max_bytes:
+            return f"text is {size} bytes in UTF-8; at most {max_bytes} are accepted here - `{where}`"
+    return None
+
+
+_NARROW = MAX_KEY_BYTES // 4  # a text of at most this many characters is within MAX_KEY_BYTES whatever they are
+
+
+def _check_texts(event: Event, nul: bool) -> None:
+    """What ``text_problem`` says of the event's texts (only run on a body ``scan`` flags)."""
+    tool, client, error, session = event.tool, event.client_name, event.error_type, event.session_id
+    if not nul and len(event.server) <= _NARROW and (tool is None or len(tool) <= _NARROW) and (
+            client is None or len(client) <= _NARROW) and (error is None or len(error) <= _NARROW) and (
+            session is None or len(session) <= _NARROW):
+        return  # the common case: short key texts, no NUL anywhere
+    if nul:
+        for name in _TEXT_FIELDS:
+            value = getattr(event, name)
+            if value is not None and NUL in value:
+                raise ValueError(text_problem(value, f"$.{name}"))
+        for key, value in (event.attributes or {}).items():
+            if NUL in key or (type(value) is str and NUL in value):
+                raise ValueError(text_problem(NUL, f"$.attributes[{key[:40]!r}]"))
+    for name in KEY_FIELDS:
+        value = getattr(event, name)
+        if value is not None and (problem := text_problem(value, f"$.{name}", MAX_KEY_BYTES)):
+            raise ValueError(problem)
 
 
 _batch_decoder = msgspec.json.Decoder(list[msgspec.Raw] | dict[str, list[msgspec.Raw]])
@@ -310,6 +410,7 @@ def decode_batch(body: bytes, limits: Limits = Limits(), now_ms: int | None = No
     if len(parsed) > limits.max_events:
         raise BatchError(f"{len(parsed)} events in one batch; the limit is {limits.max_events}")
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    nul, wide = scan(body)
     events: list[Event] = []
     rejected: list[Rejection] = []
     seen: set[str] = set()
@@ -317,6 +418,8 @@ def decode_batch(body: bytes, limits: Limits = Limits(), now_ms: int | None = No
         try:
             event = raw if isinstance(raw, Event) else _decode_event(raw)
             _check(event, limits, now_ms)
+            if wide:
+                _check_texts(event, nul)
         except (msgspec.ValidationError, msgspec.DecodeError, ValueError) as exc:
             rejected.append(Rejection(index, raw.id if isinstance(raw, Event) else _id_of(raw), _message(exc)))
             continue
@@ -353,7 +456,8 @@ def _decode_event(raw: msgspec.Raw) -> Event:
 def _check(event: Event, limits: Limits, now_ms: int) -> None:
     ts = event.ts = ts_ms(event.ts)
     if ts < now_ms - limits.max_age_ms:
-        raise ValueError(f"ts is {(now_ms - ts) // 86_400_000} days old; events older than {limits.max_age_ms // 86_400_000} days are not accepted - `$.ts`")
+        raise ValueError(f"ts is {(now_ms - ts) // 86_400_000} days old; events older than {limits.max_age_ms // 86_400_000} "
+                         f"days are not accepted ({limits.age_setting}) - `$.ts`")
     if ts > now_ms + limits.max_skew_ms:
         raise ValueError("ts is in the future beyond the allowed clock skew; check the sender's clock - `$.ts`")
     if event.kind == TOOL_CALL and event.tool is None:

@@ -6,7 +6,8 @@
      ├── ValidationError          an event, request or admin argument is not valid (``field`` names it, when known)
      │    ├── BatchError          a request body as a whole is unusable (not JSON, not a list, too many events)
      │    │    └── OtlpError      the body is not an OTLP trace export
-     │    └── BodyTooLarge        the request body is over the collector's limit (HTTP 413)
+     │    ├── BodyTooLarge        the request body is over the collector's limit (HTTP 413)
+     │    └── Unstorable          the store refused a value of a request that passed validation (HTTP 422)
      ├── AuthError                missing, unknown, revoked or under-scoped API key (``status``: 401 or 403)
      │    ├── SignatureError      a signed submission is unsigned, stale, replayed or does not match
      │    └── SignInError         an OpenID Connect sign-in failed (the message is shown to the person)
@@ -61,6 +62,12 @@ class OtlpError(BatchError):
 class BodyTooLarge(ValidationError):
     def __init__(self, message: str = "the request body is too large", hint: str | None = None) -> None:
         super().__init__(message, hint)
+
+
+class Unstorable(ValidationError):
+    """The store refused the data of one request (a value it cannot hold): nothing of that
+    request was stored, and retrying it cannot help. Raised by the stores at their boundary
+    (PostgreSQL data exceptions and program limits, text SQLite cannot encode)."""
 
 
 class AuthError(MCPMeterError):

@@ -30,7 +30,7 @@ import psycopg_pool
 from psycopg import errors as pgerrors
 
 from ..events import ROW_FIELDS, Row
-from ..exceptions import StorageError
+from ..exceptions import StorageError, Unstorable
 from . import postgres_partitions as partitions
 from . import postgres_rollups
 from .base import IngestResult
@@ -44,6 +44,9 @@ MIGRATION_LOCK = 0x6D63706D_6D69  # "mcpmmi": one migrator at a time per databas
 POOL_SIZE = 8
 _RETRIES = 5  # deadlocks and serialization failures are retried (the transaction was rolled back)
 _RETRYABLE = (pgerrors.DeadlockDetected, pgerrors.SerializationFailure, pgerrors.LockNotAvailable)
+# A value the database cannot hold (NUL in text, a number out of range, an index row over the
+# btree limit): the fault of the request that carried it, not of the store.
+_UNSTORABLE = (psycopg.DataError, pgerrors.ProgramLimitExceeded, UnicodeError, OverflowError)
 
 _COPY_EVENTS = f"COPY events (project_id, {', '.join(ROW_FIELDS)}, received_at) FROM STDIN"
 _NEW_IDS = """
@@ -149,6 +152,9 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
                 if attempt == _RETRIES - 1:
                     raise StorageError(f"write to {self.url} failed: {_first_line(exc)}", hint="retry later") from exc
                 time.sleep(0.01 * 2 ** attempt * (1 + secrets.randbelow(100) / 100))  # jittered back-off
+            except _UNSTORABLE as exc:  # the data's fault, not the store's: the caller answers 4xx
+                raise Unstorable(f"the store cannot hold a value of this request: {_first_line(exc)}",
+                                 hint="nothing of it was stored; correct the value (a bug in validation: please report it)") from exc
             except psycopg.Error as exc:
                 raise StorageError(f"write to {self.url} failed: {_first_line(exc)}",
                                    hint="is the database reachable, the disk full, or the schema out of date (`mcpmeter db upgrade`)?") from exc

@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import settings, usersets
 from ..events import ROW_FIELDS, Row
-from ..exceptions import StorageError
+from ..exceptions import StorageError, Unstorable
 from . import sqlite_rollups
 from .base import IngestResult
 from .core import SQLStore
@@ -165,6 +165,9 @@ class SQLiteStore(SQLStore):  # every query is in core.py / core_security.py
                     raise
                 conn.execute("COMMIT")
                 return result
+            except (sqlite3.DataError, UnicodeError, OverflowError) as exc:  # a value SQLite cannot hold: the data's fault
+                raise Unstorable(f"the store cannot hold a value of this request: {exc}",
+                                 hint="nothing of it was stored; correct the value (a bug in validation: please report it)") from exc
             except sqlite3.Error as exc:
                 raise StorageError(f"write to {self.path} failed: {exc}", hint="is the disk full, or the file read-only?") from exc
 

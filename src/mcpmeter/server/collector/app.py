@@ -18,6 +18,7 @@ from starlette.routing import Route
 from ... import settings
 from ...events import Limits
 from ...exceptions import AuthError, MCPMeterError, StorageError
+from ...retention import ingest_limits
 from ...storage.base import AdminStore
 from .. import dashboard
 from ..dashboard.live import Live
@@ -40,11 +41,7 @@ log = logging.getLogger("mcpmeter.server.collector")
 class CollectorConfig:
     local_trust: bool = field(default_factory=lambda: settings.get("MCPMETER_LOCAL_TRUST"))
     max_body_bytes: int = field(default_factory=lambda: settings.get("MCPMETER_MAX_BODY_BYTES"))
-    limits: Limits = field(default_factory=lambda: Limits(
-        max_events=settings.get("MCPMETER_MAX_BATCH_EVENTS"),
-        max_age_ms=settings.get("MCPMETER_MAX_EVENT_AGE_DAYS") * 86_400_000,
-        max_skew_ms=settings.get("MCPMETER_MAX_CLOCK_SKEW_SECONDS") * 1000,
-    ))
+    limits: Limits = field(default_factory=ingest_limits)  # no event older than the retention (retention.py)
     signature_tolerance: int = field(default_factory=lambda: settings.get("MCPMETER_SIGNATURE_TOLERANCE_SECONDS"))
     rate_limit_per_key: int = field(default_factory=lambda: settings.get("MCPMETER_RATE_LIMIT_PER_KEY"))
     rate_limit_per_ip: int = field(default_factory=lambda: settings.get("MCPMETER_RATE_LIMIT_PER_IP"))
@@ -69,8 +66,8 @@ class Collector:
         self.started = time.time()
         self.counters = {"accepted": 0, "duplicates": 0, "rejected": 0, "requests_failed": 0}
         self.writer = Writer(store)
-        self.sessions = Sessions()  # dashboard sign-in: a cookie stands for a key (or a person)
-        self.people = People(store, config.oidc) if config.oidc is not None else None  # OpenID Connect sign-in
+        self.sessions = Sessions(store)  # dashboard sign-in: a cookie stands for a key (or a person); rows in the store
+        self.people = People(store, config.oidc, self.sessions) if config.oidc is not None else None  # OpenID Connect sign-in
         self.auth = Authenticator(store, config.local_trust, RateLimits(config.rate_limit_per_key, config.rate_limit_per_ip),
                                   self.sessions, self.people)
         self.signatures = SignatureChecker(config.signature_tolerance)

@@ -9,7 +9,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from ...events import decode_batch
-from ...exceptions import BatchError, BodyTooLarge, Overloaded, StorageError
+from ...exceptions import BatchError, BodyTooLarge, Overloaded, StorageError, Unstorable
 from ...ingest import rows_for
 from ...jsondepth import check_depth
 from .auth import Principal
@@ -61,6 +61,11 @@ async def read_body(request: Request, limit: int, principal: Principal | None = 
     return body
 
 
+def unstorable(exc: Unstorable) -> Response:
+    """The answer to a request whose values the store refused (nothing of it was stored)."""
+    return error(422, f"{exc}; nothing of this request was stored", exc.hint)
+
+
 async def post_events(request: Request) -> Response:
     collector = request.app.state.collector
     principal = collector.auth.authenticate(request, "ingest")
@@ -85,6 +90,9 @@ async def post_events(request: Request) -> Response:
     except Overloaded as exc:
         collector.counters["requests_failed"] += 1
         return error(503, f"the collector is overloaded ({exc}); nothing was stored", "retry later", {"Retry-After": "2"})
+    except Unstorable as exc:  # this request's values, not the store: retrying it cannot help
+        collector.counters["requests_failed"] += 1
+        return unstorable(exc)
     except StorageError:
         collector.counters["requests_failed"] += 1
         raise

@@ -7,15 +7,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ...exceptions import BatchError, BodyTooLarge
+from ...exceptions import BatchError, BodyTooLarge, Unstorable
 from ...measurements import measurement_rows, server_event_rows
-from .ingest import read_body
+from .ingest import read_body, unstorable
 from .responses import error
 
 
 async def _ingest(request: Request, parse, store_rows) -> Response:
+    """The whole request is stored, or nothing of it (an error answer saying why)."""
     collector = request.app.state.collector
     principal = collector.auth.authenticate(request, "ingest")
+    names = collector.names
+    if not names.loaded(principal.project.id):
+        await run_in_threadpool(names.load, principal.project.id)
     try:
         body = await read_body(request, collector.config.max_body_bytes, principal)
     except BodyTooLarge:
@@ -26,7 +30,13 @@ async def _ingest(request: Request, parse, store_rows) -> Response:
         rows = parse(body, collector.config.limits)
     except BatchError as exc:
         return error(422, str(exc), "see the schema at /openapi.json")
-    result = await run_in_threadpool(store_rows, collector.store, principal.project.id, rows)
+    refused = names.admit_servers(principal.project.id, {row[1] for row in rows})  # the name caps, as for events
+    if refused is not None:
+        return error(422, f"{refused}; nothing of this request was stored", "use the project's existing server names")
+    try:
+        result = await run_in_threadpool(store_rows, collector.store, principal.project.id, rows)
+    except Unstorable as exc:
+        return unstorable(exc)
     return JSONResponse({"accepted": result.accepted, "duplicates": result.duplicates, "rejected": []})
 
 

@@ -44,7 +44,7 @@ from ...events import (
     Rejection,
     decode_batch,
 )
-from ...exceptions import AuthError, BatchError, BodyTooLarge, OtlpError, Overloaded, StorageError
+from ...exceptions import AuthError, BatchError, BodyTooLarge, OtlpError, Overloaded, StorageError, Unstorable
 from ...ingest import rows_for
 from ...protocol import (
     LIST_TOOLS,
@@ -341,6 +341,9 @@ async def post_traces(request: Request) -> Response:
         collector.counters["requests_failed"] += 1
         return _failure(content_type, 503, f"the collector is overloaded ({exc}); nothing was stored",
                         "retry later", {"Retry-After": "2"})
+    except Unstorable as exc:  # this request's values, not the store (OTLP: 400 is not retried)
+        collector.counters["requests_failed"] += 1
+        return _failure(content_type, 400, f"{exc}; nothing of this request was stored", exc.hint)
     except StorageError:
         collector.counters["requests_failed"] += 1
         return _failure(content_type, 503, "the store is unavailable; nothing was stored", "retry later",

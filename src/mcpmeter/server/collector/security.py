@@ -18,8 +18,10 @@ itself; behind a reverse proxy uvicorn takes the client's address from X-Forward
 are not limited per address, only per key.
 
 Name caps. A project may have at most ``MCPMETER_MAX_SERVERS_PER_PROJECT`` distinct
-servers and ``MCPMETER_MAX_TOOLS_PER_PROJECT`` distinct (server, tool) pairs; an event that
-would add one more is rejected, with a reason, like any invalid event.
+servers and ``MCPMETER_MAX_TOOLS_PER_PROJECT`` distinct (server, tool) pairs, whatever
+names them: an event (or OTLP span) that would add one more is rejected, with a reason, like
+any invalid event; a measurement or server-event request that would is refused as a whole
+(422). Servers named only by measurements and server events count too.
 """
 
 from __future__ import annotations
@@ -210,6 +212,21 @@ class NameCaps:
             servers, tools = self.store.known_names(project_id)
             self._known.setdefault(project_id, _Known(servers, tools))
 
+    def _servers_refused(self, server: str) -> str:
+        self.refused += 1
+        return (f"the project already has {self.max_servers} distinct servers, its limit; a new server "
+                f"{server[:80]!r} is refused (MCPMETER_MAX_SERVERS_PER_PROJECT) - `$.server`")
+
+    def admit_servers(self, project_id: int, servers: set[str]) -> str | None:
+        """Admit every server of one all-or-nothing request (measurements, server events), or
+        none: why not. ``load`` the project first."""
+        known = self._known[project_id]
+        new = sorted(servers - known.servers)
+        if len(known.servers) + len(new) > self.max_servers:
+            return self._servers_refused(new[max(0, self.max_servers - len(known.servers))])
+        known.servers.update(new)
+        return None
+
     def admitter(self, project_id: int) -> Callable[[Event], str | None]:
         known = self._known[project_id]
 
@@ -217,9 +234,7 @@ class NameCaps:
             server = event.server
             if server not in known.servers:
                 if len(known.servers) >= self.max_servers:
-                    self.refused += 1
-                    return (f"the project already has {self.max_servers} distinct servers, its limit; a new server "
-                            f"{server[:80]!r} is refused (MCPMETER_MAX_SERVERS_PER_PROJECT) - `$.server`")
+                    return self._servers_refused(server)
                 known.servers.add(server)
             tool = event.tool
             if tool and (server, tool) not in known.tools:

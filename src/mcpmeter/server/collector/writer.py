@@ -5,6 +5,13 @@ everything that has queued up while the previous transaction committed and write
 one transaction, so the cost of a durable commit is shared by every request in the group.
 An answer is only given after the commit returned, so a 2xx always means durable.
 
+One request's data must never fail the others of its group: when a group's transaction
+fails for any reason other than the store itself (``StorageError``: unreachable, disk full,
+locked), each request of the group is written again in a transaction of its own, so only the
+request at fault fails - with ``Unstorable`` (HTTP 422) when the store refused its values.
+A store fault fails the whole group at once (503), without trying each request against a
+store that is down.
+
 After each commit, and before any request of it is answered, the writer hands a ``Commit``
 (the rows really inserted, per project; ``commits``) to every function that subscribed with
 ``subscribe``: the live feed, ``/metrics`` and OTLP export. A subscriber that fails is logged
@@ -21,7 +28,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from ...events import Row
-from ...exceptions import Overloaded
+from ...exceptions import Overloaded, StorageError, Unstorable
 from ...storage.base import IngestResult, Store
 from ..commits import Commit
 
@@ -99,24 +106,41 @@ class Writer:
                 return
 
     def _commit(self, group: list, size: int) -> None:
+        failure = self._write(group, size)
+        self._done(size)
+        if failure is None:
+            return
+        if len(group) == 1 or isinstance(failure, StorageError):  # a store fault fails the group at once
+            for _, _, loop, future in group:
+                loop.call_soon_threadsafe(_fail, future, failure)
+            return
+        # Some request's data failed the group: each request on its own, so only that one fails.
+        log.warning("storing a group of %d requests failed (%s); storing each on its own", len(group), failure)
+        for item in group:
+            if (alone := self._write([item], len(item[1]))) is not None:
+                item[2].call_soon_threadsafe(_fail, item[3], alone)
+
+    def _write(self, group: list, size: int) -> Exception | None:
+        """Store the requests of ``group`` in one transaction and answer them; or, when it
+        fails, return the exception (nothing of the group was stored, nobody answered)."""
         subscribers = self._subscribers
         stored: dict[int, list[Row]] | None = {} if subscribers else None
         started = time.perf_counter()
         try:
             results = self.store.ingest([(project_id, rows) for project_id, rows, _, _ in group], stored)
-        except Exception as exc:  # any failure fails every request of the group; none is acknowledged
+        except Exception as exc:
             self.errors += 1
-            log.error("storing %d events failed: %s", size, exc)
-            self._done(size)
-            for _, _, loop, future in group:
-                loop.call_soon_threadsafe(_fail, future, exc)
-        else:
-            self.commits += 1
-            self._done(size)
-            if stored is not None:  # before answering: a 2xx means /metrics and the live feed have the batch
-                self._publish(Commit(stored, size, time.perf_counter() - started))
-            for (_, _, loop, future), result in zip(group, results):
-                loop.call_soon_threadsafe(_succeed, future, result)
+            if isinstance(exc, (StorageError, Unstorable)):
+                log.error("storing %d events failed: %s", size, exc)
+            else:  # neither the store's fault nor a value it refused: a bug, seen with these rows
+                log.exception("storing %d events failed", size)
+            return exc
+        self.commits += 1
+        if stored is not None:  # before answering: a 2xx means /metrics and the live feed have the batch
+            self._publish(Commit(stored, size, time.perf_counter() - started))
+        for (_, _, loop, future), result in zip(group, results):
+            loop.call_soon_threadsafe(_succeed, future, result)
+        return None
 
     def _publish(self, commit: Commit) -> None:
         for subscriber in self._subscribers:
