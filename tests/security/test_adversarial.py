@@ -13,8 +13,7 @@ Hypothesis generates hostile events, measurements, server events, query paramete
 NUL, lone surrogates, 4-byte characters, huge fields, deep nesting, wrong types, odd
 Content-Types and encodings. ``MCPMETER_ADVERSARIAL_EXAMPLES`` sets the examples per property
 (default 60: well under a minute per backend). The fixed cases below are issue 12's items 14
-and 15, one test each; cases whose fix is the storable-values change of event validation are
-``xfail(strict=True)`` until it lands.
+and 15, one test each, and what the properties found.
 """
 
 from __future__ import annotations
@@ -86,16 +85,9 @@ def explore(pair: Pair, requests: st.SearchStrategy[Hostile]) -> None:
 
 # ---- hostile values -------------------------------------------------------------------------------
 
-# Text PostgreSQL cannot store (NUL) or whose index row it cannot hold (long 4-byte names) passes
-# event validation today and is refused by the storable-values change (issue 12 item 2); until then
-# the properties leave it out and the xfail cases below pin it. Remove this filter when it lands.
-def _storable_today(text: str) -> bool:
-    return "\x00" not in text and len(text.encode()) <= 600
-
-
 texts = (st.text(max_size=24)
          | st.sampled_from(["", " ", "😀" * 64, "😀" * 150, "x" * 201, "é" * 129, "\u202egnp.exe", "a/b\\c", "%00", "tool_call"])
-         | st.text(min_size=2000, max_size=2100)).filter(_storable_today)
+         | st.text(min_size=2000, max_size=2100))
 surrogates = st.sampled_from(["\ud800", "a\udfffb", "\udbff\udc00\ud800"])  # lone surrogates: not text
 scalars = st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | texts
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(texts, inner, max_size=3), max_leaves=8)
@@ -389,14 +381,12 @@ def test_gzip_with_a_second_member_or_trailing_bytes_is_refused(pair: Pair, path
 
 # ---- found by this suite; fixed by the storable-values change (issue 12 item 2) -------------------------
 
-STORABLE = pytest.mark.xfail(strict=True, reason="fixed by the storable-values change")
-
 
 @pytest.mark.parametrize("event", [
-    pytest.param({"server": "nul\x00server"}, marks=STORABLE, id="nul-in-server"),
-    pytest.param({"tool": "nul\x00tool"}, marks=STORABLE, id="nul-in-tool"),
-    pytest.param({"error_message": "boom\x00", "ok": False, "error_type": "E"}, marks=STORABLE, id="nul-in-message"),
-    pytest.param({"session_id": "s\x00"}, marks=STORABLE, id="nul-in-session"),
+    pytest.param({"server": "nul\x00server"}, id="nul-in-server"),
+    pytest.param({"tool": "nul\x00tool"}, id="nul-in-tool"),
+    pytest.param({"error_message": "boom\x00", "ok": False, "error_type": "E"}, id="nul-in-message"),
+    pytest.param({"session_id": "s\x00"}, id="nul-in-session"),
 ])
 def test_values_that_pass_validation_are_storable_on_both_backends(pair: Pair, event: dict) -> None:
     document = [{"id": uuid.uuid4().hex, "kind": "tool_call", "ts": now_ms(), "server": "hostile",
