@@ -67,7 +67,7 @@ def test_sdk_client_through_the_http_proxy(isolated_env: Path, upstream, mode: s
     assert by_tool(summary) == {"forecast": (4, 2), "no_such_tool": (1, 1)}
     events = recorded(isolated_env)
     calls = [e for e in events if e["kind"] == "tool_call"]
-    assert [e["error_type"] for e in calls] == [None, None, "tool_error", "tool_error", "tool_error"]
+    assert [e["error_type"] for e in calls] == [None, None, "tool_error", "tool_error", "invalid_params"]
     assert calls[2]["error_message"] == "Error executing tool forecast: no such city"
     assert {(e["server"], e["server_version"], e["client_name"], e["client_version"], e["transport"], e["user_hash"])
             for e in events} == {("weather-http", "1.2.3", "pytest-http-client", "4.5.6", "streamable-http",
@@ -216,7 +216,7 @@ def test_cancelled_calls(isolated_env: Path, upstream, mode: str):
     finally:
         stop(proxy)
     calls = recorded(isolated_env, "tool_call")
-    assert [(e["tool"], e["ok"], e["error_type"]) for e in calls] == [("slow", 0, "cancelled"), ("forecast", 1, None)]
+    assert [(e["tool"], e["ok"], e["error_type"]) for e in calls] == [("slow", None, "cancelled"), ("forecast", 1, None)]
     assert calls[0]["duration_ms"] == pytest.approx(1000, abs=500)
 
 
