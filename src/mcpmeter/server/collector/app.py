@@ -29,6 +29,7 @@ from ..oidc import routes as oidc_routes
 from . import admin_security, directory, gateway, ingest, measurements, otlp, usage
 from .auth import Authenticator
 from .crosssite import CrossSiteGuard
+from .inputs import RefuseNul
 from .openapi import openapi_schema
 from .responses import error
 from .security import NameCaps, RateLimited, RateLimits, SignatureChecker
@@ -156,7 +157,7 @@ def create_app(store: AdminStore, config: CollectorConfig | None = None) -> Star
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[*collector.metrics.middleware, Middleware(CrossSiteGuard)],  # refusals are timed and counted too
+        middleware=[*collector.metrics.middleware, Middleware(RefuseNul), Middleware(CrossSiteGuard)],  # refusals are timed and counted too
         exception_handlers={MCPMeterError: _handle_errors},
     )
     app.state.collector = collector
