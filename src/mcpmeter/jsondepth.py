@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import msgspec
 
-from .exceptions import BatchError
+from .exceptions import TooDeep
 
 _MARGIN = 100
 
@@ -28,14 +28,6 @@ class _Anything(msgspec.Struct, forbid_unknown_fields=False):
 
 
 _skim = msgspec.json.Decoder(list[msgspec.Raw] | _Anything).decode
-
-
-class TooDeep(BatchError):
-    """The document nests deeper than a decoder can follow."""
-
-    def __init__(self, what: str = "the JSON body") -> None:
-        super().__init__(f"{what} is nested too deeply to be read",
-                         hint="send JSON nested a few levels deep, as the format describes")
 
 
 def check_depth(data: bytes | str, what: str = "the JSON body") -> None:

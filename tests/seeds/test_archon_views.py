@@ -21,8 +21,11 @@ from mcpmeter.analytics import questions
 from mcpmeter.events import decode_batch
 from mcpmeter.ingest import rows_for
 from mcpmeter.storage import open_store
-from mcpmeter.storage.postgres_migrations import READER_ROLE
+from mcpmeter.storage.postgres_migrations import MIGRATIONS, READER_ROLE
 from store_backends import pg_database
+
+NEWEST = MIGRATIONS[-1].version
+VIEWS_VERSION = next(m.version for m in MIGRATIONS if "mcp_usage_hourly" in m.up)
 
 HOUR = 3_600_000
 VIEWS = {"mcp_usage_hourly", "mcp_usage_daily"}
@@ -99,7 +102,7 @@ def test_the_seeds_sql_answers_as_mcpmeter_does_and_only_for_ones_project(tmp_pa
             assert conn.execute("SELECT count(*) FROM mcp_usage_hourly").fetchone() == (0,)
             assert conn.execute("SELECT count(*) FROM mcp_usage_summary(24)").fetchone() == (0,)
 
-        down = subprocess.run([*MCPMETER, "db", "downgrade", "--to", "6", "--yes", "--db", url], capture_output=True, text=True,
+        down = subprocess.run([*MCPMETER, "db", "downgrade", "--to", str(VIEWS_VERSION - 1), "--yes", "--db", url], capture_output=True, text=True,
                               timeout=60)
         assert down.returncode == 0, down.stderr
         with psycopg.connect(url, autocommit=True) as conn:
@@ -123,16 +126,17 @@ def test_db_sql_prints_a_script_a_sql_editor_runs_on_an_empty_database():
             assert {r[0] for r in conn.execute("SELECT viewname FROM pg_views WHERE viewname LIKE 'mcp_usage_%'")} == VIEWS
         store = open_store(url, upgrade=False)
         try:
-            assert store.schema_version() == 12 and store.upgrade() == []  # mcpmeter takes it as its own schema
+            assert store.schema_version() == NEWEST and store.upgrade() == []  # mcpmeter takes it as its own schema
             p = store.ensure_project("default")
             events, _ = decode_batch(msgspec.json.encode(_events("pasted", int(time.time() * 1000))))
             store.ingest([(p.id, rows_for(p, events))])
         finally:
             store.close()
-        reverse = subprocess.run([*MCPMETER, "db", "sql", "--from", "6", "--down"], capture_output=True, text=True, timeout=60)
+        before = str(VIEWS_VERSION - 1)
+        reverse = subprocess.run([*MCPMETER, "db", "sql", "--from", before, "--down"], capture_output=True, text=True, timeout=60)
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(reverse.stdout)
             assert not conn.execute("SELECT viewname FROM pg_views WHERE viewname LIKE 'mcp_usage_%'").fetchall()
-            assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone() == (6,)
-    wrong = subprocess.run([*MCPMETER, "db", "sql", "--from", "12"], capture_output=True, text=True, timeout=60)
-    assert wrong.returncode != 0 and "nothing between versions 12 and 12" in wrong.stderr
+            assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone() == (VIEWS_VERSION - 1,)
+    wrong = subprocess.run([*MCPMETER, "db", "sql", "--from", str(NEWEST)], capture_output=True, text=True, timeout=60)
+    assert wrong.returncode != 0 and f"nothing between versions {NEWEST} and {NEWEST}" in wrong.stderr

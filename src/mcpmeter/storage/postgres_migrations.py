@@ -383,7 +383,7 @@ MIGRATIONS.append(
     )
 )
 
-# ---- schema 12: keys bound to servers; the analytics migration seed's SQL views ---------------
+# ---- schema 8: keys bound to servers; the analytics migration seed's SQL views ---------------
 #
 # The seed (an Archon migration) gave SQL users ``archon_mcp_usage_hourly`` / ``_daily`` and
 # ``get_mcp_usage_summary(hours)``; these are their mcpmeter counterparts, over the rollups
@@ -476,7 +476,7 @@ DROP FUNCTION mcp_hist_quantile(jsonb, double precision, double precision, doubl
 
 MIGRATIONS.append(
     Migration(
-        12,
+        8,
         "keys bound to servers; SQL views mcp_usage_hourly/daily and mcp_usage_summary() (PostgreSQL)",
         up="ALTER TABLE api_keys ADD COLUMN servers text;\n" + USAGE_VIEWS,
         down=USAGE_VIEWS_DOWN + "ALTER TABLE api_keys DROP COLUMN servers;\n",
