@@ -8,7 +8,7 @@ additive upserts in the same transaction as the raw rows.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from math import ceil, log2
@@ -173,11 +173,6 @@ def _bins(durations: list[float]) -> dict[int, int]:
     return dict(Counter(map(ceil, map(mul, map(log2, map(truediv, durations, repeat(_FLOOR))), repeat(histogram.SUB_BUCKETS)))))
 
 
-def _first_set(values: Iterable[Any], last: Any) -> Any:
-    """The first truthy value, else ``last``: what ``a or b or c ...`` gives in arrival order."""
-    return next(filter(None, values), last)
-
-
 _kind = itemgetter(Row._fields.index("kind"))
 _ts = itemgetter(Row._fields.index("ts"))
 _server = itemgetter(Row._fields.index("server"))
@@ -186,8 +181,8 @@ _duration = itemgetter(Row._fields.index("duration_ms"))
 _ok = itemgetter(Row._fields.index("ok"))
 _user_ts = itemgetter(Row._fields.index("user_hash"), Row._fields.index("ts"))
 _error = itemgetter(Row._fields.index("ok"), Row._fields.index("error_type"), Row._fields.index("ts"))
-_who = {name: itemgetter(Row._fields.index(name)) for name in
-        ("client_name", "client_version", "protocol_version", "transport", "user_hash")}
+_who = itemgetter(*(Row._fields.index(name) for name in
+                    ("client_name", "client_version", "protocol_version", "transport", "user_hash")))
 
 
 def aggregate(rows: Sequence[tuple[Any, ...]]) -> Deltas:
@@ -289,12 +284,28 @@ def _cell(d: Deltas, key: tuple[int, str, str, str, str], group: list[tuple[Any,
 
 def _session(srows: list[tuple[Any, ...]]) -> SessionDelta:
     """One session's rows (in arrival order) as its delta."""
-    first, last = srows[0], srows[-1]
+    first = srows[0]
+    who = _who(first)
+    if len(srows) == 1:
+        kind, ts = _kind(first), _ts(first)
+        client, version, protocol, transport, user = who
+        s = SessionDelta(_server(first), client, version, protocol, transport, user, ts, ts)
+        if kind == "tool_call":
+            s.calls, s.errors, s.first_call_ts = 1, int(_ok(first) == 0), ts
+            if tool := _tool(first):
+                s.tools = {tool}
+        elif kind in HANDSHAKE_KINDS:
+            s.init_ts = ts
+        elif kind == "list_tools":
+            s.list_ts = ts
+        return s
+    if not all(who):  # the first truthy value of each, else the last one (as ``a or b or …``)
+        last = _who(srows[-1])
+        who = tuple(next(filter(None, map(itemgetter(i), map(_who, srows))), last[i]) for i in range(len(who)))
     stamps = list(map(_ts, srows))
     kinds = list(map(_kind, srows))
-    who = {name: _first_set(map(get, srows), get(last)) for name, get in _who.items()}
-    s = SessionDelta(_server(first), who["client_name"], who["client_version"], who["protocol_version"],
-                     who["transport"], who["user_hash"], min(stamps), max(stamps))
+    client, version, protocol, transport, user = who
+    s = SessionDelta(_server(first), client, version, protocol, transport, user, min(stamps), max(stamps))
     calls = kinds.count("tool_call")
     if calls:
         call_rows = [row for row, kind in zip(srows, kinds) if kind == "tool_call"]
