@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -27,6 +28,8 @@ from ..oidc import OidcConfig, People
 from ..oidc import routes as oidc_routes
 from . import admin_security, gateway, ingest, measurements, otlp, usage
 from .auth import Authenticator
+from .crosssite import CrossSiteGuard
+from .inputs import RefuseNul
 from .openapi import openapi_schema
 from .responses import error
 from .security import NameCaps, RateLimited, RateLimits, SignatureChecker
@@ -64,8 +67,8 @@ class Collector:
         self.started = time.time()
         self.counters = {"accepted": 0, "duplicates": 0, "rejected": 0, "requests_failed": 0}
         self.writer = Writer(store)
-        self.sessions = Sessions()  # dashboard sign-in: a cookie stands for a key (or a person)
-        self.people = People(store, config.oidc) if config.oidc is not None else None  # OpenID Connect sign-in
+        self.sessions = Sessions(store)  # dashboard sign-in: a cookie stands for a key (or a person); rows in the store
+        self.people = People(store, config.oidc, self.sessions) if config.oidc is not None else None  # OpenID Connect sign-in
         self.auth = Authenticator(store, config.local_trust, RateLimits(config.rate_limit_per_key, config.rate_limit_per_ip),
                                   self.sessions, self.people)
         self.signatures = SignatureChecker(config.signature_tolerance)
@@ -153,7 +156,7 @@ def create_app(store: AdminStore, config: CollectorConfig | None = None) -> Star
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=collector.metrics.middleware,
+        middleware=[*collector.metrics.middleware, Middleware(RefuseNul), Middleware(CrossSiteGuard)],  # refusals are timed and counted too
         exception_handlers={MCPMeterError: _handle_errors},
     )
     app.state.collector = collector
