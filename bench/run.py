@@ -148,9 +148,11 @@ def goals(results: dict[str, dict], loads: dict[str, tuple[float, float]]) -> li
     r = results.get("metrics")
     if r:
         scrape = r["scrape"]
-        add(f"4. /metrics scrape ({scrape['tool_series']:,} tool series, gzip)", "metrics", f"{scrape['gzip']['median_ms']:.1f} ms",
-            f"prometheus_client render {scrape['render_prometheus_client_ms']:.1f} ms", scrape["gzip"]["median_ms"] / r["target_scrape_ms"],
-            "<= 50 ms", scrape["gzip"]["median_ms"] <= r["target_scrape_ms"])
+        gz = scrape["gzip"]
+        add(f"4. /metrics scrape ({scrape['tool_series']:,} tool series, gzip)", "metrics",
+            f"{gz['median_ms']:.1f} ms wall, {gz['collector_cpu_ms']:.1f} ms collector CPU",
+            f"prometheus_client render {scrape['render_prometheus_client_ms']:.1f} ms", gz["median_ms"] / r["target_scrape_ms"],
+            "<= 50 ms", gz["median_ms"] <= r["target_scrape_ms"])
     else:
         missing("4. /metrics scrape at 1,000 series", "metrics", "<= 50 ms")
     return rows
