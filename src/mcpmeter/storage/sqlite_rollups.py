@@ -199,7 +199,7 @@ class Known:
     Bounded: cleared when it reaches ``limit`` entries.
     """
 
-    def __init__(self, limit: int = 200_000) -> None:
+    def __init__(self, limit: int = 100_000) -> None:
         self.limit = limit
         self.data_version: int | None = None
         self.user_day: set[tuple[Any, ...]] = set()
