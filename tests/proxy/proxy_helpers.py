@@ -1,4 +1,8 @@
-"""Helpers for the proxy tests: real `mcpmeter proxy` processes, real servers, the real store."""
+"""Helpers for the proxy tests: real `mcpmeter proxy` processes, real servers, the real store.
+
+PYTEST_DONT_REWRITE: test modules import it before one of them loads it as a plugin
+(``pytest_plugins``), which pytest would otherwise warn about - and warnings are errors.
+"""
 
 from __future__ import annotations
 

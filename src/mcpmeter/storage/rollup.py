@@ -7,9 +7,12 @@ additive upserts in the same transaction as the raw rows.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
+from itertools import repeat
+from math import ceil, log2
+from operator import itemgetter, mul, truediv
 from typing import Any
 
 import msgspec
@@ -47,6 +50,7 @@ from ..protocol import (
 
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
+OUTCOMES_VERSION = 9  # the schema that brought outcome classes, listings, categories, actions and activation
 # The error names that are the server's fault (``protocol.outcome_of``: any other JSON-RPC
 # name, a code without a name, no type at all); any other name is an exception of the tool's code.
 SERVER_ERROR_NAMES = frozenset(set(ERROR_NAMES.values()) - CALLER_ERROR_TYPES | {JSONRPC_ERROR})
@@ -64,14 +68,27 @@ def is_action(kind: str) -> bool:
     return kind not in PROTOCOL_KINDS and "/" not in kind
 
 
+_RECORDED = f'"{OUTCOME_ATTRIBUTE}":"'  # how the attribute reads in the stored (compact) JSON
+_CLASSES = frozenset(OUTCOMES)
+
+
 def outcome_class(ok: int | None, error_type: str | None, attributes: str | None) -> str:
     """The outcome class of a stored event (``protocol.OUTCOMES``): its ``mcp.outcome``
     attribute when a capture path recorded one, else ``protocol.outcome_of`` of ``ok`` and
-    ``error_type``. The common success is decided without reading the attributes."""
-    if ok == 1 and error_type is None and (attributes is None or OUTCOME_ATTRIBUTE not in attributes):
-        return OUTCOME_OK
+    ``error_type``. Neither a success without attributes nor a recorded class needs the
+    attributes decoded (the stored JSON is compact: the class follows the key's text)."""
+    if attributes is None:
+        if ok == 1 and error_type is None:
+            return OUTCOME_OK
+        return outcome_of(None if ok is None else bool(ok), error_type)
+    at = attributes.find(_RECORDED)
+    if at >= 0:
+        start = at + len(_RECORDED)
+        recorded = attributes[start:attributes.find('"', start)]
+        if recorded in _CLASSES:
+            return recorded
     attrs = None
-    if attributes is not None and OUTCOME_ATTRIBUTE in attributes:
+    if OUTCOME_ATTRIBUTE in attributes:
         try:
             attrs = _decode_attributes.decode(attributes)
         except msgspec.DecodeError:
@@ -95,7 +112,7 @@ def outcome_case(recorded: str, numeric: str) -> str:
 
 
 def outcome_backfill(recorded: str, numeric: str) -> str:
-    """SQL that fills the outcome counts of the rollups from the raw events (schema 11): every
+    """SQL that fills the outcome counts of the rollups from the raw events (schema 9): every
     cell whose events are all still stored (its raw count equals its ``calls``) gets its
     errors, caller errors, server errors and cancelled calls counted by ``outcome_case``; the
     error groups of every hour from the project's oldest stored event on are split by outcome
@@ -138,11 +155,9 @@ def activation_subject(session_id: str | None, user_hash: str | None) -> str | N
         return "u:" + user_hash
     return None
 
-# The fields ``aggregate`` reads, taken from a row (a ``Row`` or a plain tuple read back from
-# a store) in one C call; positions from ``Row._fields``, so the field order lives in events.py only.
-_READ = ("kind", "ts", "server", "tool", "duration_ms", "ok", "error_type", "session_id", "client_name",
-         "client_version", "protocol_version", "transport", "user_hash", "category", "result_bytes", "attributes")
-_fields = itemgetter(*(Row._fields.index(name) for name in _READ))
+
+# Fields taken from a row (a ``Row`` or a plain tuple read back from a store) in one C call;
+# positions from ``Row._fields``, so the field order lives in events.py only.
 _calling = itemgetter(Row._fields.index("kind"), Row._fields.index("ts"), Row._fields.index("user_hash"))
 
 
@@ -316,35 +331,34 @@ class Deltas:
     tool_day_users: dict[tuple[int, str, str], set[str]] = field(default_factory=dict)  # (day, server, tool) -> user hashes
 
 
-def _min(a: int | None, b: int) -> int:
-    return b if a is None or b < a else a
-
-
-def _later(ts: int, value: Any, at: int | None, current: Any) -> bool:
-    """Whether (ts, value) replaces (at, current) as the latest: the later time, on a tie the
-    larger value, so the rollup is the same whatever order the events arrive in."""
-    if value is None:
-        return False
-    return at is None or ts > at or (ts == at and (current is None or value > current))
-
-
-def _seen(catalog: dict[tuple[str, str], list[Any]], key: tuple[str, str], ts: int, called: bool,
-          listed_bytes: int | None = None, listed: bool = False, category: str | None = None) -> None:
+def _span(catalog: dict[tuple[str, str], list[Any]], key: tuple[str, str], first: int, last: int,
+          called: int | None) -> list[Any]:
+    """Widen a catalog entry to [first, last] seen, and last called at ``called`` (None: not called)."""
     span = catalog.get(key)
     if span is None:
-        span = catalog[key] = [ts, ts, None, None, None, None, None, None]
-    else:
-        span[0] = min(span[0], ts)
-        span[1] = max(span[1], ts)
-    if called and (span[2] is None or ts > span[2]):
-        span[2] = ts
-    if listed:  # the definition's size at the last listing (on a tie, the larger)
-        span[3] = ts if span[3] is None else min(span[3], ts)
-        if span[4] is None or ts > span[4]:
-            span[4], span[5] = ts, listed_bytes
-        elif ts == span[4] and listed_bytes is not None and (span[5] is None or listed_bytes > span[5]):
-            span[5] = listed_bytes
-    if _later(ts, category, span[7], span[6]):
+        span = catalog[key] = [first, last, called, None, None, None, None, None]
+        return span
+    span[0] = min(span[0], first)
+    span[1] = max(span[1], last)
+    if called is not None and (span[2] is None or called > span[2]):
+        span[2] = called
+    return span
+
+
+def _listed(span: list[Any], ts: int, size: int | None) -> None:
+    """A tools/list named the tool at ``ts`` with a definition of ``size`` bytes: the size at the
+    last listing is kept (on a tie, the larger)."""
+    span[3] = ts if span[3] is None else min(span[3], ts)
+    if span[4] is None or ts > span[4]:
+        span[4], span[5] = ts, size
+    elif ts == span[4] and size is not None and (span[5] is None or size > span[5]):
+        span[5] = size
+
+
+def _categorised(span: list[Any], ts: int, category: str | None) -> None:
+    """The tool's category at ``ts``: the latest is kept (on a tie, the larger name), so the
+    rollup is the same whatever order the events arrive in."""
+    if category is not None and (span[7] is None or ts > span[7] or (ts == span[7] and category > span[6])):
         span[6], span[7] = category, ts
 
 
@@ -361,71 +375,68 @@ def _funnel(d: Deltas, server: str, subject: str, client: str | None, kind: str,
         entry[slot] = ts
 
 
+_FLOOR = histogram.FLOOR_MS
+
+
+def _bins(durations: list[float]) -> dict[int, int]:
+    """``{bin_of(d): count}`` over ``durations``, computed in C (the same operations as ``bin_of``)."""
+    if min(durations) <= _FLOOR:
+        return dict(Counter(map(bin_of, durations)))
+    return dict(Counter(map(ceil, map(mul, map(log2, map(truediv, durations, repeat(_FLOOR))), repeat(histogram.SUB_BUCKETS)))))
+
+
+_kind = itemgetter(Row._fields.index("kind"))
+_ts = itemgetter(Row._fields.index("ts"))
+_server = itemgetter(Row._fields.index("server"))
+_tool = itemgetter(Row._fields.index("tool"))
+_duration = itemgetter(Row._fields.index("duration_ms"))
+_ok = itemgetter(Row._fields.index("ok"))
+_user_ts = itemgetter(Row._fields.index("user_hash"), Row._fields.index("ts"))
+_error_type = itemgetter(Row._fields.index("error_type"))
+_attributes = itemgetter(Row._fields.index("attributes"))
+_listing = itemgetter(Row._fields.index("ts"), Row._fields.index("result_bytes"), Row._fields.index("category"))
+_category = itemgetter(Row._fields.index("ts"), Row._fields.index("category"))
+_follow = itemgetter(Row._fields.index("session_id"), Row._fields.index("user_hash"), Row._fields.index("client_name"),
+                     Row._fields.index("ts"))
+_who = itemgetter(*(Row._fields.index(name) for name in
+                    ("client_name", "client_version", "protocol_version", "transport", "user_hash")))
+
+
 def aggregate(rows: Sequence[tuple[Any, ...]]) -> Deltas:
+    """The rollup deltas of ``rows`` (each counted once; pass only rows really stored).
+
+    One pass sorts the rows into their hourly cells and their sessions; each cell and each
+    session is then summed with C-level builtins (``map``, ``min``, ``Counter``…) over its
+    rows, so the per-row Python work is two dictionary lookups.
+    """
     d = Deltas()
-    hour_cells = d.hour
+    cells: dict[tuple[int, str, str, str, str], list[tuple[Any, ...]]] = {}
+    sessions: dict[str, list[tuple[Any, ...]]] = {}
     for row in rows:
-        (kind, ts, server, tool, duration, ok, error_type, session_id, client_name, client_version,
-         protocol_version, transport, user, category, result_bytes, attributes) = _fields(row)
-        tool = tool or ""
-        client = client_name or ""
-        hour = ts - ts % HOUR_MS
-        day = ts - ts % DAY_MS
+        kind, ts, server, tool, session_id, client = _grouping(row)
         if kind == TOOL_LISTED:  # the catalog of tools a server offers, with each definition's size
-            _seen(d.catalog, (server, tool), ts, called=False, listed_bytes=result_bytes, listed=True, category=category)
+            listed_ts, size, category = _listing(row)
+            span = _span(d.catalog, (server, tool or ""), ts, ts, None)
+            _listed(span, listed_ts, size)
+            _categorised(span, listed_ts, category)
             continue
-        key = (hour, kind, server, tool, client)
-        cell = hour_cells.get(key)
-        if cell is None:
-            cell = hour_cells[key] = Cell()
-        outcome = outcome_class(ok, error_type, attributes)
-        cell.add(outcome, duration)
-        if outcome in ERROR_OUTCOMES:
-            ekey = (hour, server, tool, client, error_type or "error", outcome)
-            entry = d.errors.get(ekey)
-            if entry is None:
-                d.errors[ekey] = [1, ts]
-            else:
-                entry[0] += 1
-                entry[1] = max(entry[1], ts)
-        if kind in FUNNEL_KINDS:
-            subject = activation_subject(session_id, user)
-            if subject is not None:
-                _funnel(d, server, subject, client_name, kind, ts)
-        elif user is not None and is_action(kind):
-            d.action_day.add((day, server, kind, user))
-            d.action_hour.add((hour, server, kind, user))
-        if user is not None and kind == TOOL_CALL:
-            d.user_day.add((day, server, tool, client, user))
-            d.user_hour.add((hour, user))
-            first = d.user_first.get((server, user))
-            if first is None or ts < first:
-                d.user_first[(server, user)] = ts
-        if kind == TOOL_CALL and tool:
-            _seen(d.catalog, (server, tool), ts, called=True, category=category)
+        key = (ts - ts % HOUR_MS, kind, server, tool or "", client or "")
+        group = cells.get(key)
+        if group is None:
+            cells[key] = [row]
+        else:
+            group.append(row)
         if session_id:
-            s = d.sessions.get(session_id)
-            if s is None:
-                s = d.sessions[session_id] = SessionDelta(server, client_name, client_version, protocol_version, transport, user, ts, ts)
+            srows = sessions.get(session_id)
+            if srows is None:
+                sessions[session_id] = [row]
             else:
-                s.first_ts = min(s.first_ts, ts)
-                s.last_ts = max(s.last_ts, ts)
-                s.client = s.client or client_name
-                s.client_version = s.client_version or client_version
-                s.protocol_version = s.protocol_version or protocol_version
-                s.transport = s.transport or transport
-                s.user_hash = s.user_hash or user
-            if kind == TOOL_CALL:
-                s.calls += 1
-                s.errors += ok == 0
-                s.first_call_ts = _min(s.first_call_ts, ts)
-                if tool:
-                    s.tools.add(tool)
-            elif kind in HANDSHAKE_KINDS:
-                s.init_ts = _min(s.init_ts, ts)
-            elif kind == LIST_TOOLS:
-                s.list_ts = _min(s.list_ts, ts)
-    for (hour, kind, server, tool, client), cell in hour_cells.items():
+                srows.append(row)
+    for key, group in cells.items():
+        _cell(d, key, group)
+    for session_id, srows in sessions.items():
+        d.sessions[session_id] = _session(srows)
+    for (hour, kind, server, tool, client), cell in d.hour.items():
         dkey = (hour - hour % DAY_MS, kind, server, tool, client)
         target = d.day.get(dkey)
         if target is None:
@@ -440,3 +451,109 @@ def aggregate(rows: Sequence[tuple[Any, ...]]) -> Deltas:
     for day, server, tool, _, user in d.user_day:
         d.tool_day_users.setdefault((day, server, tool), set()).add(user)
     return d
+
+
+_grouping = itemgetter(*(Row._fields.index(name) for name in ("kind", "ts", "server", "tool", "session_id", "client_name")))
+
+
+def _cell(d: Deltas, key: tuple[int, str, str, str, str], group: list[tuple[Any, ...]]) -> None:
+    """Add one hourly cell's rows (in arrival order) to the deltas."""
+    hour, kind, server, tool, client = key
+    cell = d.hour[key] = Cell()
+    cell.calls = len(group)
+    outcomes = list(map(outcome_class, map(_ok, group), map(_error_type, group), map(_attributes, group)))
+    ok_count = outcomes.count(OUTCOME_OK)
+    errors = 0
+    if ok_count < len(outcomes):
+        cell.caller_errors = outcomes.count(OUTCOME_CALLER_ERROR)
+        cell.server_errors = outcomes.count(OUTCOME_SERVER_ERROR)
+        cell.cancelled = outcomes.count(OUTCOME_CANCELLED)
+        cell.errors = errors = len(outcomes) - ok_count - cell.cancelled
+    durations = [v for v in map(_duration, group) if v is not None]
+    if durations:
+        cell.dur_count = len(durations)
+        total = 0.0
+        for v in durations:  # in arrival order, as Cell.add sums
+            total += v
+        cell.dur_sum = total
+        cell.dur_min = min(durations)
+        cell.dur_max = max(durations)
+        cell.hist.sparse = _bins(durations)
+    if errors:
+        for row, outcome in zip(group, outcomes):
+            if outcome in ERROR_OUTCOMES:
+                ts = _ts(row)
+                ekey = (hour, server, tool, client, _error_type(row) or "error", outcome)
+                entry = d.errors.get(ekey)
+                if entry is None:
+                    d.errors[ekey] = [1, ts]
+                else:
+                    entry[0] += 1
+                    entry[1] = max(entry[1], ts)
+    if kind in FUNNEL_KINDS:
+        for session_id, user, client_name, ts in map(_follow, group):
+            subject = activation_subject(session_id, user)
+            if subject is not None:
+                _funnel(d, server, subject, client_name, kind, ts)
+    elif is_action(kind):
+        day = hour - hour % DAY_MS
+        for user, _ in map(_user_ts, group):
+            if user is not None:
+                d.action_day.add((day, server, kind, user))
+                d.action_hour.add((hour, server, kind, user))
+    if kind != TOOL_CALL:
+        return
+    stamps = list(map(_ts, group))
+    if tool:
+        last = max(stamps)
+        span = _span(d.catalog, (server, tool), min(stamps), last, last)
+        for ts, category in map(_category, group):
+            _categorised(span, ts, category)
+    calling = [pair for pair in map(_user_ts, group) if pair[0] is not None]
+    if calling:
+        day = hour - hour % DAY_MS
+        firsts = dict(sorted(calling, reverse=True))  # each user's earliest call in the cell
+        user_first = d.user_first
+        for user, ts in firsts.items():
+            d.user_day.add((day, server, tool, client, user))
+            d.user_hour.add((hour, user))
+            seen = user_first.get((server, user))
+            if seen is None or ts < seen:
+                user_first[(server, user)] = ts
+
+
+def _session(srows: list[tuple[Any, ...]]) -> SessionDelta:
+    """One session's rows (in arrival order) as its delta."""
+    first = srows[0]
+    who = _who(first)
+    if len(srows) == 1:
+        kind, ts = _kind(first), _ts(first)
+        client, version, protocol, transport, user = who
+        s = SessionDelta(_server(first), client, version, protocol, transport, user, ts, ts)
+        if kind == TOOL_CALL:
+            s.calls, s.errors, s.first_call_ts = 1, int(_ok(first) == 0), ts
+            if tool := _tool(first):
+                s.tools = {tool}
+        elif kind in HANDSHAKE_KINDS:
+            s.init_ts = ts
+        elif kind == LIST_TOOLS:
+            s.list_ts = ts
+        return s
+    if not all(who):  # the first truthy value of each, else the last one (as ``a or b or …``)
+        last = _who(srows[-1])
+        who = tuple(next(filter(None, map(itemgetter(i), map(_who, srows))), last[i]) for i in range(len(who)))
+    stamps = list(map(_ts, srows))
+    kinds = list(map(_kind, srows))
+    client, version, protocol, transport, user = who
+    s = SessionDelta(_server(first), client, version, protocol, transport, user, min(stamps), max(stamps))
+    calls = kinds.count("tool_call")
+    if calls:
+        call_rows = [row for row, kind in zip(srows, kinds) if kind == "tool_call"]
+        s.calls = calls
+        s.errors = list(map(_ok, call_rows)).count(0)
+        s.first_call_ts = min(map(_ts, call_rows))
+        s.tools = set(filter(None, map(_tool, call_rows)))
+    if calls < len(kinds):
+        s.init_ts = min((ts for ts, kind in zip(stamps, kinds) if kind in HANDSHAKE_KINDS), default=None)
+        s.list_ts = min((ts for ts, kind in zip(stamps, kinds) if kind == "list_tools"), default=None)
+    return s

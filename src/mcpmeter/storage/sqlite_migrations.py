@@ -262,7 +262,41 @@ MIGRATIONS.append(
     )
 )
 
-# The outcome class of an error_hour row written before schema 11, from its name alone
+MIGRATIONS.append(
+    Migration(
+        7,
+        "dashboard sessions shared by every collector process of the store, the collectors' own secrets, tokens used once",
+        up="""
+        CREATE TABLE dashboard_sessions (
+            token_hash TEXT PRIMARY KEY, project_id INTEGER NOT NULL, owner TEXT NOT NULL, person TEXT,
+            created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX dashboard_sessions_by_owner ON dashboard_sessions (owner, created_at);
+        CREATE INDEX dashboard_sessions_by_project ON dashboard_sessions (project_id, created_at);
+        CREATE INDEX dashboard_sessions_by_expiry ON dashboard_sessions (expires_at);
+        CREATE TABLE collector_secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL, created_at INTEGER NOT NULL) WITHOUT ROWID;
+        CREATE TABLE used_once (token_hash TEXT PRIMARY KEY, expires_at INTEGER NOT NULL) WITHOUT ROWID;
+        """,
+        down="""
+        DROP TABLE used_once;
+        DROP TABLE collector_secrets;
+        DROP TABLE dashboard_sessions;
+        """,
+    )
+)
+
+MIGRATIONS.append(
+    Migration(
+        8,
+        "keys bound to servers; SQL views mcp_usage_hourly/daily and mcp_usage_summary() (PostgreSQL)",
+        # The views and the function are PostgreSQL's (postgres_migrations.py): SQLite keeps
+        # histograms as blobs SQL cannot read; its users ask `mcpmeter report` or the API.
+        up="ALTER TABLE api_keys ADD COLUMN servers TEXT;",
+        down="ALTER TABLE api_keys DROP COLUMN servers;",
+    )
+)
+
+# The outcome class of an error_hour row written before schema 9, from its name alone
 # (``protocol.outcome_of`` without attributes; "error" is a failure without a type).
 _OUTCOME_OF_NAME = """CASE
     WHEN error_type = 'cancelled' THEN 'cancelled'
@@ -288,7 +322,7 @@ _OUTCOMES_FROM_EVENTS = outcome_backfill('json_extract(attributes, \'$."mcp.outc
 
 MIGRATIONS.append(
     Migration(
-        11,
+        9,
         "outcome classes in the rollups, categories and definition sizes in the catalog, hourly measurements, "
         "usage actions, the activation funnel",
         up=f"""

@@ -146,12 +146,12 @@ def test_pages_send_strangers_to_sign_in_and_keep_where_they_were_going(remote, 
 
 @sqlite_only
 def test_loopback_with_local_trust_opens_the_dashboard_without_a_key(store):
-    with TestClient(create_app(store, CollectorConfig(local_trust=True)), client=("127.0.0.1", 5000)) as c:
+    with TestClient(create_app(store, CollectorConfig(local_trust=True)), client=("127.0.0.1", 5000), base_url="http://127.0.0.1") as c:
         assert c.get("/", follow_redirects=False).status_code == 200
         assert c.get("/admin", follow_redirects=False).status_code == 200
         assert c.get("/v1/session").json() == {"signed_in": True, "via": "local", "project": "default",
                                                "scopes": ["admin", "ingest", "read"]}
-    with TestClient(create_app(store, CollectorConfig(local_trust=False)), client=("127.0.0.1", 5000)) as c:
+    with TestClient(create_app(store, CollectorConfig(local_trust=False)), client=("127.0.0.1", 5000), base_url="http://127.0.0.1") as c:
         assert c.get("/", follow_redirects=False).status_code == 303
         assert c.get("/v1/session").json()["signed_in"] is False
 
@@ -275,10 +275,10 @@ def test_live_sends_each_subscriber_its_matching_calls_and_drops_for_the_slow():
         writer = threading.Thread(target=live.committed, args=(Commit({1: rows}, 4, 0.001),))  # as the writer thread does
         writer.start()
         writer.join()
-        event_name, message = await asyncio.wait_for(everything.queue.get(), 2)
+        event_name, message, _ = await asyncio.wait_for(everything.queue.get(), 2)
         assert event_name == "calls" and (message["calls"], message["errors"]) == (2, 1)
         assert {r["client"] for r in message["recent"]} == {"cursor", "claude-code"}
-        _, filtered = await asyncio.wait_for(cursor.queue.get(), 2)
+        _, filtered, _ = await asyncio.wait_for(cursor.queue.get(), 2)
         assert filtered["calls"] == 1 and filtered["recent"][0]["client"] == "cursor"
         assert other_project.queue.empty()  # another project's calls never reach it
         for _ in range(livelib.QUEUE_SIZE + 5):  # nobody reads `everything` any more

@@ -10,6 +10,14 @@ cells) and the newest calls (for the feed, taken from the rows). Each subscriber
 a small bounded queue; one that does not keep up loses messages (counted) and is told to
 re-read the panels (``resync``), so a slow browser never holds the collector back. A comment
 line every 15 s keeps proxies from closing an idle stream.
+
+A stream lasts only as long as its credential. Before each message the stream reads the
+store's keys version — once for all streams, and from a read that began after the message's
+commit — and when it moved (a key or a grant was revoked, replaced or changed anywhere),
+authenticates the request again; it does so every ``RECHECK_SECONDS`` anyway (a sign-out, an
+expired key or session). A stream whose credential no longer reads its project gets a
+``revoked`` event and is closed: a revocation committed before a commit means that commit's
+calls are never sent on it.
 """
 
 from __future__ import annotations
@@ -23,17 +31,20 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from ...events import Row
+from ...exceptions import AuthError, RateLimited
 from ..commits import Cell, CellKey, Commit, ProjectBatch
 
 if TYPE_CHECKING:
     from ..collector.app import Collector
 
 HEARTBEAT_SECONDS = 15.0
+RECHECK_SECONDS = 15.0  # a stream authenticates again at least this often
 QUEUE_SIZE = 64
 RECENT_PER_MESSAGE = 20
 _CLOSE = object()
@@ -93,6 +104,23 @@ class Live:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._hooked = False
+        self._version: int | None = None  # the store's keys version, read when ``_version_at`` (monotonic)
+        self._version_at = float("-inf")
+        self._version_lock: asyncio.Lock | None = None
+
+    async def keys_version(self, store: Any, after: float) -> int:
+        """The store's keys version from a read that began at ``after`` or later (one read shared by every stream)."""
+        if self._version is not None and self._version_at >= after:
+            return self._version
+        if self._version_lock is None:
+            self._version_lock = asyncio.Lock()
+        async with self._version_lock:
+            version = self._version
+            if version is None or self._version_at < after:
+                started = time.monotonic()
+                version = self._version = int(await run_in_threadpool(store.keys_version))
+                self._version_at = started
+            return version
 
     # -- writer thread --------------------------------------------------------------
 
@@ -141,19 +169,20 @@ class Live:
         if not cells:
             return
         calls = [r for r in batch.rows if r.kind == "tool_call"]
+        stamp = time.monotonic()  # after the commit: a keys version read from now on covers it
         messages: dict[tuple, dict | None] = {}
         for sub in list(subs):
             if sub.filters not in messages:
                 messages[sub.filters] = _message(sub, cells, calls)
             message = messages[sub.filters]
             if message is not None:
-                self._offer(sub, "calls", message)
+                self._offer(sub, "calls", message, stamp)
 
-    def _offer(self, sub: Subscriber, event: str, data: dict) -> None:
+    def _offer(self, sub: Subscriber, event: str, data: dict, stamp: float) -> None:
         if sub.lagged:
             event, data = "resync", {"reason": "slow subscriber", "dropped": sub.dropped}
         try:
-            sub.queue.put_nowait((event, data))
+            sub.queue.put_nowait((event, data, stamp))
             sub.lagged = False
         except asyncio.QueueFull:
             sub.dropped += 1
@@ -220,12 +249,38 @@ def _sse(event: str, data: dict) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
+class Credential:
+    """Whether the request that opened a stream may still read the stream's project."""
+
+    def __init__(self, collector: Collector, request: Request, project_id: int, version: int) -> None:
+        self.collector, self.request, self.project_id = collector, request, project_id
+        self.version = version
+        self.checked = time.monotonic()
+
+    async def still_valid(self, after: float) -> bool:
+        """Checked against a keys version read after ``after``; authenticates again when it moved,
+        or when ``RECHECK_SECONDS`` have passed (sign-outs and expiry do not move it)."""
+        version = await self.collector.live.keys_version(self.collector.store, after)
+        if version == self.version and time.monotonic() - self.checked < RECHECK_SECONDS:
+            return True
+        try:
+            principal = await run_in_threadpool(self.collector.auth.authenticate, self.request, "read")
+        except RateLimited:
+            return True  # limited, not refused: checked again at the next message
+        except AuthError:
+            return False
+        self.version, self.checked = version, time.monotonic()
+        return principal.project.id == self.project_id
+
+
 async def get_live(request: Request) -> Response:
     collector: Collector = request.app.state.collector
+    version = await collector.live.keys_version(collector.store, time.monotonic())
     principal = collector.auth.authenticate(request, "read")
     live = collector.live
     _end_streams_on_shutdown(live)
     params = request.query_params
+    credential = Credential(collector, request, principal.project.id, version)
 
     async def stream():
         sub = live.subscribe(principal.project.id, params.get("server") or None, params.get("tool") or None,
@@ -236,11 +291,13 @@ async def get_live(request: Request) -> Response:
                 try:
                     item = await asyncio.wait_for(sub.queue.get(), HEARTBEAT_SECONDS)
                 except TimeoutError:
-                    yield b": heartbeat\n\n"
-                    continue
+                    item = None
                 if item is _CLOSE:
                     return
-                yield _sse(*item)
+                if not await credential.still_valid(item[2] if item else time.monotonic()):
+                    yield _sse("revoked", {"reason": "the key or sign-in of this stream no longer reads this project"})
+                    return
+                yield _sse(item[0], item[1]) if item else b": heartbeat\n\n"
         finally:
             live.unsubscribe(sub)
 

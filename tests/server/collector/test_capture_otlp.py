@@ -16,8 +16,9 @@ from pathlib import Path
 
 import anyio
 import pytest
-from capture_helpers import SERVER, drive, stored
 from mcp.client.stdio import StdioServerParameters
+
+from capture_helpers import SERVER, drive, stored
 
 pytestmark = pytest.mark.slow
 

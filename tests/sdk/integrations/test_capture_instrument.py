@@ -9,9 +9,8 @@ from collections import Counter
 
 import anyio
 import pytest
-from capture_helpers import CLIENT, SCRIPT, TASK_SCRIPT, calls, drive, stored
-from rounds_server import build
 
+from capture_helpers import CLIENT, SCRIPT, TASK_SCRIPT, build_server, calls, drive, stored
 from mcpmeter import Meter
 
 MODES = [("auto", "2026-07-28"), ("legacy", "2025-11-25")]
@@ -21,7 +20,7 @@ MODES = [("auto", "2026-07-28"), ("legacy", "2025-11-25")]
 def test_instrument_records_what_the_client_saw(collector, mode: str, protocol: str, monkeypatch):
     monkeypatch.setenv("MCPMETER_USER", "dana")
     meter = Meter(url=collector.url, flush_interval=0.1)
-    server = meter.instrument(build())
+    server = meter.instrument(build_server())
     tasks = mode == "auto"
     try:
         seen, sizes = anyio.run(lambda: drive(server, mode, tasks=tasks))

@@ -3,6 +3,7 @@ user would, keeping a ledger of what it saw, and reading back what was stored.""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from collections import Counter
@@ -19,8 +20,8 @@ from pydantic import ConfigDict, Field, TypeAdapter
 from foundation_helpers import stored_events
 from mcpmeter.storage import open_store
 
-HERE = Path(__file__).resolve().parent
-SERVER = [sys.executable, str(HERE / "rounds_server.py")]
+SCRIPT_PATH = Path(__file__).resolve().parent / "capture" / "rounds_server.py"
+SERVER = [sys.executable, str(SCRIPT_PATH)]
 TASKS = "io.modelcontextprotocol/tasks"
 CLIENT = Implementation(name="capture-client", version="4.5.6")
 _anything = TypeAdapter(dict[str, Any])
@@ -116,6 +117,15 @@ async def drive(target: Any, mode: str, *, tasks: bool = False) -> tuple[list[tu
     if tasks:
         assert extension.polls == 5
     return seen, sizes
+
+
+def build_server() -> Any:
+    """``rounds_server.build()``: the same server, in this process (for ``meter.instrument``)."""
+    spec = importlib.util.spec_from_file_location("rounds_server", SCRIPT_PATH)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.build()
 
 
 def definitions(listed: list[Any]) -> dict[str, int]:

@@ -5,19 +5,17 @@ stored compared with what the client saw."""
 
 from __future__ import annotations
 
-import sys
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
 
 import anyio
 import pytest
-from capture_helpers import CLIENT, SCRIPT, SERVER, TASK_SCRIPT, calls, drive, stored
 from mcp.client.stdio import StdioServerParameters
+from proxy_helpers import MCPMETER, Process, _wait_ready, proxy_env, start_http_proxy, stop
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "proxy"))
-from proxy_helpers import MCPMETER, proxy_env, start_http_proxy, stop
-
+from capture_helpers import CLIENT, SCRIPT, SERVER, TASK_SCRIPT, calls, drive, stored
 from conftest import free_port
 
 pytestmark = pytest.mark.slow
@@ -88,10 +86,6 @@ def test_stdio_proxy_records_what_the_client_saw(collector, tmp_path: Path, mode
 
 @pytest.mark.parametrize("mode, protocol", MODES)
 def test_http_proxy_records_what_the_client_saw(collector, tmp_path: Path, mode: str, protocol: str):
-    import subprocess
-
-    from proxy_helpers import Process, _wait_ready
-
     port = free_port()
     log = tmp_path / "server.log"
     with open(log, "wb") as fh:
