@@ -96,17 +96,19 @@ def test_a_directory_server_submits_signed_metrics_and_fetches_them_by_every_per
         got = fetch(c, keys, server_id=SERVER, period=period, metrics="api_calls,response_time")
         assert got["server_id"] == SERVER and got["period"] == period
         assert {s["name"] for s in got["series"]} == {"api_calls", "response_time"}  # memory_mb not asked for
-        days = {(s["name"], d["day"]): d for s in got["series"] for d in s["days"]}
-        today = (now.strftime("%Y-%m-%d"))
-        calls = days[("api_calls", today)]
-        assert (calls["count"], calls["sum"]) == (2, 7)
-        timer_days = {day for (name, day) in days if name == "response_time"}
-        assert today in timer_days
-        assert (old.strftime("%Y-%m-%d") in timer_days) == (period in ("7d", "30d", "90d")), period
+        # Hourly points for periods up to two days, daily ones beyond: each exactly its window.
+        start, end = (datetime.fromisoformat(got[k].replace("Z", "+00:00")) for k in ("from", "to"))
+        inside = lambda *moments: sum(start <= m < end for m in moments)  # noqa: E731
+        calls = next(s for s in got["series"] if s["name"] == "api_calls")
+        assert calls["count"] == inside(now, now - timedelta(seconds=1)) and calls["count"] >= 1, period
+        assert calls["sum"] == 5 * inside(now) + 2 * inside(now - timedelta(seconds=1))
+        timer = next(s for s in got["series"] if s["name"] == "response_time")
+        assert timer["count"] == inside(now, old) == (2 if period in ("7d", "30d", "90d") else 1), period
+        assert len(timer["points"]) == timer["count"]
     everything = fetch(c, keys, server_id=SERVER, period="1d")
     assert {s["name"] for s in everything["series"]} == {"api_calls", "memory_mb", "response_time"}
     gauge = next(s for s in everything["series"] if s["name"] == "memory_mb")
-    assert gauge["type"] == "gauge" and gauge["days"][0]["last"] == 512.5
+    assert gauge["type"] == "gauge" and gauge["points"][-1]["last"] == gauge["last"] == 512.5
     assert fetch(c, keys, server_id="another-server", period="7d")["series"] == []  # server_id filters
     assert fetch(c, keys, server=SERVER, period="7d", metrics="memory_mb")["series"][0]["name"] == "memory_mb"
     same = httpx.post(c.url + "/v1/measurements", json={"server_id": "elsewhere", "server": SERVER, "metrics": []},
