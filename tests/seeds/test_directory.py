@@ -98,7 +98,7 @@ def test_a_directory_server_submits_signed_metrics_and_fetches_them_by_every_per
         assert {s["name"] for s in got["series"]} == {"api_calls", "response_time"}  # memory_mb not asked for
         # Hourly points for periods up to two days, daily ones beyond: each exactly its window.
         start, end = (datetime.fromisoformat(got[k].replace("Z", "+00:00")) for k in ("from", "to"))
-        inside = lambda *moments: sum(start <= m < end for m in moments)  # noqa: E731
+        inside = lambda *moments, start=start, end=end: sum(start <= m < end for m in moments)  # noqa: E731
         calls = next(s for s in got["series"] if s["name"] == "api_calls")
         assert calls["count"] == inside(now, now - timedelta(seconds=1)) and calls["count"] >= 1, period
         assert calls["sum"] == 5 * inside(now) + 2 * inside(now - timedelta(seconds=1))

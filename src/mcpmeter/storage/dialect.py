@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
-from .base import AuditEntry, KeyInfo, Migration
+from .base import AuditEntry, EventFilter, KeyInfo, Migration
 from .rollup import Deltas
 
 T = TypeVar("T")
@@ -34,6 +34,23 @@ class Dialect(NamedTuple):
     users_value: Callable[[int], Any]  # int -> stored user set
     users_param: str  # the placeholder a stored user set is written through
     for_update: str  # row lock of a read-modify-write inside a transaction ('' where the writer is single)
+
+
+# Tools of a category (the latest category recorded for each: ``tool_catalog.category``).
+_IN_CATEGORY = "({prefix}server, {prefix}tool) IN (SELECT server, tool FROM tool_catalog WHERE project_id = ? AND category = ?)"
+
+
+def dims(f: EventFilter, client_column: str = "client", prefix: str = "") -> tuple[str, list[Any]]:
+    """`` AND server = ? ...`` for the filter's dimensions that are set (a table with server and tool columns)."""
+    sql, params = "", list[Any]()
+    for column, value in (("server", f.server), ("tool", f.tool), (client_column, f.client)):
+        if value is not None:
+            sql += f" AND {prefix}{column} = ?"
+            params.append(value)
+    if f.category is not None:
+        sql += " AND " + _IN_CATEGORY.format(prefix=prefix)
+        params += [f.project_id, f.category]
+    return sql, params
 
 
 def now_ms() -> int:
