@@ -26,8 +26,9 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Malformed request", 401: "Missing or unknown API key", 403: "Key lacks the scope",
-            406: "The Accept header names no format the answer comes in", 413: "Body too large", 415: "Unsupported content type", 422: "Every event was rejected",
-            429: "Rate limit of the key or address reached; retry after Retry-After seconds",
+            406: "The Accept header names no format the answer comes in", 413: "Body too large",
+            415: "Unsupported content type", 422: "Every event was rejected",
+            429: "Rate limit of the key, address or project reached; retry after Retry-After seconds",
             503: "Store unavailable or overloaded; retry after Retry-After"}
     return {str(c): _json(_ERROR, text[c]) for c in codes}
 
