@@ -110,11 +110,14 @@ class RequestMetrics:
         return path if path in self._routes else "other"
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        server = scope.get("server")
+        on_metrics_port = self.port is not None and server and server[1] == self.port
+        if scope["type"] == "websocket" and on_metrics_port:  # no live feed on the metrics port either
+            await send({"type": "websocket.close", "code": 1008, "reason": "only /metrics and /health are served here"})
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        server = scope.get("server")
-        on_metrics_port = self.port is not None and server and server[1] == self.port
         if on_metrics_port and (scope.get("path") not in _METRICS_PORT_PATHS or scope.get("method") == "POST"):
             response = JSONResponse({"error": "only /metrics and /health are served on the metrics port",
                                      "hint": "use the collector's main port for the API"}, status_code=404)
