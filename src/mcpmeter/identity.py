@@ -19,16 +19,15 @@ def local_user() -> str | None:
         return None
 
 
-class UserHasher:
-    """Keyed hash (HMAC-SHA256 with the project's secret salt) of user identifiers.
+class _KeyedHash:
+    """HMAC-SHA256 (truncated to 128 bits, hex) of user identifiers under one key, behind
+    ``prefix``. Users repeat, so results are memoised; the memo is bounded."""
 
-    Users repeat, so results are memoised; the memo is bounded.
-    """
+    __slots__ = ("_key", "_memo", "_prefix")
 
-    __slots__ = ("_key", "_memo")
-
-    def __init__(self, salt: str) -> None:
-        self._key = bytes.fromhex(salt)
+    def __init__(self, key: bytes, prefix: str = "") -> None:
+        self._key = key
+        self._prefix = prefix
         self._memo: dict[str, str] = {}
 
     def __call__(self, user: str | None) -> str | None:
@@ -36,11 +35,23 @@ class UserHasher:
             return None
         digest = self._memo.get(user)
         if digest is None:
-            digest = hmac.new(self._key, user.encode(), hashlib.sha256).hexdigest()[:32]
+            digest = self._prefix + hmac.new(self._key, user.encode(), hashlib.sha256).hexdigest()[:32]
             if len(self._memo) >= 100_000:
                 self._memo.clear()
             self._memo[user] = digest
         return digest
+
+
+class UserHasher(_KeyedHash):
+    """Keyed hash (HMAC-SHA256 with the project's secret salt) of user identifiers.
+
+    Users repeat, so results are memoised; the memo is bounded.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, salt: str) -> None:
+        super().__init__(bytes.fromhex(salt))
 
 
 def client_user_key(home: os.PathLike[str] | str | None = None) -> bytes:
@@ -69,24 +80,12 @@ def client_user_key(home: os.PathLike[str] | str | None = None) -> bytes:
     return bytes.fromhex(path.read_text().strip())
 
 
-class ClientUserHasher:
+class ClientUserHasher(_KeyedHash):
     """``h:`` + HMAC-SHA256 (truncated) of a user identifier under this machine's key: raw
     identifiers never leave the machine, and the collector's keyed hash of the ``h:`` form
     is as stable as of the raw one."""
 
-    __slots__ = ("_key", "_memo")
+    __slots__ = ()
 
     def __init__(self, key: bytes) -> None:
-        self._key = key
-        self._memo: dict[str, str] = {}
-
-    def __call__(self, user: str | None) -> str | None:
-        if user is None:
-            return None
-        digest = self._memo.get(user)
-        if digest is None:
-            digest = "h:" + hmac.new(self._key, user.encode(), hashlib.sha256).hexdigest()[:32]
-            if len(self._memo) >= 100_000:
-                self._memo.clear()
-            self._memo[user] = digest
-        return digest
+        super().__init__(key, "h:")

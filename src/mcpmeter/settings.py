@@ -91,8 +91,13 @@ SETTINGS: dict[str, Setting] = {
         Setting("MCPMETER_USER", None, str, "User identifier recorded for stdio use. Unset: the OS user. Always stored as a keyed hash.", "sdk"),
         Setting("MCPMETER_DISABLED", False, _bool, "`true` turns the recorder into a no-op (nothing is queued or sent).", "sdk"),
         Setting("MCPMETER_BATCH_SIZE", 500, _positive_int, "Events per batch sent by the SDK.", "sdk"),
-        Setting("MCPMETER_FLUSH_INTERVAL", 1.0, _positive_float, "Seconds between SDK flushes when batches are not full.", "sdk"),
+        Setting("MCPMETER_FLUSH_INTERVAL", 1.0, _positive_float,
+                "Seconds between SDK flushes when batches are not full. Events recorded within about this long "
+                "(plus 0.2 s and the request time) before a `kill -9` are lost; see docs/security.md.", "sdk"),
         Setting("MCPMETER_MAX_QUEUE", 100_000, _positive_int, "Events the SDK keeps in memory before it drops (and counts) new ones.", "sdk"),
+        Setting("MCPMETER_EXIT_TIMEOUT", 2.0, _positive_float,
+                "Seconds the host's exit may wait for the recorder, for all meters together (one deadline); "
+                "what cannot be sent by then is spooled.", "sdk"),
         Setting("MCPMETER_SPOOL_MAX_MB", 256, _positive_int, "Size cap of the SDK's local spool used while the collector is unreachable.", "sdk"),
         Setting("MCPMETER_HOST", "127.0.0.1", str, "Address `mcpmeter serve` binds to.", "collector",
                 aliases=("METRICS_SERVICE_HOST",)),

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import gzip
 import json
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import NamedTuple
 
 import httpx
 import pytest
+from scripted_server import Scripted
 
 from conftest import free_port, start_collector, stop_collector
 from foundation_helpers import event
 from mcpmeter import Meter
 from mcpmeter.sdk import internal
 from mcpmeter.sdk.sinks import HttpSink
-from mcpmeter.sdk.spool import Spool
+from mcpmeter.sdk.spool import Spool, spool_owner
 from mcpmeter.sdk.transport import HttpTransport
 
 
@@ -155,7 +153,7 @@ def test_a_spooled_batch_the_collector_already_has_counts_once(collector, meters
     assert first.json()["accepted"] == 3
     # the answer was "lost": the SDK spooled the same batch and replays it later
     spool = Spool(tmp_path / "spool.db", 1 << 20)
-    assert spool.put(collector.url, body, 3)
+    assert spool.put(collector.url, spool_owner(None, None), body, 3)  # a keyless program's own
     spool.close()
     meter = Meter(server="weblab", url=collector.url, spool=tmp_path / "spool.db")
     meters.append(meter)
@@ -172,15 +170,18 @@ def test_a_spooled_batch_the_collector_already_has_counts_once(collector, meters
 def test_the_spool_keeps_batches_per_url_across_reopening(tmp_path):
     path = tmp_path / "spool.db"
     spool = Spool(path, 1 << 20)
-    assert spool.put("http://a", b"one", 3) and spool.put("http://a", b"two", 2) and spool.put("http://b", b"x", 1)
+    a, b = spool_owner("mcpm_a", None), spool_owner("mcpm_b", None)
+    assert spool.put("http://a", a, b"one", 3) and spool.put("http://a", a, b"two", 2)
+    assert spool.put("http://b", a, b"x", 1) and spool.put("http://a", b, b"theirs", 7)
     spool.close()
     again = Spool(path, 1 << 20)
     try:
-        assert (again.pending("http://a"), again.pending("http://b")) == (5, 1)
-        rows = again.oldest("http://a")
+        assert (again.pending("http://a", a), again.pending("http://b", a), again.pending("http://a")) == (5, 1, 12)
+        rows = again.oldest("http://a", a)
         assert [(count, body) for _, count, body in rows] == [(3, b"one"), (2, b"two")]
+        assert [body for _, _, body in again.oldest("http://a", b)] == [b"theirs"]
         again.remove(rows[0][0])
-        assert again.pending("http://a") == 2
+        assert again.pending("http://a", a) == 2
     finally:
         again.close()
 
@@ -188,59 +189,14 @@ def test_the_spool_keeps_batches_per_url_across_reopening(tmp_path):
 def test_a_full_spool_refuses_and_writes_nothing(tmp_path):
     spool = Spool(tmp_path / "spool.db", max_bytes=100)
     try:
-        assert spool.put("http://a", b"x" * 60, 1)
-        assert not spool.put("http://a", b"y" * 60, 1)
+        assert spool.put("http://a", "k", b"x" * 60, 1)
+        assert not spool.put("http://a", "k", b"y" * 60, 1)
         assert spool.pending("http://a") == 1 and spool.size_bytes() == 60
     finally:
         spool.close()
 
 
 # ---- retries against a scripted server ----------------------------------------------------------
-
-
-class Hit(NamedTuple):
-    at: float
-    headers: dict[str, str]
-    body: bytes
-
-
-class Scripted:
-    """A tiny real HTTP server answering from a script: [(status, headers, body), ...]."""
-
-    def __init__(self, script: list[tuple[int, dict[str, str], dict]]) -> None:
-        self.script = list(script)
-        self.hits: list[Hit] = []
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self):
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                owner.hits.append(Hit(time.monotonic(), {k.lower(): v for k, v in self.headers.items()}, body))
-                status, headers, payload = owner.script.pop(0) if owner.script else (500, {}, {"error": "script ended"})
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                for name, value in {**headers, "Content-Type": "application/json", "Content-Length": str(len(data))}.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-
-    def __enter__(self) -> Scripted:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self.thread.join(5)
 
 
 OK = (200, {}, {"accepted": 2, "duplicates": 0, "rejected": []})
@@ -265,7 +221,7 @@ def test_429_is_retried_after_the_retry_after_delay(meters):
     assert len(json.loads(gzip.decompress(server.hits[0].body))) == 2
 
 
-@pytest.mark.parametrize("status", [502, 503, 504])
+@pytest.mark.parametrize("status", [408, 502, 503, 504])
 def test_transient_server_errors_are_retried(status):
     with Scripted([(status, {}, {"error": "busy"}), (status, {"Retry-After": "0"}, {"error": "busy"}), OK]) as server:
         outcome = send(server.url)

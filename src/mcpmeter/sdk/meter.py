@@ -3,6 +3,13 @@
 The recording path only appends a small tuple to a bounded deque (no I/O, no JSON, no
 locks); a background worker turns tuples into events and ships them. Modes are decided
 once, here, not per call: a disabled meter returns the undecorated function.
+
+A careless host never gets an exception from here: a malformed ``MCPMETER_*`` variable is
+logged and its default used, an unusable value given to ``record()`` is logged and the event
+dropped, and a tool's own exception always propagates unchanged. At exit, every meter's
+worker is stopped by ONE deadline (``MCPMETER_EXIT_TIMEOUT``); what cannot be sent by then is
+spooled. A ``multiprocessing`` child (which leaves through ``os._exit``, skipping ``atexit``)
+runs the same exit from multiprocessing's own finalizers.
 """
 
 from __future__ import annotations
@@ -10,12 +17,14 @@ from __future__ import annotations
 import atexit
 import functools
 import inspect
+import math
 import os
 import sys
 import time
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -25,7 +34,7 @@ from ..exceptions import ConfigError
 from ..identity import local_user
 from ..paths import spool_path
 from ..protocol import TOOL_CALL
-from .internal import internal_error
+from .internal import internal_error, log
 from .stats import Stats
 
 if TYPE_CHECKING:
@@ -38,10 +47,47 @@ _Call = tuple[str, str | None, float, float, str | None, str | None]
 _clock = time.perf_counter
 
 
+def _setting(env: str, explicit: Any = None) -> Any:
+    """``settings.get``, except that a malformed variable is logged and its default used."""
+    try:
+        return settings.get(env, explicit)
+    except ConfigError as exc:
+        log.warning("mcpmeter: %s; using the default (%r)", exc, settings.SETTINGS[env].default)
+        return settings.SETTINGS[env].default
+
+
+def exit_timeout() -> float:
+    """Seconds the exit may take for all meters together (``MCPMETER_EXIT_TIMEOUT``)."""
+    return float(_setting("MCPMETER_EXIT_TIMEOUT"))
+
+
+def _user_hasher() -> Callable[[str | None], str | None]:
+    from ..identity import ClientUserHasher, client_user_key
+
+    try:
+        key = client_user_key()
+    except (OSError, ValueError) as exc:  # unwritable or damaged home: hash with a key of this process only
+        log.warning("mcpmeter: cannot read or keep the user-hashing key in MCPMETER_HOME (%s); users are hashed "
+                    "with a key of this process only, so the same user counts anew after a restart", exc)
+        key = os.urandom(32)
+    return ClientUserHasher(key)
+
+
+def _ts_ms(ts: Any) -> int:
+    """``record()``'s ``ts`` (epoch seconds, or an aware datetime) as epoch ms; ValueError if unusable."""
+    if ts is None:
+        return int(time.time() * 1000)
+    if isinstance(ts, datetime):
+        ts = ts.timestamp()
+    if type(ts) is bool or not isinstance(ts, (int, float)) or not math.isfinite(ts):
+        raise ValueError(f"ts must be epoch seconds (a finite number), got {ts!r:.80}")
+    return int(ts * 1000)
+
+
 def _default_server_name() -> str:
-    name: str | None = settings.get("MCPMETER_SERVER_NAME")
+    name = _setting("MCPMETER_SERVER_NAME")
     if name:
-        return name
+        return str(name)
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
     return Path(path).stem if path else "mcp-server"
@@ -83,57 +129,69 @@ class Meter:
     ) -> None:
         # Whether the name was chosen (argument or MCPMETER_SERVER_NAME); if not,
         # ``instrument()`` may take the MCP server's own name instead of the script's.
-        self._server_named = bool(server or settings.get("MCPMETER_SERVER_NAME"))
+        self._server_named = bool(server or _setting("MCPMETER_SERVER_NAME"))
         self.server = server or _default_server_name()
         self.server_version = server_version
         self.user = user if user is not None else local_user()
         self.transport_name = transport
-        self.disabled = bool(settings.get("MCPMETER_DISABLED", disabled))
-        self.url = settings.get("MCPMETER_URL", url)
-        self.batch_size = settings.get("MCPMETER_BATCH_SIZE", batch_size)
-        self.flush_interval = settings.get("MCPMETER_FLUSH_INTERVAL", flush_interval)
-        self.max_queue = settings.get("MCPMETER_MAX_QUEUE", max_queue)
+        self.disabled = bool(_setting("MCPMETER_DISABLED", disabled))
+        self.url = _setting("MCPMETER_URL", url)
+        self.batch_size = _setting("MCPMETER_BATCH_SIZE", batch_size)
+        self.flush_interval = _setting("MCPMETER_FLUSH_INTERVAL", flush_interval)
+        self.max_queue = _setting("MCPMETER_MAX_QUEUE", max_queue)
         self.stats = Stats()
         # Contents of arguments/results are never recorded unless asked for (``instrument()`` only).
         self.capture_arguments = capture_arguments
         self.capture_results = capture_results
         self.redact_keys = tuple(k.lower() for k in redact_keys) if redact_keys is not None else None
         self.capture_max_chars = capture_max_chars
-        self._api_key = settings.get("MCPMETER_API_KEY", api_key)
-        self._signing_secret = settings.get("MCPMETER_SIGNING_SECRET", signing_secret)
+        self._api_key = _setting("MCPMETER_API_KEY", api_key)
+        self._signing_secret = _setting("MCPMETER_SIGNING_SECRET", signing_secret)
         # Users hashed here, with this machine's key, before anything leaves the process (worker thread).
-        self._hash_user = None
-        if not self.disabled and settings.get("MCPMETER_HASH_USERS", hash_users):
-            from ..identity import ClientUserHasher, client_user_key
-
-            self._hash_user = ClientUserHasher(client_user_key())
+        self._hash_user: Callable[[str | None], str | None] | None = None
+        if not self.disabled and _setting("MCPMETER_HASH_USERS", hash_users):
+            self._hash_user = _user_hasher()
         self._sink = _checked_sink(sink)
         self._db = db
         self._spool_path = Path(spool) if spool else spool_path()
-        self._spool_max = settings.get("MCPMETER_SPOOL_MAX_MB") * 1024 * 1024
+        self._spool_max = _setting("MCPMETER_SPOOL_MAX_MB") * 1024 * 1024
         self._queue: deque[_Call | Event] = deque()
         self._worker: Worker | None = None
         if not self.disabled:
             self._start()
             _live_meters.add(self)
+            _watch_multiprocessing()
 
     # ---- lifecycle --------------------------------------------------------------------
 
     def _start(self) -> None:
         from .worker import Worker
 
-        self._worker = Worker(self, self._make_sink)
+        self._worker = Worker(self, self._sink_factory())
         self._worker.start()
 
-    def _make_sink(self) -> Sink:
-        """The sink given to the constructor, else one for the URL or the local store."""
-        if self._sink is not None:
-            return self._sink
+    def _sink_factory(self) -> Callable[[], Sink]:
+        """Makes the sink given to the constructor, else one for the URL or the local store.
+
+        It holds the values it needs, not the meter: the worker must not keep its meter alive.
+        """
+        sink, url, db, stats = self._sink, self.url, self._db, self.stats
+        key, secret, spool, spool_max = self._api_key, self._signing_secret, self._spool_path, self._spool_max
+        # Imported here, in the host's thread: a module the worker thread was importing when the
+        # host forked would stay half-imported in the child for good.
         from .sinks import HttpSink, LocalSink
 
-        if self.url:
-            return HttpSink(self.url, self._api_key, self._spool_path, self._spool_max, self.stats, self._signing_secret)
-        return LocalSink(self._db, self.stats)
+        if sink is None and not url:
+            from .. import storage  # noqa: F401  (LocalSink's store, for the same reason)
+
+        def make() -> Sink:
+            if sink is not None:
+                return sink
+            if url:
+                return HttpSink(url, key, spool, spool_max, stats, secret)
+            return LocalSink(db, stats)
+
+        return make
 
     def _after_fork(self) -> None:
         # The parent's worker thread does not exist in the child; start afresh, keep nothing.
@@ -143,7 +201,8 @@ class Meter:
             self._start()
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Deliver (or spool) everything recorded so far. True when done within ``timeout``."""
+        """Deliver (or spool) everything recorded so far. True when all of it was delivered,
+        spooled or counted as dropped within ``timeout``; False when some is still in memory."""
         if self._worker is None:
             return True
         return self._worker.flush(timeout)
@@ -227,9 +286,14 @@ class Meter:
             self.stats.drop("queue_full")
 
     def _failed(self, tool_name: str, category: str | None, start: float, exc: BaseException) -> None:
+        # Called between the tool's exception and its re-raise: nothing here may raise.
+        duration = _clock() - start
         if len(self._queue) < self.max_queue:
-            message = clip_text(str(exc), MAX_ERROR_MESSAGE)  # clipped before it is queued
-            self._queue.append((tool_name, category, start, _clock() - start, type(exc).__name__, message))
+            try:
+                message = clip_text(str(exc), MAX_ERROR_MESSAGE)  # clipped before it is queued
+            except Exception:  # an exception whose __str__ fails: recorded without its message
+                message = None
+            self._queue.append((tool_name, category, start, duration, type(exc).__name__, message))
         else:
             self.stats.drop("queue_full")
 
@@ -247,7 +311,7 @@ class Meter:
         user: str | None = None,
         **fields: Any,
     ) -> None:
-        """Record one event by hand (any kind). ``ts`` is epoch seconds (default now).
+        """Record one event by hand (any kind). ``ts`` is epoch seconds or an aware datetime (default now).
 
         Extra keyword arguments are event fields (``session_id``, ``client_name``,
         ``attributes``…); ``server`` and ``server_version`` override the meter's own for
@@ -257,7 +321,7 @@ class Meter:
         if self.disabled:
             return
         try:
-            ts_ms = int((time.time() if ts is None else ts) * 1000)
+            ts_ms = _ts_ms(ts)
             event = new_event(
                 kind, ts_ms, fields.pop("server", None) or self.server,
                 server_version=fields.pop("server_version", None) or self.server_version, tool=tool, category=category,
@@ -265,7 +329,8 @@ class Meter:
                 user=user if user is not None else self.user,
                 transport=fields.pop("transport", self.transport_name), **fields,
             )
-        except (TypeError, ValueError, OverflowError) as exc:
+        except Exception as exc:  # never into the host
+            self.stats.drop("invalid")
             internal_error("record() got an unknown field or an unusable value", exc)
             return
         if len(self._queue) < self.max_queue:
@@ -290,19 +355,52 @@ _live_meters: weakref.WeakSet[Meter] = weakref.WeakSet()
 
 
 def _shutdown_all() -> None:
-    for meter in list(_live_meters):
-        try:
-            meter.shutdown(timeout=5.0)
-        except Exception as exc:  # never fail interpreter exit
-            internal_error("shutdown at exit failed", exc)
+    """At exit: stop every worker (dropped meters' ones too) by ONE deadline shared by all."""
+    try:
+        from .worker import stop_all
+
+        deadline = time.monotonic() + exit_timeout()
+        for meter in list(_live_meters):
+            meter.disabled = True
+        stop_all(deadline)
+    except Exception as exc:  # never fail interpreter exit
+        internal_error("shutdown at exit failed", exc)
 
 
 def _after_fork_in_child() -> None:
+    from . import worker
+
+    worker.RUNNING.clear()  # the parent's threads do not exist here
     for meter in list(_live_meters):
         meter._after_fork()
 
 
+# A multiprocessing child leaves through os._exit (no atexit); its own finalizers do run,
+# but its registry is cleared after the fork, so ours is registered anew in each child.
+_mp_token = type("_MultiprocessingToken", (), {})()
+_mp_watched = False
+
+
+def _watch_multiprocessing() -> None:
+    global _mp_watched
+    mp_util = sys.modules.get("multiprocessing.util")
+    if _mp_watched or mp_util is None:
+        return
+    _mp_watched = True
+    mp_util.register_after_fork(_mp_token, _finalize_in_child)
+
+
+def _finalize_in_child(_token: object) -> None:
+    import multiprocessing.util as mp_util
+
+    mp_util.Finalize(None, _shutdown_all, exitpriority=100)
+
+
+def _before_fork() -> None:
+    if _live_meters:
+        _watch_multiprocessing()
+
+
 atexit.register(_shutdown_all)
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)

@@ -1,8 +1,11 @@
 """Shipping batches to a collector over HTTP(S) with the standard library only.
 
-A persistent connection per worker; transient failures (connection errors, 429, 502-504)
-are retried with jittered exponential backoff that honours Retry-After; the caller spools
-what still could not be delivered.
+A persistent connection per worker; transient failures (connection errors, 408, 429,
+502-504) are retried with jittered exponential backoff that honours Retry-After; the caller
+spools what still could not be delivered. Any other 4xx is never retried. With a deadline,
+the socket timeout of every attempt is cut to the time left, so a collector that accepts
+connections but never answers cannot hold the sender past it; ``abort()`` (from another
+thread) ends an attempt in progress at once.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import gzip
 import http.client
 import json
 import random
+import socket
+import threading
 import time
 from typing import NamedTuple
 from urllib.parse import urlsplit
@@ -19,8 +24,10 @@ from .. import __version__
 from ..exceptions import ConfigError
 from ..signing import signature_headers
 
-RETRY_STATUSES = {429, 502, 503, 504}
-SPOOL_STATUSES = {401, 403, 404, 500}  # fixable on the collector side: keep the data
+RETRY_STATUSES = {408, 429, 502, 503, 504}
+HELD_STATUSES = {401, 403, 404}  # the key (or URL) is not accepted: keep the data, never send it under another key
+SPOOL_STATUSES = HELD_STATUSES | {500}  # fixable on the collector side: keep the data
+_MIN_TIMEOUT = 0.05
 
 
 class Outcome(NamedTuple):
@@ -30,6 +37,7 @@ class Outcome(NamedTuple):
     duplicates: int = 0
     rejected: int = 0
     detail: str = ""
+    status: int = 0  # the collector's last answer; 0: no answer (unreachable, timed out)
 
 
 class HttpTransport:
@@ -48,6 +56,7 @@ class HttpTransport:
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._conn: http.client.HTTPConnection | None = None
+        self._aborted = threading.Event()
         self._signing_secret = signing_secret  # each attempt is signed anew: a fresh timestamp, never a replay
 
     def _connection(self) -> http.client.HTTPConnection:
@@ -56,14 +65,35 @@ class HttpTransport:
             self._conn = cls(self._host, self._port, timeout=self._timeout)
         return self._conn
 
+    def abort(self) -> None:
+        """End the attempt in progress (if any) now, and every later one (the process is exiting).
+
+        Safe to call from another thread."""
+        self._aborted.set()
+        conn = self._conn
+        sock = getattr(conn, "sock", None) if conn is not None else None
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def close(self) -> None:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
 
-    def post(self, body: bytes) -> tuple[int, dict[str, str], bytes]:
-        """One attempt. Raises OSError / HTTPException on transport failure."""
+    def post(self, body: bytes, deadline: float | None = None) -> tuple[int, dict[str, str], bytes]:
+        """One attempt, over by ``deadline`` (monotonic). Raises OSError / HTTPException on transport failure."""
+        if self._aborted.is_set():
+            raise ConnectionAbortedError("the process is exiting")
         conn = self._connection()
+        timeout = self._timeout
+        if deadline is not None:
+            timeout = min(timeout, max(deadline - time.monotonic(), _MIN_TIMEOUT))
+        conn.timeout = timeout  # a new connection's connect() uses it...
+        if conn.sock is not None:
+            conn.sock.settimeout(timeout)  # ...and a kept-alive one's reads and writes
         try:
             headers = self._headers
             if self._signing_secret:
@@ -81,29 +111,32 @@ class HttpTransport:
         body = payload if compressed else gzip.compress(payload, compresslevel=5)
         delay = 0.25
         detail = ""
+        status = 0
         for attempt in range(attempts):
             retry_after = None
             try:
-                status, headers, data = self.post(body)
+                status, headers, data = self.post(body, deadline)
             except (OSError, http.client.HTTPException) as exc:
+                status = 0
                 detail = f"cannot reach {self.url}: {exc}"
             else:
                 if 200 <= status < 300:
                     return _delivered(data)
                 detail = f"{status}: {_error_text(data)}"
                 if status in SPOOL_STATUSES:
-                    return Outcome(False, True, detail=detail)
+                    return Outcome(False, True, detail=detail, status=status)
                 if status not in RETRY_STATUSES:
-                    return Outcome(False, False, rejected=_count_rejected(data), detail=detail)
+                    return Outcome(False, False, rejected=_count_rejected(data), detail=detail, status=status)
                 retry_after = _retry_after(headers.get("retry-after"))
             if attempt == attempts - 1:
                 break
             wait = retry_after if retry_after is not None else delay * (0.5 + random.random())
             if deadline is not None and time.monotonic() + wait > deadline:
                 break
-            time.sleep(wait)
+            if self._aborted.wait(wait):
+                break
             delay = min(delay * 2, 30.0)
-        return Outcome(False, True, detail=detail)
+        return Outcome(False, True, detail=detail, status=status)
 
 
 def _delivered(data: bytes) -> Outcome:

@@ -6,8 +6,16 @@ provider, ``GET /v1/oidc/callback`` takes the code back, exchanges it at the tok
 endpoint (with the client secret, when there is one), and verifies the ID token's
 signature against the provider's JWKS (PyJWT; the algorithm must be one the provider
 announces, and asymmetric), its issuer, audience, expiry and nonce. The person then gets
-the dashboard's ordinary session cookie (``dashboard.sessions``), standing for
-``oidc:<id>`` rather than a key's hash.
+the dashboard's ordinary session cookie (``dashboard.sessions``, kept in the store), whose
+row holds the person (subject, email, identities, the project they see) rather than a key's hash.
+
+Sign-ins under way hold no state on the collector: the flow's data (state, nonce, PKCE
+verifier, where to go next) travel in the flow cookie itself, HMAC-signed with a secret kept
+in the store (``collector_secrets``), so any worker or collector can finish a sign-in another
+one started, and nobody can evict anybody's pending sign-in. A state is taken once (the
+store remembers it until the flow would have expired), and only with its browser's cookie:
+someone who sees the callback URL can neither use it nor spoil it. ``/v1/oidc/login`` is
+rate-limited per address (``LOGINS_PER_MINUTE``; loopback excepted, as for every limit).
 
 Who may see what. A person's identities are ``sub:<subject>``, their email (lower-cased;
 not when the provider says ``email_verified`` is false) and ``group:<name>`` for each
@@ -22,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import html
 import json
 import secrets
@@ -38,11 +47,12 @@ from ..exceptions import AuthError, ConfigError, SignInError
 if TYPE_CHECKING:
     from ..storage.base import AdminStore
     from .collector.app import Collector
+    from .dashboard.sessions import Sessions
 
 FLOW_COOKIE = "mcpmeter_oidc"
 FLOW_SECONDS = 600
-MAX_FLOWS = 10_000
-MAX_PEOPLE = 10_000
+LOGINS_PER_MINUTE = 20  # per source address, per collector process
+MAX_GRANT_CACHE = 10_000
 ASYMMETRIC = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"})
 
 
@@ -216,21 +226,34 @@ class Person:
     email: str | None
     identities: list[str]
     project: str  # the project this session sees
-    grants: dict[str, tuple[Any, str]] = field(default_factory=dict)  # project name -> (Project, role)
-    version: int | None = None
 
     @property
     def actor(self) -> str:
         return f"oidc:{self.subject}" + (f" {self.email}" if self.email else "")
 
+    def dumps(self) -> str:
+        return json.dumps({"sub": self.subject, "email": self.email, "ids": self.identities, "project": self.project})
+
+    @classmethod
+    def loads(cls, text: str | None) -> Person | None:
+        try:
+            d = json.loads(text or "")
+            return cls(str(d["sub"]), d.get("email"), [str(i) for i in d["ids"]], str(d["project"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
 
 class People:
-    """Signed-in people by id (what their session cookie stands for: ``oidc:<id>``)."""
+    """Who a person's session stands for (its row in the store), and what they may see.
 
-    def __init__(self, store: AdminStore, config: OidcConfig) -> None:
+    Grants are cached per session while the store's keys version stays the same (a grant
+    change moves it), so revoking access ends it at the person's next request."""
+
+    def __init__(self, store: AdminStore, config: OidcConfig, sessions: Sessions) -> None:
         self.store = store
         self.config = config
-        self._people: dict[str, Person] = {}
+        self.sessions = sessions
+        self._grants: dict[tuple[str, str], tuple[int, dict[str, tuple[Any, str]]]] = {}
         self._lock = threading.Lock()
 
     def grants(self, ids: list[str]) -> dict[str, tuple[Any, str]]:
@@ -248,28 +271,30 @@ class People:
                 out[name] = (found, role)
         return out
 
-    def add(self, person: Person) -> str:
-        person_id = secrets.token_urlsafe(16)
+    def person(self, token_digest: str) -> Person | None:
+        row = self.sessions.lookup(token_digest)
+        return Person.loads(row.person) if row is not None else None
+
+    def _current_grants(self, token_digest: str, person: Person, version: int) -> dict[str, tuple[Any, str]]:
+        key = (token_digest, person.subject)
+        cached = self._grants.get(key)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        grants = self.grants(person.identities)
         with self._lock:
-            while len(self._people) >= MAX_PEOPLE:
-                del self._people[next(iter(self._people))]
-            self._people[person_id] = person
-        return person_id
+            if len(self._grants) >= MAX_GRANT_CACHE:
+                self._grants.clear()
+            self._grants[key] = (version, grants)
+        return grants
 
-    def get(self, person_id: str) -> Person | None:
-        return self._people.get(person_id)
-
-    def principal(self, person_id: str, scope: str, version: int):
+    def principal(self, token_digest: str, scope: str, version: int):
         from .. import keys
         from .collector.auth import Principal
 
-        person = self._people.get(person_id)
+        person = self.person(token_digest)
         if person is None:
-            raise AuthError("your sign-in has ended (the collector restarted, or you signed in elsewhere)", hint="sign in again")
-        if person.version != version:  # a grant or key changed somewhere: read the grants again
-            person.grants = self.grants(person.identities)
-            person.version = version
-        grant = person.grants.get(person.project)
+            raise AuthError("your sign-in has ended (you signed out, or it expired)", hint="sign in again")
+        grant = self._current_grants(token_digest, person, version).get(person.project)
         if grant is None:
             raise AuthError(f"{person.email or person.subject} no longer has access to project {person.project!r}", 403,
                             "ask an admin: `mcpmeter access grant EMAIL --project P --role viewer`")
@@ -282,47 +307,59 @@ class People:
 
 
 class Flows:
-    """Sign-ins under way: state -> what the callback needs; each used once, within 10 minutes."""
+    """Sign-ins under way, held by the browser: the flow cookie carries the flow's data,
+    signed with the store's ``oidc-flow`` secret; valid for ``FLOW_SECONDS``, for one state,
+    once (the store remembers the states taken until they expire: ``used_once``)."""
 
-    def __init__(self) -> None:
-        self._flows: dict[str, dict[str, Any]] = {}
-        self._lock = threading.Lock()
+    def __init__(self, store: AdminStore) -> None:
+        self.store = store
+        self._secret: bytes | None = None
+
+    def _key(self) -> bytes:
+        if self._secret is None:
+            self._secret = self.store.collector_secret("oidc-flow").encode()
+        return self._secret
+
+    def _sign(self, payload: str) -> str:
+        return _b64(hmac.new(self._key(), payload.encode(), hashlib.sha256).digest())
 
     def start(self, **data: Any) -> tuple[str, str]:
-        state, binding = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
-        now = time.time()
-        with self._lock:
-            for old in [s for s, f in self._flows.items() if f["expires"] <= now]:
-                del self._flows[old]
-            while len(self._flows) >= MAX_FLOWS:
-                del self._flows[next(iter(self._flows))]
-            self._flows[state] = {**data, "binding": _digest(binding), "expires": now + FLOW_SECONDS}
-        return state, binding
+        """A new flow (blocking: the secret may be read): its ``state``, and the cookie value."""
+        state = secrets.token_urlsafe(24)
+        payload = _b64(json.dumps({**data, "state": state, "expires": int(time.time()) + FLOW_SECONDS},
+                                  separators=(",", ":")).encode())
+        return state, f"{payload}.{self._sign(payload)}"
 
-    def finish(self, state: str, binding: str | None) -> dict[str, Any]:
-        with self._lock:
-            flow = self._flows.pop(state, None)
-        if flow is None or flow["expires"] <= time.time():
-            raise SignInError("this sign-in is unknown or has expired; start again")
-        if not binding or not secrets.compare_digest(flow["binding"], _digest(binding)):
+    def finish(self, state: str, cookie: str | None) -> dict[str, Any]:
+        """The flow's data, when the cookie is this browser's, for this state, and not expired (blocking)."""
+        payload, _, signature = (cookie or "").partition(".")
+        if not payload or not signature:
+            raise SignInError("this sign-in was started in another browser, or its cookie expired; "
+                              "start again from the sign-in page")
+        if not hmac.compare_digest(self._sign(payload), signature):
+            raise SignInError("this sign-in's cookie was not made by this collector; start again")
+        try:
+            flow = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        except ValueError:
+            raise SignInError("this sign-in's cookie is unreadable; start again") from None
+        if not isinstance(flow, dict) or not hmac.compare_digest(str(flow.get("state", "")), state):
             raise SignInError("this sign-in was started in another browser; start again from the sign-in page")
+        expires = int(flow.get("expires", 0))
+        if expires <= time.time():
+            raise SignInError("this sign-in has expired; start again")
+        if not self.store.take_once("oidc-state:" + hashlib.sha256(state.encode()).hexdigest(), expires * 1000):
+            raise SignInError("this sign-in was already completed (a replayed answer); start again")
         return flow
 
 
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 def _pkce() -> tuple[str, str]:
     verifier = secrets.token_urlsafe(48)
     challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
     return verifier, challenge
-
-
-def _safe_next(target: str | None) -> str:
-    if target and target.startswith("/") and not target.startswith(("//", "/\\")) and len(target) < 2048:
-        return target
-    return "/"
 
 
 def routes(collector: Collector) -> list:
@@ -332,6 +369,10 @@ def routes(collector: Collector) -> list:
     from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
     from starlette.routing import Route
 
+    from .collector.auth import is_loopback
+    from .collector.security import TokenBuckets
+    from .dashboard.sessions import cookie_header, safe_next
+
     config, people, sessions = collector.config.oidc, collector.people, collector.sessions
 
     async def status(request: Request) -> Response:
@@ -339,15 +380,23 @@ def routes(collector: Collector) -> list:
 
     if config is None or people is None:
         return [Route("/v1/oidc", status, methods=["GET"])]
-    provider, flows = Provider(config), Flows()
+    provider, flows = Provider(config), Flows(collector.store)
+    logins = TokenBuckets(LOGINS_PER_MINUTE)
 
-    def failed(message: str, status_code: int = 400) -> Response:
+    def failed(message: str, status_code: int = 400, headers: dict[str, str] | None = None) -> Response:
         page = (f"<!doctype html><meta charset=utf-8><title>Sign-in failed · mcpmeter</title>"
                 f"<h1>Sign-in failed</h1><p>{html.escape(message)}</p><p><a href=\"/signin\">Back to sign-in</a></p>")
         return HTMLResponse(page, status_code=status_code, headers={"Cache-Control": "no-store",
-                                                                   "Content-Security-Policy": "default-src 'none'"})
+                                                                   "Content-Security-Policy": "default-src 'none'",
+                                                                   **(headers or {})})
 
     async def login(request: Request) -> Response:
+        address = request.client.host if request.client else None
+        if address and not is_loopback(address):
+            wait = logins.take(address)
+            if wait:
+                return failed(f"too many sign-ins from {address}: the limit is {LOGINS_PER_MINUTE} per minute; "
+                              "try again shortly", 429, {"Retry-After": str(max(1, int(wait + 0.999)))})
         try:
             meta = await provider.metadata()
         except SignInError as exc:
@@ -355,8 +404,9 @@ def routes(collector: Collector) -> list:
         verifier, challenge = _pkce()
         nonce = secrets.token_urlsafe(24)
         project = request.query_params.get("project")
-        state, binding = flows.start(nonce=nonce, verifier=verifier, next=_safe_next(request.query_params.get("next")),
-                                     project=project[:200] if project else None)
+        state, binding = await run_in_threadpool(flows.start, nonce=nonce, verifier=verifier,
+                                                 next=safe_next(request.query_params.get("next")),
+                                                 project=project[:200] if project else None)
         query = urlencode({"response_type": "code", "client_id": config.client_id, "redirect_uri": config.redirect_url,
                            "scope": config.scopes, "state": state, "nonce": nonce, "code_challenge": challenge,
                            "code_challenge_method": "S256"})
@@ -368,8 +418,6 @@ def routes(collector: Collector) -> list:
                                 headers={"Set-Cookie": cookie, "Cache-Control": "no-store"})
 
     async def callback(request: Request) -> Response:
-        from .dashboard.sessions import cookie_header
-
         q = request.query_params
         if q.get("error"):
             return failed(f"the identity provider said: {q.get('error_description') or q.get('error')}", 403)
@@ -377,7 +425,7 @@ def routes(collector: Collector) -> list:
         if not code or not state:
             return failed("the provider's answer has no code or state")
         try:
-            flow = flows.finish(state, request.cookies.get(FLOW_COOKIE))
+            flow = await run_in_threadpool(flows.finish, state, request.cookies.get(FLOW_COOKIE))
             meta = await provider.metadata()
             if q.get("iss") is not None and q["iss"] != meta["issuer"]:  # RFC 9207: a mix-up attack
                 raise SignInError("the answer comes from another issuer")
@@ -391,13 +439,14 @@ def routes(collector: Collector) -> list:
         if not grants:
             return failed(f"{email or claims['sub']} has no access to any project here; ask an admin to run "
                           f"`mcpmeter access grant {email or 'sub:' + str(claims['sub'])} --project P --role viewer`", 403)
-        project = flow["project"] if flow["project"] in grants else sorted(grants)[0]
-        person = Person(str(claims["sub"]), email, ids, project, grants, None)
-        token = sessions.create("oidc:" + people.add(person))
+        asked = flow.get("project")
+        project = asked if isinstance(asked, str) and asked in grants else sorted(grants)[0]
+        person = Person(str(claims["sub"]), email, ids, project)
+        token = await run_in_threadpool(sessions.create, grants[project][0].id, "oidc:" + person.subject, person.dumps())
         headers = [("Set-Cookie", cookie_header(request, token, int(sessions.ttl))),
                    ("Set-Cookie", f"{FLOW_COOKIE}=; Path=/v1/oidc; Max-Age=0; HttpOnly; SameSite=Lax"),
                    ("Cache-Control", "no-store")]
-        response = RedirectResponse(flow["next"], status_code=303)
+        response = RedirectResponse(safe_next(flow.get("next")), status_code=303)
         for name, value in headers:
             response.headers.append(name, value)
         return response
@@ -405,8 +454,9 @@ def routes(collector: Collector) -> list:
     async def switch_project(request: Request) -> Response:
         """``POST /v1/oidc/project {"project": NAME}`` (with the CSRF header): see another granted project."""
         key_hash = sessions.key_hash(request)
-        person = people.get(key_hash[5:]) if key_hash and key_hash.startswith("oidc:") else None
-        if person is None:
+        token_digest = key_hash[5:] if key_hash and key_hash.startswith("oidc:") else None
+        person = people.person(token_digest) if token_digest else None
+        if token_digest is None or person is None:
             return JSONResponse({"error": "sign in with single sign-on first", "hint": "/v1/oidc/login"}, status_code=401)
         try:
             body = await request.json()
@@ -416,7 +466,8 @@ def routes(collector: Collector) -> list:
         grants = await run_in_threadpool(people.grants, person.identities)
         if name not in grants:
             return JSONResponse({"error": f"no access to project {name!r}", "projects": sorted(grants)}, status_code=403)
-        person.project, person.grants, person.version = name, grants, None
+        person.project = name
+        await run_in_threadpool(collector.store.update_session, token_digest, grants[name][0].id, person.dumps())
         return JSONResponse({"project": name, "projects": sorted(grants)})
 
     return [

@@ -166,6 +166,16 @@ class AuditEntry(NamedTuple):
     source: str = "cli"  # "cli" or "http"
 
 
+class SessionRow(NamedTuple):
+    """A dashboard session: whose project it sees, who holds it (a key's hash, or ``oidc:<subject>``),
+    and for a person signed in with OpenID Connect, who they are (JSON)."""
+
+    project_id: int
+    owner: str
+    person: str | None
+    expires_at: int
+
+
 class SecurityStore(Protocol):
     """What the collector's security features need from a store (both backends implement it)."""
 
@@ -192,6 +202,20 @@ class SecurityStore(Protocol):
     def delete_user(self, project_id: int, user_hash: str, audit: AuditEntry | None = None) -> dict[str, int]:
         """Remove one user's raw events and identifying rows, and take their calls out of the
         rollups where raw events still cover the whole day; see docs/security.md."""
+        ...
+    def add_session(self, token_hash: str, project_id: int, owner: str, person: str | None, expires_at: int,
+                    per_owner: int, per_project: int) -> int:
+        """Store a dashboard session, ending the owner's and then the project's oldest beyond the caps."""
+        ...
+    def session(self, token_hash: str) -> SessionRow | None: ...
+    def update_session(self, token_hash: str, project_id: int, person: str | None) -> bool: ...
+    def drop_session(self, token_hash: str) -> int: ...
+    def count_sessions(self, project_id: int | None = None) -> int: ...
+    def take_once(self, token_hash: str, expires_at: int) -> bool:
+        """True the first time a token is taken (until it expires): a replay gets False."""
+        ...
+    def collector_secret(self, name: str) -> str:
+        """A random secret shared by the collectors on this store, made on first use."""
         ...
 
 

@@ -1,19 +1,21 @@
 """The security queries both stores share (mixed into ``core.SQLStore``).
 
 Keys version (immediate revocation), signing secrets, key rotation, people's access
-grants, the audit log, and erasing one user's data. Each change that must be recorded is
+grants, the audit log, erasing one user's data, the dashboard's sessions (shared by every
+collector process on the store) and the collectors' own secrets. Each change that must be recorded is
 written to ``audit_log`` in the same transaction as the change itself. The SQL is written
 once with ``?`` placeholders and runs through the store's hooks (``dialect.SQLBase``).
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from ..events import ROW_FIELDS, Row
-from .base import AuditEntry, KeyInfo
+from .base import AuditEntry, KeyInfo, SessionRow
 from .dialect import SQLBase, now_ms, write_audit
 from .rollup import DAY_MS, Deltas, aggregate
 
@@ -137,6 +139,90 @@ class SecurityQueries(SQLBase):
                                  "UNION SELECT server, '' FROM measurement_day WHERE project_id = ? "
                                  "UNION SELECT server, '' FROM server_events WHERE project_id = ?", (project_id,) * 4)
         return {s for s, _ in rows}, {(s, t) for s, t in rows if t}
+
+    # ---- dashboard sessions and collector secrets ---------------------------------------------
+
+    def add_session(self, token_hash: str, project_id: int, owner: str, person: str | None, expires_at: int,
+                    per_owner: int, per_project: int) -> int:
+        """Store a session; first drop expired ones, then the owner's oldest beyond ``per_owner``
+        and the project's oldest beyond ``per_project`` (never another project's). Returns how
+        many live sessions were ended to make room."""
+        now = now_ms()
+        sql = self._sql
+
+        def oldest(conn: Any, column: str, value: Any, keep: int) -> list[str]:
+            count = conn.execute(sql(f"SELECT count(*) FROM dashboard_sessions WHERE {column} = ?"), (value,)).fetchone()[0]
+            if count < keep:
+                return []
+            rows = conn.execute(sql(f"SELECT token_hash FROM dashboard_sessions WHERE {column} = ? "
+                                    "ORDER BY created_at, token_hash LIMIT ?"), (value, count - keep + 1)).fetchall()
+            return [r[0] for r in rows]
+
+        def run(conn: Any) -> int:
+            conn.execute(sql("DELETE FROM dashboard_sessions WHERE expires_at <= ?"), (now,))
+            evicted = 0
+            for column, value, keep in (("owner", owner, per_owner), ("project_id", project_id, per_project)):
+                gone = oldest(conn, column, value, keep)
+                if gone:
+                    where, params = self._in("token_hash", gone)
+                    evicted += conn.execute(sql(f"DELETE FROM dashboard_sessions WHERE {where}"), params).rowcount
+            conn.execute(sql("INSERT INTO dashboard_sessions VALUES (?, ?, ?, ?, ?, ?)"),
+                         (token_hash, project_id, owner, person, now, expires_at))
+            return evicted
+
+        result: int = self._write(run)
+        return result
+
+    def session(self, token_hash: str) -> SessionRow | None:
+        """A live session (not expired) by its token's hash."""
+        rows = self._fetch(None, "SELECT project_id, owner, person, expires_at FROM dashboard_sessions "
+                                 "WHERE token_hash = ? AND expires_at > ?", (token_hash, now_ms()))
+        return SessionRow(*rows[0]) if rows else None
+
+    def update_session(self, token_hash: str, project_id: int, person: str | None) -> bool:
+        """What a live session stands for (a person who switched projects)."""
+        def run(conn: Any) -> int:
+            n: int = conn.execute(self._sql("UPDATE dashboard_sessions SET project_id = ?, person = ? WHERE token_hash = ? "
+                                            "AND expires_at > ?"), (project_id, person, token_hash, now_ms())).rowcount
+            return n
+
+        return bool(self._write(run))
+
+    def drop_session(self, token_hash: str) -> int:
+        def run(conn: Any) -> int:
+            n: int = conn.execute(self._sql("DELETE FROM dashboard_sessions WHERE token_hash = ?"), (token_hash,)).rowcount
+            return n
+
+        result: int = self._write(run)
+        return result
+
+    def count_sessions(self, project_id: int | None = None) -> int:
+        """Live sessions: of one project, or (None) of the whole store."""
+        sql, params = "SELECT count(*) FROM dashboard_sessions WHERE expires_at > ?", [now_ms()]
+        if project_id is not None:
+            sql += " AND project_id = ?"
+            params.append(project_id)
+        return int(self._fetch(None, sql, params)[0][0])
+
+    def take_once(self, token_hash: str, expires_at: int) -> bool:
+        """True the first time ``token_hash`` is taken (remembered until ``expires_at``), False after."""
+        def run(conn: Any) -> int:
+            conn.execute(self._sql("DELETE FROM used_once WHERE expires_at <= ?"), (now_ms(),))
+            n: int = conn.execute(self._sql("INSERT INTO used_once VALUES (?, ?) ON CONFLICT (token_hash) DO NOTHING"),
+                                  (token_hash, expires_at)).rowcount
+            return n
+
+        return bool(self._write(run))
+
+    def collector_secret(self, name: str) -> str:
+        """A random secret the collectors on this store share (made by whichever asks first)."""
+        rows = self._fetch(None, "SELECT value FROM collector_secrets WHERE name = ?", (name,))
+        if rows:
+            return str(rows[0][0])
+        self._write(lambda conn: conn.execute(self._sql("INSERT INTO collector_secrets VALUES (?, ?, ?) "
+                                                        "ON CONFLICT (name) DO NOTHING"),
+                                              (name, secrets.token_urlsafe(32), now_ms())))
+        return str(self._fetch(None, "SELECT value FROM collector_secrets WHERE name = ?", (name,))[0][0])
 
     # ---- erasure -----------------------------------------------------------------------------
 

@@ -356,3 +356,27 @@ MIGRATIONS.append(
         """,
     )
 )
+
+MIGRATIONS.append(
+    Migration(
+        7,
+        "dashboard sessions shared by every collector process of the store, the collectors' own secrets, tokens used once",
+        # No row-level security policy: the reader role is granted nothing on these tables.
+        up=_sql("""
+        CREATE TABLE dashboard_sessions (
+            token_hash CTEXT PRIMARY KEY, project_id bigint NOT NULL, owner CTEXT NOT NULL, person text,
+            created_at bigint NOT NULL, expires_at bigint NOT NULL
+        );
+        CREATE INDEX dashboard_sessions_by_owner ON dashboard_sessions (owner, created_at);
+        CREATE INDEX dashboard_sessions_by_project ON dashboard_sessions (project_id, created_at);
+        CREATE INDEX dashboard_sessions_by_expiry ON dashboard_sessions (expires_at);
+        CREATE TABLE collector_secrets (name CTEXT PRIMARY KEY, value text NOT NULL, created_at bigint NOT NULL);
+        CREATE TABLE used_once (token_hash CTEXT PRIMARY KEY, expires_at bigint NOT NULL);
+        """),
+        down="""
+        DROP TABLE used_once;
+        DROP TABLE collector_secrets;
+        DROP TABLE dashboard_sessions;
+        """,
+    )
+)

@@ -260,3 +260,26 @@ MIGRATIONS.append(
         """,
     )
 )
+
+MIGRATIONS.append(
+    Migration(
+        7,
+        "dashboard sessions shared by every collector process of the store, the collectors' own secrets, tokens used once",
+        up="""
+        CREATE TABLE dashboard_sessions (
+            token_hash TEXT PRIMARY KEY, project_id INTEGER NOT NULL, owner TEXT NOT NULL, person TEXT,
+            created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX dashboard_sessions_by_owner ON dashboard_sessions (owner, created_at);
+        CREATE INDEX dashboard_sessions_by_project ON dashboard_sessions (project_id, created_at);
+        CREATE INDEX dashboard_sessions_by_expiry ON dashboard_sessions (expires_at);
+        CREATE TABLE collector_secrets (name TEXT PRIMARY KEY, value TEXT NOT NULL, created_at INTEGER NOT NULL) WITHOUT ROWID;
+        CREATE TABLE used_once (token_hash TEXT PRIMARY KEY, expires_at INTEGER NOT NULL) WITHOUT ROWID;
+        """,
+        down="""
+        DROP TABLE used_once;
+        DROP TABLE collector_secrets;
+        DROP TABLE dashboard_sessions;
+        """,
+    )
+)

@@ -275,10 +275,10 @@ def test_live_sends_each_subscriber_its_matching_calls_and_drops_for_the_slow():
         writer = threading.Thread(target=live.committed, args=(Commit({1: rows}, 4, 0.001),))  # as the writer thread does
         writer.start()
         writer.join()
-        event_name, message = await asyncio.wait_for(everything.queue.get(), 2)
+        event_name, message, _ = await asyncio.wait_for(everything.queue.get(), 2)
         assert event_name == "calls" and (message["calls"], message["errors"]) == (2, 1)
         assert {r["client"] for r in message["recent"]} == {"cursor", "claude-code"}
-        _, filtered = await asyncio.wait_for(cursor.queue.get(), 2)
+        _, filtered, _ = await asyncio.wait_for(cursor.queue.get(), 2)
         assert filtered["calls"] == 1 and filtered["recent"][0]["client"] == "cursor"
         assert other_project.queue.empty()  # another project's calls never reach it
         for _ in range(livelib.QUEUE_SIZE + 5):  # nobody reads `everything` any more

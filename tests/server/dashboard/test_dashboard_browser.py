@@ -539,7 +539,8 @@ def test_a_key_of_one_project_sees_none_of_anothers(locked, browser):
         assert bar_texts(page, "tools") == [("beta_only_tool", "21 · 100.0%")]
         assert "weblab" not in page.evaluate("() => document.body.innerText")
         assert page.text_content("#project-name") == "beta"
-        assert api(c, "/v1/admin/health", key=locked.b.admin)["collector"]["live_subscribers"] >= 1
+        beta_health = api(c, "/v1/admin/health", key=locked.b.admin)
+        assert beta_health["live_subscribers"] >= 1 and beta_health["collector"] is None  # collector-wide: operators only
         assert not page.problems, page.problems
     finally:
         page.context.close()
@@ -547,6 +548,37 @@ def test_a_key_of_one_project_sees_none_of_anothers(locked, browser):
     while api(c, "/v1/admin/health", key=locked.a.admin)["collector"]["live_subscribers"]:  # closed pages unsubscribe
         assert time.monotonic() < deadline, "a closed page still holds a live subscription"
         time.sleep(0.05)
+
+
+# After signing in, the browser stays on the collector's origin whatever `next` the sign-in link
+# carried: browsers drop tabs and newlines in URLs and read a backslash as a slash, so
+# `/%09/evil.example` would become `//evil.example`, another site (issue 12).
+HOSTILE = ["/%09/evil.example", "/%0A/evil.example", "/%5Cevil.example", "%2F%2Fevil.example", "https://evil.example/",
+           "/%09%5C/evil.example"]
+
+
+def test_signing_in_never_leaves_the_collectors_origin(locked, browser):
+    c, keys = locked.collector, locked.a
+    origin = urlsplit(c.url).netloc
+    for target in HOSTILE:
+        context = browser.new_context()
+        context.route("**/*", lambda route: route.abort() if urlsplit(route.request.url).netloc != origin
+                      else route.continue_())  # nothing leaves the machine; the URL still tells where it went
+        page = context.new_page()
+        page.goto(f"{c.url}/signin?next={target}")
+        page.fill("#key", keys.read)
+        page.click("#signin-submit")
+        page.wait_for_function("() => location.pathname !== '/signin'", timeout=15_000)
+        page.wait_for_load_state()
+        assert urlsplit(page.url).netloc == origin and urlsplit(page.url).path == "/", (target, page.url)
+        context.close()
+    context = browser.new_context()  # a good `next` is still followed
+    page = context.new_page()
+    page.goto(f"{c.url}/signin?next=%2Fadmin")
+    page.fill("#key", keys.admin)
+    page.click("#signin-submit")
+    page.wait_for_url(c.url + "/admin", timeout=15_000)
+    context.close()
 
 
 def test_the_collector_stops_promptly_while_live_streams_are_open(collector):

@@ -64,8 +64,8 @@ class Collector:
         self.started = time.time()
         self.counters = {"accepted": 0, "duplicates": 0, "rejected": 0, "requests_failed": 0}
         self.writer = Writer(store)
-        self.sessions = Sessions()  # dashboard sign-in: a cookie stands for a key (or a person)
-        self.people = People(store, config.oidc) if config.oidc is not None else None  # OpenID Connect sign-in
+        self.sessions = Sessions(store)  # dashboard sign-in: a cookie stands for a key (or a person); rows in the store
+        self.people = People(store, config.oidc, self.sessions) if config.oidc is not None else None  # OpenID Connect sign-in
         self.auth = Authenticator(store, config.local_trust, RateLimits(config.rate_limit_per_key, config.rate_limit_per_ip),
                                   self.sessions, self.people)
         self.signatures = SignatureChecker(config.signature_tolerance)

@@ -3,8 +3,14 @@
 - ``GET /v1/admin/projects`` — the caller's project (a key never sees other projects)
 - ``GET /v1/admin/keys`` / ``POST /v1/admin/keys`` / ``DELETE /v1/admin/keys/{name or prefix}``
   — the project's keys; a new key is in the POST answer and nowhere else, ever
-- ``GET /v1/admin/health`` — the project's ingest rate, and the collector's own state:
-  rejects, duplicates, drops, writer queue depth, storage size, live subscribers
+- ``GET /v1/admin/health`` — the project's ingest rate, live streams and sessions; and for
+  the collector's operators only (``is_operator``), the collector's own state: rejects,
+  duplicates, drops, writer queue depth, storage size, every project's streams and sessions
+
+Who operates the collector: whoever reads project ``default`` — the project of loopback
+trust, of the ``MCPMETER_API_KEY_*`` ingest keys and of ``MCPMETER_METRICS_KEY`` (a read key
+named ``metrics``). Collector-wide figures (here and on ``/metrics``) are theirs alone: they
+add up every tenant's traffic. Other projects' admins see their own project's figures only.
 """
 
 from __future__ import annotations
@@ -24,7 +30,13 @@ from ...exceptions import StorageError
 from ...storage.base import KeyInfo, Store
 from ..collector import audit
 from ..collector.admin_security import ADMIN_ERRORS, admin_error, json_body
+from ..collector.auth import DEFAULT_PROJECT, Principal
 from ..collector.responses import error
+
+
+def is_operator(principal: Principal) -> bool:
+    """May this caller see collector-wide figures (all tenants' traffic, storage, requests)?"""
+    return principal.project.name == DEFAULT_PROJECT
 
 
 def _admin(request: Request):
@@ -102,17 +114,23 @@ def storage_bytes(store: Store) -> int | None:
 async def health(request: Request) -> Response:
     collector, principal = _admin(request)
     live = collector.live
-    writer = collector.writer
-    try:
-        size = await run_in_threadpool(storage_bytes, collector.store)
-    except (StorageError, OSError):
-        size = None
-    counters = dict(collector.counters)
-    return JSONResponse({
+    project_id = principal.project.id
+    answer: dict[str, Any] = {
         "project": principal.project.name,
-        "ingest": {"events_per_second_1m": live.rate.per_second(principal.project.id),
-                   "accepted_since_start": live.rate.totals.get(principal.project.id, 0)},
-        "collector": {
+        "ingest": {"events_per_second_1m": live.rate.per_second(project_id),
+                   "accepted_since_start": live.rate.totals.get(project_id, 0)},
+        "live_subscribers": live.subscribers(project_id),
+        "sessions": await run_in_threadpool(collector.sessions.count, project_id),
+        "collector": None,  # collector-wide: for the collector's operators only
+    }
+    if is_operator(principal):
+        writer = collector.writer
+        try:
+            size = await run_in_threadpool(storage_bytes, collector.store)
+        except (StorageError, OSError):
+            size = None
+        counters = dict(collector.counters)
+        answer["collector"] = {
             "uptime_seconds": round(time.time() - collector.started),
             "writer_alive": writer.alive,
             "writer_queue_rows": writer.pending_rows,
@@ -125,9 +143,9 @@ async def health(request: Request) -> Response:
             "live_subscribers": live.subscribers(),
             "live_messages_dropped": live.dropped,
             "storage_bytes": size,
-            "sessions": len(collector.auth.sessions),
-        },
-    }, headers={"Cache-Control": "no-store"})
+            "sessions": await run_in_threadpool(collector.sessions.count, None),
+        }
+    return JSONResponse(answer, headers={"Cache-Control": "no-store"})
 
 
 routes = [

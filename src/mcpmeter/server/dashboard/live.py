@@ -11,14 +11,22 @@ a small bounded queue; one that does not keep up loses messages (counted) and is
 re-read the panels (``resync``), so a slow browser never holds the collector back. A comment
 line every 15 s keeps proxies from closing an idle stream.
 
+A stream lasts only as long as its credential. Before each message the stream reads the
+store's keys version — once for all streams, and from a read that began after the message's
+commit — and when it moved (a key or a grant was revoked, replaced or changed anywhere),
+authenticates the request again; it does so every ``RECHECK_SECONDS`` anyway (a sign-out, an
+expired key or session). A stream whose credential no longer reads its project gets a
+``revoked`` event and is closed: a revocation committed before a commit means that commit's
+calls are never sent on it.
+
 The same path also takes a WebSocket handshake (``ws://…/v1/live``), for clients that expect
-WebSockets: the same messages (``hello``, ``calls``, ``resync``), each one text frame
-``{"event": …, "data": …}``; the same filters (``server``, ``tool``, ``client`` in the query)
-and the same authentication (``Authorization``/``X-API-Key`` on the handshake, or the
-dashboard's session cookie; a refused handshake is answered with the HTTP error the SSE
-stream would get). A browser page of another origin cannot use a signed-in browser's cookie:
-a cookie-authenticated handshake must come from the collector's own origin. The server's
-WebSocket pings keep idle connections open; client frames are ignored.
+WebSockets: the same messages (``hello``, ``calls``, ``resync``, ``revoked``), each one text
+frame ``{"event": …, "data": …}``; the same filters (``server``, ``tool``, ``client`` in the
+query) and the same authentication and revocation (``Authorization``/``X-API-Key`` on the
+handshake, or the dashboard's session cookie; a refused handshake is answered with the HTTP
+error the SSE stream would get). A browser page of another origin cannot use a signed-in
+browser's cookie: a cookie-authenticated handshake must come from the collector's own origin.
+The server's WebSocket pings keep idle connections open; client frames are ignored.
 """
 
 from __future__ import annotations
@@ -32,22 +40,23 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ...events import Row
-from ...exceptions import AuthError, MCPMeterError
+from ...exceptions import AuthError, MCPMeterError, RateLimited
 from ..collector.auth import presented_key
 from ..collector.responses import error
-from ..collector.security import RateLimited
 from ..commits import Cell, CellKey, Commit, ProjectBatch
 
 if TYPE_CHECKING:
     from ..collector.app import Collector
 
 HEARTBEAT_SECONDS = 15.0
+RECHECK_SECONDS = 15.0  # a stream authenticates again at least this often
 QUEUE_SIZE = 64
 RECENT_PER_MESSAGE = 20
 _CLOSE = object()
@@ -107,6 +116,23 @@ class Live:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
         self._hooked = False
+        self._version: int | None = None  # the store's keys version, read when ``_version_at`` (monotonic)
+        self._version_at = float("-inf")
+        self._version_lock: asyncio.Lock | None = None
+
+    async def keys_version(self, store: Any, after: float) -> int:
+        """The store's keys version from a read that began at ``after`` or later (one read shared by every stream)."""
+        if self._version is not None and self._version_at >= after:
+            return self._version
+        if self._version_lock is None:
+            self._version_lock = asyncio.Lock()
+        async with self._version_lock:
+            version = self._version
+            if version is None or self._version_at < after:
+                started = time.monotonic()
+                version = self._version = int(await run_in_threadpool(store.keys_version))
+                self._version_at = started
+            return version
 
     # -- writer thread --------------------------------------------------------------
 
@@ -155,19 +181,20 @@ class Live:
         if not cells:
             return
         calls = [r for r in batch.rows if r.kind == "tool_call"]
+        stamp = time.monotonic()  # after the commit: a keys version read from now on covers it
         messages: dict[tuple, dict | None] = {}
         for sub in list(subs):
             if sub.filters not in messages:
                 messages[sub.filters] = _message(sub, cells, calls)
             message = messages[sub.filters]
             if message is not None:
-                self._offer(sub, "calls", message)
+                self._offer(sub, "calls", message, stamp)
 
-    def _offer(self, sub: Subscriber, event: str, data: dict) -> None:
+    def _offer(self, sub: Subscriber, event: str, data: dict, stamp: float) -> None:
         if sub.lagged:
             event, data = "resync", {"reason": "slow subscriber", "dropped": sub.dropped}
         try:
-            sub.queue.put_nowait((event, data))
+            sub.queue.put_nowait((event, data, stamp))
             sub.lagged = False
         except asyncio.QueueFull:
             sub.dropped += 1
@@ -234,6 +261,33 @@ def _sse(event: str, data: dict) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
+class Credential:
+    """Whether the request that opened a stream may still read the stream's project."""
+
+    def __init__(self, collector: Collector, request: Request, project_id: int, version: int) -> None:
+        self.collector, self.request, self.project_id = collector, request, project_id
+        self.version = version
+        self.checked = time.monotonic()
+
+    async def still_valid(self, after: float) -> bool:
+        """Checked against a keys version read after ``after``; authenticates again when it moved,
+        or when ``RECHECK_SECONDS`` have passed (sign-outs and expiry do not move it)."""
+        version = await self.collector.live.keys_version(self.collector.store, after)
+        if version == self.version and time.monotonic() - self.checked < RECHECK_SECONDS:
+            return True
+        try:
+            principal = await run_in_threadpool(self.collector.auth.authenticate, self.request, "read")
+        except RateLimited:
+            return True  # limited, not refused: checked again at the next message
+        except AuthError:
+            return False
+        self.version, self.checked = version, time.monotonic()
+        return principal.project.id == self.project_id
+
+
+REVOKED = {"reason": "the key or sign-in of this stream no longer reads this project"}
+
+
 def _subscribe(live: Live, project_id: int, params: Any) -> Subscriber:
     return live.subscribe(project_id, params.get("server") or None, params.get("tool") or None, params.get("client") or None)
 
@@ -244,10 +298,12 @@ def _hello(project: str) -> dict[str, Any]:
 
 async def get_live(request: Request) -> Response:
     collector: Collector = request.app.state.collector
+    version = await collector.live.keys_version(collector.store, time.monotonic())
     principal = collector.auth.authenticate(request, "read")
     live = collector.live
     _end_streams_on_shutdown(live)
     params = request.query_params
+    credential = Credential(collector, request, principal.project.id, version)
 
     async def stream():
         sub = _subscribe(live, principal.project.id, params)
@@ -257,11 +313,13 @@ async def get_live(request: Request) -> Response:
                 try:
                     item = await asyncio.wait_for(sub.queue.get(), HEARTBEAT_SECONDS)
                 except TimeoutError:
-                    yield b": heartbeat\n\n"
-                    continue
+                    item = None
                 if item is _CLOSE:
                     return
-                yield _sse(*item)
+                if not await credential.still_valid(item[2] if item else time.monotonic()):
+                    yield _sse("revoked", REVOKED)
+                    return
+                yield _sse(item[0], item[1]) if item else b": heartbeat\n\n"
         finally:
             live.unsubscribe(sub)
 
@@ -304,38 +362,46 @@ async def _refuse(websocket: WebSocket, exc: MCPMeterError) -> None:
 
 async def _until_closed(websocket: WebSocket) -> None:
     """Read (and ignore) what the client sends, until it goes away."""
-    while True:
-        message = await websocket.receive()
-        if message["type"] == "websocket.disconnect":
-            return
+    while (await websocket.receive())["type"] != "websocket.disconnect":
+        pass
 
 
 async def ws_live(websocket: WebSocket) -> None:
     collector: Collector = websocket.app.state.collector
     handshake = Request({**websocket.scope, "type": "http", "method": "GET"})  # the handshake is a GET request
+    live = collector.live
     try:
+        version = await live.keys_version(collector.store, time.monotonic())
         _check_origin(handshake)
         principal = collector.auth.authenticate(handshake, "read")
     except MCPMeterError as exc:
         await _refuse(websocket, exc)
         return
-    live = collector.live
     _end_streams_on_shutdown(live)
+    credential = Credential(collector, handshake, principal.project.id, version)
     await websocket.accept()
     sub = _subscribe(live, principal.project.id, websocket.query_params)
     closed = asyncio.ensure_future(_until_closed(websocket))
     try:
         await websocket.send_text(_frame("hello", _hello(principal.project.name)))
         while not live._closing:
-            item = asyncio.ensure_future(sub.queue.get())
-            await asyncio.wait((item, closed), return_when=asyncio.FIRST_COMPLETED)
+            got = asyncio.ensure_future(sub.queue.get())
+            await asyncio.wait((got, closed), timeout=HEARTBEAT_SECONDS, return_when=asyncio.FIRST_COMPLETED)
             if closed.done():
-                item.cancel()
+                got.cancel()
                 return
-            if item.result() is _CLOSE:
+            item = got.result() if got.done() else None
+            if item is None:
+                got.cancel()
+            if item is _CLOSE:
                 await websocket.close(code=1001, reason="the collector is shutting down")
                 return
-            await websocket.send_text(_frame(*item.result()))
+            if not await credential.still_valid(item[2] if item else time.monotonic()):
+                await websocket.send_text(_frame("revoked", REVOKED))
+                await websocket.close(code=1008, reason="revoked")
+                return
+            if item:
+                await websocket.send_text(_frame(item[0], item[1]))
     except (WebSocketDisconnect, RuntimeError):
         return  # the client went away while a message was being sent
     finally:

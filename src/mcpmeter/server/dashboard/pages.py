@@ -2,7 +2,9 @@
 
 ``/`` overview, ``/tools/{tool}`` one tool, ``/admin`` keys and health, ``/signin``. A page
 that needs a key the browser has not presented sends it to ``/signin?next=…``; on loopback
-with ``MCPMETER_LOCAL_TRUST`` the default project's pages just open.
+with ``MCPMETER_LOCAL_TRUST`` the default project's pages just open. The sign-in page is
+given ``next`` already checked (``sessions.safe_next``), in ``data-next``: the page's script
+never reads a destination from the URL itself.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from starlette.routing import Route
 from ...analytics.questions import FILTERS, QUESTIONS, client_registry
 from ...exceptions import AuthError
 from .assets import Assets
+from .sessions import safe_next
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 SECURITY_HEADERS = {
@@ -68,7 +71,7 @@ class Pages:
         self.assets = assets
         self.templates = {p.stem: p.read_text() for p in TEMPLATES.glob("*.html")}
 
-    def render(self, template: str, page: str, title: str, data: Sequence[str] = ()) -> HTMLResponse:
+    def render(self, template: str, page: str, title: str, data: Sequence[str] = (), after: str = "/") -> HTMLResponse:
         a = self.assets
         preload = "\n".join([*(f'  <link rel="modulepreload" href="{a.url(m)}">' for m in MODULES[page][1:]),
                              *(f'  <link rel="preload" as="fetch" crossorigin href="{html.escape(u)}">' for u in data)])
@@ -77,6 +80,7 @@ class Pages:
                 .replace("{{page}}", page)
                 .replace("{{preload}}", preload)
                 .replace("{{registry}}", REGISTRY_JSON)
+                .replace("{{next}}", html.escape(after))
                 .replace("{{main}}", a.url(MODULES[page][0])))
         for name in ("css/dashboard.css", "vendor/uPlot.min.css", "vendor/uPlot.iife.min.js", "js/theme.js", "icon.svg"):
             text = text.replace("{{" + name + "}}", a.url(name))
@@ -103,7 +107,7 @@ class Pages:
         return self._guard(request, "admin") or self.render("page", "admin", "admin · mcpmeter", ["/v1/session"])
 
     async def signin(self, request: Request) -> Response:
-        return self.render("signin", "signin", "sign in · mcpmeter")
+        return self.render("signin", "signin", "sign in · mcpmeter", after=safe_next(request.query_params.get("next")))
 
     @property
     def routes(self) -> list[Route]:

@@ -11,7 +11,15 @@ request that changes something (any method but GET/HEAD/OPTIONS) must also carry
 ``X-MCPMeter-CSRF`` header, which a cross-site form cannot send and a cross-site script can
 only send after a CORS preflight the collector never grants. Sign-in needs the header too.
 
-Sessions live in the collector's memory: after a restart people sign in again.
+Sessions live in the store (``dashboard_sessions``), so every worker of ``mcpmeter serve
+--workers N`` and every collector on one PostgreSQL database knows every session, and a
+sign-out or an expiry holds at the next request wherever it lands. Only the token's SHA-256
+is stored. Caps: ``MAX_SESSIONS_PER_OWNER`` per key (or per person) and
+``MAX_SESSIONS_PER_PROJECT`` per project; signing in beyond a cap ends the oldest session of
+that key (or person), then the oldest of that project — never another project's.
+
+``safe_next`` is the one rule for where a browser may be sent after signing in: a path on
+this site, nothing that a browser could read as another site.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ import hashlib
 import secrets
 import threading
 import time
+import unicodedata
+from urllib.parse import urlsplit
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -28,6 +38,7 @@ from starlette.routing import Route
 
 from ... import keys
 from ...exceptions import AuthError
+from ...storage.base import SessionRow
 from ..collector.auth import presented_key
 from ..collector.responses import error
 
@@ -35,65 +46,90 @@ COOKIE = "mcpmeter_session"
 CSRF_HEADER = "x-mcpmeter-csrf"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 SESSION_SECONDS = 7 * 86_400
-MAX_SESSIONS = 10_000
+MAX_SESSIONS_PER_OWNER = 50  # one key (or one person): its own oldest session ends first
+MAX_SESSIONS_PER_PROJECT = 2_000
+MAX_NEXT = 2048
 
 
-def _digest(token: str) -> str:
+def digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def safe_next(target: str | None) -> str:
+    """``target`` when it is a path on this site, else ``/``.
+
+    Browsers drop tabs and newlines anywhere in a URL, trim spaces and control characters,
+    and read ``\\`` as ``/``: so ``/<TAB>/evil.example`` becomes ``//evil.example``, another
+    site. Refused: anything not starting with one ``/``, any control, whitespace or
+    backslash character (the value is already percent-decoded), a scheme or a host.
+    """
+    if not target or len(target) > MAX_NEXT or not target.startswith("/") or target.startswith("//"):
+        return "/"
+    if any(c == "\\" or c.isspace() or unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in target):
+        return "/"
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc:
+        return "/"
+    return target
+
+
 class Sessions:
-    """Session token digest -> (key hash, expiry). Thread-safe; bounded (oldest go first)."""
+    """Dashboard sessions in the store: token digest -> (project, owner, person, expiry).
 
-    def __init__(self, ttl: float = SESSION_SECONDS, max_sessions: int = MAX_SESSIONS) -> None:
+    ``key_hash`` is what ``collector.auth`` asks of a request; the row it read is kept for
+    the rest of that call in this thread (``current``), so a person's session is read once.
+    """
+
+    def __init__(self, store, ttl: float = SESSION_SECONDS, per_owner: int = MAX_SESSIONS_PER_OWNER,
+                 per_project: int = MAX_SESSIONS_PER_PROJECT) -> None:
+        self.store = store
         self.ttl = ttl
-        self.max_sessions = max_sessions
-        self._sessions: dict[str, tuple[str, float]] = {}
-        self._lock = threading.Lock()
+        self.per_owner = per_owner
+        self.per_project = per_project
+        self.evicted = 0  # sessions this process ended to make room (caps)
+        self._current = threading.local()
 
-    def __len__(self) -> int:
-        return len(self._sessions)
+    def count(self, project_id: int | None = None) -> int:
+        """Live sessions of one project (None: of the whole store; blocking)."""
+        return self.store.count_sessions(project_id)
 
-    def create(self, key_hash: str) -> str:
+    def create(self, project_id: int, owner: str, person: str | None = None) -> str:
+        """A new session (blocking); ``owner`` is the key's hash, or ``oidc:<subject>``."""
         token = secrets.token_urlsafe(32)
-        now = time.time()
-        with self._lock:
-            if len(self._sessions) >= self.max_sessions:
-                for digest in [d for d, (_, exp) in self._sessions.items() if exp <= now]:
-                    del self._sessions[digest]
-                while len(self._sessions) >= self.max_sessions:  # dicts keep insertion order: oldest first
-                    del self._sessions[next(iter(self._sessions))]
-            self._sessions[_digest(token)] = (key_hash, now + self.ttl)
+        self.evicted += self.store.add_session(digest(token), project_id, owner, person,
+                                               int((time.time() + self.ttl) * 1000), self.per_owner, self.per_project)
         return token
 
     def drop(self, token: str | None) -> None:
         if token:
-            with self._lock:
-                self._sessions.pop(_digest(token), None)
+            self.store.drop_session(digest(token))
 
-    def drop_key(self, key_hash: str) -> int:
-        """End every session signed in with this key (it was revoked)."""
-        with self._lock:
-            gone = [d for d, (k, _) in self._sessions.items() if k == key_hash]
-            for digest in gone:
-                del self._sessions[digest]
-        return len(gone)
+    def lookup(self, token_digest: str) -> SessionRow | None:
+        """The session row ``key_hash`` just read in this thread, else read from the store."""
+        recent = getattr(self._current, "row", None)
+        if recent is not None and recent[0] == token_digest:
+            return recent[1]
+        return self.store.session(token_digest)
 
     def key_hash(self, request: Request) -> str | None:
-        """The key hash behind the request's session cookie; None without a live session.
+        """The key hash behind the request's session cookie (``oidc:<token digest>`` for a
+        person); None without a live session.
 
         Raises AuthError for a cookie-authenticated unsafe request without the CSRF header.
         """
+        self._current.row = None
         token = request.cookies.get(COOKIE)
-        if not token:
+        if not token or len(token) > 100:
             return None
-        entry = self._sessions.get(_digest(token))
-        if entry is None or entry[1] <= time.time():
+        token_digest = digest(token)
+        row = self.store.session(token_digest)
+        if row is None:
             return None
+        self._current.row = (token_digest, row)
         if request.method not in SAFE_METHODS and request.headers.get(CSRF_HEADER) != "1":
             raise AuthError("a signed-in browser request that changes something must carry the X-MCPMeter-CSRF header",
                             status=403, hint="send `X-MCPMeter-CSRF: 1` (the dashboard does), or use an API key")
-        return entry[0]
+        return "oidc:" + token_digest if row.owner.startswith("oidc:") else row.owner
 
 
 def cookie_header(request: Request, token: str, max_age: int) -> str:
@@ -143,7 +179,7 @@ async def post_session(request: Request) -> Response:
     if not keys.allows(info.scopes, "read"):
         return error(403, f"API key {info.prefix}… cannot read usage (it has: {', '.join(sorted(info.scopes))})",
                      "use a key with the read (or admin) scope")
-    token = collector.auth.sessions.create(key_hash)
+    token = await run_in_threadpool(collector.auth.sessions.create, info.project_id, key_hash)
     return JSONResponse({"signed_in": True, "via": "session", "project": info.project, "scopes": sorted(info.scopes)},
                         headers={"Set-Cookie": cookie_header(request, token, int(collector.auth.sessions.ttl)),
                                  "Cache-Control": "no-store"})
@@ -154,7 +190,7 @@ async def delete_session(request: Request) -> Response:
     collector = request.app.state.collector
     if request.headers.get(CSRF_HEADER) != "1":
         return error(403, "sign-out must carry the X-MCPMeter-CSRF header", "sign out from the dashboard")
-    collector.auth.sessions.drop(request.cookies.get(COOKIE))
+    await run_in_threadpool(collector.auth.sessions.drop, request.cookies.get(COOKIE))
     return JSONResponse({"signed_in": False}, headers={"Set-Cookie": cookie_header(request, "", 0)})
 
 

@@ -1,5 +1,9 @@
 """Exporters: what a collector stored, as Prometheus metrics (``GET /metrics``) and as OTLP.
 
+A scrape shows the caller's project's series; the collector-wide ones (every tenant's
+ingest, HTTP requests by route, storage, the process) only to the collector's operators
+(``dashboard.admin.is_operator``: callers of project ``default``, e.g. ``MCPMETER_METRICS_KEY``).
+
 ``Metrics`` is the one object the collector app holds: the state that counts what each commit
 really inserted (``state.committed``, which the collector subscribes to its writer when
 metrics are on), the ``/metrics`` route, a request-timing middleware, and the optional OTLP
@@ -81,13 +85,16 @@ class Metrics:
             self.otlp.stop()
 
     async def endpoint(self, request: Request) -> Response:
+        from ..dashboard.admin import is_operator  # (the dashboard imports the collector, which imports this)
+
         collector: Collector = request.app.state.collector
         principal = collector.auth.authenticate(request, "read")
         if not self.enabled:
             return JSONResponse({"error": "metrics are turned off on this collector", "hint": "unset MCPMETER_METRICS=false"},
                                 status_code=404)
         gzip_ok = "gzip" in request.headers.get("accept-encoding", "")
-        body, gzipped = await run_in_threadpool(self.prometheus.render, principal.project.id, principal.project.name, gzip_ok)
+        body, gzipped = await run_in_threadpool(self.prometheus.render, principal.project.id, principal.project.name, gzip_ok,
+                                                is_operator(principal))
         headers = {"Content-Encoding": "gzip"} if gzipped else None
         return Response(body, media_type=CONTENT_TYPE, headers=headers)
 

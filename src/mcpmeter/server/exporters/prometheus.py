@@ -1,8 +1,9 @@
 """``GET /metrics``: the Prometheus text format, from custom prometheus_client Collectors.
 
 Every scrape goes through a registry of this app (never the global default one): the
-project collector of the scraping key's project, the collector-health collector and
-prometheus_client's ``ProcessCollector``. Our families are ``Family`` objects: they render
+project collector of the scraping key's project, and for the collector's operators only,
+the collector-health collector and prometheus_client's ``ProcessCollector`` (figures of
+every tenant together; a project's key never sees them). Our families are ``Family`` objects: they render
 straight to the text format with cached label strings (the generic per-sample exposition of
 prometheus_client costs ~12 µs a sample, far too slow for a few thousand histogram series),
 and still offer ``samples`` to any generic consumer, so ``prometheus_client.generate_latest``
@@ -272,14 +273,15 @@ class HealthCollector(Collector):
 
 
 class _Scrape:
-    """A registry-like view: one project's series plus the app registry (health, process)."""
+    """A registry-like view: one project's series, plus the app registry (health, process) when given."""
 
-    def __init__(self, project: Collector, registry: CollectorRegistry) -> None:
+    def __init__(self, project: Collector, registry: CollectorRegistry | None) -> None:
         self.project, self.registry = project, registry
 
     def collect(self) -> Iterator[Metric]:
         yield from self.project.collect()
-        yield from self.registry.collect()
+        if self.registry is not None:
+            yield from self.registry.collect()
 
 
 class PrometheusExporter:
@@ -295,11 +297,12 @@ class PrometheusExporter:
         self.http_requests: dict[tuple[str, str], int] = {}
         self.http_durations: dict[tuple[str], list] = {}
 
-    def registry_for(self, project_id: int, project_name: str) -> _Scrape:
-        return _Scrape(ProjectCollector(self, project_id, project_name), self.registry)
+    def registry_for(self, project_id: int, project_name: str, operator: bool = True) -> _Scrape:
+        """What one scrape shows: the project's series, and the collector's own for an operator."""
+        return _Scrape(ProjectCollector(self, project_id, project_name), self.registry if operator else None)
 
-    def render(self, project_id: int, project_name: str, gzip_ok: bool = False) -> tuple[bytes, bool]:
-        body = exposition(self.registry_for(project_id, project_name), self.labelstr)
+    def render(self, project_id: int, project_name: str, gzip_ok: bool = False, operator: bool = False) -> tuple[bytes, bool]:
+        body = exposition(self.registry_for(project_id, project_name, operator), self.labelstr)
         if gzip_ok and len(body) > _GZIP_ABOVE:
             return gzip.compress(body, compresslevel=1), True
         return body, False

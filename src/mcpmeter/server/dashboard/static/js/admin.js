@@ -25,9 +25,14 @@ document.getElementById("main").innerHTML = `
     <div class="table-wrap"><table id="keys"></table></div>
   </section>`;
 
-const HEALTH = [
+// The project's own figures; the collector's (all projects together) only for its operators.
+const PROJECT_HEALTH = [
   ["events_per_second_1m", "Ingest rate (events/s, 1 min)", (h) => h.ingest.events_per_second_1m.toLocaleString("en-US")],
   ["accepted_since_start", "Accepted since start (project)", (h) => int(h.ingest.accepted_since_start)],
+  ["project_live_subscribers", "Live dashboards (project)", (h) => int(h.live_subscribers)],
+  ["project_sessions", "Signed-in browsers (project)", (h) => int(h.sessions)],
+];
+const HEALTH = [
   ["writer_queue_rows", "Writer queue (rows)", (h) => int(h.collector.writer_queue_rows)],
   ["rejected", "Rejected events", (h) => int(h.collector.rejected)],
   ["duplicates", "Duplicates (stored once)", (h) => int(h.collector.duplicates)],
@@ -42,7 +47,8 @@ const HEALTH = [
 
 async function health() {
   const h = await getJSON("/v1/admin/health");
-  document.getElementById("health").innerHTML = HEALTH.map(([id, label, f]) =>
+  const shown = h.collector ? [...PROJECT_HEALTH, ...HEALTH] : PROJECT_HEALTH;
+  document.getElementById("health").innerHTML = shown.map(([id, label, f]) =>
     `<div class="stat" data-stat="${id}"><div class="label">${esc(label)}</div><div class="value">${esc(f(h))}</div></div>`).join("");
   document.getElementById("health-at").textContent = "updated " + when(Date.now(), { seconds: true, date: false }) + " UTC";
 }

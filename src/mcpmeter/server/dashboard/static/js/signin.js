@@ -1,9 +1,7 @@
 // The sign-in page: trade a pasted key for a session cookie, then go where the user was going.
 
-const next = (() => {
-  const target = new URLSearchParams(location.search).get("next") || "/";
-  return target.startsWith("/") && !target.startsWith("//") && !target.startsWith("/\\") ? target : "/";
-})();
+// Where to go afterwards: checked by the collector (sessions.safe_next), never read from the URL here.
+const next = document.body.dataset.next || "/";
 const form = document.getElementById("signin-form");
 const problem = document.getElementById("signin-error");
 const need = new URLSearchParams(location.search).get("need");
