@@ -110,11 +110,11 @@ def test_the_websocket_carries_what_the_sse_stream_carries(locked):
             assert after["data"]["calls"] == 1 and after["data"]["recent"][0]["ts"] == sse.wait(3)[2][1]["recent"][0]["ts"]
             ws.send("anything")  # client frames are ignored, the channel stays open
             health = httpx.get(c.url + "/v1/admin/health", headers=bearer(a.admin)).json()
-            assert health["collector"]["live_subscribers"] == 2
+            assert health["live_subscribers"] == 2  # of the project
     finally:
         sse.close()
     deadline = time.monotonic() + 10
-    while httpx.get(c.url + "/v1/admin/health", headers=bearer(a.admin)).json()["collector"]["live_subscribers"]:
+    while httpx.get(c.url + "/v1/admin/health", headers=bearer(a.admin)).json()["live_subscribers"]:
         assert time.monotonic() < deadline, "a closed WebSocket still holds a live subscription"
         time.sleep(0.05)
 
@@ -168,3 +168,17 @@ def test_the_collector_stops_promptly_with_a_websocket_open(tmp_path):
             assert time.monotonic() - started < 8
     finally:
         stop_collector(c)
+
+
+def test_a_revoked_key_ends_its_websocket_before_the_next_calls_are_sent(locked):
+    c, a, _ = locked
+    with connect(ws_url(c), additional_headers=bearer(a.read), open_timeout=10) as ws:
+        assert frames(ws, 1)[0]["event"] == "hello"
+        r = httpx.delete(c.url + "/v1/admin/keys/a-read", headers=bearer(a.admin))
+        assert r.status_code == 200, r.text
+        assert httpx.post(c.url + "/v1/events", json=[event(tool="after_revocation")], headers=bearer(a.ingest)).json()["accepted"] == 1
+        message = frames(ws, 1)[0]
+        assert message["event"] == "revoked" and "no longer" in message["data"]["reason"]
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=5)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
