@@ -214,6 +214,14 @@ class SecurityStore(Protocol):
     def take_once(self, token_hash: str, expires_at: int) -> bool:
         """True the first time a token is taken (until it expires): a replay gets False."""
         ...
+    shared_counters: bool
+    """Whether several collector processes share this store (PostgreSQL): counters that must be
+    the same for all of them (a project's rate limit) are kept in it, not in memory."""
+
+    def count_request(self, name: str, window_start: int, window_ms: int) -> int:
+        """Count one request of ``name`` in the fixed window starting at ``window_start`` (ms):
+        the window's count so far, this one included (atomic across collectors)."""
+        ...
     def collector_secret(self, name: str) -> str:
         """A random secret shared by the collectors on this store, made on first use."""
         ...

@@ -380,3 +380,20 @@ MIGRATIONS.append(
         """,
     )
 )
+
+MIGRATIONS.append(
+    Migration(
+        13,
+        "request counts of rate limits in fixed windows, shared by the collectors of a store",
+        # No row-level security policy: the reader role is granted nothing on this table.
+        up=_sql("""
+        CREATE TABLE rate_windows (
+            name CTEXT NOT NULL, window_start bigint NOT NULL, requests bigint NOT NULL,
+            PRIMARY KEY (name, window_start)
+        );
+        """),
+        down="""
+        DROP TABLE rate_windows;
+        """,
+    )
+)

@@ -283,3 +283,19 @@ MIGRATIONS.append(
         """,
     )
 )
+
+MIGRATIONS.append(
+    Migration(
+        13,
+        "request counts of rate limits in fixed windows, shared by the collectors of a store",
+        up="""
+        CREATE TABLE rate_windows (
+            name TEXT NOT NULL, window_start INTEGER NOT NULL, requests INTEGER NOT NULL,
+            PRIMARY KEY (name, window_start)
+        ) WITHOUT ROWID;
+        """,
+        down="""
+        DROP TABLE rate_windows;
+        """,
+    )
+)
