@@ -36,7 +36,7 @@ def required_scope(method: str, path: str) -> str | None:
         return "ingest"
     if path.startswith("/v1/admin/") or path == "/admin":
         return "admin"
-    if method in ("GET", "HEAD") and (path.startswith("/v1/usage/") or path in ("/metrics", "/v1/live") or path in PAGES):
+    if method in ("GET", "HEAD") and (path.startswith("/v1/usage/") or path in ("/metrics", "/v1/live", "/v1/alerts") or path in PAGES):
         return "read"
     raise AssertionError(f"no scope rule covers {method} {path}: add it to required_scope (and enforce it)")
 

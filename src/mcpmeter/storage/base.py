@@ -113,6 +113,9 @@ class Store(Protocol):
 
     # raw-event reads (exact, cost grows with events: for checks, exports and short windows)
     def count_events(self, f: EventFilter, kind: str | None = "tool_call") -> int: ...
+    def call_counts(self, f: EventFilter) -> list[tuple[Any, ...]]:
+        """(server, tool, calls, errors) of the raw tool calls in ``f``'s window (any bounds, in ms)."""
+        ...
     def distinct_users(self, f: EventFilter) -> int: ...
     def recent_errors(self, f: EventFilter, limit: int = 20) -> list[tuple[Any, ...]]:
         """Newest failed events first; among equal times, the later stored first."""

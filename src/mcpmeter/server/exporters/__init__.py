@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ... import settings
+from ...analytics.alerts import RecentRequests
 from .aggregate import MetricsState
 from .prometheus import CONTENT_TYPE, PrometheusExporter
 
@@ -60,6 +61,7 @@ class Metrics:
         self.store = collector.store
         self._names: dict[int, str] = {}
         self.prometheus = PrometheusExporter(collector, self.state, self.otlp)
+        self.recent = RecentRequests()  # ingest answers per minute: the dashboard's ingest alert
 
     def _project_name(self, project_id: int) -> str:
         name = self._names.get(project_id)
@@ -145,4 +147,6 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, timed_send)
         finally:
-            self.metrics.prometheus.http_done(self._route(scope), status, time.perf_counter() - start)
+            route = self._route(scope)
+            self.metrics.prometheus.http_done(route, status, time.perf_counter() - start)
+            self.metrics.recent.add(route, status)
