@@ -80,7 +80,7 @@ GRAIN = Param("grain", "Bucket size; default: hours for windows up to two days, 
 # Exports (HTTP only: the CLI has --format, the MCP tools answer JSON and Markdown themselves).
 FORMAT = Param("format", "The answer as `json` (default), `csv` (one table of it, see `table`) or `markdown` (a document), "
                          "sent as a download; without it the `Accept` header chooses (text/csv, text/markdown, "
-                         "application/json).", {"type": "string", "enum": list(FORMATS)})
+                         "application/json).", {"type": "string", "enum": [*FORMATS, ""]})  # "": not given
 
 
 # ---- questions --------------------------------------------------------------------------------
@@ -110,7 +110,7 @@ class Question:
     def export_parameters(self) -> tuple[Param, ...]:
         names = [t.name for t in self.tables]
         return (FORMAT, Param("table", f"With `format=csv`: which table of the answer (default `{names[0]}`).",
-                              {"type": "string", "enum": names}))
+                              {"type": "string", "enum": [*names, ""]}))  # "": not given
 
     @property
     def http_parameters(self) -> tuple[Param, ...]:
