@@ -4,8 +4,8 @@ together (two real `mcpmeter serve` processes on one database), in memory on SQL
 
 from __future__ import annotations
 
-import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -44,20 +44,8 @@ def test_the_store_counts_requests_per_window_atomically(store):
     assert store.count_request("project:1", start + MINUTE_MS, MINUTE_MS) == 1  # the next window starts afresh
     assert store.count_request("project:1", start + 3 * MINUTE_MS, MINUTE_MS) == 1  # and clears the ended ones
     assert store.count_request("project:1", start, MINUTE_MS) == 1
-    counts: list[int] = []
-    lock = threading.Lock()
-
-    def hammer() -> None:
-        for _ in range(25):
-            n = store.count_request("project:9", start, MINUTE_MS)
-            with lock:
-                counts.append(n)
-
-    threads = [threading.Thread(target=hammer) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with ThreadPoolExecutor(4) as pool:  # four callers at once
+        counts = list(pool.map(lambda _: store.count_request("project:9", start, MINUTE_MS), range(100)))
     assert sorted(counts) == list(range(1, 101))  # no count given twice, none lost
 
 
