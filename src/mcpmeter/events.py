@@ -31,7 +31,7 @@ import msgspec
 from msgspec import Meta
 
 from .exceptions import BatchError
-from .protocol import TOOL_CALL
+from .protocol import CANCELLED, TOOL_CALL
 
 # ---- the limits of the wire format ----------------------------------------------------------
 # Declared once: the decoder's types below enforce them at the collector, and ``new_event``
@@ -250,7 +250,7 @@ def new_event(
     if attributes is not None:
         attributes = fit_attributes(attributes)
     if ok is None:
-        if kind == TOOL_CALL:
+        if kind == TOOL_CALL and error_type != CANCELLED:  # a cancelled call is neither ok nor failed
             ok = error_type is None
     elif ok.__class__ is not bool:
         ok = bool(ok)
@@ -464,7 +464,7 @@ def _check(event: Event, limits: Limits, now_ms: int) -> None:
         raise ValueError("a tool_call event needs `tool` - `$.tool`")
     if event.error_message is not None and len(event.error_message) > MAX_ERROR_MESSAGE:
         event.error_message = clip_text(event.error_message, MAX_ERROR_MESSAGE)
-    if event.ok is None and event.kind == TOOL_CALL:
+    if event.ok is None and event.kind == TOOL_CALL and event.error_type != CANCELLED:
         event.ok = event.error_type is None
 
 

@@ -104,7 +104,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("MCPMETER_PORT", 8890, _positive_int, "Port `mcpmeter serve` listens on.", "collector",
                 aliases=("METRICS_SERVICE_PORT",)),
         Setting("MCPMETER_LOCAL_TRUST", True, _bool,
-                "Serve keyless requests from loopback addresses as the default project. Requests from other addresses always need a key.", "collector"),
+                "Serve keyless requests from loopback addresses as the default project, when addressed to a loopback name "
+                "and not from another site's page. Requests from other addresses always need a key.", "collector"),
         Setting("MCPMETER_MAX_BODY_BYTES", 10 * 1024 * 1024, _positive_int,
                 "Largest request body (after gzip decompression) the collector accepts.", "collector"),
         Setting("MCPMETER_MAX_BATCH_EVENTS", 10_000, _positive_int, "Most events in one ingest request.", "collector"),
@@ -157,7 +158,14 @@ SETTINGS: dict[str, Setting] = {
                 "PostgreSQL store together (in the store); more get 429 with Retry-After. 0 (the default) turns it off.",
                 "collector"),
         Setting("MCPMETER_MAX_CONNECTIONS", 1000, _positive_int,
-                "Open connections (and requests in flight) one collector process serves; beyond, uvicorn answers 503.", "collector"),
+                "Open connections (and requests in flight) one collector process serves; beyond, uvicorn answers 503. "
+                "At the cap, a new connection first closes the one that has waited longest without sending a request.", "collector"),
+        Setting("MCPMETER_MAX_CONNECTIONS_PER_IP", 100, _non_negative_int,
+                "Open connections from one peer address, per collector process; one more is answered 503 and closed. "
+                "Behind a reverse proxy all connections come from the proxy: raise it, or 0 turns it off.", "collector"),
+        Setting("MCPMETER_READ_TIMEOUT_SECONDS", 10.0, _positive_float,
+                "A connection must send a request's headers within this long of opening (or of its previous answer), "
+                "and its body without pausing this long; otherwise the collector closes it.", "collector"),
         Setting("MCPMETER_MAX_SERVERS_PER_PROJECT", 1000, _positive_int,
                 "Distinct server names a project may have; events naming one more are rejected with a reason.", "collector"),
         Setting("MCPMETER_MAX_TOOLS_PER_PROJECT", 10_000, _positive_int,

@@ -1,4 +1,8 @@
-"""Helpers for the proxy tests: real `mcpmeter proxy` processes, real servers, the real store."""
+"""Helpers for the proxy tests: real `mcpmeter proxy` processes, real servers, the real store.
+
+PYTEST_DONT_REWRITE: test modules import it before one of them loads it as a plugin
+(``pytest_plugins``), which pytest would otherwise warn about - and warnings are errors.
+"""
 
 from __future__ import annotations
 
@@ -39,8 +43,8 @@ def proxy_env(home: Path, **extra: str) -> dict[str, str]:
 
 
 def recorded(where: Path | str, kind: str | None = None) -> list[dict[str, Any]]:
-    """The events (of ``kind``) in a store - ``where`` is an MCPMETER_HOME, a .db file or a
-    postgresql:// URL - by time."""
+    """The events (of ``kind``; without one, all but the catalog) in a store - ``where`` is an
+    MCPMETER_HOME, a .db file or a postgresql:// URL - by time."""
     if isinstance(where, str):
         store = open_store(where)
     else:
@@ -62,7 +66,8 @@ def recorded(where: Path | str, kind: str | None = None) -> list[dict[str, Any]]
             if event["kind"] == "initialize" and event["attributes"].get("mcp.method.name") == "server/discover":
                 event["kind"] = "server_discover"
     events.sort(key=lambda e: e["ts"])
-    return [e for e in events if kind is None or e["kind"] == kind]
+    # The catalog (tool_listed) is the server's, outside any conversation: asked for by name.
+    return [e for e in events if e["kind"] == kind or (kind is None and e["kind"] != "tool_listed")]
 
 
 def report(home: Path, *args: str) -> dict[str, Any]:

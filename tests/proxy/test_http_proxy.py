@@ -67,7 +67,7 @@ def test_sdk_client_through_the_http_proxy(isolated_env: Path, upstream, mode: s
     assert by_tool(summary) == {"forecast": (4, 2), "no_such_tool": (1, 1)}
     events = recorded(isolated_env)
     calls = [e for e in events if e["kind"] == "tool_call"]
-    assert [e["error_type"] for e in calls] == [None, None, "tool_error", "tool_error", "tool_error"]
+    assert [e["error_type"] for e in calls] == [None, None, "tool_error", "tool_error", "invalid_params"]
     assert calls[2]["error_message"] == "Error executing tool forecast: no such city"
     assert {(e["server"], e["server_version"], e["client_name"], e["client_version"], e["transport"], e["user_hash"])
             for e in events} == {("weather-http", "1.2.3", "pytest-http-client", "4.5.6", "streamable-http",
@@ -216,7 +216,7 @@ def test_cancelled_calls(isolated_env: Path, upstream, mode: str):
     finally:
         stop(proxy)
     calls = recorded(isolated_env, "tool_call")
-    assert [(e["tool"], e["ok"], e["error_type"]) for e in calls] == [("slow", 0, "cancelled"), ("forecast", 1, None)]
+    assert [(e["tool"], e["ok"], e["error_type"]) for e in calls] == [("slow", None, "cancelled"), ("forecast", 1, None)]
     assert calls[0]["duration_ms"] == pytest.approx(1000, abs=500)
 
 
@@ -258,3 +258,24 @@ def test_configuration_errors():
     assert jwt_claim("Bearer " + unsigned_jwt({"sub": 42}), "sub") == "42"
     assert jwt_claim("Bearer not-a-jwt", "sub") is None
     assert jwt_claim("Basic " + unsigned_jwt({"sub": "x"}), "sub") is None
+
+
+def nested_jwt(depth: int) -> str:
+    """A token whose payload nests ``depth`` levels (its claims are unreadable, not an error)."""
+    payload = base64.urlsafe_b64encode(('{"sub": ' + "[" * depth + "]" * depth + "}").encode()).rstrip(b"=").decode()
+    return f"{unsigned_jwt({'alg': 'none'}).split('.')[0]}.{payload}.c2lnbmF0dXJl"
+
+
+def test_a_deeply_nested_token_is_forwarded_with_the_user_unknown(isolated_env: Path, upstream):
+    assert jwt_claim("Bearer " + nested_jwt(5_000), "sub") is None
+    token = nested_jwt(5_000)
+    proxy = start_http_proxy(upstream.url + "/mcp", isolated_env, "--user-from", "jwt:sub")
+    try:
+        seen = httpx.get(proxy.url + "/echo-headers", headers={"Authorization": f"Bearer {token}"})
+        assert seen.status_code == 200, seen.text  # forwarded, not a 500 from the proxy
+        assert dict(seen.json())["authorization"] == f"Bearer {token}"
+        anyio.run(http_calls, proxy.url + "/mcp", "auto", [("forecast", {"city": "Rome"})], {"Authorization": f"Bearer {token}"})
+    finally:
+        stop(proxy)
+    events = recorded(isolated_env)
+    assert events and {e["user_hash"] for e in events} == {None}

@@ -86,6 +86,10 @@ def test_time_server(isolated_env: Path, mode: str, protocol: str, handshake):
         ("get_current_time", 0, "tool_error"), ("get_current_time", 0, "tool_error"), ("no_such_tool", 0, "invalid_params")]
     assert "Mars/Olympus_Mons" in calls[4]["error_message"]
     assert calls[5]["error_message"] == "Unknown tool: no_such_tool"
+    assert [e["attributes"]["mcp.outcome"] for e in calls] == [
+        "ok", "ok", "ok", "tool_error", "tool_error", "caller_error"]  # -32602: the caller asked for a tool that is not there
+    catalog = {e["tool"]: e["result_bytes"] for e in recorded(isolated_env, "tool_listed")}
+    assert set(catalog) == {"get_current_time", "convert_time"} and all(size > 100 for size in catalog.values())
     assert all(e["duration_ms"] > 0 and e["result_bytes"] > 0 and e["args_bytes"] >= 2 for e in calls)
     check_session(isolated_env, server="mcp-time", server_version=version("mcp-server-time"), protocol=protocol,
                   handshake=handshake)
@@ -112,8 +116,12 @@ def test_everything_server(isolated_env: Path, everything_server, mode: str, pro
     assert (summary["calls"], summary["errors"], summary["users"]) == (4, 2, 1)
     assert by_tool(summary) == {"echo": (2, 1), "get-sum": (1, 0), "no-such-tool": (1, 1)}
     calls = recorded(isolated_env, "tool_call")
-    assert [e["error_type"] for e in calls] == [None, None, "tool_error", "tool_error"]
+    # The TypeScript SDK answers an unknown tool with isError; the proxy knows the tools it listed.
+    assert [e["error_type"] for e in calls] == [None, None, "tool_error", "invalid_params"]
+    assert [e["attributes"]["mcp.outcome"] for e in calls] == ["ok", "ok", "tool_error", "caller_error"]
     assert "no-such-tool" in calls[3]["error_message"]
+    catalog = {e["tool"] for e in recorded(isolated_env, "tool_listed")}
+    assert {"echo", "get-sum"} <= catalog and len(catalog) >= 10
     if mode == "auto":
         (probe,) = recorded(isolated_env, "server_discover")
         assert (probe["error_type"], probe["protocol_version"]) == ("method_not_found", "2026-07-28")
@@ -277,7 +285,8 @@ def test_client_disconnects_mid_call(isolated_env: Path, raw_proxies, linger: bo
     assert time.monotonic() - started < 10
     assert code == (42 if linger else 0)  # 42: the fake server's answer to SIGTERM
     assert [(e["tool"], e["ok"], e["error_type"]) for e in recorded(isolated_env, "tool_call")] == [
-        ("echo", 1, None), ("slow", 0, "client_disconnected")]
+        ("echo", 1, None), ("slow", None, "cancelled")]  # the client left: cancelled, neither ok nor failed
+    assert recorded(isolated_env, "tool_call")[1]["attributes"]["reason"] == "client_disconnected"
     (end,) = recorded(isolated_env, "session_end")
     assert end["attributes"]["reason"] == "client_closed"
 
@@ -291,7 +300,7 @@ def test_cancellation_from_the_sdk_client(isolated_env: Path):
 
     anyio.run(main)
     calls = recorded(isolated_env, "tool_call")
-    assert [(e["tool"], e["ok"], e["error_type"]) for e in calls] == [("slow", 0, "cancelled"), ("echo", 1, None)]
+    assert [(e["tool"], e["ok"], e["error_type"]) for e in calls] == [("slow", None, "cancelled"), ("echo", 1, None)]
     assert calls[0]["duration_ms"] == pytest.approx(1000, abs=300)
 
 

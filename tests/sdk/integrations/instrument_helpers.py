@@ -18,12 +18,14 @@ def new_meter(tmp_path: Path, **options: Any) -> Meter:
     return Meter(db=str(tmp_path / "meter.db"), **options)
 
 
-def recorded(meter: Meter) -> list[dict[str, Any]]:
-    """Everything the meter recorded, as stored (after delivering what is queued)."""
+def recorded(meter: Meter, catalog: bool = False) -> list[dict[str, Any]]:
+    """What the meter recorded about requests (with the ``tool_listed`` catalog when asked),
+    as stored (after delivering what is queued)."""
     assert meter.flush(10), "the meter did not deliver in time"
     store = open_store(meter._db)
     try:
-        return [e for e in stored_events(store) if not e["kind"].startswith("sdk.")]
+        return [e for e in stored_events(store)
+                if not e["kind"].startswith("sdk.") and (catalog or e["kind"] != "tool_listed")]
     finally:
         store.close()
 

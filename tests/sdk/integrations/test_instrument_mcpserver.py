@@ -61,7 +61,7 @@ def test_every_call_is_recorded_exactly_with_failures_and_their_types(tmp_path, 
         ("forecast", True, None), ("forecast", True, None), ("forecast", True, None),
         ("alerts", False, "ConnectionError"),  # the tool's exception, not just "tool_error"
         ("login", False, "ToolError"),
-        ("no_such_tool", False, "ToolError"),
+        ("no_such_tool", False, "invalid_params"),  # MCPServer answers isError: still the caller's mistake
     ]
     assert kinds(events) == {"initialize": 1, "list_tools": 1, "tool_call": 6}
     assert report_tools(meter._db) == {"forecast": (3, 0), "alerts": (1, 1), "login": (1, 1), "no_such_tool": (1, 1)}
@@ -84,7 +84,12 @@ def test_every_call_is_recorded_exactly_with_failures_and_their_types(tmp_path, 
     assert attributes(opening)["mcp.method.name"] == expected
     assert opening["client_name"] == "mcp"
     listing = next(e for e in events if e["kind"] == "list_tools")
-    assert attributes(listing) == {"tools": 3}
+    assert attributes(listing) == {"tools": 3, "mcp.outcome": "ok"}
+    assert [attributes(e)["mcp.outcome"] for e in events if e["kind"] == "tool_call"] == [
+        "ok", "ok", "ok", "tool_error", "tool_error", "caller_error"]
+    catalog = [e for e in recorded(meter, catalog=True) if e["kind"] == "tool_listed"]
+    assert sorted(e["tool"] for e in catalog) == ["alerts", "forecast", "login"]
+    assert all(e["result_bytes"] > 50 and e["session_id"] is None and e["user_hash"] is None for e in catalog)
 
 
 def test_bad_arguments_are_a_validation_error_that_does_not_echo_them(tmp_path):

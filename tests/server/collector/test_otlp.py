@@ -35,7 +35,7 @@ JSON = {"Content-Type": "application/json"}
 
 @pytest.fixture
 def client(store):
-    with TestClient(create_app(store), client=LOOPBACK) as c:
+    with TestClient(create_app(store), client=LOOPBACK, base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -188,6 +188,20 @@ def test_json_rpc_error_codes_get_the_names_instrument_uses(client, store):
     assert sorted(e["error_type"] for e in stored_events(store)) == ["_OTHER", "invalid_params"]
 
 
+def test_every_event_carries_its_outcome_class(client, store):
+    """Caller errors (the semconv's list) apart from the server failing and from the tool failing."""
+    cases = {
+        "ok": {}, "unknown": {"error.type": "-32602"}, "method": {"error.type": "-32601"},
+        "missing": {"error.type": "-32002"}, "internal": {"error.type": "-32603"},
+        "raised": {"error.type": "RuntimeError"}, "tool": {"error.type": "tool_error"},
+    }
+    spans = [mcp_span("tools/call", name, error=bool(attrs), attrs=attrs) for name, attrs in cases.items()]
+    assert post_json(client, export(spans)).status_code == 200
+    outcomes = {e["tool"]: json.loads(e["attributes"])["mcp.outcome"] for e in stored_events(store)}
+    assert outcomes == {"ok": "ok", "unknown": "caller_error", "method": "caller_error", "missing": "caller_error",
+                        "internal": "server_error", "raised": "server_error", "tool": "tool_error"}
+
+
 def test_the_exception_event_gives_the_message_when_the_status_has_none(client, store):
     s = mcp_span("tools/call", "forecast", error=True, attrs={"error.type": "KeyError"})
     s["events"] = [{"name": "exception", "timeUnixNano": s["startTimeUnixNano"],
@@ -203,7 +217,7 @@ def test_server_discover_is_an_initialize_and_http_transport_is_named(client, st
     assert post_json(client, export([s], version=None)).status_code == 200
     (e,) = stored_events(store)
     assert (e["kind"], e["transport"], e["server_version"]) == ("initialize", "streamable-http", None)
-    assert json.loads(e["attributes"]) == {"mcp.method.name": "server/discover"}
+    assert json.loads(e["attributes"]) == {"mcp.method.name": "server/discover", "mcp.outcome": "ok"}
     assert e["user_hash"] and e["user_hash"] != "alice"  # hashed like every user
 
 

@@ -1,5 +1,6 @@
-"""What every framework integration shares: who is calling, over what, how big, and the
-event that goes on the Meter's queue.
+"""What every framework integration shares: who is calling, over what, how big, the
+logical calls still open (input rounds, tasks: ``mcpmeter.calls``), the catalog a
+``tools/list`` names, and the event that goes on the Meter's queue.
 
 Everything here runs inside the server's request, so it does the least it can: a few
 attribute reads, two ``msgspec`` size measurements, one ``new_event`` (which clips every
@@ -16,8 +17,25 @@ from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
+from ...calls import Logical, OpenCalls
 from ...events import MAX_ATTRIBUTE_VALUE, UNNAMED, new_event
-from ...protocol import CLIENT_INFO_META_KEY, error_type_for_code
+from ...protocol import (
+    CANCELLED,
+    CLIENT_INFO_META_KEY,
+    DEFINITION_HASH_ATTRIBUTE,
+    OUTCOME_ATTRIBUTE,
+    OUTCOME_CANCELLED,
+    RESULT_TYPE_INPUT_REQUIRED,
+    TASK_TERMINAL,
+    TASKS_CANCEL,
+    TOOL_CALL,
+    TOOL_LISTED,
+    catalog_event_id,
+    definition_hash,
+    error_type_for_code,
+    ok_for,
+    task_outcome,
+)
 from ..internal import internal_error
 
 if TYPE_CHECKING:
@@ -35,6 +53,7 @@ try:  # protocol versions with no handshake: every request stands alone
     _MODERN_VERSIONS = frozenset(MODERN_PROTOCOL_VERSIONS)
 except ImportError:  # pragma: no cover - mcp-types is what every supported framework runs on
     _MODERN_VERSIONS = frozenset(("2026-07-28",))
+MAX_LISTED = 10_000  # catalog entries remembered as recorded today (beyond, the store's ids dedupe)
 
 _encode = msgspec.json.Encoder().encode
 _perf = time.perf_counter
@@ -59,10 +78,12 @@ class Recorder:
     __slots__ = (
         "_capture_args",
         "_capture_results",
+        "_listed",
         "_max_chars",
         "_redact",
         "_user_fn",
         "_user_header",
+        "calls",
         "meter",
     )
 
@@ -75,6 +96,8 @@ class Recorder:
         keys = meter.redact_keys if meter.redact_keys is not None else DEFAULT_REDACT_KEYS
         self._redact = tuple(k.lower() for k in keys)
         self._max_chars = max(16, min(int(meter.capture_max_chars), MAX_ATTRIBUTE_VALUE))
+        self.calls = OpenCalls()
+        self._listed: set[tuple[Any, ...]] = set()
 
     # ---- the request's context --------------------------------------------------------
 
@@ -178,11 +201,100 @@ class Recorder:
 
     # ---- the event --------------------------------------------------------------------
 
+    # ---- one logical tools/call (rounds, tasks) ------------------------------------------
+
+    def open_call(self, wall: float, start: float, fields: tuple[Any, ...], tool: Any, params: Mapping[str, Any] | None,
+                  args_bytes: int | None) -> Logical:
+        """The logical call a tools/call request starts, or continues (a retry carrying
+        ``requestState``/``inputResponses`` after an input_required answer)."""
+        fallback = (fields[0], fields[5], fields[1], tool)
+        if params and (params.get("requestState") is not None or "inputResponses" in params):
+            logical = self.calls.resume(params.get("requestState"), fallback, start)
+            if logical is not None:
+                return logical
+        return Logical(_First(wall, fields, tool, args_bytes, fallback), start)
+
+    def unfinished(self, logical: Logical, result_type: Any, request_state: Any, task_id: Any) -> bool:
+        """Whether a tools/call result leaves the call open: input_required (the client will
+        retry) or a task (its terminal status ends it)."""
+        now = _perf()
+        if result_type == RESULT_TYPE_INPUT_REQUIRED:
+            for lost in self.calls.wait_input(logical, request_state, logical.data.fallback, now):
+                self.end_call(lost, now, OUTCOME_CANCELLED, CANCELLED, None, attributes={"reason": "no_retry"})
+            self._expire(now)
+            return True
+        if isinstance(task_id, str) and task_id:
+            for lost in self.calls.start_task(logical, task_id):
+                self.end_call(lost, now, OUTCOME_CANCELLED, CANCELLED, None, attributes={"reason": "too_many_open"})
+            return True
+        return False
+
+    def task_request(self, method: str, params: Mapping[str, Any] | None) -> Logical | None:
+        """A tasks/* request about a task one of our calls created (a poll unless a cancel)."""
+        logical = self.calls.task((params or {}).get("taskId"))
+        if logical is not None and method != TASKS_CANCEL:
+            logical.polls += 1
+        return logical
+
+    def task_state(self, logical: Logical, status: Any, message: Any, final_is_error: bool,
+                   result_bytes: int | None) -> None:
+        """A task's status: a terminal one ends its call with the task's outcome."""
+        if status not in TASK_TERMINAL or self.calls.end_task(logical.task_id) is None:
+            return
+        outcome_class, error_type = task_outcome(status, final_is_error)
+        self.end_call(logical, _perf(), outcome_class, error_type,
+                      message if error_type is not None and isinstance(message, str) else None,
+                      result_bytes=result_bytes)
+
+    def end_call(self, logical: Logical, now: float, outcome_class: str, error_type: str | None,
+                 error_message: str | None, *, result_bytes: int | None = None,
+                 attributes: dict[str, Any] | None = None) -> None:
+        """The one event of a logical call, from its first request to ``now``."""
+        first: _First = logical.data
+        attrs = {**(attributes or {}), **logical.attributes(), OUTCOME_ATTRIBUTE: outcome_class}
+        self.emit(TOOL_CALL, first.wall, now - logical.start, first.fields, tool=first.tool, ok=ok_for(outcome_class),
+                  error_type=error_type, error_message=error_message, args_bytes=first.args_bytes,
+                  result_bytes=result_bytes, attributes=attrs)
+
+    def _expire(self, now: float) -> None:
+        for logical in self.calls.expired(now):
+            reason = "no_retry" if logical.task_id is None else "task_unfinished"
+            self.end_call(logical, now, OUTCOME_CANCELLED, CANCELLED, None, attributes={"reason": reason})
+
+    # ---- the catalog ------------------------------------------------------------------
+
+    def catalog(self, tools: Any, fields: tuple[Any, ...]) -> int | None:
+        """One ``tool_listed`` event per tool a tools/list result names (``result_bytes``:
+        its definition's JSON size), once a day per definition; returns how many it named."""
+        if not isinstance(tools, (list, tuple)):
+            return None
+        wall = _wall()
+        day = int(wall // 86_400)
+        server = self.meter.server
+        transport = fields[4]
+        for tool in tools:
+            definition = _definition(tool)
+            if definition is None:
+                continue
+            name, raw = definition
+            digest = definition_hash(raw)
+            key = (server, name, digest, day)
+            if key in self._listed:
+                continue
+            if len(self._listed) >= MAX_LISTED:
+                self._listed.clear()
+            self._listed.add(key)
+            self.emit(TOOL_LISTED, wall, 0.0, (None, None, None, None, transport, None), tool=name,
+                      result_bytes=len(raw), attributes={DEFINITION_HASH_ATTRIBUTE: digest},
+                      id=catalog_event_id(server, name, digest, day), duration_known=False)
+        return len(tools)
+
     def emit(
         self, kind: str, wall_start: float, duration: float, fields: Fields, *,
         tool: str | None = None, ok: bool | None = None, error_type: str | None = None,
         error_message: str | None = None, args_bytes: int | None = None,
-        result_bytes: int | None = None, attributes: dict[str, Any] | None = None,
+        result_bytes: int | None = None, attributes: dict[str, Any] | None = None, id: str | None = None,
+        duration_known: bool = True,
     ) -> None:
         meter = self.meter
         if meter.disabled:
@@ -190,8 +302,8 @@ class Recorder:
         session_id, client_name, client_version, protocol_version, transport, user = fields
         try:
             event = new_event(
-                kind, int(wall_start * 1000), meter.server, server_version=meter.server_version, tool=tool,
-                duration_ms=round(duration * 1000, 3), ok=ok,
+                kind, int(wall_start * 1000), meter.server, id=id, server_version=meter.server_version, tool=tool,
+                duration_ms=round(duration * 1000, 3) if duration_known else None, ok=ok,
                 error_type=error_type, error_message=error_message,
                 session_id=session_id, client_name=client_name, client_version=client_version,
                 protocol_version=protocol_version, transport=transport, user=user,
@@ -201,6 +313,47 @@ class Recorder:
             internal_error("could not build an event for an instrumented request", exc)
             return
         meter._enqueue(event)
+
+
+class _First:
+    """What a logical call's event takes from its first request."""
+
+    __slots__ = ("args_bytes", "fallback", "fields", "tool", "wall")
+
+    def __init__(self, wall: float, fields: tuple[Any, ...], tool: Any, args_bytes: int | None,
+                 fallback: tuple[Any, ...]) -> None:
+        self.wall = wall
+        self.fields = fields
+        self.tool = tool
+        self.args_bytes = args_bytes
+        self.fallback = fallback
+
+
+def _definition(tool: Any) -> tuple[str, bytes] | None:
+    """(name, JSON bytes) of one tool definition: a wire dict or a pydantic ``Tool``."""
+    try:
+        if isinstance(tool, Mapping):
+            name, raw = tool.get("name"), _encode(tool)
+        else:
+            serializer = getattr(tool, "__pydantic_serializer__", None)
+            if serializer is None:
+                return None
+            name = getattr(tool, "name", None)
+            raw = serializer.to_json(tool, by_alias=True, exclude_none=True)
+    except Exception:
+        return None
+    return (name, raw) if isinstance(name, str) and name else None
+
+
+def is_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is the async framework cancelling the request (the client cancelled
+    or went away): the call is then cancelled, not failed."""
+    try:
+        import anyio
+
+        return isinstance(exc, anyio.get_cancelled_exc_class())
+    except Exception:  # no async library running this: not a cancellation
+        return False
 
 
 def _token_principal(request: Any) -> str | None:

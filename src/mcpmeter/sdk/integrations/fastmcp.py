@@ -14,16 +14,36 @@ from typing import TYPE_CHECKING, Any
 from fastmcp.server.middleware import Middleware
 
 from ...protocol import (
+    CANCELLED,
     INITIALIZE,
     INITIALIZE_METHOD,
     LIST_TOOLS,
     METHOD_ATTRIBUTE,
+    OUTCOME_ATTRIBUTE,
+    OUTCOME_CALLER_ERROR,
+    OUTCOME_CANCELLED,
+    OUTCOME_OK,
+    OUTCOME_TOOL_ERROR,
+    RESULT_TYPE_INPUT_REQUIRED,
     SERVER_DISCOVER_METHOD,
-    TOOL_CALL,
     TOOL_ERROR,
     TOOLS_LIST,
+    UNKNOWN_TOOL,
+    ok_for,
+    outcome,
 )
-from ._common import Recorder, UserResolver, _perf, _wall, failure_of, first_text, json_size, tool_failure, tool_name
+from ._common import (
+    Recorder,
+    UserResolver,
+    _perf,
+    _wall,
+    failure_of,
+    first_text,
+    is_cancellation,
+    json_size,
+    tool_failure,
+    tool_name,
+)
 
 if TYPE_CHECKING:
     from ..meter import Meter
@@ -65,31 +85,54 @@ class MeterMiddleware(Middleware):
     async def on_call_tool(self, context: Any, call_next: Any) -> Any:
         wall, start = _wall(), _perf()
         message = context.message
+        recorder = self.recorder
+        logical = None
+        try:
+            srctx = _srctx()
+            params = srctx.params if srctx else None
+            arguments = getattr(message, "arguments", None)
+            logical = recorder.open_call(wall, start, recorder.context_fields(srctx, params),
+                                         tool_name(getattr(message, "name", None)), params,
+                                         json_size(arguments if arguments is not None else {}))
+        except Exception as exc:
+            _internal(exc)
         try:
             result = await call_next(context)
         except BaseException as exc:
-            duration = _perf() - start
+            now = _perf()
             try:
-                error_type, error_message = tool_failure(exc) if isinstance(exc, Exception) else failure_of(exc)
-                self._tool_event(message, wall, duration, None, False, error_type, error_message or str(exc))
+                if logical is not None:
+                    if is_cancellation(exc):
+                        recorder.end_call(logical, now, OUTCOME_CANCELLED, CANCELLED, None)
+                    else:
+                        error_type, error_message = tool_failure(exc) if isinstance(exc, Exception) else failure_of(exc)
+                        outcome_class = OUTCOME_TOOL_ERROR if isinstance(exc, Exception) else outcome(False, error_type)
+                        recorder.end_call(logical, now, outcome_class, error_type, error_message or str(exc),
+                                          attributes=self._captured(message, None))
             except Exception as inner:
                 _internal(inner)
             raise
-        duration = _perf() - start
+        now = _perf()
         try:
-            if getattr(result, "is_error", False):
-                self._tool_event(message, wall, duration, result, False, TOOL_ERROR, first_text(result.content))
-            else:
-                self._tool_event(message, wall, duration, result, True, None, None)
+            if logical is not None and not self._unfinished(logical, result):
+                self._tool_event(message, logical, now, result)
         except Exception as exc:
             _internal(exc)
         return result
 
-    def _tool_event(self, message: Any, wall: float, duration: float, result: Any, ok: bool, error_type: str | None,
-                    error_message: str | None) -> None:
+    def _unfinished(self, logical: Any, result: Any) -> bool:
+        """An ask for input (``InputRequiredToolResult``) or a task: the call goes on."""
+        asked = getattr(result, "input_required", None)
+        if asked is not None:
+            return self.recorder.unfinished(logical, RESULT_TYPE_INPUT_REQUIRED, getattr(asked, "request_state", None), None)
+        task = getattr(result, "task", None)
+        task_id = getattr(task, "task_id", None) if task is not None else None
+        return self.recorder.unfinished(logical, None, None, task_id) if task_id else False
+
+    def _captured(self, message: Any, result: Any) -> dict[str, Any] | None:
+        """The arguments and result contents, when the owner asked for them."""
         recorder = self.recorder
         arguments = getattr(message, "arguments", None)
-        srctx = _srctx()
         attributes: dict[str, Any] | None = None
         if recorder._capture_args and arguments:
             attributes = {"arguments": recorder.capture(arguments)}
@@ -97,12 +140,20 @@ class MeterMiddleware(Middleware):
             content = {"structuredContent": result.structured_content} if result.structured_content is not None \
                 else {"content": result.content}
             attributes = {**(attributes or {}), "result": recorder.capture(content)}
-        recorder.emit(
-            TOOL_CALL, wall, duration, recorder.context_fields(srctx, srctx.params if srctx else None),
-            tool=tool_name(getattr(message, "name", None)), ok=ok, error_type=error_type,
-            error_message=error_message, args_bytes=json_size(arguments if arguments is not None else {}),
-            result_bytes=None if result is None else _model_size(result), attributes=attributes,
-        )
+        return attributes
+
+    def _tool_event(self, message: Any, logical: Any, now: float, result: Any) -> None:
+        recorder = self.recorder
+        attributes = self._captured(message, result)
+        if getattr(result, "is_error", False):
+            error_type, outcome_class = TOOL_ERROR, OUTCOME_TOOL_ERROR
+            text = first_text(result.content)
+            if isinstance(text, str) and text.startswith("Unknown tool:"):  # FastMCP's answer to a name it has not
+                error_type, outcome_class = UNKNOWN_TOOL, OUTCOME_CALLER_ERROR
+            recorder.end_call(logical, now, outcome_class, error_type, text,
+                              result_bytes=_model_size(result), attributes=attributes)
+        else:
+            recorder.end_call(logical, now, OUTCOME_OK, None, None, result_bytes=_model_size(result), attributes=attributes)
 
     async def on_list_tools(self, context: Any, call_next: Any) -> Any:
         return await self._observe(LIST_TOOLS, TOOLS_LIST, context, call_next)
@@ -120,33 +171,40 @@ class MeterMiddleware(Middleware):
         except BaseException as exc:
             duration = _perf() - start
             try:
-                error_type, error_message = failure_of(exc)
-                self._emit(kind, method, wall, duration, None, ok=False, error_type=error_type,
-                           error_message=error_message)
+                if is_cancellation(exc):
+                    error_type, error_message = CANCELLED, None
+                else:
+                    error_type, error_message = failure_of(exc)
+                outcome_class = outcome(False, error_type)
+                self._emit(kind, method, wall, duration, None, ok=ok_for(outcome_class), error_type=error_type,
+                           error_message=error_message, outcome_class=outcome_class)
             except Exception as inner:
                 _internal(inner)
             raise
         try:
-            self._emit(kind, method, wall, _perf() - start, result, ok=True)
+            self._emit(kind, method, wall, _perf() - start, result, ok=True, outcome_class=OUTCOME_OK)
         except Exception as exc:
             _internal(exc)
         return result
 
-    def _emit(self, kind: str, method: str, wall: float, duration: float, result: Any, **kw: Any) -> None:
+    def _emit(self, kind: str, method: str, wall: float, duration: float, result: Any, outcome_class: str,
+              **kw: Any) -> None:
         recorder = self.recorder
         srctx = _srctx()
-        attributes: dict[str, Any] | None
+        fields = recorder.context_fields(srctx, srctx.params if srctx else None)
+        attributes: dict[str, Any] = {OUTCOME_ATTRIBUTE: outcome_class}
         if kind == LIST_TOOLS:
-            attributes = {"tools": len(result)} if isinstance(result, (list, tuple)) else None
+            count = recorder.catalog(result, fields) if result is not None else None
+            if count is not None:
+                attributes["tools"] = count
             size = None
         else:
-            attributes = {METHOD_ATTRIBUTE: method}
+            attributes[METHOD_ATTRIBUTE] = method
             negotiated = getattr(result, "protocol_version", None)
             if negotiated:
                 attributes["negotiated_version"] = negotiated
             size = None if result is None else _model_size(result)
-        recorder.emit(kind, wall, duration, recorder.context_fields(srctx, srctx.params if srctx else None),
-                      result_bytes=size, attributes=attributes, **kw)
+        recorder.emit(kind, wall, duration, fields, result_bytes=size, attributes=attributes, **kw)
 
 
 def _internal(exc: BaseException) -> None:

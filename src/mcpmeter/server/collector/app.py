@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -27,6 +28,8 @@ from ..oidc import OidcConfig, People
 from ..oidc import routes as oidc_routes
 from . import admin_security, gateway, ingest, measurements, otlp, usage
 from .auth import Authenticator
+from .crosssite import CrossSiteGuard
+from .inputs import RefuseNul
 from .openapi import openapi_schema
 from .responses import error
 from .security import NameCaps, RateLimited, RateLimits, SignatureChecker
@@ -154,7 +157,7 @@ def create_app(store: AdminStore, config: CollectorConfig | None = None) -> Star
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=collector.metrics.middleware,
+        middleware=[*collector.metrics.middleware, Middleware(RefuseNul), Middleware(CrossSiteGuard)],  # refusals are timed and counted too
         exception_handlers={MCPMeterError: _handle_errors},
     )
     app.state.collector = collector

@@ -1,6 +1,10 @@
 """Who is asking: API keys (Bearer or X-API-Key), a signed-in browser (a key's or a
 person's session), or a trusted loopback caller. Also where rate limits are applied.
 
+A keyless caller is trusted only from a loopback address, addressed to a loopback name,
+and not from another site's page (``mcpmeter.trust``): DNS rebinding and cross-site
+requests cannot borrow the machine's trust.
+
 Revocation is immediate: key lookups are cached only while the store's ``keys_version``
 (bumped by a trigger whenever a key or an access grant is revoked, expires early, is
 replaced or changed) stays the same, and every request reads that number, so a request
@@ -8,7 +12,6 @@ that starts after a revocation committed is refused by every collector on the st
 
 from __future__ import annotations
 
-import ipaddress
 import threading
 import time
 from collections import Counter
@@ -19,6 +22,7 @@ from starlette.requests import Request
 from ... import keys
 from ...exceptions import AuthError
 from ...storage.base import AdminStore, KeyInfo, Project
+from ...trust import is_loopback, key_in, keyless_refusal
 from .security import RateLimited, RateLimits
 
 if TYPE_CHECKING:
@@ -38,24 +42,8 @@ class Principal(NamedTuple):
     signing_secret: str | None = None  # the key requires signed submissions with this secret
 
 
-def is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
 def presented_key(request: Request) -> str | None:
-    header = request.headers.get("authorization")
-    if header:
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
-            raise AuthError("the Authorization header must be `Bearer <key>`",
-                            hint="send the key as `Authorization: Bearer <key>` or `X-API-Key: <key>`")
-        return value.strip()
-    return request.headers.get("x-api-key") or None
+    return key_in(request.headers)
 
 
 def _failed(reason: str, message: str, **kwargs) -> AuthError:
@@ -123,6 +111,10 @@ class Authenticator:
                 return self.people.principal(key_hash[5:], scope, self._keys_version())
         if key_hash is None:
             if self.local_trust and is_loopback(client):
+                refusal = keyless_refusal(request.headers)
+                if refusal is not None:
+                    raise _failed("not_local", refusal, hint="open it as http://127.0.0.1:<port> (or localhost), "
+                                  "or send an API key as `Authorization: Bearer <key>`")
                 if self._default is None:
                     self._default = self.store.ensure_project(DEFAULT_PROJECT)
                 return Principal(self._default, frozenset(keys.SCOPES), None)

@@ -22,9 +22,12 @@ async def _ingest(request: Request, parse, store_rows) -> Response:
         await run_in_threadpool(names.load, principal.project.id)
     try:
         body = await read_body(request, collector.config.max_body_bytes, principal)
-        rows = parse(body, collector.config.limits)
     except BodyTooLarge:
         return error(413, f"the body is larger than {collector.config.max_body_bytes} bytes", "send smaller batches")
+    except BatchError as exc:  # not readable as sent (gzip, nesting): 400, as on /v1/events
+        return error(400, str(exc), exc.hint or "see the schema at /openapi.json")
+    try:
+        rows = parse(body, collector.config.limits)
     except BatchError as exc:
         return error(422, str(exc), "see the schema at /openapi.json")
     refused = names.admit_servers(principal.project.id, {row[1] for row in rows})  # the name caps, as for events

@@ -12,6 +12,13 @@ becomes one event - ``tools/call`` a ``tool_call``, ``tools/list`` a ``list_tool
 goes through the same validation and writer as /v1/events. Its id is derived from the
 trace and span ids, so an exporter's retry is counted once. MCP spans that cannot be
 turned into a valid event are the OTLP answer's ``rejected_spans``.
+
+Every event carries its outcome class (``mcp.outcome``: ``error.type`` ``tool_error`` is a
+tool error, a JSON-RPC code a caller or server error by ``protocol.outcome``, an exception
+type a server error). What spans cannot say (docs/opentelemetry.md, "What spans cannot
+tell"): the tools a ``tools/list`` returned (no catalog), whether a ``tools/call`` answered
+``input_required`` or with a task (each round is a call), a cancelled request, and the
+client's name on the 2026-07-28 protocol (unless the span carries ``mcp.client.name``).
 """
 
 from __future__ import annotations
@@ -49,11 +56,14 @@ from ...ingest import rows_for
 from ...protocol import (
     LIST_TOOLS,
     METHOD_ATTRIBUTE,
+    OUTCOME_ATTRIBUTE,
+    OUTCOME_OK,
     TOOL_CALL,
     TOOL_ERROR,
     TOOLS_CALL,
     error_type_for_code,
     kind_for_method,
+    outcome,
 )
 from .ingest import read_body
 from .openapi import otlp_json_error
@@ -222,6 +232,7 @@ def _event(span: Span, attrs: dict[str, Any], method: str, server: str, version:
     error_type = _text(attrs.get("error.type"))
     failed = error_type is not None or span.status.code == Status.STATUS_CODE_ERROR
     event["ok"] = not failed
+    outcome_class = OUTCOME_OK
     if failed:
         if error_type is None:
             code = _text(attrs.get("rpc.response.status_code"))
@@ -229,6 +240,8 @@ def _event(span: Span, attrs: dict[str, Any], method: str, server: str, version:
         elif error_type != TOOL_ERROR and error_type.lstrip("-").isdigit():
             error_type = error_type_for_code(error_type)  # the JSON-RPC code, as instrument() names it
         event["error_type"] = error_type[:MAX_SHORT_TEXT]
+        # An exception's type name here escaped the server's handler: the server failing.
+        outcome_class = outcome(False, error_type)
         message = span.status.message or _exception_message(span)
         if message:
             event["error_message"] = message
@@ -245,11 +258,12 @@ def _event(span: Span, attrs: dict[str, Any], method: str, server: str, version:
     transport = _transport(attrs)
     if transport:
         event["transport"] = transport
+    event["attributes"] = {OUTCOME_ATTRIBUTE: outcome_class}
     if kind not in (TOOL_CALL, LIST_TOOLS):
-        event["attributes"] = {METHOD_ATTRIBUTE: method[:MAX_ATTRIBUTE_VALUE]}
+        event["attributes"][METHOD_ATTRIBUTE] = method[:MAX_ATTRIBUTE_VALUE]
     prompt = _text(attrs.get("gen_ai.prompt.name"))
     if prompt:
-        event.setdefault("attributes", {})["gen_ai.prompt.name"] = prompt[:MAX_ATTRIBUTE_VALUE]
+        event["attributes"]["gen_ai.prompt.name"] = prompt[:MAX_ATTRIBUTE_VALUE]
     return event
 
 
@@ -324,7 +338,7 @@ async def post_traces(request: Request) -> Response:
     if not collector.names.loaded(principal.project.id):
         await run_in_threadpool(collector.names.load, principal.project.id)
     try:
-        body = await read_body(request, limit, principal)
+        body = await read_body(request, limit, principal, json=content_type == JSON)
         converted = convert(parse_request(body, content_type))
         events, rejected = _validate(converted.events, collector.config.limits, collector.names.admitter(principal.project.id))
     except AuthError as exc:  # a signature that does not match
