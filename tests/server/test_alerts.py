@@ -87,7 +87,7 @@ def test_call_counts_are_exact_for_any_window(store):
     project = store.ensure_project("default")
     now = now_ms()
     rows = [event(tool=f"t{i % 3}", ts=now - i * 7 * MIN, ok=i % 4 != 0) for i in range(300)]  # 35 hours back
-    with TestClient(create_app(store), client=("127.0.0.1", 5000)) as c:
+    with TestClient(create_app(store), client=("127.0.0.1", 5000), base_url="http://127.0.0.1") as c:
         assert c.post("/v1/events", json=rows).json()["accepted"] == 300
     for back, length in ((5, 5), (60, 60), (360, 360), (1440, 1440), (125, 61), (30, 30)):
         start, end = now - back * MIN, now - (back - length) * MIN + 1
@@ -107,7 +107,7 @@ def fill(c: TestClient, headers: dict[str, str] | None = None) -> None:
 
 
 def test_the_store_fires_what_the_rules_would(store):
-    with TestClient(create_app(store), client=("127.0.0.1", 5000)) as c:
+    with TestClient(create_app(store), client=("127.0.0.1", 5000), base_url="http://127.0.0.1") as c:
         fill(c)
     project = store.project_by_name("default")
     firing = alerts.evaluate(store, project.id)
