@@ -3,6 +3,7 @@ attributes, distinct servers and tools per project, and open connections."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
 import httpx
@@ -66,6 +67,8 @@ def test_size_count_and_length_limits_answer_clearly(store):
 
 
 def test_connections_beyond_the_limit_are_503(tmp_path):
+    """At MCPMETER_MAX_CONNECTIONS a new connection takes the place of the one idle longest;
+    when every connection is busy with a request, the next one is answered 503."""
     db = tmp_path / "c.db"
     open_store(str(db)).close()
     c = start_collector(db, env={"MCPMETER_MAX_CONNECTIONS": "3"})
@@ -74,14 +77,23 @@ def test_connections_beyond_the_limit_are_503(tmp_path):
         port = int(c.url.rsplit(":", 1)[1])
         for _ in range(3):  # idle keep-alive connections count
             s = socket.create_connection(("127.0.0.1", port))
-            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             assert b"200 OK" in s.recv(4096)
             held.append(s)
-        r = httpx.get(c.url + "/health")
-        assert r.status_code == 503
+        assert httpx.get(c.url + "/health").status_code == 200  # the longest idle made room
+        held[0].settimeout(10)
+        while held[0].recv(4096):  # ... and was closed (after the rest of its answer)
+            pass
         for s in held:
             s.close()
         held.clear()
+        with contextlib.ExitStack() as streams:  # three requests in flight: live streams
+            client = streams.enter_context(httpx.Client(timeout=10))
+            for _ in range(3):
+                response = streams.enter_context(client.stream("GET", c.url + "/v1/live"))
+                assert response.status_code == 200
+            r = httpx.get(c.url + "/health")
+            assert r.status_code == 503
         wait_until(lambda: httpx.get(c.url + "/health").status_code == 200, 10, "room for a connection again")
     finally:
         for s in held:

@@ -54,6 +54,16 @@ def valid(e: dict) -> bool:
     """The wire format's rules, stated independently of the implementation."""
     if not isinstance(e, dict) or set(e) - FIELDS:
         return False
+    attributes = e.get("attributes")
+    texts = [v for v in e.values() if isinstance(v, str)]
+    if isinstance(attributes, dict):
+        texts += [*attributes, *(v for v in attributes.values() if isinstance(v, str))]
+    if any("\x00" in text for text in texts):  # both stores must hold every text: no NUL
+        return False
+    for name in ("server", "tool", "client_name", "error_type", "session_id"):  # index keys: 600 bytes of UTF-8
+        value = e.get(name)
+        if isinstance(value, str) and len(value.encode("utf-8", "surrogatepass")) > 600:
+            return False
     if not (isinstance(e.get("id"), str) and re.fullmatch(r"[A-Za-z0-9._:\-]{1,128}", e["id"])):
         return False
     if not (isinstance(e.get("kind"), str) and re.fullmatch(r"[a-z][a-z0-9_./]{0,63}", e["kind"])):

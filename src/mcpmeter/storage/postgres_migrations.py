@@ -505,7 +505,25 @@ def script(start: int = 0, end: int | None = None, down: bool = False) -> str:
     parts.append("COMMIT;")
     return "\n".join(parts) + "\n"
 
-# The outcome class of an error_hour row written before schema 9, from its name alone (as sqlite_migrations).
+
+MIGRATIONS.append(
+    Migration(
+        9,
+        "request counts of rate limits in fixed windows, shared by the collectors of a store",
+        # No row-level security policy: the reader role is granted nothing on this table.
+        up=_sql("""
+        CREATE TABLE rate_windows (
+            name CTEXT NOT NULL, window_start bigint NOT NULL, requests bigint NOT NULL,
+            PRIMARY KEY (name, window_start)
+        );
+        """),
+        down="""
+        DROP TABLE rate_windows;
+        """,
+    )
+)
+
+# The outcome class of an error_hour row written before schema 10, from its name alone (as sqlite_migrations).
 _OUTCOME_OF_NAME = """CASE
     WHEN error_type = 'cancelled' THEN 'cancelled'
     WHEN error_type IN ('parse_error', 'invalid_request', 'method_not_found', 'invalid_params', 'resource_not_found')
@@ -525,7 +543,7 @@ _OUTCOMES_FROM_EVENTS = outcome_backfill("(attributes::jsonb ->> 'mcp.outcome')"
 
 MIGRATIONS.append(
     Migration(
-        9,
+        10,
         "outcome classes in the rollups, categories and definition sizes in the catalog, hourly measurements, "
         "usage actions, the activation funnel",
         up=_sql(_OUTCOME_CELLS + f"""

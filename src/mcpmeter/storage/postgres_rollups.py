@@ -26,7 +26,7 @@ LATEST = MIGRATIONS[-1].version
 _json = msgspec.json.Encoder().encode
 
 
-# Schema 9 on, the cells also count the calls of each outcome class apart (rollup.Cell).
+# Schema 10 on, the cells also count the calls of each outcome class apart (rollup.Cell).
 _OUTCOME_COLUMNS = ", caller_errors, server_errors, cancelled"
 _OUTCOME_TYPES = ", %b::bigint[], %b::bigint[], %b::bigint[]"
 _OUTCOME_SET = """,
@@ -54,8 +54,8 @@ ON CONFLICT (project_id, bucket, kind, server, tool, client) DO UPDATE SET
 
 _HOUR_UPSERT = _cell_upsert("rollup_hour")
 _DAY_UPSERT = _cell_upsert("rollup_day")
-_HOUR_UPSERT_V9 = _cell_upsert("rollup_hour", outcomes=True)
-_DAY_UPSERT_V9 = _cell_upsert("rollup_day", outcomes=True)
+_HOUR_UPSERT_V10 = _cell_upsert("rollup_hour", outcomes=True)
+_DAY_UPSERT_V10 = _cell_upsert("rollup_day", outcomes=True)
 
 _USER_DAY = """
 INSERT INTO user_day SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[])
@@ -72,7 +72,7 @@ INSERT INTO error_hour AS r SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b:
 ON CONFLICT (project_id, bucket, server, tool, client, error_type) DO UPDATE SET
     count = r.count + excluded.count, last_ts = greatest(r.last_ts, excluded.last_ts)
 """
-_ERRORS_V9 = """
+_ERRORS_V10 = """
 INSERT INTO error_hour AS r (project_id, bucket, server, tool, client, error_type, outcome, count, last_ts)
 SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[],
                                                  %b::text[], %b::bigint[], %b::bigint[])
@@ -106,9 +106,9 @@ ON CONFLICT (project_id, server, tool) DO UPDATE SET
     first_seen = least(r.first_seen, excluded.first_seen), last_seen = greatest(r.last_seen, excluded.last_seen),
     last_called = greatest(r.last_called, excluded.last_called)
 """
-# Schema 9 on: listings, the definition's size at the last one, the latest category (ties:
+# Schema 10 on: listings, the definition's size at the last one, the latest category (ties:
 # the larger value, so the order of arrival does not matter; as rollup._seen).
-_CATALOG_V9 = """
+_CATALOG_V10 = """
 INSERT INTO tool_catalog AS r (project_id, server, tool, first_seen, last_seen, last_called, listed_first, listed_last,
                                def_bytes, category, category_ts)
 SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[],
@@ -177,7 +177,7 @@ ON CONFLICT (project_id, bucket, server, tool) DO UPDATE SET
 
 
 _TOOL_DAY = _tool_day_upsert()
-_TOOL_DAY_V9 = _tool_day_upsert(outcomes=True)
+_TOOL_DAY_V10 = _tool_day_upsert(outcomes=True)
 USERS_LOCK = 0x6D63_7075  # with the project id: numbering a project's new users, one transaction at a time
 
 
@@ -266,16 +266,16 @@ def apply(conn: psycopg.Connection, by_project: dict[int, Deltas], version: int 
     (older only while upgrading), table by table, in key order. From schema 5 on,
     ``numbers`` (``number_users``) must hold every calling user's number."""
     items = by_project.items()
-    v9 = version >= OUTCOMES_VERSION
-    width = 16 if v9 else 13
-    _run(conn, _HOUR_UPSERT_V9 if v9 else _HOUR_UPSERT, _cells(by_project, "hour", v9), width, (9, 10, 11))
-    _run(conn, _DAY_UPSERT_V9 if v9 else _DAY_UPSERT, _cells(by_project, "day", v9), width, (9, 10, 11))
+    v10 = version >= OUTCOMES_VERSION
+    width = 16 if v10 else 13
+    _run(conn, _HOUR_UPSERT_V10 if v10 else _HOUR_UPSERT, _cells(by_project, "hour", v10), width, (9, 10, 11))
+    _run(conn, _DAY_UPSERT_V10 if v10 else _DAY_UPSERT, _cells(by_project, "day", v10), width, (9, 10, 11))
     _run(conn, _USER_DAY, [(p, *k) for p, d in items for k in d.user_day], 6)
     _run(conn, _USER_HOUR, [(p, *k) for p, d in items for k in d.user_hour], 3)
     _run(conn, _USER_FIRST, [(p, server, user, ts) for p, d in items for (server, user), ts in d.user_first.items()], 4)
-    if v9:
-        _run(conn, _ERRORS_V9, [(p, *k, n, last) for p, d in items for k, (n, last) in d.errors.items()], 9)
-    else:  # before schema 9 error_hour had no outcome column
+    if v10:
+        _run(conn, _ERRORS_V10, [(p, *k, n, last) for p, d in items for k, (n, last) in d.errors.items()], 9)
+    else:  # before schema 10 error_hour had no outcome column
         merged: dict[tuple[Any, ...], list[int]] = {}
         for p, d in items:
             for k, (n, last) in d.errors.items():
@@ -289,8 +289,8 @@ def apply(conn: psycopg.Connection, by_project: dict[int, Deltas], version: int 
         for p, d in items for sid, s in d.sessions.items()
     ], 15)
     _run(conn, _SESSION_TOOLS, [(p, sid, tool) for p, d in items for sid, s in d.sessions.items() for tool in s.tools], 3)
-    if v9:
-        _run(conn, _CATALOG_V9, [(p, server, tool, *span) for p, d in items for (server, tool), span in d.catalog.items()], 11)
+    if v10:
+        _run(conn, _CATALOG_V10, [(p, server, tool, *span) for p, d in items for (server, tool), span in d.catalog.items()], 11)
     elif version >= 4:
         _run(conn, _CATALOG, [(p, server, tool, *span[:3]) for p, d in items for (server, tool), span in d.catalog.items()], 6)
     else:
@@ -307,9 +307,9 @@ def apply(conn: psycopg.Connection, by_project: dict[int, Deltas], version: int 
                 for user in d.tool_day_users.get(key, ()):
                     users |= 1 << number[user]
                 rows.append((p, *key, c.calls, c.errors, c.dur_count, c.dur_sum, c.dur_min, c.dur_max,
-                             _hist_json(c), bits(users), *((c.caller_errors, c.server_errors, c.cancelled) if v9 else ())))
-        _run(conn, _TOOL_DAY_V9 if v9 else _TOOL_DAY, rows, 15 if v9 else 12, (7, 8, 9))
-    if v9:
+                             _hist_json(c), bits(users), *((c.caller_errors, c.server_errors, c.cancelled) if v10 else ())))
+        _run(conn, _TOOL_DAY_V10 if v10 else _TOOL_DAY, rows, 15 if v10 else 12, (7, 8, 9))
+    if v10:
         _run(conn, _ACTION_DAY, [(p, *k) for p, d in items for k in d.action_day], 5)
         _run(conn, _ACTION_HOUR, [(p, *k) for p, d in items for k in d.action_hour], 5)
         _run(conn, _ACTIVATION, [(p, server, subject, *entry) for p, d in items

@@ -50,7 +50,7 @@ from ..protocol import (
 
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
-OUTCOMES_VERSION = 9  # the schema that brought outcome classes, listings, categories, actions and activation
+OUTCOMES_VERSION = 10  # the schema that brought outcome classes, listings, categories, actions and activation
 # The error names that are the server's fault (``protocol.outcome_of``: any other JSON-RPC
 # name, a code without a name, no type at all); any other name is an exception of the tool's code.
 SERVER_ERROR_NAMES = frozenset(set(ERROR_NAMES.values()) - CALLER_ERROR_TYPES | {JSONRPC_ERROR})
@@ -112,7 +112,7 @@ def outcome_case(recorded: str, numeric: str) -> str:
 
 
 def outcome_backfill(recorded: str, numeric: str) -> str:
-    """SQL that fills the outcome counts of the rollups from the raw events (schema 9): every
+    """SQL that fills the outcome counts of the rollups from the raw events (schema 10): every
     cell whose events are all still stored (its raw count equals its ``calls``) gets its
     errors, caller errors, server errors and cancelled calls counted by ``outcome_case``; the
     error groups of every hour from the project's oldest stored event on are split by outcome

@@ -296,7 +296,24 @@ MIGRATIONS.append(
     )
 )
 
-# The outcome class of an error_hour row written before schema 9, from its name alone
+
+MIGRATIONS.append(
+    Migration(
+        9,
+        "request counts of rate limits in fixed windows, shared by the collectors of a store",
+        up="""
+        CREATE TABLE rate_windows (
+            name TEXT NOT NULL, window_start INTEGER NOT NULL, requests INTEGER NOT NULL,
+            PRIMARY KEY (name, window_start)
+        ) WITHOUT ROWID;
+        """,
+        down="""
+        DROP TABLE rate_windows;
+        """,
+    )
+)
+
+# The outcome class of an error_hour row written before schema 10, from its name alone
 # (``protocol.outcome_of`` without attributes; "error" is a failure without a type).
 _OUTCOME_OF_NAME = """CASE
     WHEN error_type = 'cancelled' THEN 'cancelled'
@@ -322,7 +339,7 @@ _OUTCOMES_FROM_EVENTS = outcome_backfill('json_extract(attributes, \'$."mcp.outc
 
 MIGRATIONS.append(
     Migration(
-        9,
+        10,
         "outcome classes in the rollups, categories and definition sizes in the catalog, hourly measurements, "
         "usage actions, the activation funnel",
         up=f"""

@@ -28,7 +28,7 @@ ON CONFLICT (project_id, bucket, kind, server, tool, client) DO UPDATE SET
 """
 _HOUR_UPSERT = _CELL_UPSERT.format(table="rollup_hour")
 _DAY_UPSERT = _CELL_UPSERT.format(table="rollup_day")
-# Schema 9 on: the cells count the calls of each outcome class apart (rollup.Cell).
+# Schema 10 on: the cells count the calls of each outcome class apart (rollup.Cell).
 _OUTCOME_COLUMNS = "caller_errors, server_errors, cancelled"
 _OUTCOME_SET = """,
     caller_errors = caller_errors + excluded.caller_errors,
@@ -43,8 +43,8 @@ def _with_outcomes(upsert: str) -> str:
     return f"{head}, {_OUTCOME_COLUMNS})\nVALUES ({values}, ?, ?, ?)\nON CONFLICT{update.rstrip()}{_OUTCOME_SET}"
 
 
-_HOUR_UPSERT_V9 = _with_outcomes(_HOUR_UPSERT)
-_DAY_UPSERT_V9 = _with_outcomes(_DAY_UPSERT)
+_HOUR_UPSERT_V10 = _with_outcomes(_HOUR_UPSERT)
+_DAY_UPSERT_V10 = _with_outcomes(_DAY_UPSERT)
 
 
 _ERROR_UPSERT = """
@@ -53,7 +53,7 @@ ON CONFLICT (project_id, bucket, server, tool, client, error_type) DO UPDATE SET
     count = count + excluded.count, last_ts = max(last_ts, excluded.last_ts)
 """
 
-_ERROR_UPSERT_V9 = """
+_ERROR_UPSERT_V10 = """
 INSERT INTO error_hour (project_id, bucket, server, tool, client, error_type, outcome, count, last_ts)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (project_id, bucket, server, tool, client, error_type, outcome) DO UPDATE SET
@@ -86,9 +86,9 @@ ON CONFLICT (project_id, server, tool) DO UPDATE SET
     first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen),
     last_called = max(coalesce(last_called, excluded.last_called), coalesce(excluded.last_called, last_called))
 """
-# Schema 9 on: when each tool was first and last listed, its definition's size at the last
+# Schema 10 on: when each tool was first and last listed, its definition's size at the last
 # listing, its latest category (ties: the larger value, so the order of arrival does not matter).
-_CATALOG_UPSERT_V9 = """
+_CATALOG_UPSERT_V10 = """
 INSERT INTO tool_catalog (project_id, server, tool, first_seen, last_seen, last_called, listed_first, listed_last, def_bytes,
                           category, category_ts)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -146,7 +146,7 @@ ON CONFLICT (project_id, bucket, server, tool) DO UPDATE SET
     hist = hist_add(hist, excluded.hist),
     users = users_union(users, excluded.users)
 """
-_TOOL_DAY_UPSERT_V9 = _with_outcomes(_TOOL_DAY_UPSERT)
+_TOOL_DAY_UPSERT_V10 = _with_outcomes(_TOOL_DAY_UPSERT)
 
 
 # Rows go in with multi-row VALUES statements of these many rows (largest first): executemany()
@@ -330,9 +330,9 @@ def apply(conn: sqlite3.Connection, project_id: int, d: Deltas, version: int = L
     transaction stores is added to ``learned``, for the caller to merge once committed.
     """
     p = project_id
-    v9 = version >= OUTCOMES_VERSION
-    execute_rows(conn, _HOUR_UPSERT_V9 if v9 else _HOUR_UPSERT, _cells(p, d.hour, v9))
-    execute_rows(conn, _DAY_UPSERT_V9 if v9 else _DAY_UPSERT, _cells(p, d.day, v9))
+    v10 = version >= OUTCOMES_VERSION
+    execute_rows(conn, _HOUR_UPSERT_V10 if v10 else _HOUR_UPSERT, _cells(p, d.hour, v10))
+    execute_rows(conn, _DAY_UPSERT_V10 if v10 else _DAY_UPSERT, _cells(p, d.day, v10))
     if d.user_day:
         user_day = [(p, *k) for k in d.user_day]
         user_hour = [(p, *k) for k in d.user_hour]
@@ -357,9 +357,9 @@ def apply(conn: sqlite3.Connection, project_id: int, d: Deltas, version: int = L
                         ((p, server, user), seen) for server, user, seen in conn.execute(
                             f"SELECT server, user_hash, first_seen FROM user_first WHERE project_id = ? AND ({condition})",
                             [p, *chain.from_iterable(k[1:] for k in chunk)]))
-    if d.errors and v9:
-        execute_rows(conn, _ERROR_UPSERT_V9, [(p, *k, n, last) for k, (n, last) in d.errors.items()])
-    elif d.errors:  # before schema 9 error_hour had no outcome column
+    if d.errors and v10:
+        execute_rows(conn, _ERROR_UPSERT_V10, [(p, *k, n, last) for k, (n, last) in d.errors.items()])
+    elif d.errors:  # before schema 10 error_hour had no outcome column
         merged: dict[tuple[Any, ...], list[int]] = {}
         for k, (n, last) in d.errors.items():
             entry = merged.setdefault(k[:5], [0, last])
@@ -378,22 +378,22 @@ def apply(conn: sqlite3.Connection, project_id: int, d: Deltas, version: int = L
         execute_rows(conn, "INSERT OR IGNORE INTO session_tools VALUES (?, ?, ?)", session_tools)
         if learned is not None:
             learned.session_tools.update(session_tools)
-    if d.catalog and v9:
-        execute_rows(conn, _CATALOG_UPSERT_V9, [(p, server, tool, *span) for (server, tool), span in d.catalog.items()])
+    if d.catalog and v10:
+        execute_rows(conn, _CATALOG_UPSERT_V10, [(p, server, tool, *span) for (server, tool), span in d.catalog.items()])
     elif d.catalog and version >= 4:
         execute_rows(conn, _CATALOG_UPSERT, [(p, server, tool, *span[:3]) for (server, tool), span in d.catalog.items()])
     elif d.catalog:
         execute_rows(conn, _CATALOG_UPSERT_V2, [(p, server, tool, *span[:2]) for (server, tool), span in d.catalog.items()])
     if d.tool_day and version >= 5:
         numbers = _user_numbers(conn, p, d, known, learned)
-        execute_rows(conn, _TOOL_DAY_UPSERT_V9 if v9 else _TOOL_DAY_UPSERT, [
+        execute_rows(conn, _TOOL_DAY_UPSERT_V10 if v10 else _TOOL_DAY_UPSERT, [
             (p, *key, c.calls, c.errors, c.dur_count, c.dur_sum, c.dur_min, c.dur_max,
              histogram.encode_dense(histogram.pack(c.histogram())),
              usersets.encode(usersets.from_numbers(numbers[u] for u in d.tool_day_users.get(key, ()))),
-             *((c.caller_errors, c.server_errors, c.cancelled) if v9 else ()))
+             *((c.caller_errors, c.server_errors, c.cancelled) if v10 else ()))
             for key, c in d.tool_day.items()
         ])
-    if v9:
+    if v10:
         if d.action_day:
             execute_rows(conn, "INSERT OR IGNORE INTO action_user_day VALUES (?, ?, ?, ?, ?)", [(p, *k) for k in d.action_day])
             execute_rows(conn, "INSERT OR IGNORE INTO action_user_hour VALUES (?, ?, ?, ?, ?)", [(p, *k) for k in d.action_hour])
