@@ -456,9 +456,9 @@ def test_the_export_button_downloads_the_report_for_the_filters_shown(site, page
     name, text = downloads["csv"]
     assert name.startswith("mcpmeter-default-report-tools-") and name.endswith(".csv")
     lines = text.splitlines()
-    assert lines[0].startswith("server,tool,calls,share")
+    assert lines[0].startswith("server,tool,category,calls,share")
     assert [line.split(",")[1] for line in lines[1:]] == [t["tool"] for t in report["tools"]]  # only weblab's tools
-    assert sum(int(line.split(",")[2]) for line in lines[1:]) == report["calls"]
+    assert sum(int(line.split(",")[3]) for line in lines[1:]) == report["calls"]
     name, text = downloads["markdown"]
     assert name.endswith(".md") and text.startswith("# MCP usage report") and "server `weblab`" in text
     assert f"{report['calls']} in this period" in text
