@@ -216,11 +216,14 @@ def plan(days: int = 90, users: int = 40, calls_per_day: int = 60, seed: int = 7
 
 
 def server_events(days: int, now_ms: int) -> list[dict[str, Any]]:
+    """The deploy that fixed weblab_search (the plan switches weblab's version there), the RAG
+    change (archon's calls ask for 8 passages from then on), and a restart in the last hour."""
     deploy = now_ms - (days // 3) * DAY_MS
     return [
         {"server": "weblab", "type": "deploy", "ts": deploy, "version": "1.4.0", "message": "fix weblab_search timeouts"},
         {"server": "weblab", "type": "restart", "ts": deploy + 120_000, "version": "1.4.0"},
         {"server": "archon", "type": "config_change", "ts": now_ms - (days // 2) * DAY_MS, "message": "raised RAG top_k to 8"},
+        {"server": "kb", "type": "restart", "ts": now_ms - 35 * 60_000, "version": "1.0.0", "message": "nightly restart"},
     ]
 
 
@@ -485,9 +488,11 @@ def measurements(events: list[dict[str, Any]], days: int, now_ms: int, seed: int
 
 
 def fill(store: Store, project_name: str = "default", progress: Progress | None = None, days: int = 90,
-         now_ms: int | None = None, users: int = 40, calls_per_day: int = 60, seed: int = 7) -> int:
+         now_ms: int | None = None, users: int = 40, calls_per_day: int = 60, seed: int = 7,
+         ledger: list[tuple[str, str, str]] | None = None) -> int:
     """Hold the planned conversations through the capture paths and store what they recorded,
-    re-timed; returns how many events were stored."""
+    re-timed; returns how many events were stored. ``ledger`` (a list) receives (server, tool,
+    outcome class) of every call as its client saw it, to compare with what was stored."""
     import anyio
 
     require()
@@ -497,6 +502,8 @@ def fill(store: Store, project_name: str = "default", progress: Progress | None 
         capture = Capture(Path(tmp), progress)
         anyio.run(capture.run, conversations)
         events, lost = retime(capture.lanes)
+    if ledger is not None:
+        ledger += [(c.server, tool, outcome) for c in conversations for tool, outcome in c.seen]
     if lost:
         raise MCPMeterError(f"demo: {lost} captured events belong to no conversation", hint="a clock step during the run?")
     if progress:
