@@ -93,4 +93,4 @@ def test_measurements_and_server_events_are_stored(filled):
     assert sum(row[5] for row in timer) == len(rag)  # the timer is the captured rag_query durations
     assert sum(row[6] for row in timer) == pytest.approx(sum(rag))
     assert {(row[1], row[2]) for row in store.server_events(f)} == {
-        ("weblab", "deploy"), ("weblab", "restart"), ("archon", "config_change"), ("kb", "restart")}
+        ("weblab", "deploy"), ("weblab", "restart"), ("archon", "config_change"), ("time", "deploy"), ("kb", "restart")}

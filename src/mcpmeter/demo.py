@@ -219,11 +219,18 @@ def server_events(days: int, now_ms: int) -> list[dict[str, Any]]:
     """The deploy that fixed weblab_search (the plan switches weblab's version there), the RAG
     change (archon's calls ask for 8 passages from then on), and a restart in the last hour."""
     deploy = now_ms - (days // 3) * DAY_MS
+    ci = {"by": "ci", "pipeline": "release"}
     return [
-        {"server": "weblab", "type": "deploy", "ts": deploy, "version": "1.4.0", "message": "fix weblab_search timeouts"},
-        {"server": "weblab", "type": "restart", "ts": deploy + 120_000, "version": "1.4.0"},
-        {"server": "archon", "type": "config_change", "ts": now_ms - (days // 2) * DAY_MS, "message": "raised RAG top_k to 8"},
-        {"server": "kb", "type": "restart", "ts": now_ms - 35 * 60_000, "version": "1.0.0", "message": "nightly restart"},
+        {"server": "weblab", "type": "deploy", "ts": deploy, "version": "1.4.0", "message": "fix weblab_search timeouts",
+         "attributes": ci},
+        {"server": "weblab", "type": "restart", "ts": deploy + 120_000, "version": "1.4.0", "message": "after the deploy",
+         "attributes": ci},
+        {"server": "archon", "type": "config_change", "ts": now_ms - (days // 2) * DAY_MS, "version": "0.2.0",
+         "message": "raised RAG top_k to 8", "attributes": {"by": "ops", "setting": "top_k"}},
+        {"server": "time", "type": "deploy", "ts": now_ms - (days // 5) * DAY_MS - 3 * HOUR_MS, "version": "2026.10.19",
+         "message": "tzdata 2026b", "attributes": ci},
+        {"server": "kb", "type": "restart", "ts": now_ms - 35 * 60_000, "version": "1.0.0", "message": "nightly restart",
+         "attributes": {"by": "cron"}},
     ]
 
 
