@@ -51,7 +51,7 @@ from typing import Any
 import msgspec
 
 from .events import Limits, decode_batch
-from .exceptions import MCPMeterError
+from .exceptions import MCPMeterError, MissingExtra
 from .ingest import rows_for
 from .measurements import measurement_rows, server_event_rows
 from .protocol import DEFINITION_HASH_ATTRIBUTE, LIST_TOOLS, TOOL_CALL, TOOL_LISTED, catalog_event_id
@@ -66,7 +66,7 @@ CLIENTS = [("claude-code", "2.1.0", "auto", 0.25), ("claude-code", "2.0.14", "le
            ("vscode-copilot", "1.104.0", "legacy", 0.08), ("mcp-inspector", "0.17.0", "auto", 0.12)]
 SERVERS = {"weblab": 0.54, "archon": 0.18, "kb": 0.2, "time": 0.08}
 STDIO_SESSIONS = 3  # each costs two processes: the history gets at most this many conversations with `time`
-REQUIRES = ("mcp", "uvicorn", "starlette", "httpx")
+REQUIRES = (("mcp", "mcp"), ("uvicorn", "server"), ("starlette", "server"), ("httpx", "server"))
 Progress = Callable[[str, int, int], None]
 
 
@@ -84,12 +84,16 @@ class Conversation:
     seen: list[tuple[str, str]] = field(default_factory=list)  # what the client saw
 
 
-def require() -> None:
-    """The demo drives real MCP servers: say in one line what is missing."""
-    missing = [name for name in REQUIRES if importlib.util.find_spec(name) is None]
-    if missing:
-        raise MCPMeterError(f"the demo drives real MCP servers and needs {', '.join(missing)}",
-                            hint="pip install 'mcpmeter[server,mcp]'")
+def require(what: str = "`mcpmeter demo`") -> None:
+    """The demo drives real MCP servers (mcp) behind the HTTP proxy (server): name the extra
+    that is missing in one line."""
+    for module, extra in REQUIRES:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            raise MissingExtra(what, extra)
 
 
 # ---- the plan ------------------------------------------------------------------------------
@@ -311,12 +315,14 @@ class Capture:
         db = str(self.scratch / "weblab.db")
         for version in sorted({c.version or "" for c in conversations}):
             meter = self.meter(db, "weblab", None)
-            server = meter.instrument(servers.weblab(version), user=lambda request_context: _holding.get())
-            for c in conversations:
-                if c.version == version:
-                    _holding.set(c.user)
-                    await self.hold(c, server, db)
-            await anyio.to_thread.run_sync(meter.shutdown, 30.0)
+            try:
+                server = meter.instrument(servers.weblab(version), user=lambda request_context: _holding.get())
+                for c in conversations:
+                    if c.version == version:
+                        _holding.set(c.user)
+                        await self.hold(c, server, db)
+            finally:
+                await _stop(meter)
 
     async def kb(self, conversations: list[Conversation]) -> None:
         """``@meter.tool(category=...)``, and ``meter.record`` for a user's first conversation."""
@@ -330,12 +336,14 @@ class Capture:
             groups.setdefault(c.user, []).append(c)
         for user, group in sorted(groups.items()):
             meter = self.meter(db, "kb", user)
-            server = servers.kb(meter.tool)
-            for c in group:
-                install = partial(meter.record, kind="installation", server_version="1.0.0",
-                                  client_name=c.client[0], client_version=c.client[1])
-                await self.hold(c, server, db, install if c.first else None)
-            await anyio.to_thread.run_sync(meter.shutdown, 30.0)
+            try:
+                server = servers.kb(meter.tool)
+                for c in group:
+                    install = partial(meter.record, kind="installation", server_version="1.0.0",
+                                      client_name=c.client[0], client_version=c.client[1])
+                    await self.hold(c, server, db, install if c.first else None)
+            finally:
+                await _stop(meter)
 
     async def archon(self, conversations: list[Conversation]) -> None:
         """``mcpmeter proxy --upstream``: the server over streamable HTTP, users from a header."""
@@ -359,7 +367,7 @@ class Capture:
 
     async def time(self, conversations: list[Conversation]) -> None:
         """``mcpmeter proxy -- CMD``: one proxy process per conversation, as an MCP client starts it."""
-        from mcp.client.stdio import StdioServerParameters
+        from mcp.client.stdio import StdioServerParameters, stdio_client
 
         for n, c in enumerate(conversations):
             db = str(self.scratch / f"time-{n}.db")
@@ -367,7 +375,16 @@ class Capture:
                 command=sys.executable, env={**self.env, "MCPMETER_USER": c.user},
                 args=["-m", "mcpmeter", "proxy", "--server-name", "time", "--db", db, "--",
                       sys.executable, "-m", "mcpmeter.demo_servers", "time", "stdio"])
-            await self.hold(c, params, db)
+            with open(self.scratch / f"time-{n}.log", "w") as errlog:  # the processes' stderr, not ours
+                await self.hold(c, stdio_client(params, errlog=errlog), db)
+
+
+async def _stop(meter: Any) -> None:
+    """Deliver what the meter recorded and stop it, even when the capture is being cancelled."""
+    import anyio
+
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(meter.shutdown, 30.0)
 
 
 async def _next_ms() -> None:
@@ -405,11 +422,12 @@ async def _process(argv: list[str], env: dict[str, str], log: Path, port: int) -
         yield
     finally:
         proc.terminate()
-        try:
-            await anyio.to_thread.run_sync(proc.wait, 30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        with anyio.CancelScope(shield=True):
+            try:
+                await anyio.to_thread.run_sync(proc.wait, 30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 # ---- re-timing and storing -------------------------------------------------------------------

@@ -68,7 +68,7 @@ def serve(host: str | None, port: int | None, db: str | None, demo: bool, log_le
     metrics_key = register_metrics_key(store)
     if demo and store.count_events(_everything(store)) == 0:
         try:
-            _fill_demo(store)
+            _fill_demo(store, what="the demo (`serve --demo`)")
         except MCPMeterError as exc:  # the collector still starts, on the empty store
             click.echo(f"no demo data: {exc}" + (f" ({exc.hint})" if exc.hint else ""), err=True)
     click.echo(f"mcpmeter {__version__} collector on {local_url}  (store: {store.url})", err=True)
@@ -116,13 +116,13 @@ def _everything(store):
     return EventFilter(project.id, 0, 1 << 62)
 
 
-def _fill_demo(store, **options: Any) -> int:
+def _fill_demo(store, what: str = "`mcpmeter demo`", **options: Any) -> int:
     """Fill ``store`` with demo data recorded from real MCP traffic, showing progress on stderr."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .. import demo
 
-    demo.require()
+    demo.require(what)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, transient=True, console=_stderr_console()) as progress:
         task = progress.add_task("Demo: planning", total=None)
