@@ -28,11 +28,9 @@ from mcpmeter.analytics.questions import QUESTIONS
 from mcpmeter.cli.main import cli
 
 pytestmark = pytest.mark.slow
+pytest_plugins = ["browser_helpers"]  # its fixture: browser
 
 PERIODS = ("30d", "7d", "6h")
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--no-first-run"]
 # Parts of an answer that may be empty on filled data, and why.
 MAY_BE_EMPTY = {
     "filters": "no filter was asked for",
@@ -80,7 +78,7 @@ def demo_db(tmp_path_factory) -> Iterator[tuple[Path, dict[str, str]]]:
                           env={**os.environ, **env}, capture_output=True, text=True, timeout=100)
     assert done.returncode == 0, done.stderr
     assert "recorded from real MCP traffic" in done.stderr
-    print(f"demo: {time.monotonic() - started:.1f} s")  # noqa: T201 - shown with -s
+    print(f"demo: {time.monotonic() - started:.1f} s")  # shown with -s
     yield db, env
 
 
@@ -157,18 +155,6 @@ def test_every_mcp_tool_answer_has_data(demo_db):
 
 
 # ---- the dashboard in a real browser -------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Chromium is not installed: apt-get install -y chromium fonts-liberation (make test does)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 EMPTY_PANELS = """() => [...document.querySelectorAll('section.card')].filter((card) => {

@@ -31,7 +31,7 @@ def filled(store):
 
 
 def test_stored_calls_are_the_calls_the_clients_made(filled):
-    store, ledger, events, total, _ = filled
+    _, ledger, events, total, _ = filled
     calls = [e for e in events if e["kind"] == "tool_call"]
     stored = Counter((e["server"], e["tool"], outcome_of(e["ok"], e["error_type"], e["attributes"])) for e in calls)
     assert stored == Counter(ledger)  # one event per logical call, with the outcome its client saw
@@ -66,7 +66,7 @@ def test_every_capture_path_and_protocol_generation_left_its_mark(filled):
 
 
 def test_conversations_are_moved_whole_into_the_past(filled):
-    store, _, events, _, started = filled
+    _, _, events, _, started = filled
     ts = [e["ts"] for e in events]
     assert max(ts) < started and min(ts) > started - (DAYS + 1) * demo.DAY_MS
     days = {t // demo.DAY_MS for t in ts}

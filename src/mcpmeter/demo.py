@@ -308,8 +308,6 @@ class Capture:
     async def weblab(self, conversations: list[Conversation]) -> None:
         """``meter.instrument``, one server per version; who the user is, ``instrument(user=...)``
         answers (here: the user of the conversation being held)."""
-        import anyio
-
         from .demo_servers import servers
 
         db = str(self.scratch / "weblab.db")
@@ -326,8 +324,6 @@ class Capture:
 
     async def kb(self, conversations: list[Conversation]) -> None:
         """``@meter.tool(category=...)``, and ``meter.record`` for a user's first conversation."""
-        import anyio
-
         from .demo_servers import servers
 
         db = str(self.scratch / "kb.db")

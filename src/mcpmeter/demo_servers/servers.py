@@ -47,12 +47,16 @@ class TaskParams(RequestParams):
 
 class Tasks(Extension):
     """A minimal tasks extension: the tools named are answered with a task, then ``tasks/get``
-    reports it working for ``steps`` polls and ends it ``completed`` or ``failed``."""
+    reports it working for ``steps`` polls and ends it as the call's ``outcome`` argument says,
+    ``completed`` (with the text ``done``) or ``failed``. ``structured``: the tools have an
+    output schema, so the final result carries ``structuredContent`` too."""
 
     identifier = TASKS
 
-    def __init__(self, tools: tuple[str, ...]) -> None:
+    def __init__(self, tools: tuple[str, ...], done: str = "index rebuilt", failed: str = "the rebuild failed",
+                 structured: bool = False) -> None:
         self.task_tools = tools
+        self.done, self.failed, self.structured = done, failed, structured
         self.tasks: dict[str, dict[str, Any]] = {}
 
     async def intercept_tool_call(self, params, ctx, call_next):
@@ -76,8 +80,9 @@ class Tasks(Extension):
         if state["left"] > 0:
             return {"task": self._task(params.task_id, "working")}
         if state["outcome"] == "failed":
-            return {"task": self._task(params.task_id, "failed", statusMessage="the rebuild failed")}
-        result = CallToolResult(content=[TextContent(type="text", text="index rebuilt")])
+            return {"task": self._task(params.task_id, "failed", statusMessage=self.failed)}
+        result = CallToolResult(content=[TextContent(type="text", text=self.done)],
+                                structured_content={"result": self.done} if self.structured else None)
         return {"task": self._task(params.task_id, "completed"),
                 "result": result.model_dump(mode="json", by_alias=True, exclude_none=True)}
 

@@ -26,13 +26,11 @@ from conftest import MCPMETER, ROOT, Collector, Keys, make_keys, start_collector
 from foundation_helpers import event, now_ms
 from mcpmeter.storage import open_store
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--headless=new", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--no-first-run"]
 ARTIFACTS = ROOT / "artifacts"
 TIME_CHARTS = {"calls", "errors", "latency", "users"}
 
 pytestmark = pytest.mark.slow
+pytest_plugins = ["browser_helpers"]  # its fixture: browser
 
 
 # ---- the sites ---------------------------------------------------------------------------------
@@ -95,18 +93,6 @@ def api(c: Collector, path: str, key: str | None = None, **params: Any) -> dict:
 
 
 # ---- the browser -------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Chromium is not installed: apt-get install -y chromium fonts-liberation (make test does)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def open_page(browser, **options):
