@@ -424,7 +424,8 @@ def main(argv: list[str] | None = None) -> dict:
               f"CPU per event {cpu['mcpmeter'] / cpu['baseline']:.2f}")
     out = {"benchmark": "ingest", "batch": args.batch, "clients": args.clients, "events": batches * args.batch,
            "medians_events_per_s": med, "medians_cpu_us_per_event": cpu, "ratio_vs_sqlite": ratio, "ratio_vs_sqlite_unique": ratio_u,
-           "peak_rss_mb": peak_rss, "runs": runs, "complete": complete,
+           "peak_rss_mb": peak_rss, "idle_rss_mb": median([r["idle_rss_mb"] for r in m]), "runs": runs, "complete": complete,
+           "load_average": [load[0], os.getloadavg()[0]],
            "targets_met": med["mcpmeter"] >= TARGET_EVENTS_PER_S and complete}
     write_json(args.json, out)
     return out

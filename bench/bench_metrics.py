@@ -151,9 +151,9 @@ def bench_scrape(args, tmp: Path) -> dict:
 
     # In-process, the same data: our exposition against prometheus_client's generic one.
     store = open_store(str(tmp / "inprocess.db"))
-    with TestClient(create_app(store), client=("127.0.0.1", 5000)) as client:
+    with TestClient(create_app(store), base_url="http://127.0.0.1", client=("127.0.0.1", 5000)) as client:  # a loopback request: trusted without a key
         for body in bodies:
-            client.post("/v1/events", content=body)
+            client.post("/v1/events", content=body, headers={"Content-Type": "application/json"})
         exporter = client.app.state.collector.metrics.prometheus
         project = store.project_by_name("default")
         registry = exporter.registry_for(project.id, project.name)

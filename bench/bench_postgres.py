@@ -7,11 +7,14 @@
    (project_id, ts), durable commits (synchronous_commit=on), rows built before the clock:
    raw ``COPY`` with 1,000 rows per transaction, and ``executemany`` of INSERTs, pipelined
    (psycopg 3 sends the whole batch before reading any answer), 1,000 rows per transaction.
-2. End to end: 1, 2 and 3 real ``mcpmeter serve`` processes on one fresh PostgreSQL
+2. End to end: 1, 2 and 4 (``--collectors``) real ``mcpmeter serve`` processes on one fresh PostgreSQL
    database, ``--clients`` keep-alive HTTP clients spread over them, POSTing 500-event JSON
    batches (bench_ingest's realistic events, unique ids). Events/s counts the events the
    collectors answered ``accepted`` for (every 2xx is a committed transaction: raw event,
    id, and every rollup); the stored count is checked. The ratio is to raw COPY in this run.
+   Where the CPU went during each run is reported per event: the collectors, PostgreSQL's
+   processes, and the load generator (this process), with the machine's load average, so
+   the curve over 1, 2 and 4 collectors can be read against the 2 CPUs they share.
 3. Reads: the 30-day summary (``queries.summary``, as ``GET /v1/usage/summary?period=30d``)
    on a database holding 10M events of the last 30 days (1M with ``--quick``), 30 users'
    worth of servers/tools/clients. The filled database is kept (``mcpmeter_bench_10m``) and
@@ -172,12 +175,14 @@ def run_collectors(admin: str, n: int, bodies: list[bytes], batches: int, client
             c.getresponse().read()
             c.close()
         threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
+        cpu0 = _cpu([proc.pid for proc, _, _ in procs])
         t0 = time.perf_counter()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         elapsed = time.perf_counter() - t0
+        cpu1 = _cpu([proc.pid for proc, _, _ in procs])
     finally:
         for proc, _, _ in procs:
             proc.terminate()
@@ -191,8 +196,28 @@ def run_collectors(admin: str, n: int, bodies: list[bytes], batches: int, client
     drop_db(admin, name)
     if errors:
         log(f"[postgres] errors with {n} collectors:", *errors)
+    events = max(totals["accepted"], 1)
+    cpu = {part: (cpu1[part] - cpu0[part]) / events * 1e6 for part in cpu0}  # CPU-µs per event
     return {"collectors": n, **totals, "seconds": elapsed, "events_per_s": totals["accepted"] / elapsed,
-            "stored_rows": stored, "stored_ok": stored == totals["accepted"] + n * BATCH}
+            "stored_rows": stored, "stored_ok": stored == totals["accepted"] + n * BATCH,
+            "cpu_us_per_event": cpu, "cpu_share_of_machine": sum(cpu1[p] - cpu0[p] for p in cpu0) / (elapsed * (os.cpu_count() or 1)),
+            "load_average": os.getloadavg()[0]}
+
+
+def _cpu(collector_pids: list[int]) -> dict[str, float]:
+    """CPU seconds used so far by the collectors, by PostgreSQL's processes, and by this process."""
+    import psutil
+
+    def used(p: psutil.Process) -> float:
+        try:
+            t = p.cpu_times()
+            return t.user + t.system
+        except psutil.Error:
+            return 0.0
+
+    postgres = sum(used(p) for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("postgres"))
+    return {"collectors": sum(used(psutil.Process(pid)) for pid in collector_pids), "postgresql": postgres,
+            "load_generator": time.process_time()}
 
 
 # ---- 3. the 30-day summary at 10M events --------------------------------------------------------
@@ -307,6 +332,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--reference-rows", type=int, default=200_000, help="rows per raw reference run")
     parser.add_argument("--clients", type=int, default=8, help="concurrent HTTP clients, spread over the collectors")
     parser.add_argument("--max-seconds", type=float, default=20.0, help="stop sending after this long (per run)")
+    parser.add_argument("--collectors", type=lambda v: [int(x) for x in v.split(",")], default=[1, 2, 4],
+                        help="collector counts to run, comma-separated (default 1,2,4)")
     parser.add_argument("--quick", action="store_true", help="1M events for the read test instead of 10M")
     parser.add_argument("--fill-minutes", type=float, default=30.0, help="give up filling the read-test database after this long")
     parser.add_argument("--skip-reads", action="store_true", help="only the ingest part")
@@ -345,7 +372,7 @@ def ingest_part(args: argparse.Namespace) -> dict:
         drop_db(args.pg, f"mcpmeter_bench_ref_{os.getpid()}")
     runs = []
     with tempfile.TemporaryDirectory(prefix="mcpmeter-bench-pg-") as tmp:
-        for n in (1, 2, 3):
+        for n in args.collectors:
             r = run_collectors(args.pg, n, bodies, batches, args.clients, args.max_seconds, Path(tmp))
             r["ratio_to_copy"] = r["events_per_s"] / copy["events_per_s"]
             log(f"[postgres] {n} collector(s): {r['events_per_s']:,.0f} events/s ({r['ratio_to_copy']:.2f} x raw COPY)")
@@ -354,8 +381,15 @@ def ingest_part(args: argparse.Namespace) -> dict:
     rows_out = [["raw COPY, 1,000 rows/tx", f"{copy['events_per_s']:,.0f}", "1.00"],
                 ["pipelined executemany, 1,000 rows/tx", f"{pipelined['events_per_s']:,.0f}",
                  f"{pipelined['events_per_s'] / copy['events_per_s']:.2f}"]]
-    rows_out += [[f"{r['collectors']} collector(s) end to end", f"{r['events_per_s']:,.0f}", f"{r['ratio_to_copy']:.2f}"] for r in runs]
-    print(table(["PostgreSQL ingest", "events/s", "x raw COPY"], rows_out))
+    for r in runs:
+        c = r["cpu_us_per_event"]
+        rows_out.append([f"{r['collectors']} collector(s) end to end", f"{r['events_per_s']:,.0f}", f"{r['ratio_to_copy']:.2f}",
+                         f"{c['collectors']:.1f} / {c['postgresql']:.1f} / {c['load_generator']:.1f}",
+                         f"{r['cpu_share_of_machine']:.0%}", f"{r['load_average']:.1f}"])
+    for row in rows_out[:2]:
+        row += ["", "", ""]
+    print(table(["PostgreSQL ingest", "events/s", "x raw COPY", "CPU-us/event collectors / PostgreSQL / load gen",
+                 "of 2 CPUs", "load avg"], rows_out))
     return result
 
 

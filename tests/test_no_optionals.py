@@ -122,6 +122,7 @@ OK, EXTRA = "ok", "extra"
 COMMANDS: list[tuple[tuple[str, ...], list[str], str]] = [
     (("db", "upgrade"), [], OK),
     (("db", "status"), [], OK),
+    (("db", "sql"), [], OK),
     (("demo",), ["--days", "2", "--users", "3", "--calls-per-day", "20"], EXTRA),  # it drives real MCP servers
     (("report",), ["--period", "7d"], OK),
     (("keys", "create"), ["--name", "ci", "--scopes", "ingest,read", "--require-signature"], OK),

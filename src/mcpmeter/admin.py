@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 from . import keys as keylib
 from .analytics.periods import iso
+from .events import MAX_KEY_BYTES, MAX_NAME, NUL
 from .exceptions import ConflictError, NotFoundError, StorageError, ValidationError
 from .ingest import hasher_for
 from .storage.base import AdminStore, AuditEntry, KeyInfo, Project
@@ -31,7 +32,7 @@ KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 MAX_EXPIRES_DAYS = 3650
 MAX_IDENTITY = 320
 MAX_USER = 512
-
+MAX_KEY_SERVERS = 100
 
 
 # Where each surface lists what a NotFoundError was looking for.
@@ -131,12 +132,30 @@ def check_key(name: object, scopes: object, expires_days: object) -> list[str]:
     return sorted(set(scopes))
 
 
+def check_servers(servers: object) -> list[str] | None:
+    """The servers a key is bound to (None or empty: any server), sorted."""
+    if servers is None:
+        return None
+    if not isinstance(servers, (list, tuple)) or not all(isinstance(s, str) for s in servers):
+        raise ValidationError("servers must be a list of server names", "e.g. [\"weblab\", \"search\"]", "servers")
+    bad = [s for s in servers if not 0 < len(s) <= MAX_NAME or NUL in s or len(s.encode()) > MAX_KEY_BYTES]
+    if bad:
+        raise ValidationError(f"a server name has 1 to {MAX_NAME} characters (at most {MAX_KEY_BYTES} bytes of UTF-8), "
+                              f"no NUL: {bad[0][:80]!r}", field="servers")
+    if len(set(servers)) > MAX_KEY_SERVERS:
+        raise ValidationError(f"a key may name at most {MAX_KEY_SERVERS} servers", "leave them out to allow any", "servers")
+    return sorted(set(servers)) or None
+
+
 def create_key(store: AdminStore, actor: Actor, project: Project | str, name: object, scopes: object,
-               expires_days: object = None, signed: bool = False) -> NewKey:
+               expires_days: object = None, signed: bool = False, servers: object = None) -> NewKey:
     """A new key (and, when ``signed``, the signing secret every request with it must be signed with).
 
-    ``project`` given by name is created when new (the CLI's way); over HTTP it is the caller's."""
+    ``project`` given by name is created when new (the CLI's way); over HTTP it is the caller's.
+    ``servers``: the only servers the key may submit for (the MCP directory seed's "each server
+    has a unique API key"); None for any."""
     scope_list = check_key(name, scopes, expires_days)
+    server_list = check_servers(servers)
     assert isinstance(name, str) and (expires_days is None or isinstance(expires_days, int))  # checked just now
     if isinstance(project, str):
         project = ensure_project(store, actor, project)
@@ -146,10 +165,11 @@ def create_key(store: AdminStore, actor: Actor, project: Project | str, name: ob
     secret = keylib.new_signing_secret() if signed else None
     expires = int(time.time() * 1000) + expires_days * 86_400_000 if expires_days else None
     record = entry(actor, "key.create", project, name,
-                   {"prefix": keylib.display_prefix(key), "scopes": scope_list, "expires_at": expires, "signed": signed})
+                   {"prefix": keylib.display_prefix(key), "scopes": scope_list, "expires_at": expires, "signed": signed,
+                    **({"servers": server_list} if server_list else {})})
     try:
         info = store.add_key(project.id, name, keylib.hash_key(key), keylib.display_prefix(key), scope_list, expires,
-                             audit=record)
+                             audit=record, servers=server_list)
     except StorageError as exc:
         if "already exists" in str(exc):  # made by someone else since we looked
             raise _duplicate(actor, project, name) from None

@@ -9,7 +9,7 @@ import urllib.request
 from typing import Any
 
 from . import credentials
-from .exceptions import AuthError, ConfigError, MCPMeterError
+from .exceptions import AuthError, MCPMeterError, Unreachable
 
 
 def get_json(url: str, path: str, params: dict[str, Any], api_key: str | None, timeout: float = 30.0) -> dict[str, Any]:
@@ -27,9 +27,12 @@ def get_json(url: str, path: str, params: dict[str, Any], api_key: str | None, t
         except ValueError:
             body = {}
         message = body.get("error") or f"HTTP {exc.code}"
+        if exc.code in (502, 503, 504) and not body.get("error"):  # a proxy in front of a collector that is down
+            raise Unreachable(f"cannot reach the collector at {url}: HTTP {exc.code}",
+                              hint="is `mcpmeter serve` running there? check --url / MCPMETER_URL") from None
         if exc.code in (401, 403):
             raise AuthError(f"{url}: {message}", exc.code, body.get("hint") or "pass a read key with --api-key or MCPMETER_API_KEY") from None
         raise MCPMeterError(f"{url}: {message}", body.get("hint")) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise ConfigError(f"cannot reach the collector at {url}: {reason}", hint="is `mcpmeter serve` running there? check --url / MCPMETER_URL") from None
+        raise Unreachable(f"cannot reach the collector at {url}: {reason}", hint="is `mcpmeter serve` running there? check --url / MCPMETER_URL") from None

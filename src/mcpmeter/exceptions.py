@@ -2,10 +2,13 @@
 
     MCPMeterError                 base; ``hint`` is one line saying what to do about it
      ├── ConfigError              a setting or argument is wrong (the message says which, and how to fix it)
-     │    └── MissingExtra        a command needs an optional extra that is not installed (pip install 'mcpmeter[...]')
+     │    ├── MissingExtra        a command needs an optional extra that is not installed (pip install 'mcpmeter[...]')
+     │    └── Unreachable         the collector at MCPMETER_URL / --url cannot be reached (or its proxy answers 502-504)
      ├── ValidationError          an event, request or admin argument is not valid (``field`` names it, when known)
      │    ├── BatchError          a request body as a whole is unusable (not JSON, not a list, too many events)
-     │    │    └── OtlpError      the body is not an OTLP trace export
+     │    │    ├── OtlpError      the body is not an OTLP trace export
+     │    │    └── TooDeep        the JSON nests deeper than a decoder can follow (HTTP 400)
+     │    ├── ModelErrors         the body does not fit the MCP gateway API's models (``detail``: FastAPI's 422 list)
      │    ├── BodyTooLarge        the request body is over the collector's limit (HTTP 413)
      │    └── Unstorable          the store refused a value of a request that passed validation (HTTP 422)
      ├── AuthError                missing, unknown, revoked or under-scoped API key (``status``: 401 or 403)
@@ -24,6 +27,8 @@ boundary. ``BatchError`` and ``OtlpError`` are also ``ValueError``s, as they alw
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class MCPMeterError(Exception):
     """Base class. ``hint`` is one line telling the user what to do about it."""
@@ -35,6 +40,10 @@ class MCPMeterError(Exception):
 
 class ConfigError(MCPMeterError):
     pass
+
+
+class Unreachable(ConfigError):
+    """The collector cannot be reached: ``mcpmeter report`` then answers from this machine's data."""
 
 
 class MissingExtra(ConfigError):
@@ -53,6 +62,22 @@ class ValidationError(MCPMeterError):
 
 class BatchError(ValidationError, ValueError):
     """The body as a whole is unusable (not JSON, not a list, too many events)."""
+
+
+class TooDeep(BatchError):
+    """The document nests deeper than a decoder can follow."""
+
+    def __init__(self, what: str = "the JSON body") -> None:
+        super().__init__(f"{what} is nested too deeply to be read",
+                         hint="send JSON nested a few levels deep, as the format describes")
+
+
+class ModelErrors(ValidationError):
+    """The body does not fit the MCP gateway metrics-service's models: ``detail`` is FastAPI's error list."""
+
+    def __init__(self, detail: list[dict[str, Any]]) -> None:
+        super().__init__(str(detail[0]["msg"]) if detail else "invalid")
+        self.detail = detail
 
 
 class OtlpError(BatchError):

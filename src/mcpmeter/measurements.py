@@ -118,8 +118,11 @@ def _decode(decoder: msgspec.json.Decoder, body: bytes):
     except msgspec.ValidationError as first:
         # A whole number written as a float (``1700000000.0``) is a whole number, as JSON
         # Schema says: retry once with such timestamps made integers.
-        error: msgspec.ValidationError = first
-        value = msgspec.json.decode(body)
+        error: msgspec.DecodeError = first
+        try:
+            value = msgspec.json.decode(body)  # a type error can come before a syntax error further on
+        except msgspec.DecodeError as broken:
+            raise BatchError(str(broken)) from None
         if _whole_timestamps(value):
             try:
                 return decoder.decode(msgspec.json.encode(value))

@@ -95,6 +95,9 @@ SETTINGS: dict[str, Setting] = {
                 "Seconds between SDK flushes when batches are not full. Events recorded within about this long "
                 "(plus 0.2 s and the request time) before a `kill -9` are lost; see docs/security.md.", "sdk"),
         Setting("MCPMETER_MAX_QUEUE", 100_000, _positive_int, "Events the SDK keeps in memory before it drops (and counts) new ones.", "sdk"),
+        Setting("MCPMETER_READ_KEY", None, str,
+                "Read key the usage report tool (`meter.add_usage_report_tool`) sends to MCPMETER_URL. Unset: the read key "
+                "saved by a local `mcpmeter serve` for that URL.", "sdk"),
         Setting("MCPMETER_EXIT_TIMEOUT", 2.0, _positive_float,
                 "Seconds the host's exit may wait for the recorder, for all meters together (one deadline); "
                 "what cannot be sent by then is spooled.", "sdk"),
@@ -104,7 +107,8 @@ SETTINGS: dict[str, Setting] = {
         Setting("MCPMETER_PORT", 8890, _positive_int, "Port `mcpmeter serve` listens on.", "collector",
                 aliases=("METRICS_SERVICE_PORT",)),
         Setting("MCPMETER_LOCAL_TRUST", True, _bool,
-                "Serve keyless requests from loopback addresses as the default project. Requests from other addresses always need a key.", "collector"),
+                "Serve keyless requests from loopback addresses as the default project, when addressed to a loopback name "
+                "and not from another site's page. Requests from other addresses always need a key.", "collector"),
         Setting("MCPMETER_MAX_BODY_BYTES", 10 * 1024 * 1024, _positive_int,
                 "Largest request body (after gzip decompression) the collector accepts.", "collector"),
         Setting("MCPMETER_MAX_BATCH_EVENTS", 10_000, _positive_int, "Most events in one ingest request.", "collector"),
@@ -153,7 +157,14 @@ SETTINGS: dict[str, Setting] = {
                 "Requests per minute per source address (loopback excepted), per collector process; more get 429 with Retry-After. 0 "
                 "turns it off.", "collector"),
         Setting("MCPMETER_MAX_CONNECTIONS", 1000, _positive_int,
-                "Open connections (and requests in flight) one collector process serves; beyond, uvicorn answers 503.", "collector"),
+                "Open connections (and requests in flight) one collector process serves; beyond, uvicorn answers 503. "
+                "At the cap, a new connection first closes the one that has waited longest without sending a request.", "collector"),
+        Setting("MCPMETER_MAX_CONNECTIONS_PER_IP", 100, _non_negative_int,
+                "Open connections from one peer address, per collector process; one more is answered 503 and closed. "
+                "Behind a reverse proxy all connections come from the proxy: raise it, or 0 turns it off.", "collector"),
+        Setting("MCPMETER_READ_TIMEOUT_SECONDS", 10.0, _positive_float,
+                "A connection must send a request's headers within this long of opening (or of its previous answer), "
+                "and its body without pausing this long; otherwise the collector closes it.", "collector"),
         Setting("MCPMETER_MAX_SERVERS_PER_PROJECT", 1000, _positive_int,
                 "Distinct server names a project may have; events naming one more are rejected with a reason.", "collector"),
         Setting("MCPMETER_MAX_TOOLS_PER_PROJECT", 10_000, _positive_int,

@@ -7,11 +7,13 @@ process, and over streamable HTTP.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -312,12 +314,13 @@ def test_the_command_refuses_contradictory_sources(tmp_path):
 # ---- over streamable HTTP ------------------------------------------------------------------------
 
 
-@pytest.fixture
-def http_server(known, tmp_path):
-    """`mcpmeter mcp --http --port 0`; yields its /mcp URL once it has announced it (the socket already listens)."""
-    db, *_ = known
-    proc = subprocess.Popen([*MCPMETER, "mcp", "--http", "--port", "0", "--db", str(db)], stdin=subprocess.DEVNULL,
+@contextlib.contextmanager
+def mcp_http(*args: str) -> Iterator[str]:
+    """`mcpmeter mcp --http --port 0 ARGS`; yields its /mcp URL (on 127.0.0.1) once it has announced
+    it (the socket already listens). Nothing may be written to stdout, and no traceback to stderr."""
+    proc = subprocess.Popen([*MCPMETER, "mcp", "--http", "--port", "0", *args], stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
+    assert proc.stdout is not None and proc.stderr is not None
     lines: list[str] = []
     url = None
     for line in proc.stderr:
@@ -326,16 +329,25 @@ def http_server(known, tmp_path):
             url = line.split(" on ", 1)[1].split(",", 1)[0]
             break
     assert url, f"the server did not start: {''.join(lines)}"
-    drain = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    drain = threading.Thread(target=lambda: lines.extend(proc.stderr or ()), daemon=True)
     drain.start()
-    yield url
-    proc.terminate()
-    proc.wait(10)
-    drain.join(10)
-    assert proc.stdout.read() == "", "nothing may be written to stdout"
-    proc.stdout.close()
-    proc.stderr.close()
-    assert "Traceback" not in "".join(lines)
+    try:
+        yield url.replace("://0.0.0.0:", "://127.0.0.1:")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        drain.join(10)
+        assert proc.stdout.read() == "", "nothing may be written to stdout"
+        proc.stdout.close()
+        proc.stderr.close()
+        assert "Traceback" not in "".join(lines), "".join(lines)
+
+
+@pytest.fixture
+def http_server(known):
+    db, *_ = known
+    with mcp_http("--db", str(db)) as url:
+        yield url
 
 
 async def test_over_streamable_http(http_server, known):

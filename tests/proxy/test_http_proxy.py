@@ -258,3 +258,24 @@ def test_configuration_errors():
     assert jwt_claim("Bearer " + unsigned_jwt({"sub": 42}), "sub") == "42"
     assert jwt_claim("Bearer not-a-jwt", "sub") is None
     assert jwt_claim("Basic " + unsigned_jwt({"sub": "x"}), "sub") is None
+
+
+def nested_jwt(depth: int) -> str:
+    """A token whose payload nests ``depth`` levels (its claims are unreadable, not an error)."""
+    payload = base64.urlsafe_b64encode(('{"sub": ' + "[" * depth + "]" * depth + "}").encode()).rstrip(b"=").decode()
+    return f"{unsigned_jwt({'alg': 'none'}).split('.')[0]}.{payload}.c2lnbmF0dXJl"
+
+
+def test_a_deeply_nested_token_is_forwarded_with_the_user_unknown(isolated_env: Path, upstream):
+    assert jwt_claim("Bearer " + nested_jwt(5_000), "sub") is None
+    token = nested_jwt(5_000)
+    proxy = start_http_proxy(upstream.url + "/mcp", isolated_env, "--user-from", "jwt:sub")
+    try:
+        seen = httpx.get(proxy.url + "/echo-headers", headers={"Authorization": f"Bearer {token}"})
+        assert seen.status_code == 200, seen.text  # forwarded, not a 500 from the proxy
+        assert dict(seen.json())["authorization"] == f"Bearer {token}"
+        anyio.run(http_calls, proxy.url + "/mcp", "auto", [("forecast", {"city": "Rome"})], {"Authorization": f"Bearer {token}"})
+    finally:
+        stop(proxy)
+    events = recorded(isolated_env)
+    assert events and {e["user_hash"] for e in events} == {None}

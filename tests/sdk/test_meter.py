@@ -13,6 +13,7 @@ import pytest
 from conftest import MCPMETER
 from foundation_helpers import stored_events
 from mcpmeter import Meter
+from mcpmeter.exceptions import ConfigError
 from mcpmeter.sdk import internal
 from mcpmeter.storage import open_store
 
@@ -81,6 +82,26 @@ def test_the_decorator_works_with_and_without_parentheses_and_can_rename(meter, 
     assert (plain(), original()) == (1, 2)
     assert meter.flush(5)
     assert sorted(r["tool"] for r in calls(db)) == ["plain", "renamed"]
+
+
+def test_the_analytics_seeds_positional_form_names_the_tool_and_its_category(meter, db):
+    @meter.tool("rag_search", "rag")  # the seed's @usage_tracker.track_tool('tool_name', 'category')
+    def search(query: str) -> str:
+        return query
+
+    @meter.tool("create_task")
+    async def create(title: str) -> str:
+        return title
+
+    assert search("q") == "q" and asyncio.run(create("t")) == "t"
+    assert meter.flush(5)
+    assert sorted((r["tool"], r["category"]) for r in calls(db)) == [("create_task", None), ("rag_search", "rag")]
+    with pytest.raises(ConfigError, match="both by position and by keyword"):
+        meter.tool("a", name="b")
+    with pytest.raises(ConfigError, match="both by position and by keyword"):
+        meter.tool("a", "rag", category="rag")
+    with pytest.raises(ConfigError, match="second positional argument is the category"):
+        meter.tool(search, 5)
 
 
 def test_return_values_are_passed_through_untouched(meter):

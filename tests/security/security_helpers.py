@@ -19,7 +19,8 @@ PUBLIC = {
     ("GET", "/v1/session"), ("POST", "/v1/session"), ("DELETE", "/v1/session"), ("GET", "/v1/oidc"),
     ("GET", "/v1/oidc/login"), ("GET", "/v1/oidc/callback"), ("POST", "/v1/oidc/project"),
 }
-INGEST_PATHS = {"/v1/events", "/v1/traces", "/v1/measurements", "/v1/server-events", "/metrics"}  # POST /metrics: the MCP gateway API
+INGEST_PATHS = {"/v1/events", "/v1/traces", "/v1/measurements", "/v1/server-events", "/metrics",  # POST /metrics: the MCP gateway API
+                "/functions/v1/metrics-collect", "/functions/v1/usage-track"}  # the MCP directory API
 PAGES = {"/", "/tools/{tool}", "/admin"}  # HTML pages: a refusal is a redirect to /signin
 
 
@@ -36,7 +37,8 @@ def required_scope(method: str, path: str) -> str | None:
         return "ingest"
     if path.startswith("/v1/admin/") or path == "/admin":
         return "admin"
-    if method in ("GET", "HEAD") and (path.startswith("/v1/usage/") or path in ("/metrics", "/v1/live") or path in PAGES):
+    if method in ("GET", "HEAD") and (path.startswith("/v1/usage/") or path in ("/metrics", "/v1/live", "/functions/v1/metrics-fetch")
+                                      or path in PAGES):
         return "read"
     raise AssertionError(f"no scope rule covers {method} {path}: add it to required_scope (and enforce it)")
 

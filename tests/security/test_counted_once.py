@@ -30,7 +30,7 @@ def counted(store, name: str) -> tuple[int, float]:
 def short_retention(store, monkeypatch):
     """A collector whose raw retention (2 days) is shorter than the maximum event age (180)."""
     monkeypatch.setenv("MCPMETER_RETENTION_DAYS", "2")
-    with TestClient(create_app(store), client=LOOPBACK) as c:
+    with TestClient(create_app(store), client=LOOPBACK, base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -66,7 +66,7 @@ def test_a_retry_stays_a_duplicate_across_a_real_prune(short_retention, store):
 
 @pytest.fixture
 def client(store):
-    with TestClient(create_app(store), client=LOOPBACK) as c:
+    with TestClient(create_app(store), client=LOOPBACK, base_url="http://127.0.0.1") as c:
         yield c
 
 

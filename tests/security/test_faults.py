@@ -321,3 +321,93 @@ def test_an_unreachable_store_is_503_and_nothing_is_lost(tmp_path, pg_dsn):
     assert store.count_events(EventFilter(project.id, 0, 1 << 62, server="sdk")) == 10
     assert store.count_events(EventFilter(project.id, 0, 1 << 62, server="during")) == 0
     store.close()
+
+
+# ---- the collector's side of a kill and a hang, on both backends ---------------------------------------
+
+
+def _batches(tag: str, n: int, size: int = 50) -> list[list[dict]]:
+    return [[event(id=f"{tag}-{b}-{i}", server=tag, tool=f"t{i % 5}") for i in range(size)] for b in range(n)]
+
+
+def _count(location: str, server: str) -> int:
+    store = open_store(location)
+    try:
+        project = store.project_by_name("default")
+        return store.count_events(EventFilter(project.id, 0, 1 << 62, server=server), kind=None)
+    finally:
+        store.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_collector_killed_mid_ingest_loses_nothing_it_acknowledged(tmp_path, backend):
+    """SIGKILL while batches stream in: every acknowledged batch is stored whole; the others, sent
+    again to the restarted collector, are stored exactly once (a half-written batch would count twice)."""
+    from store_backends import store_location
+
+    with store_location(backend, tmp_path) as location:
+        store = open_store(location)
+        keys = make_keys(store)
+        store.close()
+        env = {"MCPMETER_RATE_LIMIT_PER_KEY": "0"}
+        c = start_collector(location, env=env, log=tmp_path / "collector.log")
+        auth = {"Authorization": f"Bearer {keys.ingest}"}
+        batches = _batches("killed", 60)
+        acknowledged, unanswered = [], []
+        try:
+            with httpx.Client(timeout=10) as client:
+                for i, batch in enumerate(batches):
+                    if i == 20:
+                        c.process.send_signal(signal.SIGKILL)  # while the previous commits may still be in flight
+                    try:
+                        r = client.post(c.url + "/v1/events", json=batch, headers=auth)
+                    except httpx.HTTPError:
+                        unanswered.append(batch)
+                        continue
+                    assert r.status_code == 200, r.text
+                    acknowledged.append(batch)
+            c.process.wait(10)
+            assert 0 < len(acknowledged) < len(batches)
+            assert _count(location, "killed") >= 50 * len(acknowledged)  # nothing acknowledged is lost
+            c = restart(c, tmp_path, env)
+            with httpx.Client(timeout=30) as client:
+                for batch in unanswered:  # what a sender does with a request that got no answer
+                    assert client.post(c.url + "/v1/events", json=batch, headers=auth).status_code == 200
+        finally:
+            stop_collector(c)
+        assert _count(location, "killed") == 50 * len(batches)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_hung_collector_answers_after_and_a_retry_counts_once(tmp_path, backend):
+    """The collector stops (SIGSTOP) with a request on the wire: the sender times out and retries once
+    the collector runs again; the first request is processed when the collector resumes, the retry is a
+    duplicate, /health answers again, and another sender's batch is unaffected."""
+    from store_backends import store_location
+
+    with store_location(backend, tmp_path) as location:
+        store = open_store(location)
+        keys = make_keys(store)
+        store.close()
+        c = start_collector(location, log=tmp_path / "collector.log")
+        auth = {"Authorization": f"Bearer {keys.ingest}"}
+        [batch] = _batches("hung", 1)
+        try:
+            c.process.send_signal(signal.SIGSTOP)
+            with pytest.raises(httpx.TimeoutException):
+                httpx.post(c.url + "/v1/events", json=batch, headers=auth, timeout=1)  # not acknowledged
+            c.process.send_signal(signal.SIGCONT)
+            assert httpx.get(c.url + "/health", timeout=10).status_code == 200
+            retry = httpx.post(c.url + "/v1/events", json=batch, headers=auth, timeout=10)
+            assert retry.status_code == 200, retry.text
+            assert retry.json()["accepted"] + retry.json()["duplicates"] == 50
+            [other] = _batches("other", 1)
+            assert httpx.post(c.url + "/v1/events", json=other, headers=auth, timeout=10).json()["accepted"] == 50
+        finally:
+            if c.process.poll() is None:
+                c.process.send_signal(signal.SIGCONT)
+            stop_collector(c)
+        assert _count(location, "hung") == 50 and _count(location, "other") == 50
+        assert "Traceback" not in (tmp_path / "collector.log").read_text()

@@ -45,6 +45,7 @@ def test_fuzzing_the_openapi_document_finds_nothing(tmp_path):
     store.close()
     c = start_collector(db, env={"MCPMETER_LOCAL_TRUST": "false", "MCPMETER_RATE_LIMIT_PER_KEY": "0",
                                  "MCPMETER_RATE_LIMIT_PER_IP": "0", "MCPMETER_MAX_EVENT_AGE_DAYS": "4000000",
+                                 "MCPMETER_RETENTION_DAYS": "4000000",  # events older than the retention are refused
                                  "MCPMETER_MAX_CLOCK_SKEW_SECONDS": "300000000000"})
     (tmp_path / "schemathesis.toml").write_text(CONFIG)
     try:

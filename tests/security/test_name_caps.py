@@ -23,7 +23,7 @@ def metric(server: str) -> dict:
 def test_measurements_and_server_events_are_held_to_the_server_cap(store):
     """Before: measurements and server events added servers beyond MCPMETER_MAX_SERVERS_PER_PROJECT."""
     config = CollectorConfig(max_servers=2)
-    with TestClient(create_app(store, config), client=LOOPBACK) as c:
+    with TestClient(create_app(store, config), client=LOOPBACK, base_url="http://127.0.0.1") as c:
         assert post(c, "/v1/measurements", metric("s1")).status_code == 200
         assert post(c, "/v1/server-events", [{"server": "s2", "type": "deploy"}]).status_code == 200
         r = post(c, "/v1/measurements", metric("s3"))
@@ -35,7 +35,7 @@ def test_measurements_and_server_events_are_held_to_the_server_cap(store):
         assert "MCPMETER_MAX_SERVERS_PER_PROJECT" in refused["rejected"][0]["error"]
         assert post(c, "/v1/measurements", metric("s2")).status_code == 200  # a known server is welcome
     # A collector started later counts the servers that only measurements and server events named.
-    with TestClient(create_app(store, config), client=LOOPBACK) as c:
+    with TestClient(create_app(store, config), client=LOOPBACK, base_url="http://127.0.0.1") as c:
         assert "MCPMETER_MAX_SERVERS_PER_PROJECT" in post(c, "/v1/events", [event(server="s5")]).json()["rejected"][0]["error"]
         assert post(c, "/v1/events", [event(server="s1")]).json()["accepted"] == 1
     assert {d[1] for d in store.measurement_days(everything(store))} == {"s1", "s2"}

@@ -48,7 +48,7 @@ def test_the_limit_per_address_comes_before_any_key_lookup(store):
         r = c.post("/v1/events", json=[event()], headers={"Authorization": f"Bearer {keys.ingest}"})
         assert r.status_code == 429 and "too many requests from testclient" in r.json()["error"]
         assert int(r.headers["retry-after"]) >= 1
-    with TestClient(create_app(store, config(per_ip=5)), client=("127.0.0.1", 5000)) as c:  # the machine itself
+    with TestClient(create_app(store, config(per_ip=5)), client=("127.0.0.1", 5000), base_url="http://127.0.0.1") as c:  # the machine itself
         assert all(c.get("/v1/usage/summary").status_code == 200 for _ in range(10))
 
 

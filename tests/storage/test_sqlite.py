@@ -310,3 +310,37 @@ def test_a_reader_sees_what_was_written_from_another_connection(tmp_path):
     finally:
         writer.close()
         reader.close()
+
+
+# ---- what ingest knows is stored (sqlite_rollups.Known) -----------------------------------
+
+def _rollup_rows(path) -> dict[str, int]:
+    with closing(sqlite3.connect(path)) as conn:
+        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                for t in ("user_day", "user_hour", "session_tools")}  # the rows prune removes
+
+
+def _calls(n: int) -> list[dict]:
+    """Calls by two users in two sessions with three tools, ten minutes ago (new ids each time)."""
+    ts = now_ms() - 600_000
+    return [event(ts=ts + i, user=f"u{i % 2}", session_id=f"s{i % 2}", tool=f"t{i % 3}") for i in range(n)]
+
+
+@pytest.mark.parametrize("who_prunes", ["another connection", "the same store"])
+def test_rollup_rows_removed_by_any_other_write_are_stored_again_by_the_next_ingest(tmp_path, who_prunes):
+    """Ingest skips user and session-tool rows it stored before; a prune (here, or by another
+    process on the same file) removes them, and the next ingest of the same users must add them back."""
+    path = tmp_path / "known.db"
+    store = open_store(str(path), durable=False)
+    ingest(store, _calls(12))
+    before = _rollup_rows(path)
+    assert all(before.values()), before
+    pruner = open_store(str(path), durable=False) if who_prunes == "another connection" else store
+    future = now_ms() + 86_400_000
+    pruner.prune(raw_before_ms=future, rollups_before_ms=future)
+    assert _rollup_rows(path)["user_day"] == 0
+    ingest(store, _calls(12))
+    assert _rollup_rows(path) == before
+    store.close()
+    if pruner is not store:
+        pruner.close()

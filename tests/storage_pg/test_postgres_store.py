@@ -356,7 +356,7 @@ def test_a_store_with_events_from_before_the_rollups_is_right_after_upgrading(tm
             with conn.cursor().copy("COPY event_ids (project_id, event_id, ts) FROM STDIN") as copy:
                 for r in rows:
                     copy.write_row((project.id, r[0], r[2]))
-        assert old.upgrade() == list(range(2, LATEST + 1))
+        assert old.upgrade() == [m.version for m in PG_MIGRATIONS if m.version >= 2]
         assert_same_answers(reference, old, ref_project.id, project.id, now, compare_users=False)
     finally:
         old.close()

@@ -1,4 +1,10 @@
-"""Time windows: ``period`` strings (1h … 90d) or explicit from/to."""
+"""Time windows: ``period`` strings (1h … 90d) or explicit from/to.
+
+Every time a window is made of lies in the years 1 to 9999 (what ``datetime`` and ``iso``
+can write), the window compared with it (``previous``) included; anything else — a
+5,000-digit number, a Unicode digit, ``0001-01-01T00:00:00+01:00`` (year 0 in UTC) — is a
+``ValidationError`` with a hint, never a crash.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +17,12 @@ from ..exceptions import ValidationError
 
 NAMED_PERIODS = ("1h", "6h", "12h", "1d", "7d", "30d", "90d")
 _UNITS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
-_PERIOD = re.compile(r"^(\d{1,4})([mhdw])$")
+_PERIOD = re.compile(r"^([0-9]{1,4})([mhdw])$")  # ASCII digits: \d also matches Unicode digits
+_EPOCH_MS = re.compile(r"^[0-9]{1,15}$")  # what /openapi.json publishes for a time as epoch milliseconds
 MAX_SPAN_MS = 400 * 86_400_000
+EARLIEST_MS = -62_135_596_800_000  # 0001-01-01T00:00:00Z
+END_OF_TIME_MS = 253_402_300_800_000  # 10000-01-01T00:00:00Z, the first moment ``iso`` cannot write
+_TIME_HINT = "use RFC 3339, e.g. 2026-11-01T00:00:00Z, or epoch milliseconds (ASCII digits), in the years 1 to 9999"
 
 
 HOUR_MS = 3_600_000
@@ -68,15 +78,20 @@ def period_ms(text: str) -> int:
 def parse_time(text: str, name: str) -> int:
     """RFC 3339 / ISO 8601 (a date alone means midnight UTC) or epoch milliseconds."""
     text = text.strip()
-    if text.isdigit():
-        return int(text)
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValidationError(f"{name}={text!r} is not a time", hint="use RFC 3339, e.g. 2026-11-01T00:00:00Z, or epoch milliseconds") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+    shown = text if len(text) <= 40 else text[:40] + "…"
+    if _EPOCH_MS.match(text):
+        ms = int(text)
+    else:
+        try:
+            moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            if moment.tzinfo is None:
+                moment = moment.replace(tzinfo=UTC)
+            ms = int(moment.timestamp() * 1000)
+        except (ValueError, OverflowError):
+            raise ValidationError(f"{name}={shown!r} is not a time", hint=_TIME_HINT) from None
+    if not EARLIEST_MS <= ms < END_OF_TIME_MS:
+        raise ValidationError(f"{name}={shown!r} is outside the years 1 to 9999", hint=_TIME_HINT)
+    return ms
 
 
 def window(period: str | None = "7d", start: str | None = None, end: str | None = None,
@@ -102,8 +117,12 @@ def window(period: str | None = "7d", start: str | None = None, end: str | None 
         last = end_ms - 1  # [.., end) ends with the bucket holding end - 1, also when end is on a boundary
         start_ms = last - last % size - (max(span // size, 1) - 1) * size
     if end_ms - start_ms > MAX_SPAN_MS:
-        raise ValidationError("the time range is longer than 400 days")
-    return align(start_ms, end_ms, grain)
+        raise ValidationError("the time range is longer than 400 days", hint="ask for at most 400 days (a later `from` or an earlier `to`)")
+    aligned = align(start_ms, end_ms, grain)
+    if aligned.previous().start_ms < EARLIEST_MS or aligned.end_ms >= END_OF_TIME_MS:
+        raise ValidationError("the window (and the one before it, which answers compare with) must lie in the years 1 to 9999",
+                              hint="ask about a later (or earlier) window")
+    return aligned
 
 
 def iso(ms: int) -> str:

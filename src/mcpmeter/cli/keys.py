@@ -25,18 +25,24 @@ def keys() -> None:
 @click.option("--expires-days", "expires_days", type=int, default=None, help="Expire after this many days (1 to 3650).")
 @click.option("--require-signature", is_flag=True,
               help="Also make a signing secret (printed once): every ingest request with this key must be signed with it.")
+@click.option("--server", "servers", multiple=True,
+              help="Bind the key to this server: it may submit only for the servers named (repeat for several).")
 @db_option
 @friendly
-def keys_create(name: str, scopes: str, project: str, expires_days: int | None, require_signature: bool, db: str | None) -> None:
+def keys_create(name: str, scopes: str, project: str, expires_days: int | None, require_signature: bool,
+                servers: tuple[str, ...], db: str | None) -> None:
     """Create a key and print it (the only time it is shown)."""
     scope_list = [s.strip() for s in scopes.split(",") if s.strip()]
     admin.check_key(name, scope_list, expires_days)  # a usage error before the store is opened
-    made = admin.create_key(open_store(db), actor(), project, name, scope_list, expires_days, require_signature)
+    admin.check_servers(list(servers))
+    made = admin.create_key(open_store(db), actor(), project, name, scope_list, expires_days, require_signature,
+                            list(servers) or None)
     click.echo(made.key)
     if made.signing_secret:
         click.echo(f"signing secret: {made.signing_secret}")
-    click.echo(f"created key {name!r} for project {project!r} with scopes {','.join(sorted(made.info.scopes))}; "
-               "store it now, it is not shown again", err=True)
+    click.echo(f"created key {name!r} for project {project!r} with scopes {','.join(sorted(made.info.scopes))}"
+               + (f" for server(s) {', '.join(sorted(made.info.servers))} only" if made.info.servers else "")
+               + "; store it now, it is not shown again", err=True)
     if made.signing_secret:
         click.echo("requests with this key must be signed: give the secret to the sender as MCPMETER_SIGNING_SECRET", err=True)
 
@@ -55,11 +61,12 @@ def keys_list(project: str | None, as_json: bool, db: str | None) -> None:
     if as_json:
         click.echo(json.dumps([{"name": k.name, "prefix": k.prefix, "project": k.project, "scopes": sorted(k.scopes),
                                 "created": iso(k.created_at), "last_used": iso(k.last_used_at) if k.last_used_at else None,
-                                "state": _state(k, now)} for k in listed], indent=2))
+                                "state": _state(k, now), "servers": sorted(k.servers) if k.servers else None}
+                               for k in listed], indent=2))
         return
-    print_table(("name", "prefix", "project", "scopes", "created", "last used", "state"),
-                ((k.name, k.prefix + "…", k.project, ",".join(sorted(k.scopes)), iso(k.created_at),
-                  iso(k.last_used_at) if k.last_used_at else "never", _state(k, now)) for k in listed))
+    print_table(("name", "prefix", "project", "scopes", "servers", "created", "last used", "state"),
+                ((k.name, k.prefix + "…", k.project, ",".join(sorted(k.scopes)), ",".join(sorted(k.servers or ())) or "any",
+                  iso(k.created_at), iso(k.last_used_at) if k.last_used_at else "never", _state(k, now)) for k in listed))
 
 
 def _state(k: KeyInfo, now_ms: int) -> str:

@@ -167,15 +167,30 @@ def filter_options(fn: Callable) -> Callable:
 @friendly
 def report(fmt: str, csv_table: str, url: str | None, api_key: str | None, project: str, db: str | None,
            **filters: str | None) -> None:
-    """Who uses it, what is popular, is it working, what happened recently."""
+    """Who uses it, what is popular, is it working, what happened recently.
+
+    With a collector (--url / MCPMETER_URL) that cannot be reached, the answer is this machine's
+    data (its spool and local store), labelled so."""
     from ..analytics.questions import QUESTIONS
     from . import render
 
     url = url if db else settings.get("MCPMETER_URL", url)
     if url:
         from ..client import get_json
+        from ..exceptions import Unreachable
 
-        data = get_json(url, QUESTIONS["report"].path, filters, settings.get("MCPMETER_API_KEY", api_key))
+        try:
+            data = get_json(url, QUESTIONS["report"].path, filters, settings.get("MCPMETER_API_KEY", api_key))
+        except Unreachable as exc:  # the tool owner seed's "local fallback always works"
+            from .. import undelivered
+
+            data = undelivered.answer("report", url, filters, project=project, reason=str(exc))
+            source = data["source"]
+            if not source["spooled_events"] and not source["local_store_events"]:
+                raise  # nothing of this machine's either: the collector's absence is the answer
+            click.echo(f"{exc}\nshowing THIS MACHINE'S data only: {source['spooled_events']} calls waiting in the spool "
+                       f"(undelivered) and {source['local_store_events']} in the local store - not the team's figures",
+                       err=True)
     else:
         data = _local_report(db, project, filters)
     output: dict[str, Callable[[dict[str, Any]], Any]] = {
@@ -263,6 +278,25 @@ def db_prune(retention_days, rollup_retention_days, db) -> None:
     removed = prune(store, retention_days, rollup_retention_days)
     click.echo(f"{store.url}: removed " + ", ".join(f"{n} {table}" for table, n in removed.items() if n) if any(removed.values())
                else f"{store.url}: nothing to prune")
+
+
+@db.command("sql")
+@click.option("--from", "start", type=click.IntRange(min=0), default=0, show_default=True,
+              help="The schema version the database is at (0: empty).")
+@click.option("--to", "end", type=click.IntRange(min=1), default=None, help="Version to go to (default: the newest).")
+@click.option("--down", is_flag=True, help="Print the reverse: from --to back to --from.")
+@friendly
+def db_sql(start: int, end: int | None, down: bool) -> None:
+    """Print the PostgreSQL DDL (tables, row-level security, the mcp_usage_hourly/daily views and
+    mcp_usage_summary()) for a SQL editor; the same as `mcpmeter db upgrade` runs."""
+    from ..storage.postgres_migrations import MIGRATIONS, script
+
+    newest = MIGRATIONS[-1].version
+    end = newest if end is None else end
+    if end > newest or start >= end:
+        raise MCPMeterError(f"nothing between versions {start} and {end}", hint=f"versions go from 1 to {newest}; "
+                            "--from is the version the database is at")
+    click.echo(script(start, end, down), nl=False)
 
 
 @db.command("status")

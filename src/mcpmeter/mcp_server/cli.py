@@ -21,7 +21,8 @@ DEFAULT_HTTP_PORT = 8891
 
 @click.command("mcp")
 @click.option("--http", "use_http", is_flag=True, help="Serve streamable HTTP (at /mcp) instead of stdio.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind with --http.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to bind with --http. Beyond loopback, clients must send a read key (Authorization: Bearer).")
 @click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_HTTP_PORT, show_default=True,
               help="Port with --http (0 picks a free one; the address is printed on stderr).")
 @click.option("--url", default=None, help="Read from a collector instead of a store (default MCPMETER_URL).")
@@ -58,7 +59,7 @@ def run(use_http: bool, host: str, port: int, url: str | None, api_key: str | No
     try:
         server = build_server(source)
         if use_http:
-            serve_http(server, host, port, source.label)
+            serve_http(server, source, host, port)
         else:
             click.echo(f"mcpmeter MCP server on stdio, answering from the {source.label}", err=True)
             server.run("stdio")
@@ -83,11 +84,15 @@ def open_source(url: str | None, api_key: str | None, project: str | None, db: s
     return StoreSource(open_store(db, upgrade=False), project or "default")
 
 
-def serve_http(server, host: str, port: int, label: str) -> None:
-    """Bind first, then announce the address, then serve: a client that reads the
-    announcement can connect at once (the kernel queues it until uvicorn accepts)."""
+def serve_http(server, source, host: str, port: int) -> None:
+    """Check that clients can authenticate, bind, announce the address, then serve: a client that
+    reads the announcement can connect at once (the kernel queues it until uvicorn accepts).
+    Every request passes ``http.KeyGuard`` (a read key, or a keyless caller on this machine)."""
     import uvicorn
 
+    from .http import KeyGuard, check_listen
+
+    check_listen(host, source)
     try:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         sock = socket.create_server((host, port), family=family)
@@ -95,7 +100,7 @@ def serve_http(server, host: str, port: int, label: str) -> None:
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}", hint="pick another --port (0 picks a free one)") from None
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
-    app = server.streamable_http_app(host=host)
+    app = KeyGuard(server.streamable_http_app(host=host), source, host)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
-    click.echo(f"mcpmeter MCP server on http://{shown}:{bound}/mcp, answering from the {label}", err=True)
+    click.echo(f"mcpmeter MCP server on http://{shown}:{bound}/mcp, answering from the {source.label}", err=True)
     uvicorn.Server(config).run(sockets=[sock])

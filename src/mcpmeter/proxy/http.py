@@ -34,6 +34,7 @@ import anyio
 import anyio.lowlevel
 
 from ..exceptions import ConfigError
+from ..jsondepth import check_depth
 from .tracker import Connection, Tracker
 
 if TYPE_CHECKING:
@@ -93,7 +94,9 @@ def jwt_claim(authorization: str | None, claim: str) -> str | None:
     if len(parts) != 3:
         return None
     try:
-        payload = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+        decoded = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
+        check_depth(decoded, "the bearer token's payload")  # TooDeep is a ValueError: user unknown
+        payload = json.loads(decoded)
     except (binascii.Error, ValueError):
         return None
     value = payload.get(claim) if isinstance(payload, dict) else None

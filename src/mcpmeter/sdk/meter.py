@@ -219,8 +219,20 @@ class Meter:
 
     # ---- recording --------------------------------------------------------------------
 
-    def tool(self, fn: F | None = None, *, name: str | None = None, category: str | None = None) -> Any:
-        """Decorate a sync or async tool function; usable as ``@meter.tool`` or ``@meter.tool(...)``."""
+    def tool(self, fn: F | str | None = None, category_: str | None = None, *, name: str | None = None,
+             category: str | None = None) -> Any:
+        """Decorate a sync or async tool function: ``@meter.tool``, ``@meter.tool(name=..., category=...)``,
+        or the analytics migration seed's positional form ``@meter.tool("name", "category")``."""
+        if isinstance(fn, str):  # @meter.tool("name") / @meter.tool("name", "category")
+            if name is not None or (category_ is not None and category is not None):
+                raise ConfigError("meter.tool() got the tool name (or category) both by position and by keyword",
+                                  hint='use @meter.tool("name", "category") or @meter.tool(name=..., category=...)')
+            name, fn = fn, None
+        if category_ is not None:
+            if not isinstance(category_, str) or category is not None:
+                raise ConfigError("meter.tool()'s second positional argument is the category (a string), given once",
+                                  hint='use @meter.tool("name", "category")')
+            category = category_
         if fn is not None:
             return self._wrap(fn, name or fn.__name__, category)
         return lambda f: self._wrap(f, name or f.__name__, category)
@@ -277,6 +289,19 @@ class Meter:
         from .integrations import instrument
 
         return instrument(self, server, **options)
+
+    def add_usage_report_tool(self, server: Any, name: str = "usage_report", *, url: str | None = None,
+                              api_key: str | None = None) -> Any:
+        """Add one tool, ``name``, to an mcp 2.x ``MCPServer`` or FastMCP ``server``, answering the four
+        stakeholder questions about this meter's server from the team collector (``url`` /
+        ``MCPMETER_URL``, read key ``api_key`` / ``MCPMETER_READ_KEY``); opt-in, as it changes
+        ``tools/list``. Returns ``server``. See docs/instrument.md.
+
+        >>> meter.add_usage_report_tool(server, name="weblab_usage_report")  # doctest: +SKIP
+        """
+        from .report_tool import add
+
+        return add(self, server, name, url, api_key)
 
     def _enqueue(self, event: Event) -> None:
         """Queue a ready event (the integrations' path); drops and counts when full."""

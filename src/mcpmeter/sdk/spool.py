@@ -11,13 +11,18 @@ proven to be theirs.
 Event ids are assigned before a batch is spooled, so replaying a batch that did arrive
 after all counts once. Several processes may share the file (SQLite locking); a batch is
 deleted only after the collector acknowledged it (or refused its contents for good).
+
+The read side (``spooled_batches``) lets ``mcpmeter report`` answer from what is waiting here
+while the collector is down, without taking or changing anything.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -95,3 +100,27 @@ class Spool:
 
     def close(self) -> None:
         self._conn.close()
+
+
+def spooled_batches(path: Path, url: str | None = None) -> Iterator[bytes]:
+    """The JSON bodies waiting in the spool at ``path`` (for collector ``url``; every URL when
+    None), oldest first; nothing when there is no spool. Read-only: a running recorder keeps
+    replaying and deleting them meanwhile."""
+    path = Path(path)
+    if not path.exists():
+        return
+    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=30)
+    try:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'spool'").fetchone():
+            return
+        sql = "SELECT body FROM spool"
+        params: tuple[str, ...] = ()
+        if url is not None:
+            sql, params = sql + " WHERE url = ?", (url.rstrip("/"),)
+        for (body,) in conn.execute(sql + " ORDER BY id", params).fetchall():
+            try:
+                yield gzip.decompress(body)
+            except (OSError, EOFError):  # a damaged batch: the others still count
+                continue
+    finally:
+        conn.close()

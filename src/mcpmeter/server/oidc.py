@@ -369,6 +369,7 @@ def routes(collector: Collector) -> list:
     from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
     from starlette.routing import Route
 
+    from .collector.admin_security import json_body
     from .collector.auth import is_loopback
     from .collector.security import TokenBuckets
     from .dashboard.sessions import cookie_header, safe_next
@@ -458,10 +459,7 @@ def routes(collector: Collector) -> list:
         person = people.person(token_digest) if token_digest else None
         if token_digest is None or person is None:
             return JSONResponse({"error": "sign in with single sign-on first", "hint": "/v1/oidc/login"}, status_code=401)
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
+        body = await json_body(request)
         name = body.get("project") if isinstance(body, dict) else None
         grants = await run_in_threadpool(people.grants, person.identities)
         if name not in grants:

@@ -33,6 +33,7 @@ class KeyInfo(NamedTuple):
     last_used_at: int | None
     revoked_at: int | None
     expires_at: int | None
+    servers: frozenset[str] | None = None  # the only servers the key may submit for (None: any)
 
     def active(self, now_ms: int) -> bool:
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now_ms)
@@ -87,8 +88,10 @@ class Store(Protocol):
     def project_by_id(self, project_id: int) -> Project | None: ...
     def list_projects(self) -> list[Project]: ...
     def add_key(self, project_id: int, name: str, key_hash: str, prefix: str, scopes: Iterable[str], expires_at: int | None = None,
-                replace: bool = False, audit: AuditEntry | None = None) -> KeyInfo:
-        """Store a new key; ``audit`` is written in the same transaction."""
+                replace: bool = False, audit: AuditEntry | None = None,
+                servers: Iterable[str] | None = None) -> KeyInfo:
+        """Store a new key; ``audit`` is written in the same transaction; ``servers``: the only
+        servers it may submit for (None: any)."""
         ...
     def key_by_hash(self, key_hash: str) -> KeyInfo | None: ...
     def list_keys(self, project_id: int | None = None) -> list[KeyInfo]: ...

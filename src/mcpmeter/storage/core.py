@@ -17,6 +17,7 @@ rows in the same order; ``tests/storage_pg`` checks it query by query.
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -32,7 +33,7 @@ from .rollup import DAY_MS, HOUR_MS, aggregate
 
 _KEY_COLUMNS = (
     "k.id, k.project_id, p.name, k.name, k.prefix, k.scopes, k.created_at, "
-    "k.last_used_at, k.revoked_at, k.expires_at"
+    "k.last_used_at, k.revoked_at, k.expires_at, k.servers"
 )
 ROLLUP_VERSION = 2  # the schema that brought the rollups: migrating to it builds them from the raw events
 _ROLLUP_TABLES = ("rollup_hour", "rollup_day", "user_day", "user_hour", "user_first", "error_hour",
@@ -49,8 +50,9 @@ _PRUNED = (
 
 
 def key_info(row: Sequence[Any]) -> KeyInfo:
-    (key_id, project_id, project, name, prefix, scopes, created, used, revoked, expires) = row
-    return KeyInfo(key_id, project_id, project, name, prefix, frozenset(scopes.split(",")), created, used, revoked, expires)
+    (key_id, project_id, project, name, prefix, scopes, created, used, revoked, expires, servers) = row
+    return KeyInfo(key_id, project_id, project, name, prefix, frozenset(scopes.split(",")), created, used, revoked, expires,
+                   frozenset(json.loads(servers)) if servers else None)
 
 
 def dims(f: EventFilter, client_column: str = "client", prefix: str = "") -> tuple[str, list[Any]]:
@@ -182,16 +184,19 @@ class SQLStore(SecurityQueries):
         return [Project(*r) for r in self._fetch(None, f"SELECT {_PROJECT_COLUMNS} FROM projects ORDER BY id")]
 
     def add_key(self, project_id: int, name: str, key_hash: str, prefix: str, scopes: Iterable[str],
-                expires_at: int | None = None, replace: bool = False, audit: AuditEntry | None = None) -> KeyInfo:
+                expires_at: int | None = None, replace: bool = False, audit: AuditEntry | None = None,
+                servers: Iterable[str] | None = None) -> KeyInfo:
         scope_text = ",".join(sorted(set(scopes)))
+        server_text = json.dumps(sorted(set(servers))) if servers else None  # a JSON list: names may hold commas
 
         def run(conn: Any) -> None:
             if replace:
                 self._lock_key_name(conn, project_id, name)
                 conn.execute(self._sql("DELETE FROM api_keys WHERE project_id = ? AND name = ?"), (project_id, name))
             conn.execute(self._sql(
-                "INSERT INTO api_keys (project_id, name, prefix, key_hash, scopes, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)"),
-                (project_id, name, prefix, key_hash, scope_text, now_ms(), expires_at))
+                "INSERT INTO api_keys (project_id, name, prefix, key_hash, scopes, created_at, expires_at, servers) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
+                (project_id, name, prefix, key_hash, scope_text, now_ms(), expires_at, server_text))
             _audit(self, conn, audit)
 
         try:

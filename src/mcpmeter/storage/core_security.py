@@ -53,11 +53,11 @@ class SecurityQueries(SQLBase):
 
         def run(conn: Any) -> tuple[int, int] | None:
             row = conn.execute(sql(
-                "SELECT id, scopes, expires_at FROM api_keys WHERE project_id = ? AND name = ? AND revoked_at IS NULL "
+                "SELECT id, scopes, expires_at, servers FROM api_keys WHERE project_id = ? AND name = ? AND revoked_at IS NULL "
                 f"AND (expires_at IS NULL OR expires_at > ?){self._dialect.for_update}"), (project_id, name, now)).fetchone()
             if row is None:
                 return None
-            old_id, scopes, expires = row
+            old_id, scopes, expires, servers = row
             old_name, n = rotated_name(name, now), 1
             while conn.execute(sql("SELECT 1 FROM api_keys WHERE project_id = ? AND name = ?"), (project_id, old_name)).fetchone():
                 old_name, n = f"{rotated_name(name, now)}-{n}", n + 1
@@ -65,8 +65,8 @@ class SecurityQueries(SQLBase):
             conn.execute(sql("UPDATE api_keys SET name = ?, expires_at = ? WHERE id = ?"),
                          (old_name, until if expires is None else min(expires, until), old_id))
             new_id = self._insert_returning_id(
-                conn, "INSERT INTO api_keys (project_id, name, prefix, key_hash, scopes, created_at, signing_secret) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)", (project_id, name, prefix, key_hash, scopes, now, signing_secret))
+                conn, "INSERT INTO api_keys (project_id, name, prefix, key_hash, scopes, created_at, signing_secret, servers) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (project_id, name, prefix, key_hash, scopes, now, signing_secret, servers))
             write_audit(self, conn, audit)
             return old_id, new_id
 

@@ -37,7 +37,7 @@ from .base import IngestResult
 from .core import SQLStore
 from .dialect import Dialect, T
 from .dialect import now_ms as _now_ms
-from .postgres_migrations import MIGRATIONS, READER_ROLE
+from .postgres_migrations import MIGRATIONS, MIGRATIONS_TABLE, READER_ROLE
 from .rollup import Deltas, aggregate, calling_users
 
 MIGRATION_LOCK = 0x6D63706D_6D69  # "mcpmmi": one migrator at a time per database
@@ -237,8 +237,7 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
             raise StorageError(f"read from {self.url} failed: {_first_line(exc)}", hint="is the database reachable?") from exc
 
     _migrations = MIGRATIONS
-    _migrations_table = ("CREATE TABLE IF NOT EXISTS schema_migrations "
-                         "(version integer PRIMARY KEY, name text NOT NULL, applied_at bigint NOT NULL)")
+    _migrations_table = MIGRATIONS_TABLE
 
     def _lock_migrations(self, conn: psycopg.Connection) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))

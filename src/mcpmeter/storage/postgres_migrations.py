@@ -22,6 +22,8 @@ from __future__ import annotations
 from .base import Migration
 
 READER_ROLE = "mcpmeter_reader"
+MIGRATIONS_TABLE = ("CREATE TABLE IF NOT EXISTS schema_migrations "
+                    "(version integer PRIMARY KEY, name text NOT NULL, applied_at bigint NOT NULL)")
 CURRENT_PROJECT = "nullif(current_setting('mcpmeter.project_id', true), '')::bigint"
 
 
@@ -380,3 +382,124 @@ MIGRATIONS.append(
         """,
     )
 )
+
+# ---- schema 8: keys bound to servers; the analytics migration seed's SQL views ---------------
+#
+# The seed (an Archon migration) gave SQL users ``archon_mcp_usage_hourly`` / ``_daily`` and
+# ``get_mcp_usage_summary(hours)``; these are their mcpmeter counterparts, over the rollups
+# (plain views: the rollups are current at every ingest, so nothing needs refreshing). They run
+# with the caller's rights (``security_invoker``), so the row-level security of the tables
+# applies: the reader role sees one project's rows through them, as through the tables.
+# ``tool_category`` is the category the tool's calls of that bucket were recorded with, looked
+# up in the raw events of the bucket (the rollups have no category yet); NULL once those raw
+# events are past their retention.
+
+P95_FUNCTION = """
+CREATE FUNCTION mcp_hist_quantile(hist jsonb, q double precision, lo double precision, hi double precision)
+RETURNS double precision LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    -- nearest rank over mcpmeter's log-linear bins (histogram.py: 16 per doubling from 1 us),
+    -- the bin's geometric middle clamped to the observed min/max, six significant digits
+    SELECT CASE WHEN v IS NULL OR v <= 0 THEN v
+                ELSE round(v::numeric, 5 - floor(log(v::numeric))::int)::double precision END
+    FROM (
+        SELECT least(greatest(CASE WHEN b.bin <= 0 THEN 0.001 ELSE 0.001 * power(2.0, (b.bin - 0.5) / 16.0) END, lo), hi) AS v
+        FROM (SELECT key::int AS bin, sum(value::bigint) OVER (ORDER BY key::int) AS seen,
+                     sum(value::bigint) OVER () AS total
+              FROM jsonb_each_text(hist)) AS b
+        WHERE b.seen >= greatest(1, ceil(q * b.total))
+        ORDER BY b.bin LIMIT 1
+    ) AS pick
+$$;
+"""
+
+
+def _usage_view(name: str, table: str, bucket: str, bucket_ms: int, cast: str) -> str:
+    return f"""
+CREATE VIEW {name} WITH (security_invoker = true) AS
+SELECT r.project_id, {cast} AS {bucket}, r.server, r.tool AS tool_name,
+       (SELECT e.category FROM events e
+        WHERE e.project_id = r.project_id AND e.ts >= r.bucket AND e.ts < r.bucket + {bucket_ms}
+          AND e.kind = 'tool_call' AND e.server = r.server AND e.tool = r.tool AND e.category IS NOT NULL
+        ORDER BY e.ts DESC LIMIT 1) AS tool_category,
+       r.calls AS call_count, r.errors AS error_count,
+       CASE WHEN r.calls > 0 THEN round(1 - r.errors::numeric / r.calls, 4)::double precision END AS success_rate,
+       CASE WHEN r.dur_count > 0 THEN r.dur_sum / r.dur_count END AS avg_response_time_ms,
+       mcp_hist_quantile(r.hist, 0.95, r.dur_min, r.dur_max) AS p95_response_time_ms,
+       r.dur_min AS min_response_time_ms, r.dur_max AS max_response_time_ms
+FROM (SELECT project_id, bucket, server, tool, sum(calls)::bigint AS calls, sum(errors)::bigint AS errors,
+             sum(dur_count)::bigint AS dur_count, sum(dur_sum) AS dur_sum, min(dur_min) AS dur_min, max(dur_max) AS dur_max,
+             mcpmeter_hist_sum(hist) AS hist
+      FROM {table} WHERE kind = 'tool_call' GROUP BY project_id, bucket, server, tool) AS r;
+GRANT SELECT ON {name} TO {READER_ROLE};
+"""
+
+
+USAGE_VIEWS = (
+    P95_FUNCTION
+    + _usage_view("mcp_usage_hourly", "rollup_hour", "hour_bucket", 3_600_000, "to_timestamp(r.bucket / 1000.0)")
+    + _usage_view("mcp_usage_daily", "rollup_day", "date_bucket", 86_400_000,
+                  "(to_timestamp(r.bucket / 1000.0) AT TIME ZONE 'UTC')::date")
+    + f"""
+CREATE FUNCTION mcp_usage_summary(time_range_hours integer DEFAULT 24)
+RETURNS TABLE (project_id bigint, server text, tool_name text, tool_category text, call_count bigint, error_count bigint,
+               success_rate double precision, avg_response_time_ms double precision,
+               p95_response_time_ms double precision, last_hour timestamptz)
+LANGUAGE sql STABLE SECURITY INVOKER AS $$
+    -- the last time_range_hours clock hours including the current one (as period=Nh), per tool;
+    -- the projects the caller may see (one, for the reader role: row-level security)
+    SELECT h.project_id, h.server::text, h.tool_name::text, max(h.tool_category)::text,
+           sum(h.call_count)::bigint, sum(h.error_count)::bigint,
+           CASE WHEN sum(h.call_count) > 0 THEN round(1 - sum(h.error_count)::numeric / sum(h.call_count), 4)::double precision END,
+           sum(r.dur_sum) / nullif(sum(r.dur_count), 0),
+           mcp_hist_quantile(mcpmeter_hist_sum(r.hist), 0.95, min(r.dur_min), max(r.dur_max)),
+           max(h.hour_bucket)
+    FROM mcp_usage_hourly h
+    JOIN (SELECT project_id, bucket, server, tool, sum(dur_count) AS dur_count, sum(dur_sum) AS dur_sum,
+                 min(dur_min) AS dur_min, max(dur_max) AS dur_max, mcpmeter_hist_sum(hist) AS hist
+          FROM rollup_hour WHERE kind = 'tool_call'
+            AND bucket >= (floor(extract(epoch FROM now()) / 3600) - greatest(time_range_hours, 1) + 1) * 3600000
+          GROUP BY project_id, bucket, server, tool) AS r
+      ON r.project_id = h.project_id AND r.bucket = (extract(epoch FROM h.hour_bucket) * 1000)::bigint
+     AND r.server = h.server AND r.tool = h.tool_name
+    GROUP BY h.project_id, h.server, h.tool_name
+    ORDER BY sum(h.call_count) DESC, h.server, h.tool_name
+$$;
+GRANT EXECUTE ON FUNCTION mcp_usage_summary(integer) TO {READER_ROLE};
+"""
+)
+USAGE_VIEWS_DOWN = """
+DROP FUNCTION mcp_usage_summary(integer);
+DROP VIEW mcp_usage_daily;
+DROP VIEW mcp_usage_hourly;
+DROP FUNCTION mcp_hist_quantile(jsonb, double precision, double precision, double precision);
+"""
+
+MIGRATIONS.append(
+    Migration(
+        8,
+        "keys bound to servers; SQL views mcp_usage_hourly/daily and mcp_usage_summary() (PostgreSQL)",
+        up="ALTER TABLE api_keys ADD COLUMN servers text;\n" + USAGE_VIEWS,
+        down=USAGE_VIEWS_DOWN + "ALTER TABLE api_keys DROP COLUMN servers;\n",
+    )
+)
+
+
+def script(start: int = 0, end: int | None = None, down: bool = False) -> str:
+    """The SQL of the migrations after ``start`` up to ``end`` (default: the newest), as one
+    transaction to paste into a SQL editor (``mcpmeter db sql``): each recorded in
+    ``schema_migrations`` as ``mcpmeter db upgrade`` records it; ``down``: the reverse, newest first."""
+    end = MIGRATIONS[-1].version if end is None else end
+    chosen = [m for m in MIGRATIONS if start < m.version <= end]
+    parts = ["-- mcpmeter PostgreSQL schema: " + (f"revert versions {end} .. {start + 1}" if down
+                                                  else f"versions {start + 1} .. {end}"),
+             "BEGIN;", MIGRATIONS_TABLE + ";"]
+    for m in reversed(chosen) if down else chosen:
+        parts.append(f"\n-- {m.version}: {m.name}")
+        if down:
+            parts += [m.down.strip(), f"DELETE FROM schema_migrations WHERE version = {m.version};"]
+        else:
+            name = m.name.replace("'", "''")
+            parts += [m.up.strip(), "INSERT INTO schema_migrations VALUES "
+                      f"({m.version}, '{name}', (extract(epoch FROM now()) * 1000)::bigint);"]
+    parts.append("COMMIT;")
+    return "\n".join(parts) + "\n"

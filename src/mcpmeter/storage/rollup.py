@@ -7,9 +7,12 @@ additive upserts in the same transaction as the raw rows.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from operator import itemgetter
+from itertools import repeat
+from math import ceil, log2
+from operator import itemgetter, mul, truediv
 from typing import Any
 
 from .. import histogram
@@ -20,11 +23,8 @@ HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
 HANDSHAKE_KINDS = ("initialize", "server_discover")
 
-# The fields ``aggregate`` reads, taken from a row (a ``Row`` or a plain tuple read back from
-# a store) in one C call; positions from ``Row._fields``, so the field order lives in events.py only.
-_READ = ("kind", "ts", "server", "tool", "duration_ms", "ok", "error_type", "session_id", "client_name",
-         "client_version", "protocol_version", "transport", "user_hash")
-_fields = itemgetter(*(Row._fields.index(name) for name in _READ))
+# Fields taken from a row (a ``Row`` or a plain tuple read back from a store) in one C call;
+# positions from ``Row._fields``, so the field order lives in events.py only.
 _calling = itemgetter(Row._fields.index("kind"), Row._fields.index("ts"), Row._fields.index("user_hash"))
 
 
@@ -151,78 +151,72 @@ class Deltas:
     tool_day_users: dict[tuple[int, str, str], set[str]] = field(default_factory=dict)  # (day, server, tool) -> user hashes
 
 
-def _min(a: int | None, b: int) -> int:
-    return b if a is None or b < a else a
-
-
-def _seen(catalog: dict[tuple[str, str], list[Any]], key: tuple[str, str], ts: int, called: bool) -> None:
+def _span(catalog: dict[tuple[str, str], list[Any]], key: tuple[str, str], first: int, last: int, called: int | None) -> None:
+    """Widen a catalog entry to [first, last] seen, and last called at ``called`` (None: not called)."""
     span = catalog.get(key)
     if span is None:
-        catalog[key] = [ts, ts, ts if called else None]
+        catalog[key] = [first, last, called]
         return
-    span[0] = min(span[0], ts)
-    span[1] = max(span[1], ts)
-    if called and (span[2] is None or ts > span[2]):
-        span[2] = ts
+    span[0] = min(span[0], first)
+    span[1] = max(span[1], last)
+    if called is not None and (span[2] is None or called > span[2]):
+        span[2] = called
+
+
+_FLOOR = histogram.FLOOR_MS
+
+
+def _bins(durations: list[float]) -> dict[int, int]:
+    """``{bin_of(d): count}`` over ``durations``, computed in C (the same operations as ``bin_of``)."""
+    if min(durations) <= _FLOOR:
+        return dict(Counter(map(bin_of, durations)))
+    return dict(Counter(map(ceil, map(mul, map(log2, map(truediv, durations, repeat(_FLOOR))), repeat(histogram.SUB_BUCKETS)))))
+
+
+_kind = itemgetter(Row._fields.index("kind"))
+_ts = itemgetter(Row._fields.index("ts"))
+_server = itemgetter(Row._fields.index("server"))
+_tool = itemgetter(Row._fields.index("tool"))
+_duration = itemgetter(Row._fields.index("duration_ms"))
+_ok = itemgetter(Row._fields.index("ok"))
+_user_ts = itemgetter(Row._fields.index("user_hash"), Row._fields.index("ts"))
+_error = itemgetter(Row._fields.index("ok"), Row._fields.index("error_type"), Row._fields.index("ts"))
+_who = itemgetter(*(Row._fields.index(name) for name in
+                    ("client_name", "client_version", "protocol_version", "transport", "user_hash")))
 
 
 def aggregate(rows: Sequence[tuple[Any, ...]]) -> Deltas:
+    """The rollup deltas of ``rows`` (each counted once; pass only rows really stored).
+
+    One pass sorts the rows into their hourly cells and their sessions; each cell and each
+    session is then summed with C-level builtins (``map``, ``min``, ``Counter``…) over its
+    rows, so the per-row Python work is two dictionary lookups.
+    """
     d = Deltas()
-    hour_cells = d.hour
+    cells: dict[tuple[int, str, str, str, str], list[tuple[Any, ...]]] = {}
+    sessions: dict[str, list[tuple[Any, ...]]] = {}
     for row in rows:
-        (kind, ts, server, tool, duration, ok, error_type, session_id, client_name, client_version,
-         protocol_version, transport, user) = _fields(row)
-        tool = tool or ""
-        client = client_name or ""
-        hour = ts - ts % HOUR_MS
-        day = ts - ts % DAY_MS
+        kind, ts, server, tool, session_id, client = _grouping(row)
         if kind == "tool_listed":  # the catalog of tools a server offers
-            _seen(d.catalog, (server, tool), ts, called=False)
+            _span(d.catalog, (server, tool or ""), ts, ts, None)
             continue
-        key = (hour, kind, server, tool, client)
-        cell = hour_cells.get(key)
-        if cell is None:
-            cell = hour_cells[key] = Cell()
-        cell.add(ok, duration)
-        if ok == 0:
-            ekey = (hour, server, tool, client, error_type or "error")
-            entry = d.errors.get(ekey)
-            if entry is None:
-                d.errors[ekey] = [1, ts]
-            else:
-                entry[0] += 1
-                entry[1] = max(entry[1], ts)
-        if user is not None and kind == "tool_call":
-            d.user_day.add((day, server, tool, client, user))
-            d.user_hour.add((hour, user))
-            first = d.user_first.get((server, user))
-            if first is None or ts < first:
-                d.user_first[(server, user)] = ts
-        if kind == "tool_call" and tool:
-            _seen(d.catalog, (server, tool), ts, called=True)
+        key = (ts - ts % HOUR_MS, kind, server, tool or "", client or "")
+        group = cells.get(key)
+        if group is None:
+            cells[key] = [row]
+        else:
+            group.append(row)
         if session_id:
-            s = d.sessions.get(session_id)
-            if s is None:
-                s = d.sessions[session_id] = SessionDelta(server, client_name, client_version, protocol_version, transport, user, ts, ts)
+            srows = sessions.get(session_id)
+            if srows is None:
+                sessions[session_id] = [row]
             else:
-                s.first_ts = min(s.first_ts, ts)
-                s.last_ts = max(s.last_ts, ts)
-                s.client = s.client or client_name
-                s.client_version = s.client_version or client_version
-                s.protocol_version = s.protocol_version or protocol_version
-                s.transport = s.transport or transport
-                s.user_hash = s.user_hash or user
-            if kind == "tool_call":
-                s.calls += 1
-                s.errors += ok == 0
-                s.first_call_ts = _min(s.first_call_ts, ts)
-                if tool:
-                    s.tools.add(tool)
-            elif kind in HANDSHAKE_KINDS:
-                s.init_ts = _min(s.init_ts, ts)
-            elif kind == "list_tools":
-                s.list_ts = _min(s.list_ts, ts)
-    for (hour, kind, server, tool, client), cell in hour_cells.items():
+                srows.append(row)
+    for key, group in cells.items():
+        _cell(d, key, group)
+    for session_id, srows in sessions.items():
+        d.sessions[session_id] = _session(srows)
+    for (hour, kind, server, tool, client), cell in d.hour.items():
         dkey = (hour - hour % DAY_MS, kind, server, tool, client)
         target = d.day.get(dkey)
         if target is None:
@@ -237,3 +231,89 @@ def aggregate(rows: Sequence[tuple[Any, ...]]) -> Deltas:
     for day, server, tool, _, user in d.user_day:
         d.tool_day_users.setdefault((day, server, tool), set()).add(user)
     return d
+
+
+_grouping = itemgetter(*(Row._fields.index(name) for name in ("kind", "ts", "server", "tool", "session_id", "client_name")))
+
+
+def _cell(d: Deltas, key: tuple[int, str, str, str, str], group: list[tuple[Any, ...]]) -> None:
+    """Add one hourly cell's rows (in arrival order) to the deltas."""
+    hour, kind, server, tool, client = key
+    cell = d.hour[key] = Cell()
+    cell.calls = len(group)
+    oks = list(map(_ok, group))
+    cell.errors = errors = oks.count(0)
+    durations = [v for v in map(_duration, group) if v is not None]
+    if durations:
+        cell.dur_count = len(durations)
+        total = 0.0
+        for v in durations:  # in arrival order, as Cell.add sums
+            total += v
+        cell.dur_sum = total
+        cell.dur_min = min(durations)
+        cell.dur_max = max(durations)
+        cell.hist.sparse = _bins(durations)
+    if errors:
+        for ok, error_type, ts in map(_error, group):
+            if ok == 0:
+                ekey = (hour, server, tool, client, error_type or "error")
+                entry = d.errors.get(ekey)
+                if entry is None:
+                    d.errors[ekey] = [1, ts]
+                else:
+                    entry[0] += 1
+                    entry[1] = max(entry[1], ts)
+    if kind != "tool_call":
+        return
+    stamps = list(map(_ts, group))
+    if tool:
+        last = max(stamps)
+        _span(d.catalog, (server, tool), min(stamps), last, last)
+    calling = [pair for pair in map(_user_ts, group) if pair[0] is not None]
+    if calling:
+        day = hour - hour % DAY_MS
+        firsts = dict(sorted(calling, reverse=True))  # each user's earliest call in the cell
+        user_first = d.user_first
+        for user, ts in firsts.items():
+            d.user_day.add((day, server, tool, client, user))
+            d.user_hour.add((hour, user))
+            seen = user_first.get((server, user))
+            if seen is None or ts < seen:
+                user_first[(server, user)] = ts
+
+
+def _session(srows: list[tuple[Any, ...]]) -> SessionDelta:
+    """One session's rows (in arrival order) as its delta."""
+    first = srows[0]
+    who = _who(first)
+    if len(srows) == 1:
+        kind, ts = _kind(first), _ts(first)
+        client, version, protocol, transport, user = who
+        s = SessionDelta(_server(first), client, version, protocol, transport, user, ts, ts)
+        if kind == "tool_call":
+            s.calls, s.errors, s.first_call_ts = 1, int(_ok(first) == 0), ts
+            if tool := _tool(first):
+                s.tools = {tool}
+        elif kind in HANDSHAKE_KINDS:
+            s.init_ts = ts
+        elif kind == "list_tools":
+            s.list_ts = ts
+        return s
+    if not all(who):  # the first truthy value of each, else the last one (as ``a or b or …``)
+        last = _who(srows[-1])
+        who = tuple(next(filter(None, map(itemgetter(i), map(_who, srows))), last[i]) for i in range(len(who)))
+    stamps = list(map(_ts, srows))
+    kinds = list(map(_kind, srows))
+    client, version, protocol, transport, user = who
+    s = SessionDelta(_server(first), client, version, protocol, transport, user, min(stamps), max(stamps))
+    calls = kinds.count("tool_call")
+    if calls:
+        call_rows = [row for row, kind in zip(srows, kinds) if kind == "tool_call"]
+        s.calls = calls
+        s.errors = list(map(_ok, call_rows)).count(0)
+        s.first_call_ts = min(map(_ts, call_rows))
+        s.tools = set(filter(None, map(_tool, call_rows)))
+    if calls < len(kinds):
+        s.init_ts = min((ts for ts, kind in zip(stamps, kinds) if kind in HANDSHAKE_KINDS), default=None)
+        s.list_ts = min((ts for ts, kind in zip(stamps, kinds) if kind == "list_tools"), default=None)
+    return s

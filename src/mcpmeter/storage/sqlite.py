@@ -85,6 +85,7 @@ class SQLiteStore(SQLStore):  # every query is in core.py / core_security.py
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(f"cannot open store {self.path}: {exc}", hint="check the path and its permissions") from None
         self._write_lock = threading.Lock()
+        self._known = sqlite_rollups.Known()  # rollup rows ingest may skip (see Known)
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
 
@@ -152,10 +153,16 @@ class SQLiteStore(SQLStore):  # every query is in core.py / core_security.py
         for project_id, deltas in by_project.items():
             sqlite_rollups.apply(conn, project_id, deltas, sqlite_rollups.LATEST if version is None else version)
 
-    def _write(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(conn, *args)`` in one IMMEDIATE transaction on the writer connection."""
+    def _write(self, fn: Callable[..., T], *args: Any, learned: sqlite_rollups.Known | None = None) -> T:
+        """Run ``fn(conn, *args)`` in one IMMEDIATE transaction on the writer connection.
+
+        Only ingest passes ``learned`` (the rollup rows it stored, merged into what the store
+        knows once committed); any other write may remove rollup rows, so it forgets them all.
+        """
         with self._write_lock:
             conn = self._writer
+            if learned is None:
+                self._known.clear()
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
@@ -164,6 +171,8 @@ class SQLiteStore(SQLStore):  # every query is in core.py / core_security.py
                     conn.execute("ROLLBACK")
                     raise
                 conn.execute("COMMIT")
+                if learned is not None:
+                    self._known.merge(learned)
                 return result
             except (sqlite3.DataError, UnicodeError, OverflowError) as exc:  # a value SQLite cannot hold: the data's fault
                 raise Unstorable(f"the store cannot hold a value of this request: {exc}",
@@ -192,8 +201,12 @@ class SQLiteStore(SQLStore):  # every query is in core.py / core_security.py
     def ingest(self, groups: Sequence[tuple[int, Sequence[Row]]],
                stored_rows: dict[int, list[Row]] | None = None) -> list[IngestResult]:
         received = _now_ms()
+        known, learned = self._known, sqlite_rollups.Known()
 
         def run(conn: sqlite3.Connection) -> tuple[list[IngestResult], dict[int, list[Row]]]:
+            learned.data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if learned.data_version != known.data_version:  # another connection committed: forget
+                known.clear()
             results = []
             stored: dict[int, list[Row]] = {}  # project -> rows really inserted, in order
             for project_id, rows in groups:
@@ -217,10 +230,10 @@ class SQLiteStore(SQLStore):  # every query is in core.py / core_security.py
             # One rollup delta per project for the whole group (rollups are additive): the
             # requests of a group share most keys, so this saves most of the upserts.
             for project_id, rows in stored.items():
-                sqlite_rollups.apply(conn, project_id, aggregate(rows))
+                sqlite_rollups.apply(conn, project_id, aggregate(rows), known=known, learned=learned)
             return results, stored
 
-        results, stored = self._write(run)
+        results, stored = self._write(run, learned=learned)
         if stored_rows is not None:  # only once committed
             for project_id, rows in stored.items():
                 stored_rows.setdefault(project_id, []).extend(rows)

@@ -283,3 +283,14 @@ MIGRATIONS.append(
         """,
     )
 )
+
+MIGRATIONS.append(
+    Migration(
+        8,
+        "keys bound to servers; SQL views mcp_usage_hourly/daily and mcp_usage_summary() (PostgreSQL)",
+        # The views and the function are PostgreSQL's (postgres_migrations.py): SQLite keeps
+        # histograms as blobs SQL cannot read; its users ask `mcpmeter report` or the API.
+        up="ALTER TABLE api_keys ADD COLUMN servers TEXT;",
+        down="ALTER TABLE api_keys DROP COLUMN servers;",
+    )
+)

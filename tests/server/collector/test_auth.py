@@ -109,29 +109,29 @@ def test_an_expired_key_is_401(remote, store):
 
 def test_loopback_without_a_key_is_the_default_project(store):
     make_keys(store, "other")
-    with TestClient(create_app(store), client=LOOPBACK) as c:
+    with TestClient(create_app(store), client=LOOPBACK, base_url="http://127.0.0.1") as c:
         assert ingest(c).json()["accepted"] == 1
         assert summary(c).json()["project"] == "default"
     assert len(stored_events(store, "default")) == 1
 
 
 def test_ipv6_loopback_is_trusted_too(store):
-    with TestClient(create_app(store), client=("::1", 5000)) as c:
+    with TestClient(create_app(store), client=("::1", 5000), base_url="http://127.0.0.1") as c:
         assert ingest(c).status_code == 200
 
 
 def test_loopback_trust_can_be_turned_off(store, monkeypatch):
     monkeypatch.setenv("MCPMETER_LOCAL_TRUST", "false")
-    with TestClient(create_app(store), client=LOOPBACK) as c:
+    with TestClient(create_app(store), client=LOOPBACK, base_url="http://127.0.0.1") as c:
         assert_refused(ingest(c), 401, "an API key is required")
-    with TestClient(create_app(store, CollectorConfig(local_trust=False)), client=LOOPBACK) as c:
+    with TestClient(create_app(store, CollectorConfig(local_trust=False)), client=LOOPBACK, base_url="http://127.0.0.1") as c:
         assert_refused(ingest(c), 401, "an API key is required")
     assert stored_count(store) == 0
 
 
 def test_a_key_on_loopback_still_names_its_own_project(store):
     other = make_keys(store, "other")
-    with TestClient(create_app(store), client=LOOPBACK) as c:
+    with TestClient(create_app(store), client=LOOPBACK, base_url="http://127.0.0.1") as c:
         assert ingest(c, other.ingest).status_code == 200
         assert_refused(ingest(c, keylib.new_key()), 401, "unknown API key")  # a bad key is not waved through
     assert len(stored_events(store, "other")) == 1

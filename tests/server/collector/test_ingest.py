@@ -20,7 +20,7 @@ LOOPBACK = ("127.0.0.1", 5000)
 @pytest.fixture
 def client(store):
     """The collector app seen from loopback (trusted: the default project, no key)."""
-    with TestClient(create_app(store), client=LOOPBACK) as c:
+    with TestClient(create_app(store), client=LOOPBACK, base_url="http://127.0.0.1") as c:
         yield c
 
 
@@ -180,7 +180,7 @@ def test_too_far_in_the_past_or_future_is_rejected(client, store):
 
 def test_too_many_events_is_400(store):
     config = CollectorConfig(limits=Limits(max_events=5))
-    with TestClient(create_app(store, config), client=LOOPBACK) as c:
+    with TestClient(create_app(store, config), client=LOOPBACK, base_url="http://127.0.0.1") as c:
         assert_error(post(c, [event() for _ in range(6)]), 400, "6 events in one batch; the limit is 5")
         assert stored_count(store) == 0
         assert post(c, [event() for _ in range(5)]).json()["accepted"] == 5
@@ -188,7 +188,7 @@ def test_too_many_events_is_400(store):
 
 @pytest.fixture
 def small_client(store):
-    with TestClient(create_app(store, CollectorConfig(max_body_bytes=4096)), client=LOOPBACK) as c:
+    with TestClient(create_app(store, CollectorConfig(max_body_bytes=4096)), client=LOOPBACK, base_url="http://127.0.0.1") as c:
         yield c
 
 

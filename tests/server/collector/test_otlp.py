@@ -35,7 +35,7 @@ JSON = {"Content-Type": "application/json"}
 
 @pytest.fixture
 def client(store):
-    with TestClient(create_app(store), client=LOOPBACK) as c:
+    with TestClient(create_app(store), client=LOOPBACK, base_url="http://127.0.0.1") as c:
         yield c
 
 

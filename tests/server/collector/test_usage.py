@@ -14,7 +14,7 @@ DAY = 86_400_000
 
 @pytest.fixture
 def client(store):
-    with TestClient(create_app(store), client=("127.0.0.1", 5000)) as c:
+    with TestClient(create_app(store), client=("127.0.0.1", 5000), base_url="http://127.0.0.1") as c:
         recent = now_ms() - 60_000
         batch = [
             event(ts=recent, server="weblab", tool="search", user="u1", client_name="cursor", duration_ms=10),

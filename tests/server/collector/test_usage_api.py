@@ -75,7 +75,7 @@ def check(answer: dict, endpoint: str, oracle: Oracle, f: Filters) -> None:
 @pytest.fixture(scope="module")
 def app_client(tmp_path_factory, events):
     store = open_store(str(tmp_path_factory.mktemp("api") / "store.db"), durable=False)
-    with TestClient(create_app(store), client=("127.0.0.1", 5000)) as client:
+    with TestClient(create_app(store), client=("127.0.0.1", 5000), base_url="http://127.0.0.1") as client:
         accepted = duplicates = 0
         for batch in batches(events, SEED, overlap=True):
             body = client.post("/v1/events", json=batch).json()

@@ -32,7 +32,7 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def client(store):
-    with TestClient(create_app(store), client=("127.0.0.1", 5000)) as c:
+    with TestClient(create_app(store), client=("127.0.0.1", 5000), base_url="http://127.0.0.1") as c:
         yield c
 
 

@@ -146,12 +146,12 @@ def test_pages_send_strangers_to_sign_in_and_keep_where_they_were_going(remote, 
 
 @sqlite_only
 def test_loopback_with_local_trust_opens_the_dashboard_without_a_key(store):
-    with TestClient(create_app(store, CollectorConfig(local_trust=True)), client=("127.0.0.1", 5000)) as c:
+    with TestClient(create_app(store, CollectorConfig(local_trust=True)), client=("127.0.0.1", 5000), base_url="http://127.0.0.1") as c:
         assert c.get("/", follow_redirects=False).status_code == 200
         assert c.get("/admin", follow_redirects=False).status_code == 200
         assert c.get("/v1/session").json() == {"signed_in": True, "via": "local", "project": "default",
                                                "scopes": ["admin", "ingest", "read"]}
-    with TestClient(create_app(store, CollectorConfig(local_trust=False)), client=("127.0.0.1", 5000)) as c:
+    with TestClient(create_app(store, CollectorConfig(local_trust=False)), client=("127.0.0.1", 5000), base_url="http://127.0.0.1") as c:
         assert c.get("/", follow_redirects=False).status_code == 303
         assert c.get("/v1/session").json()["signed_in"] is False
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from itertools import accumulate
@@ -127,7 +126,7 @@ def test_the_metrics_port_serves_metrics_and_health_only(tmp_path):
 
 
 def _app(store, **metrics):
-    return TestClient(create_app(store, CollectorConfig(metrics=MetricsConfig(**metrics))), client=LOOPBACK)
+    return TestClient(create_app(store, CollectorConfig(metrics=MetricsConfig(**metrics))), client=LOOPBACK, base_url="http://127.0.0.1")
 
 
 def _tool_calls(server: str, tools: list[str], each: int = 1) -> list[dict]:
@@ -139,7 +138,7 @@ def _tool_calls(server: str, tools: list[str], each: int = 1) -> list[dict]:
 def test_series_beyond_the_cap_are_counted_under_other(store):
     with _app(store, max_series=3, enabled=True, port=None, otlp_export=frozenset()) as client:
         batch = _tool_calls("weblab", [f"tool{i}" for i in range(5)], each=2) + _tool_calls("newcomer", ["x"], each=3)
-        assert client.post("/v1/events", content=json.dumps(batch)).json()["accepted"] == 13
+        assert client.post("/v1/events", json=batch).json()["accepted"] == 13
         m = samples(client.get("/metrics").text)
     calls = by(m, "mcp_tool_executions_total", "server", "tool", success="true")
     assert calls == Counter({("weblab", "tool0"): 2, ("weblab", "tool1"): 2, ("weblab", "tool2"): 2,
@@ -152,7 +151,7 @@ def test_series_beyond_the_cap_are_counted_under_other(store):
 def test_the_fast_exposition_says_what_prometheus_client_would(store):
     with _app(store, max_series=2000, enabled=True, port=None, otlp_export=frozenset()) as client:
         events, _ = dataset()
-        client.post("/v1/events", content=json.dumps(events))
+        client.post("/v1/events", json=events)
         metrics = client.app.state.collector.metrics
         registry = metrics.prometheus.registry_for(store.project_by_name("default").id, "default")
         ours = samples(exposition(registry).decode())
@@ -165,7 +164,7 @@ def test_the_fast_exposition_says_what_prometheus_client_would(store):
 
 def test_metrics_can_be_turned_off(store):
     with _app(store, max_series=2000, enabled=False, port=None, otlp_export=frozenset()) as client:
-        assert client.post("/v1/events", content=json.dumps(_tool_calls("w", ["t"]))).json()["accepted"] == 1
+        assert client.post("/v1/events", json=_tool_calls("w", ["t"])).json()["accepted"] == 1
         r = client.get("/metrics")
         assert r.status_code == 404 and "MCPMETER_METRICS" in r.json()["hint"]
         assert client.app.state.collector.metrics.state.ingested == 0  # nothing counted, nothing kept

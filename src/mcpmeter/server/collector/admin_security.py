@@ -14,9 +14,11 @@ shared with the CLI; ``admin_error`` is how their errors are answered over HTTP.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
+import msgspec
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -26,6 +28,7 @@ from ... import admin
 from ...analytics.periods import iso
 from ...exceptions import ConflictError, MCPMeterError, NotFoundError, ValidationError
 from . import audit
+from .ingest import read_body
 from .responses import error
 
 
@@ -43,12 +46,30 @@ def admin_error(exc: MCPMeterError, invalid: int = 422) -> Response:
 ADMIN_ERRORS = (ValidationError, NotFoundError, ConflictError)
 
 
+ADMIN_BODY_LIMIT = 64 * 1024  # an admin or sign-in request is a few fields
+
+
 async def json_body(request: Request) -> dict[str, Any] | None:
+    """The JSON object a small request (admin, sign-in) sends; None when it is not one.
+
+    Read like every ingest body (``read_body``: size limit, gzip, nesting depth: 400 when
+    broken); strict UTF-8 (a lone surrogate is not text); a NUL in any string is refused (400),
+    since PostgreSQL cannot store one.
+    """
+    body = await read_body(request, ADMIN_BODY_LIMIT)
     try:
-        body = await request.json()
-    except ValueError:
+        value = msgspec.json.decode(body)
+    except msgspec.DecodeError:
         return None
-    return body if isinstance(body, dict) else None
+    if not isinstance(value, dict):
+        return None
+    if _NUL_ESCAPE.search(body):
+        raise ValidationError("the request body has a NUL character (\\u0000) in a string", hint="remove it")
+    return value
+
+
+# In valid JSON a NUL can only be written ``\u0000``, preceded by an even number of backslashes.
+_NUL_ESCAPE = re.compile(rb"(?:^|[^\\])(?:\\\\)*\\u0000")
 
 
 async def rotate_key(request: Request) -> Response:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -25,8 +26,10 @@ from ..dashboard.sessions import Sessions
 from ..exporters import Metrics, MetricsConfig
 from ..oidc import OidcConfig, People
 from ..oidc import routes as oidc_routes
-from . import admin_security, gateway, ingest, measurements, otlp, usage
+from . import admin_security, directory, gateway, ingest, measurements, otlp, usage
 from .auth import Authenticator
+from .crosssite import CrossSiteGuard
+from .inputs import RefuseNul
 from .openapi import openapi_schema
 from .responses import error
 from .security import NameCaps, RateLimited, RateLimits, SignatureChecker
@@ -146,6 +149,7 @@ def create_app(store: AdminStore, config: CollectorConfig | None = None) -> Star
         Route("/openapi.json", openapi, methods=["GET"]),
         *collector.metrics.routes,  # GET /metrics: Prometheus
         Route("/metrics", gateway.post_metrics, methods=["POST"]),  # the MCP gateway's metrics-service API
+        *directory.routes,  # /functions/v1/*: the MCP directory's metrics API
         *dashboard.routes(),  # /, /static, /v1/session, /v1/live, /v1/admin/*
         *admin_security.routes,  # /v1/admin/audit, key rotation, access grants, erasing a user
         *oidc_routes(collector),  # /v1/oidc/*: people's sign-in (when MCPMETER_OIDC_ISSUER is set)
@@ -153,7 +157,7 @@ def create_app(store: AdminStore, config: CollectorConfig | None = None) -> Star
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=collector.metrics.middleware,
+        middleware=[*collector.metrics.middleware, Middleware(RefuseNul), Middleware(CrossSiteGuard)],  # refusals are timed and counted too
         exception_handlers={MCPMeterError: _handle_errors},
     )
     app.state.collector = collector

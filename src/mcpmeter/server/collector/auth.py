@@ -1,24 +1,33 @@
 """Who is asking: API keys (Bearer or X-API-Key), a signed-in browser (a key's or a
 person's session), or a trusted loopback caller. Also where rate limits are applied.
 
+A keyless caller is trusted only from a loopback address, addressed to a loopback name,
+and not from another site's page (``mcpmeter.trust``): DNS rebinding and cross-site
+requests cannot borrow the machine's trust.
+
 Revocation is immediate: key lookups are cached only while the store's ``keys_version``
 (bumped by a trigger whenever a key or an access grant is revoked, expires early, is
 replaced or changed) stays the same, and every request reads that number, so a request
-that starts after a revocation committed is refused by every collector on the store."""
+that starts after a revocation committed is refused by every collector on the store.
+
+A key may be bound to servers (``mcpmeter keys create --server a --server b``): ingest paths
+ask ``Principal.admitting`` / ``refused_server`` and reject what it submits for any other."""
 
 from __future__ import annotations
 
-import ipaddress
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 from starlette.requests import Request
 
 from ... import keys
+from ...events import Event
 from ...exceptions import AuthError
 from ...storage.base import AdminStore, KeyInfo, Project
+from ...trust import is_loopback, key_in, keyless_refusal
 from .security import RateLimited, RateLimits
 
 if TYPE_CHECKING:
@@ -36,26 +45,30 @@ class Principal(NamedTuple):
     key_id: int | None  # None: trusted loopback caller, or a person signed in with OpenID Connect
     actor: str = "loopback"  # for the audit log: "key:mcpm_AbC123", "oidc:<subject> <email>", "loopback"
     signing_secret: str | None = None  # the key requires signed submissions with this secret
+    servers: frozenset[str] | None = None  # the key may submit only for these servers (None: any)
 
+    def refused_server(self, server: str) -> str | None:
+        """Why this key may not submit for ``server`` (None: it may)."""
+        if self.servers is None or server in self.servers:
+            return None
+        return (f"this API key may submit only for server(s) {', '.join(sorted(self.servers))}, "
+                f"not for {server[:80]!r} - `$.server`")
 
-def is_loopback(host: str | None) -> bool:
-    if not host:
-        return False
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
+    def admitting(self, admit: Callable[[Event], str | None]) -> Callable[[Event], str | None]:
+        """``admit`` (the name caps) behind this key's server binding: an event for another
+        server is rejected with the reason (and takes nothing from the caps)."""
+        if self.servers is None:
+            return admit
+        refused = self.refused_server
+
+        def bound(event: Event) -> str | None:
+            return refused(event.server) or admit(event)
+
+        return bound
 
 
 def presented_key(request: Request) -> str | None:
-    header = request.headers.get("authorization")
-    if header:
-        scheme, _, value = header.partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
-            raise AuthError("the Authorization header must be `Bearer <key>`",
-                            hint="send the key as `Authorization: Bearer <key>` or `X-API-Key: <key>`")
-        return value.strip()
-    return request.headers.get("x-api-key") or None
+    return key_in(request.headers)
 
 
 def _failed(reason: str, message: str, **kwargs) -> AuthError:
@@ -123,6 +136,10 @@ class Authenticator:
                 return self.people.principal(key_hash[5:], scope, self._keys_version())
         if key_hash is None:
             if self.local_trust and is_loopback(client):
+                refusal = keyless_refusal(request.headers)
+                if refusal is not None:
+                    raise _failed("not_local", refusal, hint="open it as http://127.0.0.1:<port> (or localhost), "
+                                  "or send an API key as `Authorization: Bearer <key>`")
                 if self._default is None:
                     self._default = self.store.ensure_project(DEFAULT_PROJECT)
                 return Principal(self._default, frozenset(keys.SCOPES), None)
@@ -143,7 +160,7 @@ class Authenticator:
         if self.limits is not None:
             self.limits.check_key(info.id, info.prefix)
         self.last_used[info.id] = now_ms
-        return Principal(self._project(info.project_id), info.scopes, info.id, f"key:{info.prefix}", secret)
+        return Principal(self._project(info.project_id), info.scopes, info.id, f"key:{info.prefix}", secret, info.servers)
 
     def _keys_version(self) -> int:
         """The store's keys version; a change empties the cache (one small read per request)."""

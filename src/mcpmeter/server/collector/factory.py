@@ -19,8 +19,8 @@ import atexit
 import os
 from typing import Any
 
-from ... import settings
 from ...storage import open_store, resolve_db
+from .. import connections
 from .app import CollectorConfig, create_app
 
 
@@ -38,4 +38,4 @@ def run_workers(db: str | None, host: str, port: int, workers: int, log_level: s
     os.environ["MCPMETER_DB"] = resolve_db(db)  # the workers are new interpreters: they read it from the environment
     uvicorn.run("mcpmeter.server.collector.factory:create", factory=True, workers=workers, host=host, port=port,
                 log_level=log_level if log_level != "info" else "warning", access_log=False, lifespan="on",
-                limit_concurrency=settings.get("MCPMETER_MAX_CONNECTIONS") + 1)  # uvicorn counts the new one too
+                **connections.options())  # each worker applies the connection rules to its own connections

@@ -44,7 +44,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ...events import Event, Rejection, decode_batch, event_id, fit_attributes
-from ...exceptions import AuthError, BatchError, BodyTooLarge, Overloaded, RateLimited, StorageError
+from ...exceptions import AuthError, BatchError, BodyTooLarge, ModelErrors, Overloaded, RateLimited, StorageError
 from ...ingest import rows_for
 from ...measurements import measurement_rows
 from ...protocol import (
@@ -67,14 +67,6 @@ _MAX_METRICS = 100
 # ---- the request, checked as the service's pydantic models check it (FastAPI's 422) ---------
 
 _ENUM = ", ".join(f"'{t}'" for t in METRIC_TYPES[:-1]) + f" or '{METRIC_TYPES[-1]}'"
-
-
-class Invalid(Exception):
-    """The body does not fit the service's models: ``detail`` is FastAPI's error list."""
-
-    def __init__(self, detail: list[dict[str, Any]]) -> None:
-        super().__init__(detail[0]["msg"] if detail else "invalid")
-        self.detail = detail
 
 
 def _err(kind: str, loc: list, msg: str, value: Any, **ctx: Any) -> dict[str, Any]:
@@ -148,12 +140,12 @@ def parse(body: bytes) -> dict[str, Any]:
         raw = json.loads(body) if body.strip() else None
     except (ValueError, UnicodeDecodeError) as exc:
         pos = getattr(exc, "pos", 0)
-        raise Invalid([{"type": "json_invalid", "loc": ["body", pos], "msg": "JSON decode error", "input": {},
+        raise ModelErrors([{"type": "json_invalid", "loc": ["body", pos], "msg": "JSON decode error", "input": {},
                         "ctx": {"error": getattr(exc, "msg", str(exc))}}]) from None
     if raw is None:
-        raise Invalid([_err("missing", [], "Field required", None)])
+        raise ModelErrors([_err("missing", [], "Field required", None)])
     if not isinstance(raw, dict):
-        raise Invalid([_err("model_attributes_type", [], "Input should be a valid dictionary or object to extract fields from", raw)])
+        raise ModelErrors([_err("model_attributes_type", [], "Input should be a valid dictionary or object to extract fields from", raw)])
     errors: list[dict[str, Any]] = []
     parsed: list[dict[str, Any]] = []
     request: dict[str, Any] = {"service": _text(raw, "service", [], errors, 50, required=True),
@@ -187,7 +179,7 @@ def parse(body: bytes) -> dict[str, Any]:
                 metric[name] = value
             parsed.append(metric)
     if errors:
-        raise Invalid(errors)
+        raise ModelErrors(errors)
     return request
 
 
@@ -411,7 +403,7 @@ async def post_metrics(request: Request) -> Response:
         return _detail(400, str(exc))
     except AuthError as exc:  # a signed key whose signature does not match
         return _detail(exc.status, str(exc))
-    except Invalid as exc:
+    except ModelErrors as exc:
         return _detail(422, exc.detail)
     request_id = f"req_{secrets.token_hex(8)}"
     headers = _rate_headers(collector, principal)
@@ -441,9 +433,12 @@ async def post_metrics(request: Request) -> Response:
     rejected: list[Rejection] = []
     if candidates:
         events, rejected = decode_batch(msgspec.json.encode([e for _, e in candidates]), collector.config.limits,
-                                        admit=names.admitter(project.id))
+                                        admit=principal.admitting(names.admitter(project.id)))
         errors += [f"metrics[{candidates[r.index][0]}]: {r.error}" for r in rejected]
     measurement_rows_ = []
+    if custom and (refused := principal.refused_server(parsed["service"])) is not None:  # a key bound to servers
+        errors += [f"metrics[{i}]: {refused}" for i, m in enumerate(parsed["metrics"]) if m["type"] == "custom"]
+        custom = []
     if custom:
         try:
             measurement_rows_ = measurement_rows(msgspec.json.encode({"server": parsed["service"], "metrics": custom}),
@@ -481,4 +476,4 @@ def _answer(accepted: int, rejected: int, errors: list[str], request_id: str, he
                          "request_id": request_id}, headers=headers)
 
 
-__all__ = ["METRIC_TYPES", "Invalid", "parse", "post_metrics", "rule_errors", "to_event", "to_measurement"]
+__all__ = ["METRIC_TYPES", "parse", "post_metrics", "rule_errors", "to_event", "to_measurement"]

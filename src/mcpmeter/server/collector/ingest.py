@@ -5,31 +5,38 @@ from __future__ import annotations
 import zlib
 
 from starlette.concurrency import run_in_threadpool
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from ...events import decode_batch
 from ...exceptions import BatchError, BodyTooLarge, Overloaded, StorageError, Unstorable
 from ...ingest import rows_for
+from ...jsondepth import check_depth
 from .auth import Principal
 from .responses import error
 
 
-async def read_body(request: Request, limit: int, principal: Principal | None = None) -> bytes:
+async def read_body(request: Request, limit: int, principal: Principal | None = None, json: bool = True) -> bytes:
     """The request body, gunzipped if sent with ``Content-Encoding: gzip``, at most ``limit`` bytes.
 
-    When the principal's key requires signed submissions, the signature is checked on the
-    raw bytes as sent (before gunzip); a bad or missing one raises ``SignatureError`` (401).
+    Every ingest body is read here. When the principal's key requires signed submissions, the
+    signature is checked on the raw bytes as sent (before gunzip); a bad or missing one raises
+    ``SignatureError`` (401). A gzip body is exactly one gzip member: a second member or bytes
+    after the first are refused, not ignored. A ``json`` body must not nest deeper than the
+    decoders can follow (``jsondepth``). Either problem is a ``BatchError`` (400).
     """
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge()
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge()
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge()
+            chunks.append(chunk)
+    except ClientDisconnect:  # the sender gave up (a timeout): nothing was read, nothing is stored
+        raise BatchError("the client disconnected before it sent the whole body") from None
     body = b"".join(chunks)
     if principal is not None and principal.signing_secret is not None:
         request.app.state.collector.signatures.verify(principal.signing_secret, request.headers, body)
@@ -44,8 +51,13 @@ async def read_body(request: Request, limit: int, principal: Principal | None = 
             raise BodyTooLarge()
         if not inflater.eof:
             raise BatchError("the gzip body is truncated")
+        if inflater.unused_data:
+            raise BatchError("the gzip body has bytes after its end (a second gzip member or trailing data); "
+                             "send the whole body as one gzip member")
     elif encoding != "identity":
         raise BatchError(f"Content-Encoding {encoding!r} is not supported; send gzip or nothing")
+    if json:
+        check_depth(body)
     return body
 
 
@@ -67,7 +79,7 @@ async def post_events(request: Request) -> Response:
     try:
         body = await read_body(request, limit, principal)
         counts: dict[str, int] = {}
-        events, rejected = decode_batch(body, collector.config.limits, counts=counts, admit=names.admitter(principal.project.id))
+        events, rejected = decode_batch(body, collector.config.limits, counts=counts, admit=principal.admitting(names.admitter(principal.project.id)))
     except BodyTooLarge:
         return error(413, f"the body is larger than {limit} bytes", "send smaller batches (MCPMETER_MAX_BODY_BYTES)")
     except BatchError as exc:

@@ -14,7 +14,7 @@ import msgspec
 
 from ... import __version__
 from ...analytics.questions import QUESTIONS
-from ...events import Event
+from ...events import KEY_FIELDS, MAX_KEY_BYTES, Event
 from ...measurements import MeasurementBatch, ServerEvent
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -42,6 +42,12 @@ def openapi_schema() -> dict[str, Any]:
     components["Event"]["properties"]["ts"]["description"] = (
         "When it happened: RFC 3339, or epoch milliseconds. Events older than MCPMETER_MAX_EVENT_AGE_DAYS or further "
         "in the future than MCPMETER_MAX_CLOCK_SKEW_SECONDS are rejected (listed in `rejected`; 422 when none is left).")
+    for name in ("Event", "MeasurementBatch", "Measurement", "ServerEvent"):
+        if name in components:
+            _storable_texts(components[name])
+    for field in KEY_FIELDS:  # a byte limit JSON Schema cannot state
+        components["Event"]["properties"][field]["description"] = (
+            f"Also at most {MAX_KEY_BYTES} bytes of UTF-8 (it is part of an index key): 200 characters of up to 3 bytes.")
     components.update(_otlp_json_schemas())
     components.update({
         "Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}, "hint": {"type": "string"}}},
@@ -199,6 +205,23 @@ def _otlp_json_schemas() -> dict[str, Any]:
     for schema in schemas.values():
         _nullable_fields(schema)
     return schemas
+
+
+_NO_NUL = "^[^\u0000]*$"
+
+
+def _storable_texts(schema: Any) -> None:
+    """What msgspec's schema cannot say about texts: no NUL character in any (events.text_problem)."""
+    if isinstance(schema, dict):
+        if schema.get("type") == "string" and "pattern" not in schema and "enum" not in schema:
+            schema["pattern"] = _NO_NUL
+        if schema.get("type") == "object" and "additionalProperties" in schema:
+            schema.setdefault("propertyNames", {}).setdefault("pattern", _NO_NUL)
+        for value in schema.values():
+            _storable_texts(value)
+    elif isinstance(schema, list):
+        for item in schema:
+            _storable_texts(item)
 
 
 def _enum(*names: str) -> dict[str, Any]:

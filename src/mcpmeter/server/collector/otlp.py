@@ -338,9 +338,9 @@ async def post_traces(request: Request) -> Response:
     if not collector.names.loaded(principal.project.id):
         await run_in_threadpool(collector.names.load, principal.project.id)
     try:
-        body = await read_body(request, limit, principal)
+        body = await read_body(request, limit, principal, json=content_type == JSON)
         converted = convert(parse_request(body, content_type))
-        events, rejected = _validate(converted.events, collector.config.limits, collector.names.admitter(principal.project.id))
+        events, rejected = _validate(converted.events, collector.config.limits, principal.admitting(collector.names.admitter(principal.project.id)))
     except AuthError as exc:  # a signature that does not match
         return _failure(content_type, exc.status, str(exc), exc.hint, {"WWW-Authenticate": "Bearer"})
     except BodyTooLarge:

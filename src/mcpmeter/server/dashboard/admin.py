@@ -49,7 +49,8 @@ def _key_row(k: KeyInfo, now_ms: int, pending: dict[int, int]) -> dict[str, Any]
     state = "active" if k.active(now_ms) else ("revoked" if k.revoked_at else "expired")
     return {"name": k.name, "prefix": k.prefix, "scopes": sorted(k.scopes), "created": iso(k.created_at),
             "last_used": iso(last) if last else None, "expires": iso(k.expires_at) if k.expires_at else None,
-            "revoked": iso(k.revoked_at) if k.revoked_at else None, "state": state}
+            "revoked": iso(k.revoked_at) if k.revoked_at else None, "state": state,
+            "servers": sorted(k.servers) if k.servers else None}
 
 
 async def list_keys(request: Request) -> Response:
@@ -65,10 +66,11 @@ async def create_key(request: Request) -> Response:
     collector, principal = _admin(request)
     body = await json_body(request)
     if body is None:
-        return error(400, "send JSON: {\"name\": ..., \"scopes\": [\"read\"], \"expires_days\": null}")
+        return error(400, "send JSON: {\"name\": ..., \"scopes\": [\"read\"], \"expires_days\": null, \"servers\": null}")
     try:
         made = await run_in_threadpool(admin.create_key, collector.store, audit.actor(request, principal), principal.project,
-                                       body.get("name"), body.get("scopes", ["read"]), body.get("expires_days"))
+                                       body.get("name"), body.get("scopes", ["read"]), body.get("expires_days"),
+                                       False, body.get("servers"))
     except ADMIN_ERRORS as exc:
         return admin_error(exc)
     row = _key_row(made.info, int(time.time() * 1000), {})

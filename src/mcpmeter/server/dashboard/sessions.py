@@ -39,6 +39,7 @@ from starlette.routing import Route
 from ... import keys
 from ...exceptions import AuthError
 from ...storage.base import SessionRow
+from ..collector.admin_security import json_body
 from ..collector.auth import presented_key
 from ..collector.responses import error
 
@@ -163,10 +164,7 @@ async def post_session(request: Request) -> Response:
     if request.headers.get(CSRF_HEADER) != "1":
         return error(403, "sign-in must carry the X-MCPMeter-CSRF header", "sign in from the dashboard's sign-in page")
     collector.auth.check_address(request)  # guessing keys here costs the address's rate limit too (429)
-    try:
-        body = await request.json()
-    except ValueError:
-        body = None
+    body = await json_body(request)
     key = body.get("key") if isinstance(body, dict) else None
     if not isinstance(key, str) or not key.strip():
         return error(400, "send the key as JSON: {\"key\": \"mcpm_…\"}", "paste a read key; `mcpmeter keys create --scopes read` makes one")
