@@ -45,6 +45,9 @@ ROW_MAY_BE_EMPTY = {
     "category": "only @meter.tool knows a tool's category",
     "definition_bytes": "@meter.tool does not see tools/list",
     "definition_tokens": "@meter.tool does not see tools/list",
+    "context": "@meter.tool does not see tools/list",
+    "probe_clients": "a server no crawler reached (kb, time)",
+    "success_rate": "a tool only ever called by mistake, or always given up on",
 }
 
 # ... and on an answer about one tool that exists.
@@ -59,7 +62,7 @@ def empty_parts(value: Any, path: str = "$", in_bucket: bool = False, allowed: f
         if not value:
             return [] if in_bucket else [path]
         return [p for k, v in value.items() if k not in MAY_BE_EMPTY and k not in allowed
-                and not (v is None and k in ROW_MAY_BE_EMPTY and path.endswith("]"))
+                and not (v in (None, []) and k in ROW_MAY_BE_EMPTY and path.endswith("]"))
                 for p in empty_parts(v, f"{path}.{k}", in_bucket, allowed)]
     if isinstance(value, list):
         if not value:

@@ -61,6 +61,9 @@ def test_every_capture_path_and_protocol_generation_left_its_mark(filled):
     called = {(e["server"], e["tool"]) for e in calls}
     assert {("weblab", "weblab_export"), ("weblab", "weblab_clone"), ("archon", "archive_project")} <= listed - called
     assert all(e["result_bytes"] > 0 for e in events if e["kind"] == "tool_listed")
+    # crawlers list the tools and call none (legacy ones have a session to show it)
+    crawled = {e["server"] for e in events if e["kind"] == "list_tools" and e["client_name"] == demo.CRAWLER[0]}
+    assert crawled == {"weblab", "archon"} and not any(e["client_name"] == demo.CRAWLER[0] for e in calls)
     assert Counter(e["kind"] for e in events if e["server"] == "kb" and e["kind"] != "tool_call") == {
         "installation": len({e["user_hash"] for e in calls if e["server"] == "kb"})}
 

@@ -65,6 +65,7 @@ CLIENTS = [("claude-code", "2.1.0", "auto", 0.25), ("claude-code", "2.0.14", "le
            ("cursor", "1.7.2", "legacy", 0.25), ("vscode-copilot", "1.105.1", "auto", 0.1),
            ("vscode-copilot", "1.104.0", "legacy", 0.08), ("mcp-inspector", "0.17.0", "auto", 0.12)]
 SERVERS = {"weblab": 0.54, "archon": 0.18, "kb": 0.2, "time": 0.08}
+CRAWLER = ("mcp-crawler", "0.9.0")  # lists the tools of every server it finds, calls none
 STDIO_SESSIONS = 3  # each costs two processes: the history gets at most this many conversations with `time`
 REQUIRES = (("mcp", "mcp"), ("uvicorn", "server"), ("starlette", "server"), ("httpx", "server"))
 Progress = Callable[[str, int, int], None]
@@ -76,7 +77,7 @@ class Conversation:
     start_ms: int  # when the plan puts it
     client: tuple[str, str]
     mode: str
-    user: str
+    user: str | None  # None: a crawler, nobody in particular
     calls: list[Any]  # demo_servers.clients.Call
     version: str | None = None  # weblab's, before or after the deploy
     first: bool = False  # the user's first conversation with this server
@@ -175,13 +176,16 @@ def _showcase(now_ms: int, version: str) -> list[Conversation]:
         Conversation("kb", at(9), ("vscode-copilot", "1.105.1"), "auto", "bo@example.com", kb_calls),
         Conversation("time", at(6), ("claude-code", "2.1.0"), "auto", "cy@example.com", time_calls),
         Conversation("time", at(3), ("claude-code", "2.0.14"), "legacy", "ann@example.com", time_calls[:2]),
+        Conversation("weblab", at(25), CRAWLER, "auto", None, [], version),
+        Conversation("archon", at(15), CRAWLER, "legacy", None, []),
     ]
 
 
 def plan(days: int = 90, users: int = 40, calls_per_day: int = 60, seed: int = 7,
          now_ms: int | None = None) -> list[Conversation]:
     """The conversations to hold and when they happened: the same for the same arguments
-    (and ``now_ms``). Adoption grows over the period, weekends are quieter."""
+    (and ``now_ms``). Adoption grows over the period, weekends are quieter; now and then a crawler lists
+    the tools and calls none."""
     rng = random.Random(seed)
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     people = [f"user{i:03d}@example.com" for i in range(users)]
@@ -210,9 +214,14 @@ def plan(days: int = 90, users: int = 40, calls_per_day: int = 60, seed: int = 7
                          if c.tool == "rebuild_index" else c for c in calls]
             weblab_version = ("1.3.2" if start < deploy_ms else "1.4.0") if server == "weblab" else None
             out.append(Conversation(server, start, (name, version), mode, rng.choice(active), calls, weblab_version))
+        if rng.random() < 0.4:  # a crawler lists the tools and calls none (the activation funnel's probes)
+            server = rng.choice(["weblab", "archon"])
+            start = day_start + int(rng.random() * (DAY_MS - HOUR_MS))
+            out.append(Conversation(server, start, CRAWLER, rng.choice(["auto", "legacy"]), None, [],
+                                    ("1.3.2" if start < deploy_ms else "1.4.0") if server == "weblab" else None))
     out += _showcase(now_ms, "1.4.0")
     out.sort(key=lambda c: c.start_ms)
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[str, str | None]] = set()
     for c in out:
         c.first = (c.server, c.user) not in seen
         seen.add((c.server, c.user))
@@ -329,7 +338,7 @@ class Capture:
         db = str(self.scratch / "kb.db")
         groups: dict[str, list[Conversation]] = {}
         for c in conversations:
-            groups.setdefault(c.user, []).append(c)
+            groups.setdefault(c.user or "", []).append(c)
         for user, group in sorted(groups.items()):
             meter = self.meter(db, "kb", user)
             try:
@@ -358,7 +367,10 @@ class Capture:
                             self.env, self.scratch / "archon-proxy.log", proxy_port):
             async with create_mcp_http_client() as http:  # one after another: the header is the current user's
                 for c in conversations:
-                    http.headers["X-User-Id"] = c.user
+                    if c.user is None:
+                        http.headers.pop("X-User-Id", None)
+                    else:
+                        http.headers["X-User-Id"] = c.user
                     await self.hold(c, streamable_http_client(f"http://127.0.0.1:{proxy_port}/mcp", http_client=http), db)
 
     async def time(self, conversations: list[Conversation]) -> None:
@@ -368,7 +380,7 @@ class Capture:
         for n, c in enumerate(conversations):
             db = str(self.scratch / f"time-{n}.db")
             params = StdioServerParameters(
-                command=sys.executable, env={**self.env, "MCPMETER_USER": c.user},
+                command=sys.executable, env={**self.env, "MCPMETER_USER": c.user or ""},
                 args=["-m", "mcpmeter", "proxy", "--server-name", "time", "--db", db, "--",
                       sys.executable, "-m", "mcpmeter.demo_servers", "time", "stdio"])
             with open(self.scratch / f"time-{n}.log", "w") as errlog:  # the processes' stderr, not ours
