@@ -34,6 +34,7 @@ PERIODS = ("30d", "7d", "6h")
 # Parts of an answer that may be empty on filled data, and why.
 MAY_BE_EMPTY = {
     "filters": "no filter was asked for",
+    "names": "no measurement name was asked for (the answer has them all)",
     "previous": "the period before the demo's history began",
     "change": "compared with the period before the demo's history began",
 }
