@@ -156,6 +156,10 @@ SETTINGS: dict[str, Setting] = {
         Setting("MCPMETER_RATE_LIMIT_PER_IP", 1000, _non_negative_int,
                 "Requests per minute per source address (loopback excepted), per collector process; more get 429 with Retry-After. 0 "
                 "turns it off.", "collector"),
+        Setting("MCPMETER_RATE_LIMIT_PER_PROJECT", 0, _non_negative_int,
+                "Requests per minute made with one project's keys, in fixed UTC minutes, counted by every collector of a "
+                "PostgreSQL store together (in the store); more get 429 with Retry-After. 0 (the default) turns it off.",
+                "collector"),
         Setting("MCPMETER_MAX_CONNECTIONS", 1000, _positive_int,
                 "Open connections (and requests in flight) one collector process serves; beyond, uvicorn answers 503. "
                 "At the cap, a new connection first closes the one that has waited longest without sending a request.", "collector"),

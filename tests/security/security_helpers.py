@@ -37,7 +37,7 @@ def required_scope(method: str, path: str) -> str | None:
         return "ingest"
     if path.startswith("/v1/admin/") or path == "/admin":
         return "admin"
-    if method in ("GET", "HEAD") and (path.startswith("/v1/usage/") or path in ("/metrics", "/v1/live", "/functions/v1/metrics-fetch")
+    if method in ("GET", "HEAD") and (path.startswith("/v1/usage/") or path in ("/metrics", "/v1/live", "/v1/alerts", "/functions/v1/metrics-fetch")
                                       or path in PAGES):
         return "read"
     raise AssertionError(f"no scope rule covers {method} {path}: add it to required_scope (and enforce it)")

@@ -116,6 +116,9 @@ class Store(Protocol):
 
     # raw-event reads (exact, cost grows with events: for checks, exports and short windows)
     def count_events(self, f: EventFilter, kind: str | None = "tool_call") -> int: ...
+    def call_counts(self, f: EventFilter) -> list[tuple[Any, ...]]:
+        """(server, tool, calls, errors) of the raw tool calls in ``f``'s window (any bounds, in ms)."""
+        ...
     def distinct_users(self, f: EventFilter) -> int: ...
     def recent_errors(self, f: EventFilter, limit: int = 20) -> list[tuple[Any, ...]]:
         """Newest failed events first; among equal times, the later stored first."""
@@ -216,6 +219,14 @@ class SecurityStore(Protocol):
     def count_sessions(self, project_id: int | None = None) -> int: ...
     def take_once(self, token_hash: str, expires_at: int) -> bool:
         """True the first time a token is taken (until it expires): a replay gets False."""
+        ...
+    shared_counters: bool
+    """Whether several collector processes share this store (PostgreSQL): counters that must be
+    the same for all of them (a project's rate limit) are kept in it, not in memory."""
+
+    def count_request(self, name: str, window_start: int, window_ms: int) -> int:
+        """Count one request of ``name`` in the fixed window starting at ``window_start`` (ms):
+        the window's count so far, this one included (atomic across collectors)."""
         ...
     def collector_secret(self, name: str) -> str:
         """A random secret shared by the collectors on this store, made on first use."""

@@ -266,6 +266,13 @@ class SQLStore(SecurityQueries):
         result: int = self._one(f.project_id, f"SELECT count(*) FROM events WHERE {where}", params)
         return result
 
+    def call_counts(self, f: EventFilter) -> list[tuple[Any, ...]]:
+        """(server, tool, calls, errors) of the raw tool calls in the window, to the millisecond
+        (for the edges of a window that whole hours of the rollups do not cover)."""
+        where, params = self._where(f)
+        return self._fetch(f.project_id, f"SELECT server, tool, count(*), sum(CASE WHEN ok = 0 THEN 1 ELSE 0 END) "
+                                         f"FROM events WHERE {where} GROUP BY server, tool", params)
+
     def distinct_users(self, f: EventFilter) -> int:
         where, params = self._where(f)
         result: int = self._one(f.project_id, f"SELECT count(DISTINCT user_hash) FROM events WHERE {where}", params)

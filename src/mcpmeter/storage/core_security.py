@@ -2,7 +2,8 @@
 
 Keys version (immediate revocation), signing secrets, key rotation, people's access
 grants, the audit log, erasing one user's data, the dashboard's sessions (shared by every
-collector process on the store) and the collectors' own secrets. Each change that must be recorded is
+collector process on the store), the collectors' own secrets and the request counts of
+rate limits shared by every collector (``rate_windows``). Each change that must be recorded is
 written to ``audit_log`` in the same transaction as the change itself. The SQL is written
 once with ``?`` placeholders and runs through the store's hooks (``dialect.SQLBase``).
 """
@@ -213,6 +214,20 @@ class SecurityQueries(SQLBase):
             return n
 
         return bool(self._write(run))
+
+    def count_request(self, name: str, window_start: int, window_ms: int) -> int:
+        """One more request of ``name`` in its window (one atomic upsert); the first request of a
+        window also removes that name's windows that have ended."""
+        def run(conn: Any) -> int:
+            row = conn.execute(self._sql(
+                "INSERT INTO rate_windows (name, window_start, requests) VALUES (?, ?, 1) ON CONFLICT (name, window_start) "
+                "DO UPDATE SET requests = rate_windows.requests + 1 RETURNING requests"), (name, window_start)).fetchone()
+            if row[0] == 1:
+                conn.execute(self._sql("DELETE FROM rate_windows WHERE name = ? AND window_start < ?"),
+                             (name, window_start - window_ms))
+            return int(row[0])
+
+        return int(self._write(run))
 
     def collector_secret(self, name: str) -> str:
         """A random secret the collectors on this store share (made by whichever asks first)."""

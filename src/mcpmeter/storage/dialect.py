@@ -52,6 +52,7 @@ class SQLBase:
     _dialect: Dialect
     _migrations: Sequence[Migration]
     _migrations_table: str  # CREATE TABLE IF NOT EXISTS schema_migrations in the backend's types
+    shared_counters: bool = False  # several collector processes share the store (PostgreSQL)
 
     @property
     def location(self) -> str:

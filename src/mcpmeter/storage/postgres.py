@@ -127,6 +127,7 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
             raise StorageError(f"cannot open a connection pool to {self.url}", hint="check max_connections on the server") from None
 
     _dialect = DIALECT
+    shared_counters = True  # every collector on the database counts a project's requests in it
 
     def _configure(self, conn: psycopg.Connection) -> None:
         if not self._durable:  # as SQLite synchronous=NORMAL: a server crash may lose the last commits

@@ -503,3 +503,21 @@ def script(start: int = 0, end: int | None = None, down: bool = False) -> str:
                       f"({m.version}, '{name}', (extract(epoch FROM now()) * 1000)::bigint);"]
     parts.append("COMMIT;")
     return "\n".join(parts) + "\n"
+
+
+MIGRATIONS.append(
+    Migration(
+        9,
+        "request counts of rate limits in fixed windows, shared by the collectors of a store",
+        # No row-level security policy: the reader role is granted nothing on this table.
+        up=_sql("""
+        CREATE TABLE rate_windows (
+            name CTEXT NOT NULL, window_start bigint NOT NULL, requests bigint NOT NULL,
+            PRIMARY KEY (name, window_start)
+        );
+        """),
+        down="""
+        DROP TABLE rate_windows;
+        """,
+    )
+)

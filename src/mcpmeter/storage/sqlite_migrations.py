@@ -294,3 +294,20 @@ MIGRATIONS.append(
         down="ALTER TABLE api_keys DROP COLUMN servers;",
     )
 )
+
+
+MIGRATIONS.append(
+    Migration(
+        9,
+        "request counts of rate limits in fixed windows, shared by the collectors of a store",
+        up="""
+        CREATE TABLE rate_windows (
+            name TEXT NOT NULL, window_start INTEGER NOT NULL, requests INTEGER NOT NULL,
+            PRIMARY KEY (name, window_start)
+        ) WITHOUT ROWID;
+        """,
+        down="""
+        DROP TABLE rate_windows;
+        """,
+    )
+)

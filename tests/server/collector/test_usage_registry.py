@@ -53,7 +53,7 @@ def test_each_route_takes_exactly_the_declared_parameters(client, name):
     assert r.status_code == 200, r.text
     assert r.json()["project"] == "default" and "from" in r.json()
     hint = client.get(q.path, params={"colour": "blue"}).json()["hint"]
-    assert hint == "allowed: " + ", ".join(sorted(p.name for p in q.parameters))
+    assert hint == "allowed: " + ", ".join(sorted(p.name for p in q.http_parameters))  # with format and table
 
 
 def test_the_openapi_document_lists_every_question_with_its_parameters(client):
@@ -62,7 +62,9 @@ def test_the_openapi_document_lists_every_question_with_its_parameters(client):
     for q in QUESTIONS.values():
         op = paths[q.path]["get"]
         assert op["summary"] == q.summary
-        assert [p["name"] for p in op["parameters"]] == [*FILTER_NAMES, GRAIN.name, *(p.name for p in q.options)]
+        assert [p["name"] for p in op["parameters"]] == [*FILTER_NAMES, GRAIN.name, *(p.name for p in q.options),
+                                                         "format", "table"]
+        assert [t.name for t in q.tables] == op["parameters"][-1]["schema"]["enum"][:-1]  # and "" (not given)
 
 
 def test_the_mcp_tools_take_the_filters_of_their_question(store):

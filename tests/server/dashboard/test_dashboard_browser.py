@@ -8,6 +8,7 @@ browser is never downloaded (no `playwright install`). Screenshots go to artifac
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -319,6 +320,37 @@ def test_new_calls_appear_live_in_the_feed_counters_and_charts(site, page):
     assert s["calls"] == before + 5
     assert page.eval_on_selector("[data-kpi=success_rate]", "e => +e.dataset.value") == s["success_rate"]
     shot(page, "dashboard.png")
+
+
+def test_the_export_button_downloads_the_report_for_the_filters_shown(site, page):
+    page.goto(site.url + "/?period=30d&server=weblab")
+    ready(page)
+    downloads = {}
+    for fmt in ("csv", "markdown", "json"):
+        with page.expect_download() as info:
+            page.click(f"[data-export={fmt}]")
+        download = info.value
+        downloads[fmt] = (download.suggested_filename, Path(download.path()).read_text())
+    report = api(site, "/v1/usage/report", period="30d", server="weblab")
+    name, text = downloads["csv"]
+    assert name.startswith("mcpmeter-default-report-tools-") and name.endswith(".csv")
+    lines = text.splitlines()
+    assert lines[0].startswith("server,tool,calls,share")
+    assert [line.split(",")[1] for line in lines[1:]] == [t["tool"] for t in report["tools"]]  # only weblab's tools
+    assert sum(int(line.split(",")[2]) for line in lines[1:]) == report["calls"]
+    name, text = downloads["markdown"]
+    assert name.endswith(".md") and text.startswith("# MCP usage report") and "server `weblab`" in text
+    assert f"{report['calls']} in this period" in text
+    name, text = downloads["json"]
+    assert name.endswith(".json") and json.loads(text)["calls"] == report["calls"]
+    # the tool page exports that tool's report
+    tool = report["tools"][0]["tool"]
+    page.goto(site.url + f"/tools/{tool}?period=30d")
+    ready(page)
+    with page.expect_download() as info:
+        page.click("[data-export=csv]")
+    lines = Path(info.value.path()).read_text().splitlines()[1:]
+    assert {line.split(",")[1] for line in lines} == {tool}
 
 
 def test_the_tool_page_drills_down_from_the_overview(site, page):

@@ -193,6 +193,7 @@ class Prometheus:
                   .replace("evaluation_interval: 15s", "evaluation_interval: 1s"))
         self.config = tmp / "prometheus.yml"
         self.config.write_text(config)
+        shutil.copy(DEPLOY / "prometheus" / "alerts.yml", tmp / "alerts.yml")  # the rule file it loads
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tmp / "prometheus.log"

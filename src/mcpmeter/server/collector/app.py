@@ -46,6 +46,7 @@ class CollectorConfig:
     signature_tolerance: int = field(default_factory=lambda: settings.get("MCPMETER_SIGNATURE_TOLERANCE_SECONDS"))
     rate_limit_per_key: int = field(default_factory=lambda: settings.get("MCPMETER_RATE_LIMIT_PER_KEY"))
     rate_limit_per_ip: int = field(default_factory=lambda: settings.get("MCPMETER_RATE_LIMIT_PER_IP"))
+    rate_limit_per_project: int = field(default_factory=lambda: settings.get("MCPMETER_RATE_LIMIT_PER_PROJECT"))
     max_servers: int = field(default_factory=lambda: settings.get("MCPMETER_MAX_SERVERS_PER_PROJECT"))
     max_tools: int = field(default_factory=lambda: settings.get("MCPMETER_MAX_TOOLS_PER_PROJECT"))
     oidc: OidcConfig | None = field(default_factory=lambda: OidcConfig.from_settings())
@@ -69,8 +70,8 @@ class Collector:
         self.writer = Writer(store)
         self.sessions = Sessions(store)  # dashboard sign-in: a cookie stands for a key (or a person); rows in the store
         self.people = People(store, config.oidc, self.sessions) if config.oidc is not None else None  # OpenID Connect sign-in
-        self.auth = Authenticator(store, config.local_trust, RateLimits(config.rate_limit_per_key, config.rate_limit_per_ip),
-                                  self.sessions, self.people)
+        limits = RateLimits(config.rate_limit_per_key, config.rate_limit_per_ip, config.rate_limit_per_project, store)
+        self.auth = Authenticator(store, config.local_trust, limits, self.sessions, self.people)
         self.signatures = SignatureChecker(config.signature_tolerance)
         self.names = NameCaps(store, config.max_servers, config.max_tools)
         self.live = Live()  # /v1/live and the admin panel's ingest rate

@@ -157,10 +157,12 @@ class Authenticator:
                 status=403,
                 hint=f"use a key created with --scopes {scope}",
             )
+        project = self._project(info.project_id)
         if self.limits is not None:
             self.limits.check_key(info.id, info.prefix)
+            self.limits.check_project(project.id, project.name)
         self.last_used[info.id] = now_ms
-        return Principal(self._project(info.project_id), info.scopes, info.id, f"key:{info.prefix}", secret, info.servers)
+        return Principal(project, info.scopes, info.id, f"key:{info.prefix}", secret, info.servers)
 
     def _keys_version(self) -> int:
         """The store's keys version; a change empties the cache (one small read per request)."""

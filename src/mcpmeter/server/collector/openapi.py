@@ -26,8 +26,9 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Malformed request", 401: "Missing or unknown API key", 403: "Key lacks the scope",
-            413: "Body too large", 415: "Unsupported content type", 422: "Every event was rejected",
-            429: "Rate limit of the key or address reached; retry after Retry-After seconds",
+            406: "The Accept header names no format the answer comes in", 413: "Body too large",
+            415: "Unsupported content type", 422: "Every event was rejected",
+            429: "Rate limit of the key, address or project reached; retry after Retry-After seconds",
             503: "Store unavailable or overloaded; retry after Retry-After"}
     return {str(c): _json(_ERROR, text[c]) for c in codes}
 
@@ -147,10 +148,18 @@ def _usage_paths(security: list) -> dict[str, Any]:
     """GET /v1/usage/*, one path per question of the registry, with the parameters it declares."""
     return {q.path: {"get": {
         "summary": q.summary, "security": security,
-        "parameters": [{"name": p.name, "in": "query", "schema": p.schema, "description": p.description} for p in q.parameters],
-        "responses": {"200": _json({"$ref": f"#/components/schemas/{q.schema}"}, "The answer, for the aligned window it names"),
-                      **_errors(400, 401, 403, 429)}}}
+        "parameters": [{"name": p.name, "in": "query", "schema": p.schema, "description": p.description}
+                       for p in q.http_parameters],
+        "responses": {"200": _exports(_json({"$ref": f"#/components/schemas/{q.schema}"},
+                                            "The answer, for the aligned window it names")),
+                      **_errors(400, 401, 403, 406, 429)}}}
         for q in QUESTIONS.values()}
+
+
+def _exports(response: dict[str, Any]) -> dict[str, Any]:
+    """The answer's other media types (format=csv|markdown, or Accept: analytics/exports.py)."""
+    text = {"schema": {"type": "string"}}
+    return {**response, "content": {**response["content"], "text/csv": text, "text/markdown": text}}
 
 
 def _write_paths(security: list, signature_params: list, batch: dict, event: dict) -> dict[str, Any]:

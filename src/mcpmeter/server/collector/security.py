@@ -17,6 +17,15 @@ there). Buckets live in each collector process's memory. Loopback addresses (the
 itself; behind a reverse proxy uvicorn takes the client's address from X-Forwarded-For)
 are not limited per address, only per key.
 
+Per project (the seed's "1000+ requests/min per organisation"): at most
+``MCPMETER_RATE_LIMIT_PER_PROJECT`` requests made with a project's keys in each fixed
+minute (UTC, from :00 to :59), whichever key and collector they reach; one more answers 429
+with ``Retry-After`` (the seconds left in the minute). On PostgreSQL every collector counts
+in the store's ``rate_windows`` table (one atomic upsert per request), so the limit holds for
+all of them together; on SQLite (one collector owns the file) the count is in memory.
+Requests that use no key (trusted loopback callers, people signed in with OpenID Connect)
+are not counted.
+
 Name caps. A project may have at most ``MCPMETER_MAX_SERVERS_PER_PROJECT`` distinct
 servers and ``MCPMETER_MAX_TOOLS_PER_PROJECT`` distinct (server, tool) pairs, whatever
 names them: an event (or OTLP span) that would add one more is rejected, with a reason, like
@@ -36,6 +45,7 @@ from ...events import Event
 from ...exceptions import SIGN_HINT, RateLimited, SignatureError
 from ...keys import SECRET_PREFIX, new_signing_secret
 from ...signing import sign, signature_headers
+from ...storage.base import SecurityStore
 
 # sign, signature_headers (signing.py), new_signing_secret (keys.py), SignatureError and RateLimited
 # (exceptions.py) are re-exported: the collector's side of signatures and limits is read from here.
@@ -43,6 +53,7 @@ __all__ = [
     "SECRET_PREFIX",
     "SIGN_HINT",
     "NameCaps",
+    "ProjectWindows",
     "RateLimited",
     "RateLimits",
     "SignatureChecker",
@@ -161,10 +172,41 @@ class TokenBuckets:
                 del self._buckets[key]
 
 
+class ProjectWindows:
+    """At most ``per_minute`` requests per project in each fixed minute: counted in ``store``
+    when it is shared by several collectors (PostgreSQL), else in this process."""
+
+    WINDOW_MS = 60_000
+
+    def __init__(self, per_minute: int, store: SecurityStore | None = None) -> None:
+        self.per_minute = per_minute
+        self.store = store if store is not None and store.shared_counters else None
+        self._counts: dict[int, tuple[int, int]] = {}  # project -> (window start, requests)
+        self._lock = threading.Lock()
+        self.refused = 0
+
+    def take(self, project_id: int, now_ms: int | None = None) -> float:
+        """Count one request: 0.0 when it is within the limit, else the seconds left in the window."""
+        now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+        start = now_ms - now_ms % self.WINDOW_MS
+        if self.store is not None:
+            count = self.store.count_request(f"project:{project_id}", start, self.WINDOW_MS)
+        else:
+            with self._lock:
+                window, count = self._counts.get(project_id, (start, 0))
+                count = count + 1 if window == start else 1
+                self._counts[project_id] = (start, count)
+        if count <= self.per_minute:
+            return 0.0
+        self.refused += 1
+        return (start + self.WINDOW_MS - now_ms) / 1000
+
+
 class RateLimits:
-    def __init__(self, per_key: int, per_ip: int) -> None:
+    def __init__(self, per_key: int, per_ip: int, per_project: int = 0, store: SecurityStore | None = None) -> None:
         self.per_key = TokenBuckets(per_key) if per_key > 0 else None
         self.per_ip = TokenBuckets(per_ip) if per_ip > 0 else None
+        self.per_project = ProjectWindows(per_project, store) if per_project > 0 else None
 
     def check_address(self, host: str | None) -> None:
         if self.per_ip is not None and host:
@@ -179,6 +221,16 @@ class RateLimits:
             if wait:
                 raise RateLimited(f"too many requests with API key {prefix}…: the limit is {self.per_key.per_minute} per minute",
                                   _seconds(wait), "slow down and retry after Retry-After seconds (MCPMETER_RATE_LIMIT_PER_KEY)")
+
+
+    def check_project(self, project_id: int, name: str) -> None:
+        if self.per_project is not None:
+            wait = self.per_project.take(project_id)
+            if wait:
+                shared = " across all collectors" if self.per_project.store is not None else ""
+                raise RateLimited(f"too many requests for project {name!r}: the limit is {self.per_project.per_minute} per "
+                                  f"minute{shared}", _seconds(wait),
+                                  "slow down and retry after Retry-After seconds (MCPMETER_RATE_LIMIT_PER_PROJECT)")
 
 
 def _seconds(wait: float) -> int:

@@ -7,13 +7,14 @@
 - ``sessions`` — cookie sign-in with a read key (``/v1/session``); the API accepts the cookie
 - ``live``     — ``/v1/live`` Server-Sent Events, a subscriber of the writer's commits
 - ``admin``    — ``/v1/admin/*``: keys, projects, collector health (admin scope)
+- ``alerts``   — ``/v1/alerts``: the alert conditions of the Prometheus rules, firing now
 """
 
 from __future__ import annotations
 
 from starlette.routing import BaseRoute
 
-from . import admin, live, sessions
+from . import admin, alerts, live, sessions
 from .assets import routes as asset_routes
 from .assets import shared as shared_assets
 from .pages import Pages
@@ -23,4 +24,4 @@ __all__ = ["routes"]
 
 def routes() -> list[BaseRoute]:
     assets = shared_assets()
-    return [*Pages(assets).routes, *asset_routes(assets), *sessions.routes, *live.routes, *admin.routes]
+    return [*Pages(assets).routes, *asset_routes(assets), *sessions.routes, *live.routes, *admin.routes, *alerts.routes]

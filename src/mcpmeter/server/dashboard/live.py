@@ -1,4 +1,4 @@
-"""GET /v1/live: accepted tool calls pushed to dashboards as Server-Sent Events.
+"""GET /v1/live: accepted tool calls pushed to dashboards as Server-Sent Events, or over a WebSocket.
 
 ``Live.committed`` is a writer subscriber: the writer calls it from its thread after each
 commit, with the rows that commit really inserted (duplicates left out), before any request
@@ -18,6 +18,15 @@ authenticates the request again; it does so every ``RECHECK_SECONDS`` anyway (a 
 expired key or session). A stream whose credential no longer reads its project gets a
 ``revoked`` event and is closed: a revocation committed before a commit means that commit's
 calls are never sent on it.
+
+The same path also takes a WebSocket handshake (``ws://…/v1/live``), for clients that expect
+WebSockets: the same messages (``hello``, ``calls``, ``resync``, ``revoked``), each one text
+frame ``{"event": …, "data": …}``; the same filters (``server``, ``tool``, ``client`` in the
+query) and the same authentication and revocation (``Authorization``/``X-API-Key`` on the
+handshake, or the dashboard's session cookie; a refused handshake is answered with the HTTP
+error the SSE stream would get). A browser page of another origin cannot use a signed-in
+browser's cookie: a cookie-authenticated handshake must come from the collector's own origin.
+The server's WebSocket pings keep idle connections open; client frames are ignored.
 """
 
 from __future__ import annotations
@@ -34,10 +43,13 @@ from typing import TYPE_CHECKING, Any
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ...events import Row
-from ...exceptions import AuthError, RateLimited
+from ...exceptions import AuthError, MCPMeterError, RateLimited
+from ..collector.auth import presented_key
+from ..collector.responses import error
 from ..commits import Cell, CellKey, Commit, ProjectBatch
 
 if TYPE_CHECKING:
@@ -273,6 +285,17 @@ class Credential:
         return principal.project.id == self.project_id
 
 
+REVOKED = {"reason": "the key or sign-in of this stream no longer reads this project"}
+
+
+def _subscribe(live: Live, project_id: int, params: Any) -> Subscriber:
+    return live.subscribe(project_id, params.get("server") or None, params.get("tool") or None, params.get("client") or None)
+
+
+def _hello(project: str) -> dict[str, Any]:
+    return {"project": project, "ts": int(time.time() * 1000)}
+
+
 async def get_live(request: Request) -> Response:
     collector: Collector = request.app.state.collector
     version = await collector.live.keys_version(collector.store, time.monotonic())
@@ -283,10 +306,9 @@ async def get_live(request: Request) -> Response:
     credential = Credential(collector, request, principal.project.id, version)
 
     async def stream():
-        sub = live.subscribe(principal.project.id, params.get("server") or None, params.get("tool") or None,
-                             params.get("client") or None)
+        sub = _subscribe(live, principal.project.id, params)
         try:
-            yield b"retry: 2000\n\n" + _sse("hello", {"project": principal.project.name, "ts": int(time.time() * 1000)})
+            yield b"retry: 2000\n\n" + _sse("hello", _hello(principal.project.name))
             while not live._closing:
                 try:
                     item = await asyncio.wait_for(sub.queue.get(), HEARTBEAT_SECONDS)
@@ -295,7 +317,7 @@ async def get_live(request: Request) -> Response:
                 if item is _CLOSE:
                     return
                 if not await credential.still_valid(item[2] if item else time.monotonic()):
-                    yield _sse("revoked", {"reason": "the key or sign-in of this stream no longer reads this project"})
+                    yield _sse("revoked", REVOKED)
                     return
                 yield _sse(item[0], item[1]) if item else b": heartbeat\n\n"
         finally:
@@ -305,4 +327,88 @@ async def get_live(request: Request) -> Response:
                              headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
 
-routes = [Route("/v1/live", get_live, methods=["GET"])]
+# ---- the WebSocket ---------------------------------------------------------------------------
+
+
+def _frame(event: str, data: dict) -> str:
+    return json.dumps({"event": event, "data": data}, separators=(",", ":"))
+
+
+def _check_origin(request: Request) -> None:
+    """A handshake authenticated by the session cookie must come from a page of this collector
+    (browsers send cookies with cross-site WebSocket handshakes; no CORS check stops them)."""
+    origin = request.headers.get("origin")
+    if origin is None or presented_key(request) is not None:
+        return
+    host = request.headers.get("host", "")
+    if origin.split("://", 1)[-1].rstrip("/").lower() != host.lower():
+        raise AuthError(f"a WebSocket from {origin[:100]} may not use this collector's sign-in", status=403,
+                        hint="open the live feed from the collector's own dashboard, or present an API key")
+
+
+async def _refuse(websocket: WebSocket, exc: MCPMeterError) -> None:
+    """Answer a refused handshake with the HTTP error the SSE stream would get (when the server can)."""
+    if isinstance(exc, RateLimited):
+        response = error(429, str(exc), exc.hint, {"Retry-After": str(exc.retry_after)})
+    elif isinstance(exc, AuthError):
+        response = error(exc.status, str(exc), exc.hint, {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None)
+    else:
+        response = error(400, str(exc), exc.hint)
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(response)
+    else:
+        await websocket.close(code=1008, reason=str(exc)[:120])
+
+
+async def _until_closed(websocket: WebSocket) -> None:
+    """Read (and ignore) what the client sends, until it goes away."""
+    while (await websocket.receive())["type"] != "websocket.disconnect":
+        pass
+
+
+async def ws_live(websocket: WebSocket) -> None:
+    collector: Collector = websocket.app.state.collector
+    handshake = Request({**websocket.scope, "type": "http", "method": "GET"})  # the handshake is a GET request
+    live = collector.live
+    try:
+        version = await live.keys_version(collector.store, time.monotonic())
+        _check_origin(handshake)
+        principal = collector.auth.authenticate(handshake, "read")
+    except MCPMeterError as exc:
+        await _refuse(websocket, exc)
+        return
+    _end_streams_on_shutdown(live)
+    credential = Credential(collector, handshake, principal.project.id, version)
+    await websocket.accept()
+    sub = _subscribe(live, principal.project.id, websocket.query_params)
+    closed = asyncio.ensure_future(_until_closed(websocket))
+    try:
+        await websocket.send_text(_frame("hello", _hello(principal.project.name)))
+        while not live._closing:
+            got = asyncio.ensure_future(sub.queue.get())
+            await asyncio.wait((got, closed), timeout=HEARTBEAT_SECONDS, return_when=asyncio.FIRST_COMPLETED)
+            if closed.done():
+                got.cancel()
+                return
+            item = got.result() if got.done() else None
+            if item is None:
+                got.cancel()
+            if item is _CLOSE:
+                await websocket.close(code=1001, reason="the collector is shutting down")
+                return
+            if not await credential.still_valid(item[2] if item else time.monotonic()):
+                await websocket.send_text(_frame("revoked", REVOKED))
+                await websocket.close(code=1008, reason="revoked")
+                return
+            if item:
+                await websocket.send_text(_frame(item[0], item[1]))
+    except (WebSocketDisconnect, RuntimeError):
+        return  # the client went away while a message was being sent
+    finally:
+        live.unsubscribe(sub)
+        closed.cancel()
+        with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect, RuntimeError):
+            await closed
+
+
+routes = [Route("/v1/live", get_live, methods=["GET"]), WebSocketRoute("/v1/live", ws_live)]

@@ -36,7 +36,7 @@ SECURITY_HEADERS = {
 }
 # Module files each page imports (preloaded, so the browser fetches them in parallel).
 MODULES = {
-    "overview": ["js/overview.js", "js/api.js", "js/format.js", "js/charts.js", "js/panels.js", "js/filters.js", "js/live.js", "js/shell.js"],
+    "overview": ["js/overview.js", "js/alerts.js", "js/api.js", "js/format.js", "js/charts.js", "js/panels.js", "js/filters.js", "js/live.js", "js/shell.js"],
     "tool": ["js/tool.js", "js/api.js", "js/format.js", "js/charts.js", "js/panels.js", "js/filters.js", "js/live.js", "js/shell.js"],
     "admin": ["js/admin.js", "js/api.js", "js/format.js", "js/shell.js"],
     "signin": ["js/signin.js"],

@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ... import settings
+from ...analytics.alerts import RecentRequests
 from .aggregate import MetricsState
 from .prometheus import CONTENT_TYPE, PrometheusExporter
 
@@ -60,6 +61,7 @@ class Metrics:
         self.store = collector.store
         self._names: dict[int, str] = {}
         self.prometheus = PrometheusExporter(collector, self.state, self.otlp)
+        self.recent = RecentRequests()  # ingest answers per minute: the dashboard's ingest alert
 
     def _project_name(self, project_id: int) -> str:
         name = self._names.get(project_id)
@@ -117,11 +119,14 @@ class RequestMetrics:
         return path if path in self._routes else "other"
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        server = scope.get("server")
+        on_metrics_port = self.port is not None and server and server[1] == self.port
+        if scope["type"] == "websocket" and on_metrics_port:  # no live feed on the metrics port either
+            await send({"type": "websocket.close", "code": 1008, "reason": "only /metrics and /health are served here"})
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        server = scope.get("server")
-        on_metrics_port = self.port is not None and server and server[1] == self.port
         if on_metrics_port and (scope.get("path") not in _METRICS_PORT_PATHS or scope.get("method") == "POST"):
             response = JSONResponse({"error": "only /metrics and /health are served on the metrics port",
                                      "hint": "use the collector's main port for the API"}, status_code=404)
@@ -142,4 +147,6 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, timed_send)
         finally:
-            self.metrics.prometheus.http_done(self._route(scope), status, time.perf_counter() - start)
+            route = self._route(scope)
+            self.metrics.prometheus.http_done(route, status, time.perf_counter() - start)
+            self.metrics.recent.add(route, status)

@@ -9,6 +9,8 @@ export const DEFAULT_PERIOD = REGISTRY.default_period;
 export const FILTERS = REGISTRY.filters;
 /** The filters that narrow what is counted (server, tool, client, …), as opposed to the time window. */
 export const DIMENSIONS = FILTERS.filter((f) => f.kind === "dimension");
+/** The formats a usage answer can be downloaded in (`format=`): json, csv, markdown. */
+export const FORMATS = REGISTRY.formats || [];
 
 /** The filters in the address bar (the view is shareable: everything is in the query string). */
 export function readFilters(search = location.search) {

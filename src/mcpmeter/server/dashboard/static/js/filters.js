@@ -1,8 +1,9 @@
 // The filter bar: period (or a custom from/to range), and one menu per dimension of the
 // registry (server, tool, client, …). Every change goes into the URL, so a view can be shared,
-// and Back undoes it.
+// and Back undoes it. The export links download the usage report for the same filters
+// (GET /v1/usage/report?…&format=csv|markdown|json: the collector writes the file).
 
-import { DIMENSIONS, PERIODS, readFilters, writeFilters } from "./api.js";
+import { DIMENSIONS, FORMATS, PERIODS, queryString, readFilters, writeFilters } from "./api.js";
 import { esc, when } from "./format.js";
 
 function toInput(iso) { // "2026-11-01T00:00:00Z" -> "2026-11-01T00:00" (inputs show UTC)
@@ -18,8 +19,17 @@ function options(values, selected, all) {
   return `<option value="">${all}</option>` + list.map((v) => `<option value="${esc(v)}"${v === selected ? " selected" : ""}>${esc(v)}</option>`).join("");
 }
 
-/** `fixed`: dimensions the page's path names (no menu); `setOptions({server: [...], …})` fills the menus. */
-export function filterBar(el, { onChange, fixed = [] }) {
+const FORMAT_LABELS = { csv: "CSV", markdown: "Markdown", json: "JSON" };
+
+/** Links that download the report for `filters` in each format the registry offers. */
+function exportLinks(filters) {
+  return FORMATS.map((f) => `<a data-export="${esc(f)}" download
+    href="/v1/usage/report?${esc(queryString(filters, { format: f }))}">${esc(FORMAT_LABELS[f] || f)}</a>`).join("");
+}
+
+/** `fixed`: dimensions the page's path names (no menu), with `pinned` their values (for the export links);
+ * `setOptions({server: [...], …})` fills the menus. */
+export function filterBar(el, { onChange, fixed = [], pinned = {} }) {
   let filters = readFilters();
   let known = Object.fromEntries(DIMENSIONS.map(({ name }) => [name, []]));
   const menus = DIMENSIONS.filter(({ name }) => !fixed.includes(name));
@@ -40,7 +50,8 @@ export function filterBar(el, { onChange, fixed = [] }) {
       </span>
       ${menus.map((d) => `<label>${esc(d.label)} <select id="f-${esc(d.name)}">${options(known[d.name], filters[d.name], `All ${esc(d.plural)}`)}</select></label>`).join("\n      ")}
       ${DIMENSIONS.some(({ name }) => filters[name]) ? `<button type="button" class="link clear" id="f-clear">Clear filters</button>` : ""}
-      <span class="window" id="f-window">${window_ ? describeWindow(window_) : ""}</span>`;
+      <span class="window" id="f-window">${window_ ? describeWindow(window_) : ""}</span>
+      <span class="export" role="group" aria-label="Export the report">Export ${exportLinks({ ...filters, ...pinned })}</span>`;
     for (const b of el.querySelectorAll("[data-period]")) b.addEventListener("click", () => period(b.dataset.period));
     el.querySelector("#f-apply").addEventListener("click", applyRange);
     for (const { name } of menus) {

@@ -2,6 +2,7 @@
 // protocol versions, recent errors, tools never called, server events, and the live feed.
 // One JSON request per panel group; every panel draws as soon as its answer arrives.
 
+import { showAlerts } from "./alerts.js";
 import { dimensions, getJSON, overviewURL, toolURL } from "./api.js";
 import { rebuildAll } from "./charts.js";
 import { filterBar } from "./filters.js";
@@ -14,7 +15,8 @@ import { initShell } from "./shell.js";
 
 const page = (window.mcpmeter = Object.assign(window.mcpmeter || {}, { generation: 0, ready: false }));
 
-document.getElementById("main").innerHTML = `${KPI_LAYOUT}
+document.getElementById("main").innerHTML = `<section class="card span-12 alerts" id="alerts" hidden></section>
+  ${KPI_LAYOUT}
   <section class="card span-8"><h2>Calls by tool <span class="aside">click a bar to open the tool</span></h2><div class="chart" id="chart-calls" data-chart="calls"></div></section>
   <section class="card span-4"><h2>Live feed <span class="aside" id="feed-note"></span></h2><div id="feed"></div></section>
   <section class="card span-6"><h2>Errors and success rate</h2><div class="chart" id="chart-errors" data-chart="errors"></div></section>
@@ -86,6 +88,7 @@ const PANEL_TARGET = { summary: "chart-tools", timeseries: "chart-calls", users:
 async function load() {
   const generation = ++page.generation;
   page.ready = false;
+  const alerts = showAlerts(document.getElementById("alerts"));
   const jobs = Object.keys(panels).map(async (name) => {
     try {
       const answer = await getJSON(`/v1/usage/${name}`, filters);
@@ -96,7 +99,7 @@ async function load() {
       if (generation === page.generation && error.status !== 401) panelError(PANEL_TARGET[name], error);
     }
   });
-  await Promise.all(jobs);
+  await Promise.all([...jobs, alerts]);
   await finishLoad(page, generation);
 }
 

@@ -31,7 +31,7 @@ document.getElementById("main").innerHTML = `
 let filters;
 const data = {};
 const withTool = (f) => ({ ...f, tool });
-const bar = filterBar(document.getElementById("filters"), { fixed: ["tool"], onChange: (f) => { filters = withTool(f); back(); reconnect(); load(); } });
+const bar = filterBar(document.getElementById("filters"), { fixed: ["tool"], pinned: { tool }, onChange: (f) => { filters = withTool(f); back(); reconnect(); load(); } });
 filters = withTool(bar.filters);
 const feed = new Feed(document.getElementById("feed"));
 
