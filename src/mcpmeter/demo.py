@@ -146,7 +146,7 @@ def _call(server: str, rng: random.Random, top_k: int) -> Any:
 
 def _showcase(now_ms: int, version: str) -> list[Conversation]:
     """The last half hour: one conversation of each kind, so that every figure has something to
-    show in any window, whatever the random history drew."""
+    show in any window, whatever the random history drew; and an incident that fires an alert."""
     from .demo_servers.clients import Call
 
     def at(minutes: float) -> int:
@@ -173,6 +173,9 @@ def _showcase(now_ms: int, version: str) -> list[Conversation]:
         Conversation("weblab", at(21), ("cursor", "1.7.2"), "legacy", "bo@example.com", weblab_calls[:4], version),
         Conversation("archon", at(17), ("mcp-inspector", "0.17.0"), "auto", "ann@example.com", archon_calls),
         Conversation("archon", at(12), ("cursor", "1.7.2"), "legacy", "cy@example.com", archon_calls[:4]),
+        # an incident: the documents archon is asked for have gone (its error budget burns: the alerts banner)
+        Conversation("archon", at(10), ("claude-code", "2.1.0"), "auto", "bo@example.com",
+                     [Call("get_document", {"doc_id": f"doc-{400 + n}"}) for n in range(12)]),
         Conversation("kb", at(9), ("vscode-copilot", "1.105.1"), "auto", "bo@example.com", kb_calls),
         Conversation("time", at(6), ("claude-code", "2.1.0"), "auto", "cy@example.com", time_calls),
         Conversation("time", at(3), ("claude-code", "2.0.14"), "legacy", "ann@example.com", time_calls[:2]),
