@@ -12,7 +12,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.server: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e '.[cli,server]'
+	$(BIN)/pip install -q -e '.[server,mcp]'  # mcp: the demo drives real MCP servers
 	touch $@
 
 $(VENV)/.test: $(BIN)/python pyproject.toml

@@ -123,7 +123,7 @@ COMMANDS: list[tuple[tuple[str, ...], list[str], str]] = [
     (("db", "upgrade"), [], OK),
     (("db", "status"), [], OK),
     (("db", "sql"), [], OK),
-    (("demo",), ["--days", "2", "--users", "3", "--calls-per-day", "20"], OK),
+    (("demo",), ["--days", "2", "--users", "3", "--calls-per-day", "20"], EXTRA),  # it drives real MCP servers
     (("report",), ["--period", "7d"], OK),
     (("keys", "create"), ["--name", "ci", "--scopes", "ingest,read", "--require-signature"], OK),
     (("keys", "list"), [], OK),
@@ -144,7 +144,7 @@ COMMANDS: list[tuple[tuple[str, ...], list[str], str]] = [
     (("mcp",), ["--http", "--port", "0"], EXTRA),
     (("db", "downgrade"), ["--to", "0", "--yes"], OK),
 ]
-NEEDS = {"serve": "server", "proxy": "server", "mcp": "mcp"}
+NEEDS = {"serve": "server", "proxy": "server", "mcp": "mcp", "demo": "mcp"}
 
 
 def leaf_commands(group: click.Group, path: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
@@ -179,6 +179,13 @@ def test_every_command_runs_without_the_server_extras(tmp_path, monkeypatch):
 
 def _run_every_command(tmp_path: Path, collector_url: str, monkeypatch) -> None:
     monkeypatch.setenv("MCPMETER_DB", str(tmp_path / "base.db"))
+    run(f"""
+        from mcpmeter import Meter
+        meter = Meter(server="bare", user="ann", db={str(tmp_path / "base.db")!r})
+        for ok in (True, True, False):
+            meter.record("ping", duration_ms=1.0, ok=ok)
+        assert meter.shutdown(10)
+    """)  # something for report and push (the demo needs the server and mcp extras)
     for path, args, outcome in COMMANDS:
         argv = [*path, *(a.replace("{collector}", collector_url).replace("{port}", str(free_port())) for a in args)]
         done = mcpmeter_blocked(SERVER_EXTRAS, *argv, cwd=tmp_path)

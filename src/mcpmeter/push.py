@@ -20,7 +20,8 @@ _WIRE = {"event_id": "id", "user_hash": "user"}
 BATCH = 2000
 
 
-def _wire(row: tuple) -> dict:
+def wire_event(row: tuple) -> dict:
+    """A stored row (``ROW_FIELDS``) as the wire event it was: what ``push`` sends (the demo re-times it)."""
     event = {}
     for field, value in zip(ROW_FIELDS, row):
         if value is None:
@@ -58,7 +59,7 @@ def push_store(db: str | None, project_name: str, url: str, api_key: str | None,
                 rows = store.export_events(project.id, cursor, BATCH)
                 if not rows:
                     break
-                outcome = transport.send(encoder.encode([_wire(r[1:]) for r in rows]), attempts=6)
+                outcome = transport.send(encoder.encode([wire_event(r[1:]) for r in rows]), attempts=6)
                 if not outcome.delivered:
                     raise MCPMeterError(f"the collector did not take the batch: {outcome.detail}",
                                         hint="fix the problem and run push again; nothing is counted twice")

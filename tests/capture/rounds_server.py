@@ -7,7 +7,7 @@ Tools:
 - ``transfer(amount)``: asks twice (two questions in sequence: three rounds on 2026-07-28).
 - ``long_job(steps, outcome)``: runs as a task (the ``io.modelcontextprotocol/tasks``
   extension below) when the client opted in, reaching ``outcome`` (completed, failed) after
-  ``steps`` polls of ``tasks/get``.
+  ``steps`` polls of ``tasks/get`` (the demo servers' minimal extension, ``mcpmeter.demo_servers``).
 - ``forecast(city)``: plain; ``Atlantis`` raises ToolError (an isError result).
 - ``slow(seconds)``: for cancellation.
 - ``explode()``: raises a JSON-RPC internal error (the server failing).
@@ -19,65 +19,17 @@ Usage: python rounds_server.py stdio | http PORT
 from __future__ import annotations
 
 import sys
-import uuid
-from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 import anyio
-from mcp.server.extension import Extension, MethodBinding
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.resolve import Elicit, Resolve
 from mcp.shared.exceptions import MCPError
-from mcp_types import INTERNAL_ERROR, INVALID_PARAMS, CallToolResult, RequestParams, TextContent
-from pydantic import BaseModel, ConfigDict, Field
+from mcp_types import INTERNAL_ERROR
+from pydantic import BaseModel
 
-TASKS = "io.modelcontextprotocol/tasks"
-
-
-class TaskParams(RequestParams):
-    model_config = ConfigDict(populate_by_name=True)
-    task_id: str = Field(alias="taskId")
-
-
-class Tasks(Extension):
-    """A minimal tasks extension: ``long_job`` answered with a task, then ``tasks/get``."""
-
-    identifier = TASKS
-
-    def __init__(self) -> None:
-        self.tasks: dict[str, dict[str, Any]] = {}
-
-    async def intercept_tool_call(self, params, ctx, call_next):
-        if params.name != "long_job":
-            return await call_next(ctx)
-        arguments = params.arguments or {}
-        now = datetime.now(UTC).isoformat()
-        task_id = uuid.uuid4().hex
-        self.tasks[task_id] = {"left": int(arguments.get("steps", 2)), "outcome": arguments.get("outcome", "completed"),
-                               "created": now}
-        return {"resultType": "task", "task": self._task(task_id, "working")}
-
-    def _task(self, task_id: str, status: str, **more: Any) -> dict[str, Any]:
-        now = datetime.now(UTC).isoformat()
-        return {"taskId": task_id, "status": status, "createdAt": self.tasks[task_id]["created"], "lastUpdatedAt": now,
-                "ttl": None, "pollInterval": 10, **more}
-
-    async def get(self, ctx, params: TaskParams):
-        state = self.tasks.get(params.task_id)
-        if state is None:
-            raise MCPError(INVALID_PARAMS, f"no task {params.task_id}")
-        state["left"] -= 1
-        if state["left"] > 0:
-            return {"task": self._task(params.task_id, "working")}
-        if state["outcome"] == "failed":
-            return {"task": self._task(params.task_id, "failed", statusMessage="the job failed")}
-        result = CallToolResult(content=[TextContent(type="text", text="job done")], structured_content={"result": "job done"})
-        return {"task": self._task(params.task_id, "completed"),
-                "result": result.model_dump(mode="json", by_alias=True, exclude_none=True)}
-
-    def methods(self):
-        return [MethodBinding("tasks/get", TaskParams, self.get)]
+from mcpmeter.demo_servers.servers import Tasks
 
 
 class Confirm(BaseModel):
@@ -97,7 +49,8 @@ async def ask_again(first: Annotated[Confirm, Resolve(ask_amount)]) -> Elicit[Co
 
 
 def build() -> MCPServer:
-    mcp = MCPServer("rounds-demo", version="0.3.0", extensions=[Tasks()])
+    mcp = MCPServer("rounds-demo", version="0.3.0",
+                    extensions=[Tasks(("long_job",), done="job done", failed="the job failed", structured=True)])
 
     @mcp.tool()
     def delete_file(path: str, answer: Annotated[Confirm, Resolve(ask_delete)]) -> str:

@@ -36,7 +36,7 @@ def cli() -> None:
 @click.option("--host", default=None, help="Address to bind (default MCPMETER_HOST, 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="Port (default MCPMETER_PORT, 8890).")
 @db_option
-@click.option("--demo", is_flag=True, help="Fill an empty store with realistic sample data first.")
+@click.option("--demo", is_flag=True, help="Fill an empty store with demo data first (recorded from real MCP traffic: `mcpmeter demo`).")
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]), show_default=True,
               help="How much the collector logs (to stderr).")
 @click.option("--metrics-port", type=int, default=None,
@@ -67,7 +67,10 @@ def serve(host: str | None, port: int | None, db: str | None, demo: bool, log_le
     env_keys = register_env_keys(store)
     metrics_key = register_metrics_key(store)
     if demo and store.count_events(_everything(store)) == 0:
-        _fill_demo(store)
+        try:
+            _fill_demo(store, what="the demo (`serve --demo`)")
+        except MCPMeterError as exc:  # the collector still starts, on the empty store
+            click.echo(f"no demo data: {exc}" + (f" ({exc.hint})" if exc.hint else ""), err=True)
     click.echo(f"mcpmeter {__version__} collector on {local_url}  (store: {store.url})", err=True)
     if created:
         click.echo("created API keys for project 'default' (saved for local use; `mcpmeter keys list`)", err=True)
@@ -113,16 +116,30 @@ def _everything(store):
     return EventFilter(project.id, 0, 1 << 62)
 
 
-def _fill_demo(store) -> int:
-    from rich.progress import Progress
+def _fill_demo(store, what: str = "`mcpmeter demo`", **options: Any) -> int:
+    """Fill ``store`` with demo data recorded from real MCP traffic, showing progress on stderr."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .. import demo
 
-    with Progress(transient=True) as progress:
-        task = progress.add_task("Generating demo data", total=None)
-        total = demo.fill(store, progress=lambda n: progress.update(task, completed=n))
-    click.echo(f"added {total} demo events", err=True)
+    demo.require(what)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, transient=True, console=_stderr_console()) as progress:
+        task = progress.add_task("Demo: planning", total=None)
+
+        def show(stage: str, done: int, total: int) -> None:
+            what = "tool calls through real MCP servers" if stage == "capturing" else "events into the store"
+            progress.update(task, description=f"Demo: {stage} {what}", completed=done, total=total)
+
+        total = demo.fill(store, progress=show, **options)
+    click.echo(f"added {total} demo events to {store.url}, recorded from real MCP traffic (see docs/dashboard.md)", err=True)
     return total
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 # ---- report ------------------------------------------------------------------------------
@@ -315,24 +332,22 @@ def push(url, api_key, project, db) -> None:  # signs with MCPMETER_SIGNING_SECR
 
 
 @cli.command()
-@click.option("--days", type=click.IntRange(1, 180), default=90, show_default=True, help="Days of history to generate, ending now.")
+@click.option("--days", type=click.IntRange(1, 180), default=90, show_default=True, help="Days of history, ending now.")
 @click.option("--users", type=click.IntRange(1, 100_000), default=40, show_default=True, help="Distinct (fake) users.")
-@click.option("--calls-per-day", type=click.IntRange(1, 10_000_000), default=300, show_default=True, help="Tool calls on a busy weekday.")
-@click.option("--seed", type=int, default=7, show_default=True, help="Random seed: the same seed gives the same data.")
+@click.option("--calls-per-day", type=click.IntRange(1, 5_000), default=60, show_default=True,
+              help="Tool calls on a busy weekday (each one really made, so this sets how long the demo takes).")
+@click.option("--seed", type=int, default=7, show_default=True, help="Random seed: the same seed gives the same plan.")
 @db_option
 @friendly
 def demo(days, users, calls_per_day, seed, db) -> None:
-    """Fill a store with realistic sample data (servers, tools, clients, users, errors)."""
-    from rich.progress import Progress
+    """Fill a store with data recorded from real MCP traffic.
 
-    from .. import demo as demolib
-
+    Real MCP servers, driven by the MCP SDK's client (several clients, both protocol
+    generations), measured through the real capture paths (`mcpmeter proxy`,
+    meter.instrument, @meter.tool), then re-timed into the past. Needs mcpmeter[server,mcp].
+    """
     store = open_store(db)
-    with Progress(transient=True) as progress:
-        task = progress.add_task("Generating demo data", total=None)
-        total = demolib.fill(store, days=days, users=users, calls_per_day=calls_per_day, seed=seed,
-                             progress=lambda n: progress.update(task, completed=n))
-    click.echo(f"added {total} demo events to {store.url}", err=True)
+    _fill_demo(store, days=days, users=users, calls_per_day=calls_per_day, seed=seed)
 
 
 # ---- every subcommand, registered in one place ------------------------------------------------
