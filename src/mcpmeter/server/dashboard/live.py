@@ -48,6 +48,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ...events import Row
 from ...exceptions import AuthError, MCPMeterError, RateLimited
+from ...protocol import CALLER_ERROR_TYPES, CANCELLED
 from ..collector.auth import presented_key
 from ..collector.responses import error
 from ..commits import Cell, CellKey, Commit, ProjectBatch
@@ -206,22 +207,28 @@ def _message(sub: Subscriber, cells: list[tuple[CellKey, Cell]], calls: list[Row
     """What one subscriber's filters select of a commit's tool calls; None when nothing."""
     per_minute: dict[tuple, list[int]] = {}
     total = errors = 0
-    for (_, server, tool, client, ok, _), cell in cells:
+    for (_, server, tool, client, ok, error_type), cell in cells:
         if not sub.matches(server, tool, client):
             continue
         total += cell.events
         failed = ok == 0
         errors += cell.events if failed else 0
+        # What the success rate leaves out (analytics.md): caller errors and cancelled calls, by name.
+        caller = failed and error_type in CALLER_ERROR_TYPES
+        cancelled = error_type == CANCELLED
         for minute, n in cell.minutes.items():
-            counts = per_minute.setdefault((minute, server, tool or ""), [0, 0])
+            counts = per_minute.setdefault((minute, server, tool or ""), [0, 0, 0, 0])
             counts[0] += n
             counts[1] += n if failed else 0
+            counts[2] += n if caller else 0
+            counts[3] += n if cancelled else 0
     if not total:
         return None
     newest = sorted((r for r in calls if sub.matches(r.server, r.tool, r.client_name)), key=_ts)[-RECENT_PER_MESSAGE:]
     return {
         "calls": total, "errors": errors,
-        "counts": [[minute, server, tool, n, e] for (minute, server, tool), (n, e) in per_minute.items()],
+        # [minute, server, tool, calls, errors, caller errors, cancelled]
+        "counts": [[minute, server, tool, *counts] for (minute, server, tool), counts in per_minute.items()],
         "recent": [{"ts": r.ts, "server": r.server, "tool": r.tool, "client": r.client_name, "ok": r.ok != 0,
                     "duration_ms": r.duration_ms, "error_type": r.error_type,
                     "error_message": (r.error_message or "")[:300] or None, "session_id": r.session_id}

@@ -116,31 +116,50 @@ export function bars(id, rows, options) {
   barList(document.getElementById(id), rows, options);
 }
 
+/** ok / (ok + tool and server errors): caller errors and cancelled calls count on neither side (analytics.md). */
+function rate(calls, errors, caller, cancelled) {
+  const ok = calls - errors - cancelled, judged = ok + errors - caller;
+  return judged ? ok / judged : null;
+}
+
 /** Apply a live message to the loaded answers; returns false when the window has moved on. */
 export function applyLive(message, data) {
   const ts = data.timeseries, summary = data.summary;
   if (!ts || !summary) return true;
   const start = Date.parse(ts.from), end = Date.parse(ts.to), grainMs = grainSeconds(ts.grain) * 1000;
-  let fresh = true, calls = 0, errors = 0;
-  for (const [minute, server, tool, n, e] of message.counts) {
+  let fresh = true, calls = 0, errors = 0, caller = 0, cancelled = 0;
+  for (const [minute, server, tool, n, e, c = 0, x = 0] of message.counts) {
     if (minute >= end) fresh = false;
     if (minute < start || minute >= end) continue;
     calls += n;
     errors += e;
+    caller += c;
+    cancelled += x;
     const p = ts.points[Math.floor((minute - start) / grainMs)];
     if (!p) continue;
     p.calls += n;
     p.errors += e;
-    p.success_rate = p.calls ? (p.calls - p.errors) / p.calls : null;
+    p.caller_errors = (p.caller_errors || 0) + c;
+    p.cancelled = (p.cancelled || 0) + x;
+    p.failures = (p.failures ?? 0) + e - c;
+    p.success_rate = rate(p.calls, p.errors, p.caller_errors, p.cancelled);
     if (ts.tools.includes(tool)) p.by_tool[tool] = (p.by_tool[tool] || 0) + n;
     const row = summary.tools?.find((r) => r.tool === tool && r.server === server);
     if (row) row.calls += n;
   }
   if (calls) {
+    const o = summary.outcomes || { ok: 0, tool_error: 0, server_error: 0, caller_error: 0, cancelled: 0 };
     summary.calls += calls;
     summary.errors += errors;
+    summary.failures = (summary.failures ?? 0) + errors - caller;
     summary.calls_last_7d += calls;
-    summary.success_rate = +((summary.calls - summary.errors) / summary.calls).toFixed(4);
+    o.ok += calls - errors - cancelled;
+    o.caller_error += caller;
+    o.cancelled += cancelled;
+    o.tool_error += errors - caller; // tool or server: the next exact read splits them
+    summary.outcomes = o;
+    const r = rate(summary.calls, summary.errors, o.caller_error, o.cancelled);
+    summary.success_rate = r == null ? null : +r.toFixed(4);
   }
   return fresh;
 }
