@@ -73,13 +73,14 @@ USERS = 2_000
 # ---- the data ------------------------------------------------------------------------------
 
 
-def generate(total: int, anchor_ms: int, seed: int = 11):
-    """Yield lists of rows (``events.ROW_FIELDS`` order), oldest first, ``total`` rows in all."""
+def generate(total: int, anchor_ms: int, seed: int = 11, users: int = USERS):
+    """Yield lists of rows (``events.ROW_FIELDS`` order), oldest first, ``total`` rows in all,
+    from ``users`` distinct users."""
     rng = random.Random(seed)
     tools = [(server, tool, 10 ** rng.uniform(0.3, 3.0), rng.uniform(0.01, 0.08), rng.paretovariate(1.2))
              for server, names in SERVERS.items() for tool in names]
-    users = [f"{rng.getrandbits(128):032x}" for _ in range(USERS)]
-    user_weights = [rng.paretovariate(1.1) for _ in users]  # a few heavy users, many light ones
+    hashes = [f"{rng.getrandbits(128):032x}" for _ in range(users)]
+    user_weights = [rng.paretovariate(1.1) for _ in hashes]  # a few heavy users, many light ones
     client_weights = [w for _, _, w in CLIENTS]
     multipliers = [math.exp(rng.gauss(0, 0.6)) for _ in range(1 << 16)]
     start_day = anchor_ms - anchor_ms % DAY - (DAYS - 1) * DAY
@@ -102,7 +103,7 @@ def generate(total: int, anchor_ms: int, seed: int = 11):
             server = rng.choices(servers, server_weights)[0]
             server_tools = by_server[server]
             client, version, _ = rng.choices(CLIENTS, client_weights)[0]
-            user = rng.choices(users, user_weights)[0]
+            user = rng.choices(hashes, user_weights)[0]
             session = f"{rng.getrandbits(64):016x}"
             protocol = rng.choice(PROTOCOLS)
             transport = "stdio" if rng.random() < 0.7 else "streamable-http"
@@ -136,18 +137,19 @@ def generate(total: int, anchor_ms: int, seed: int = 11):
         yield pending
 
 
-def fill(path: Path, total: int) -> dict:
+def fill(path: Path, total: int, users: int = USERS, url: str | None = None) -> dict:
+    """Fill the SQLite file ``path`` (or, with ``url``, that PostgreSQL database, empty)."""
     now = int(time.time() * 1000)
     anchor = now - now % HOUR - HOUR + 1_800_000  # half past the previous hour: the same alignment every time
     path.unlink(missing_ok=True)
     for suffix in ("-wal", "-shm"):
         Path(str(path) + suffix).unlink(missing_ok=True)
-    store = open_store(str(path), durable=False)
+    store = open_store(url or str(path), durable=False)
     project = store.ensure_project("default")
     gen_s = ingest_s = 0.0
     written = 0
     t0 = time.perf_counter()
-    batches = generate(total, anchor)
+    batches = generate(total, anchor, users=users)
     while True:
         g0 = time.perf_counter()
         batch = next(batches, None)
@@ -162,25 +164,28 @@ def fill(path: Path, total: int) -> dict:
         if written % 1_000_000 < BATCH:
             log(f"  {written:,} events, {written / ingest_s:,.0f} events/s into the store")
     store.close()
-    meta = {"events": written, "anchor_ms": anchor, "generator": GENERATOR, "fill_s": time.perf_counter() - t0,
+    meta = {"events": written, "users": users, "anchor_ms": anchor, "generator": GENERATOR, "fill_s": time.perf_counter() - t0,
             "generate_s": gen_s, "ingest_s": ingest_s, "ingest_events_per_s": written / ingest_s,
-            "bytes": path.stat().st_size}
+            "bytes": None if url else path.stat().st_size, "url": url}
     Path(str(path) + ".json").write_text(json.dumps(meta))
     return meta
 
 
-def cached(cache: Path, total: int, refill: bool) -> tuple[Path, dict]:
+def cached(cache: Path, total: int, refill: bool, users: int = USERS, url: str | None = None) -> tuple[Path, dict]:
+    """The store of ``total`` events from ``users`` users, filled if missing: a SQLite file
+    under ``cache``, or (``url``) that PostgreSQL database with its description under ``cache``."""
     cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"events-{total}.db"
+    name = f"events-{total}" + ("" if users == USERS else f"-u{users}")
+    path = cache / (f"{name}.pg" if url else f"{name}.db")  # for PostgreSQL only the description is a file
     meta_path = Path(str(path) + ".json")
-    if not refill and path.exists() and meta_path.exists():
+    if not refill and (url or path.exists()) and meta_path.exists():
         meta = json.loads(meta_path.read_text())
-        if meta.get("generator") == GENERATOR and meta.get("events") == total:
-            log(f"{total:,} events: reusing {path} (filled in {meta['fill_s']:.0f} s)")
+        if meta.get("generator") == GENERATOR and meta.get("events") == total and meta.get("url") == url:
+            log(f"{total:,} events: reusing {url or path} (filled in {meta['fill_s']:.0f} s)")
             return path, {**meta, "reused": True}
-    log(f"{total:,} events: filling {path} …")
+    log(f"{total:,} events: filling {url or path} …")
     meta_path.unlink(missing_ok=True)
-    return path, {**fill(path, total), "reused": False}
+    return path, {**fill(path, total, users, url), "reused": False}
 
 
 # ---- the reads -------------------------------------------------------------------------------

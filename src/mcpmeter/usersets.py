@@ -60,14 +60,14 @@ def union(a: bytes | None, b: bytes | None) -> bytes | None:
     return encode(as_int(a) | as_int(b))
 
 
-def count_grouped(rows, group) -> list[tuple]:
-    """Distinct users from per-(bucket, server, tool) user sets ``rows`` of (bucket, server, tool,
-    users as an int), grouped by any of bucket, server, tool: rows (*group, count)."""
-    at = [("bucket", "server", "tool").index(g) for g in group]
+def count_grouped(rows, group, dims=("bucket", "server", "tool")) -> list[tuple]:
+    """Distinct users from user sets ``rows`` of (*dims, users as an int), e.g. per (bucket,
+    server, tool), grouped by any of ``dims``: rows (*group, count)."""
+    at = [dims.index(g) for g in group]
     sets: dict[tuple, int] = {}
     for row in rows:
         key = tuple(row[i] for i in at)
-        sets[key] = sets.get(key, 0) | row[3]
+        sets[key] = sets.get(key, 0) | row[-1]
     if not group:
         return [(sets.get((), 0).bit_count(),)]
     return [(*key, users.bit_count()) for key, users in sets.items() if users]

@@ -30,7 +30,7 @@ from .core_insights import InsightQueries
 from .core_security import SecurityQueries
 from .dialect import dims, now_ms
 from .dialect import write_audit as _audit
-from .rollup import DAY_MS, HOUR_MS, aggregate
+from .rollup import DAILY_VERSION, DAY_MS, HOUR_MS, aggregate
 
 _KEY_COLUMNS = (
     "k.id, k.project_id, p.name, k.name, k.prefix, k.scopes, k.created_at, "
@@ -40,6 +40,9 @@ ROLLUP_VERSION = 2  # the schema that brought the rollups: migrating to it build
 _ROLLUP_TABLES = ("rollup_hour", "rollup_day", "user_day", "user_hour", "user_first", "error_hour",
                   "sessions", "session_tools", "tool_catalog")
 _NUMBERED_TABLES = ("rollup_tool_day", "user_number")  # schema 5 on
+# Schema 11 on: the daily cells of sessions, funnel subjects and per-client user sets (with the
+# funnel itself: its daily cells are kept as its rows change, so both are rebuilt together).
+_DAILY_TABLES = ("session_day", "session_tool_day", "activation", "activation_day", "user_client_day")
 _PROJECT_COLUMNS = "id, name, user_salt, created_at"
 _OUTCOMES = "caller_errors, server_errors, cancelled"  # a cell's calls by outcome class beyond calls and errors
 # (table, time column, which cut) of what ``prune`` deletes after the raw events, in this order.
@@ -49,7 +52,8 @@ _PRUNED = (
     ("error_hour", "bucket", "rollups"), ("session_tools", "", "rollups"), ("sessions", "last_ts", "rollups"),
     ("measurement_day", "day", "rollups"), ("server_events", "ts", "rollups"),
     ("measurement_hour", "hour", "rollups"), ("action_user_day", "day", "rollups"), ("action_user_hour", "hour", "rollups"),
-    ("activation", "first_ts", "rollups"),
+    ("activation", "first_ts", "rollups"), ("session_day", "day", "rollups"), ("session_tool_day", "day", "rollups"),
+    ("activation_day", "day", "rollups"), ("user_client_day", "bucket", "rollups"),
 )
 
 
@@ -134,7 +138,7 @@ class SQLStore(SecurityQueries, InsightQueries):
     def _rebuild_rollups(self, conn: Any, version: int, chunk: int = 50_000) -> None:
         """Recompute the rollups of schema ``version`` from the raw events (when the rollup
         schema first appears; later migrations fill what they add from these)."""
-        for table in _ROLLUP_TABLES + (_NUMBERED_TABLES if version >= 5 else ()):
+        for table in _ROLLUP_TABLES + (_NUMBERED_TABLES if version >= 5 else ()) + (_DAILY_TABLES if version >= DAILY_VERSION else ()):
             conn.execute(f"DELETE FROM {table}")
         seq, after = self._dialect.seq, 0
         select = self._sql(f"SELECT {seq}, project_id, {', '.join(ROW_FIELDS)} FROM events WHERE {seq} > ? ORDER BY {seq} LIMIT ?")
@@ -325,13 +329,16 @@ class SQLStore(SecurityQueries, InsightQueries):
             f"{self._dialect.hist_column}, {_OUTCOMES} FROM rollup_tool_day WHERE project_id = ? AND bucket >= ? AND bucket < ?{where}",
             [f.project_id, f.start_ms, f.end_ms, *params]))
 
-    def _user_sets(self, f: EventFilter) -> list[tuple[Any, ...]]:
-        """(bucket, server, tool, users as an int) per day and tool of the window (no client filter)."""
+    def _user_sets(self, f: EventFilter, by_client: bool = False) -> list[tuple[Any, ...]]:
+        """(bucket, server, tool, users as an int) per day and tool of the window, from the sets of
+        every client together (no client filter); ``by_client``: (bucket, server, tool, client,
+        users) per day, tool and client (any filter)."""
+        table, keys = ("user_client_day", "bucket, server, tool, client") if by_client else ("rollup_tool_day", "bucket, server, tool")
         where, params = dims(f)
         users_of = self._dialect.users_of
-        return [(bucket, server, tool, users_of(users)) for bucket, server, tool, users in self._fetch(
+        return [(*key, users_of(users)) for *key, users in self._fetch(
             f.project_id,
-            f"SELECT bucket, server, tool, {self._dialect.users_column} FROM rollup_tool_day "
+            f"SELECT {keys}, {self._dialect.users_column} FROM {table} "
             f"WHERE project_id = ? AND bucket >= ? AND bucket < ?{where}",
             [f.project_id, f.start_ms, f.end_ms, *params])]
 
@@ -355,8 +362,10 @@ class SQLStore(SecurityQueries, InsightQueries):
 
     def users(self, f: EventFilter, grain: str, group: Sequence[str] = ()) -> list[tuple[Any, ...]]:
         """Distinct users in the window, grouped by any of bucket, server, tool, client: rows (*group, count)."""
-        if grain == "day" and f.client is None and "client" not in group:  # unions of exact user sets
-            return usersets.count_grouped(self._user_sets(f), group)
+        if grain == "day":  # unions of exact user sets: per tool, or per tool and client where a client is asked
+            if f.client is None and "client" not in group:
+                return usersets.count_grouped(self._user_sets(f), group)
+            return usersets.count_grouped(self._user_sets(f, by_client=True), group, ("bucket", "server", "tool", "client"))
         source, params = self._user_source(f, grain, need_dims=bool(set(group) & {"server", "tool", "client"}))
         cols = ", ".join(group)
         sql = f"SELECT {cols + ', ' if cols else ''}count(DISTINCT user_hash) FROM ({source}) AS s"
@@ -374,10 +383,10 @@ class SQLStore(SecurityQueries, InsightQueries):
                                                    "AND first_seen >= ? AND first_seen < ?", window))
             return int(self._one(f.project_id, "SELECT count(*) FROM user_first WHERE project_id = ? "
                                                "AND first_seen >= ? AND first_seen < ? AND server = ?", [*window, f.server]))
-        if grain == "day" and f.client is None:
+        if grain == "day":
             active = 0
-            for row in self._user_sets(f):
-                active |= row[3]
+            for row in self._user_sets(f, by_client=f.client is not None):
+                active |= row[-1]
             if f.server is None:  # first call anywhere
                 first, params = "SELECT number FROM user_number WHERE project_id = ? AND first_seen >= ? AND first_seen < ?", window
             else:
@@ -442,7 +451,20 @@ class SQLStore(SecurityQueries, InsightQueries):
             f"FROM sessions s WHERE {where} ORDER BY s.first_ts, s.session_id{self._dialect.collate} LIMIT ?", [*params, limit])
 
     def session_counts(self, f: EventFilter) -> list[tuple[Any, ...]]:
-        """Sessions that started in the window, counted per (client, client_version, protocol_version)."""
+        """Sessions that started in the window, counted per (client, client_version, protocol_version).
+
+        A window of whole UTC days reads the daily session cells (with a tool filter, the
+        sessions that called the tool), unless it asks for a category: a session that called
+        two tools of it would count twice there, so that one reads the sessions."""
+        if f.category is None and f.start_ms % DAY_MS == 0 and f.end_ms % DAY_MS == 0:
+            table = "session_day" if f.tool is None else "session_tool_day"
+            where, params = dims(f)
+            rows = self._fetch(
+                f.project_id,
+                f"SELECT client, client_version, protocol_version, sum(sessions) FROM {table} "
+                f"WHERE project_id = ? AND day >= ? AND day < ?{where} GROUP BY client, client_version, protocol_version",
+                [f.project_id, f.start_ms, f.end_ms, *params])
+            return [(client or None, version or None, protocol or None, int(n)) for client, version, protocol, n in rows if n]
         where, params = self._sessions_where(f)
         return self._fetch(f.project_id, "SELECT s.client, s.client_version, s.protocol_version, count(*) FROM sessions s "
                                          f"WHERE {where} GROUP BY s.client, s.client_version, s.protocol_version", params)
@@ -496,10 +518,10 @@ class SQLStore(SecurityQueries, InsightQueries):
 
     def category_users(self, f: EventFilter, grain: str) -> list[tuple[Any, ...]]:
         """Distinct calling users per tool category in the window: rows (category or None, users)."""
-        if grain == "day" and f.client is None:  # unions of the per-tool exact user sets
+        if grain == "day":  # unions of the per-tool (per-client) exact user sets
             category = {(s, t): c for s, t, *_, c in self.tool_catalog(f.project_id, f.server)}
             sets: dict[str | None, int] = {}
-            for _, server, tool, users in self._user_sets(f):
+            for _, server, tool, *_, users in self._user_sets(f, by_client=f.client is not None):
                 key = category.get((server, tool))
                 sets[key] = sets.get(key, 0) | users
             return [(c, users.bit_count()) for c, users in sets.items()]

@@ -11,7 +11,7 @@ from typing import Any
 
 from .base import EventFilter
 from .dialect import SQLBase, dims
-from .rollup import PROTOCOL_KINDS
+from .rollup import DAY_MS, PROTOCOL_KINDS
 
 
 class InsightQueries(SQLBase):
@@ -45,16 +45,24 @@ class InsightQueries(SQLBase):
     def activation(self, f: EventFilter) -> list[tuple[Any, ...]]:
         """The activation funnel of whom it follows (``rollup.activation_subject``) first seen in the
         window, per (server, client): rows (server, client, followed, sessions, handshake, listed,
-        called, listed_not_called). Only the server and client filters apply."""
-        sql = ("SELECT server, client, count(*), sum(CASE WHEN subject LIKE 's:%' THEN 1 ELSE 0 END), count(handshake_ts), "
-               "count(list_ts), count(call_ts), sum(CASE WHEN list_ts IS NOT NULL AND call_ts IS NULL THEN 1 ELSE 0 END) "
-               "FROM activation WHERE project_id = ? AND first_ts >= ? AND first_ts < ?")
+        called, listed_not_called). Only the server and client filters apply. A window of whole
+        UTC days reads the daily cells, any other the rows of whom it follows."""
+        daily = f.start_ms % DAY_MS == 0 and f.end_ms % DAY_MS == 0
+        if daily:
+            sql = ("SELECT server, client, sum(followed), sum(sessions), sum(handshake), sum(listed), sum(called), "
+                   "sum(listed_only) FROM activation_day WHERE project_id = ? AND day >= ? AND day < ?")
+        else:
+            sql = ("SELECT server, client, count(*), sum(CASE WHEN subject LIKE 's:%' THEN 1 ELSE 0 END), count(handshake_ts), "
+                   "count(list_ts), count(call_ts), sum(CASE WHEN list_ts IS NOT NULL AND call_ts IS NULL THEN 1 ELSE 0 END) "
+                   "FROM activation WHERE project_id = ? AND first_ts >= ? AND first_ts < ?")
         params: list[Any] = [f.project_id, f.start_ms, f.end_ms]
         for column, value in (("server", f.server), ("client", f.client)):
             if value is not None:
                 sql += f" AND {column} = ?"
                 params.append(value)
         rows = self._fetch(f.project_id, sql + " GROUP BY server, client", params)
+        if daily:  # '' is the cells' missing client
+            rows = [(server, client or None, *counts) for server, client, *counts in rows if counts[0]]
         return [(server, client, *(int(n) for n in counts)) for server, client, *counts in rows]
 
     def measurement_buckets(self, f: EventFilter, names: Sequence[str] = (), grain: str = "day") -> list[tuple[Any, ...]]:

@@ -22,6 +22,22 @@ from .rollup import DAY_MS, Deltas, aggregate
 
 _FIELDS = ", ".join(ROW_FIELDS)
 _SESSION_CHUNK = 500  # session ids per IN list
+# Sessions about to be deleted leave the daily session cells (schema 11): each cell loses
+# the sessions of the list that count in it; the cells left empty go.
+_SESSION_CELL = ("{s}first_ts - {s}first_ts % {day} AS day, {s}server AS server, coalesce({s}client, '') AS client, "
+                 "coalesce({s}client_version, '') AS client_version, coalesce({s}protocol_version, '') AS protocol_version")
+_UNCOUNT_SESSIONS = (
+    "UPDATE session_day SET sessions = session_day.sessions - c.n FROM (SELECT project_id, {cell}, count(*) AS n "
+    "FROM sessions WHERE project_id = ? AND {ids} GROUP BY 1, 2, 3, 4, 5, 6) AS c WHERE session_day.project_id = c.project_id "
+    "AND session_day.day = c.day AND session_day.server = c.server AND session_day.client = c.client "
+    "AND session_day.client_version = c.client_version AND session_day.protocol_version = c.protocol_version")
+_UNCOUNT_SESSION_TOOLS = (
+    "UPDATE session_tool_day SET sessions = session_tool_day.sessions - c.n FROM (SELECT s.project_id, t.tool, {cell}, "
+    "count(*) AS n FROM sessions s JOIN session_tools t ON t.project_id = s.project_id AND t.session_id = s.session_id "
+    "WHERE s.project_id = ? AND s.{ids} GROUP BY 1, 2, 3, 4, 5, 6, 7) AS c WHERE session_tool_day.project_id = c.project_id "
+    "AND session_tool_day.day = c.day AND session_tool_day.server = c.server AND session_tool_day.tool = c.tool "
+    "AND session_tool_day.client = c.client AND session_tool_day.client_version = c.client_version "
+    "AND session_tool_day.protocol_version = c.protocol_version")
 
 
 def rotated_name(name: str, now: int) -> str:
@@ -272,21 +288,22 @@ def _delete_user(conn: Any, store: SQLBase, p: int, user: str, audit: AuditEntry
     counts = {"events": run("DELETE FROM events WHERE project_id = ? AND user_hash = ?", (p, user)).rowcount}
     for table in ("user_day", "user_hour", "user_first", "user_number"):
         counts[table] = run(f"DELETE FROM {table} WHERE project_id = ? AND user_hash = ?", (p, user)).rowcount
-    if number is not None:  # the user's bit leaves every per-tool user set, however old
+    if number is not None:  # the user's bit leaves every per-tool (and per-client) user set, however old
         n = number[0]
-        updates = []
-        for bucket, server, tool, stored in run(f"SELECT bucket, server, tool, {d.users_column} FROM rollup_tool_day "
-                                                "WHERE project_id = ? AND users IS NOT NULL", (p,)):
-            users = d.users_of(stored)
-            if users >> n & 1:
-                updates.append((d.users_value(users & ~(1 << n)), p, bucket, server, tool))
-        if updates:
-            store._executemany(conn, sql(f"UPDATE rollup_tool_day SET users = {d.users_param} WHERE project_id = ? "
-                                         "AND bucket = ? AND server = ? AND tool = ?"), updates)
+        for table, keys in (("rollup_tool_day", ("bucket", "server", "tool")), ("user_client_day", ("bucket", "server", "tool", "client"))):
+            updates = []
+            for *key, stored in run(f"SELECT {', '.join(keys)}, {d.users_column} FROM {table} "
+                                    "WHERE project_id = ? AND users IS NOT NULL", (p,)):
+                users = d.users_of(stored)
+                if users >> n & 1:
+                    updates.append((d.users_value(users & ~(1 << n)), p, *key))
+            if updates:
+                where = " AND ".join(f"{k} = ?" for k in keys)
+                store._executemany(conn, sql(f"UPDATE {table} SET users = {d.users_param} WHERE project_id = ? AND {where}"), updates)
     for day in covered:
         end = day + DAY_MS
         for table, column in (("rollup_hour", "bucket"), ("rollup_day", "bucket"), ("rollup_tool_day", "bucket"),
-                              ("error_hour", "bucket"), ("user_day", "day"), ("user_hour", "hour")):
+                              ("user_client_day", "bucket"), ("error_hour", "bucket"), ("user_day", "day"), ("user_hour", "hour")):
             run(f"DELETE FROM {table} WHERE project_id = ? AND {column} >= ? AND {column} < ?", (p, day, end))
         rest = run(f"SELECT {_FIELDS} FROM events WHERE project_id = ? AND ts >= ? AND ts < ?", (p, day, end)).fetchall()
         deltas = aggregate(rest)
@@ -297,6 +314,10 @@ def _delete_user(conn: Any, store: SQLBase, p: int, user: str, audit: AuditEntry
         counts["sessions"] = 0
         for i in range(0, len(ids), _SESSION_CHUNK):
             where, params = store._in("session_id", ids[i:i + _SESSION_CHUNK])
+            run(_UNCOUNT_SESSION_TOOLS.format(cell=_SESSION_CELL.format(s="s.", day=DAY_MS), ids=where), (p, *params))
+            run(_UNCOUNT_SESSIONS.format(cell=_SESSION_CELL.format(s="", day=DAY_MS), ids=where), (p, *params))
+            run("DELETE FROM session_tool_day WHERE project_id = ? AND sessions = 0", (p,))
+            run("DELETE FROM session_day WHERE project_id = ? AND sessions = 0", (p,))
             run(f"DELETE FROM session_tools WHERE project_id = ? AND {where}", (p, *params))
             counts["sessions"] += run(f"DELETE FROM sessions WHERE project_id = ? AND {where}", (p, *params)).rowcount
             rest = run(f"SELECT {_FIELDS} FROM events WHERE project_id = ? AND {where}", (p, *params)).fetchall()

@@ -630,3 +630,62 @@ MIGRATIONS.append(
         """,
     )
 )
+
+# Schema 11 (as SQLite's): daily cells of what the long views read per session or per user
+# row; '' for a missing client, version or protocol. Filled from the rows already stored.
+_DAY = "86400000"
+
+MIGRATIONS.append(
+    Migration(
+        11,
+        "daily rollups of sessions (per client, version and protocol; per tool), of the activation funnel, "
+        "and per-client daily user sets",
+        up=_sql(f"""
+        CREATE TABLE session_day (
+            project_id bigint NOT NULL, day bigint NOT NULL, server CTEXT NOT NULL, client CTEXT NOT NULL,
+            client_version CTEXT NOT NULL, protocol_version CTEXT NOT NULL, sessions bigint NOT NULL,
+            PRIMARY KEY (project_id, day, server, client, client_version, protocol_version)
+        ) WITH (fillfactor = 70);
+        INSERT INTO session_day
+        SELECT project_id, first_ts - first_ts % {_DAY}, server, coalesce(client, ''), coalesce(client_version, ''),
+               coalesce(protocol_version, ''), count(*)
+        FROM sessions GROUP BY 1, 2, 3, 4, 5, 6;
+        CREATE TABLE session_tool_day (
+            project_id bigint NOT NULL, day bigint NOT NULL, server CTEXT NOT NULL, tool CTEXT NOT NULL, client CTEXT NOT NULL,
+            client_version CTEXT NOT NULL, protocol_version CTEXT NOT NULL, sessions bigint NOT NULL,
+            PRIMARY KEY (project_id, day, server, tool, client, client_version, protocol_version)
+        ) WITH (fillfactor = 70);
+        INSERT INTO session_tool_day
+        SELECT s.project_id, s.first_ts - s.first_ts % {_DAY}, s.server, t.tool, coalesce(s.client, ''),
+               coalesce(s.client_version, ''), coalesce(s.protocol_version, ''), count(*)
+        FROM sessions s JOIN session_tools t ON t.project_id = s.project_id AND t.session_id = s.session_id
+        GROUP BY 1, 2, 3, 4, 5, 6, 7;
+        CREATE TABLE activation_day (
+            project_id bigint NOT NULL, day bigint NOT NULL, server CTEXT NOT NULL, client CTEXT NOT NULL,
+            followed bigint NOT NULL, sessions bigint NOT NULL, handshake bigint NOT NULL, listed bigint NOT NULL,
+            called bigint NOT NULL, listed_only bigint NOT NULL,
+            PRIMARY KEY (project_id, day, server, client)
+        ) WITH (fillfactor = 70);
+        INSERT INTO activation_day
+        SELECT project_id, first_ts - first_ts % {_DAY}, server, coalesce(client, ''), count(*),
+               sum(CASE WHEN subject LIKE 's:%' THEN 1 ELSE 0 END), count(handshake_ts), count(list_ts), count(call_ts),
+               sum(CASE WHEN list_ts IS NOT NULL AND call_ts IS NULL THEN 1 ELSE 0 END)
+        FROM activation GROUP BY 1, 2, 3, 4;
+        CREATE TABLE user_client_day (
+            project_id bigint NOT NULL, bucket bigint NOT NULL, server CTEXT NOT NULL, tool CTEXT NOT NULL,
+            client CTEXT NOT NULL, users varbit,
+            PRIMARY KEY (project_id, bucket, server, tool, client)
+        ) WITH (fillfactor = 70);
+        INSERT INTO user_client_day
+        SELECT u.project_id, u.day, u.server, u.tool, u.client, mcpmeter_users_agg(mcpmeter_user_bit(n.number))
+        FROM user_day u JOIN user_number n ON n.project_id = u.project_id AND n.user_hash = u.user_hash
+        GROUP BY u.project_id, u.day, u.server, u.tool, u.client;
+        """ + _isolated("session_day", "session_tool_day", "activation_day", "user_client_day")),
+        down="""
+        DROP TABLE user_client_day;
+        DROP TABLE activation_day;
+        DROP TABLE session_tool_day;
+        DROP TABLE session_day;
+        """,
+    )
+)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from .postgres_migrations import MIGRATIONS
-from .rollup import OUTCOMES_VERSION, Cell, Deltas
+from .rollup import DAILY_VERSION, OUTCOMES_VERSION, Cell, Deltas, activation_moves, session_moves
 
 if TYPE_CHECKING:
     import psycopg
@@ -176,6 +176,48 @@ ON CONFLICT (project_id, bucket, server, tool) DO UPDATE SET
 """
 
 
+# Schema 11: the daily session, activation and per-client user cells. A stored session or
+# funnel subject may move between cells (rollup.session_moves), so its stored row is read
+# before the upsert, locked: new rows go in first (ON CONFLICT DO NOTHING RETURNING: a row
+# another collector is inserting makes this one wait, then counts as stored), the stored
+# rows are then read FOR UPDATE, and only then upserted. Every collector changes a session's
+# cells while it holds that session's row lock, so their moves never cross.
+_NEW_SESSIONS = _SESSIONS.split("ON CONFLICT")[0] + "ON CONFLICT DO NOTHING RETURNING project_id, session_id"
+_NEW_SUBJECTS = _ACTIVATION.split("ON CONFLICT")[0] + "ON CONFLICT DO NOTHING RETURNING project_id, server, subject"
+_STORED_SESSIONS = ("SELECT session_id, server, first_ts, client, client_version, protocol_version FROM sessions "
+                    "WHERE project_id = %s AND session_id = ANY(%b) ORDER BY session_id FOR UPDATE")
+_STORED_TOOLS = "SELECT session_id, tool FROM session_tools WHERE project_id = %s AND session_id = ANY(%b)"
+_STORED_SUBJECTS = ("SELECT server, subject, client, first_ts, handshake_ts, list_ts, call_ts FROM activation "
+                    "WHERE project_id = %s AND (server, subject) IN (SELECT * FROM unnest(%b::text[], %b::text[])) "
+                    "ORDER BY server, subject FOR UPDATE")
+_SESSION_DAY = """
+INSERT INTO session_day AS r SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[],
+                                                  %b::bigint[])
+ON CONFLICT (project_id, day, server, client, client_version, protocol_version) DO UPDATE SET sessions = r.sessions + excluded.sessions
+"""
+_SESSION_TOOL_DAY = """
+INSERT INTO session_tool_day AS r SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[],
+                                                       %b::text[], %b::bigint[])
+ON CONFLICT (project_id, day, server, tool, client, client_version, protocol_version) DO UPDATE SET
+    sessions = r.sessions + excluded.sessions
+"""
+_ACTIVATION_DAY = """
+INSERT INTO activation_day AS r SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::bigint[], %b::bigint[],
+                                                     %b::bigint[], %b::bigint[], %b::bigint[], %b::bigint[])
+ON CONFLICT (project_id, day, server, client) DO UPDATE SET
+    followed = r.followed + excluded.followed, sessions = r.sessions + excluded.sessions,
+    handshake = r.handshake + excluded.handshake, listed = r.listed + excluded.listed, called = r.called + excluded.called,
+    listed_only = r.listed_only + excluded.listed_only
+"""
+_EMPTIED = """
+DELETE FROM {table} t USING unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[]) AS c(project_id, day, server, client)
+WHERE t.project_id = c.project_id AND t.day = c.day AND t.server = c.server AND t.client = c.client AND t.{count} = 0
+"""  # cells a move left at zero (a superset of keys is fine: only empty cells go), as a rebuild would hold
+_USER_CLIENT_DAY = """
+INSERT INTO user_client_day AS r SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::varbit[])
+ON CONFLICT (project_id, bucket, server, tool, client) DO UPDATE SET users = mcpmeter_users_union(r.users, excluded.users)
+"""
+
 _TOOL_DAY = _tool_day_upsert()
 _TOOL_DAY_V10 = _tool_day_upsert(outcomes=True)
 USERS_LOCK = 0x6D63_7075  # with the project id: numbering a project's new users, one transaction at a time
@@ -283,11 +325,13 @@ def apply(conn: psycopg.Connection, by_project: dict[int, Deltas], version: int 
                 entry[0] += n
                 entry[1] = max(entry[1], last)
         _run(conn, _ERRORS, [(*k, n, last) for k, (n, last) in merged.items()], 8)
-    _run(conn, _SESSIONS, [
-        (p, sid, s.server, s.client, s.client_version, s.protocol_version, s.transport, s.user_hash,
-         s.first_ts, s.last_ts, s.calls, s.errors, s.init_ts, s.list_ts, s.first_call_ts)
-        for p, d in items for sid, s in d.sessions.items()
-    ], 15)
+    sessions = [(p, sid, s.server, s.client, s.client_version, s.protocol_version, s.transport, s.user_hash,
+                 s.first_ts, s.last_ts, s.calls, s.errors, s.init_ts, s.list_ts, s.first_call_ts)
+                for p, d in items for sid, s in d.sessions.items()]
+    daily = version >= DAILY_VERSION
+    if daily:
+        sessions = _session_days(conn, by_project, sessions)
+    _run(conn, _SESSIONS, sessions, 15)
     _run(conn, _SESSION_TOOLS, [(p, sid, tool) for p, d in items for sid, s in d.sessions.items() for tool in s.tools], 3)
     if v10:
         _run(conn, _CATALOG_V10, [(p, server, tool, *span) for p, d in items for (server, tool), span in d.catalog.items()], 11)
@@ -309,9 +353,75 @@ def apply(conn: psycopg.Connection, by_project: dict[int, Deltas], version: int 
                 rows.append((p, *key, c.calls, c.errors, c.dur_count, c.dur_sum, c.dur_min, c.dur_max,
                              _hist_json(c), bits(users), *((c.caller_errors, c.server_errors, c.cancelled) if v10 else ())))
         _run(conn, _TOOL_DAY_V10 if v10 else _TOOL_DAY, rows, 15 if v10 else 12, (7, 8, 9))
+        if version >= DAILY_VERSION:
+            _run(conn, _USER_CLIENT_DAY, [
+                (p, *key, bits(sum(1 << numbers[p][u] for u in users)))
+                for p, d in items for key, users in d.client_day_users.items()], 6)
     if v10:
         _run(conn, _ACTION_DAY, [(p, *k) for p, d in items for k in d.action_day], 5)
         _run(conn, _ACTION_HOUR, [(p, *k) for p, d in items for k in d.action_hour], 5)
-        _run(conn, _ACTIVATION, [(p, server, subject, *entry) for p, d in items
-                                 for (server, subject), entry in d.activation.items()], 8)
+        subjects = [(p, server, subject, *entry) for p, d in items for (server, subject), entry in d.activation.items()]
+        if daily:
+            subjects = _activation_days(conn, by_project, subjects)
+        _run(conn, _ACTIVATION, subjects, 8)
 
+
+
+def _new_rows(conn: psycopg.Connection, sql: str, rows: list[tuple[Any, ...]], width: int) -> set[tuple[Any, ...]]:
+    """Insert the ``rows`` not stored yet (``sql`` ends in ON CONFLICT DO NOTHING RETURNING their keys)."""
+    ordered = sorted(rows)
+    if not ordered:
+        return set()
+    return {tuple(r) for r in conn.execute(sql, _columns(ordered, width)).fetchall()}
+
+
+def _add_cells(conn: psycopg.Connection, sql: str, table: str, rows: list[tuple[Any, ...]], width: int, key: int) -> None:
+    """Add the cell changes ``rows`` ((project, *key, *counts), the counts from position ``key``)
+    to ``table``, then drop the cells they emptied (by project, day, server and client: _EMPTIED)."""
+    _run(conn, sql, rows, width)
+    client = 4 if table == "session_tool_day" else 3
+    emptied = sorted({(r[0], r[1], r[2], r[client]) for r in rows if min(r[key:]) < 0})
+    if emptied:
+        count = "followed" if table == "activation_day" else "sessions"
+        conn.execute(_EMPTIED.format(table=table, count=count), _columns(emptied, 4))
+
+
+def _session_days(conn: psycopg.Connection, by_project: dict[int, Deltas], rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Insert the new sessions of ``rows``, lock and read the stored ones, and move every one
+    in ``session_day`` / ``session_tool_day``; returns the rows still to upsert (the stored ones)."""
+    new = _new_rows(conn, _NEW_SESSIONS, rows, 15)
+    days: list[tuple[Any, ...]] = []
+    tool_days: list[tuple[Any, ...]] = []
+    for p, d in sorted(by_project.items()):
+        if not d.sessions:
+            continue
+        ids = sorted(sid for sid in d.sessions if (p, sid) not in new)
+        stored: dict[str, tuple[Any, ...]] = {}
+        tools: dict[str, set[str]] = {}
+        if ids:
+            stored = {r[0]: tuple(r[1:]) for r in conn.execute(_STORED_SESSIONS, (p, ids)).fetchall()}
+            for sid, tool in conn.execute(_STORED_TOOLS, (p, ids)).fetchall():
+                tools.setdefault(sid, set()).add(tool)
+        day, tool_day = session_moves(d.sessions, stored, tools)
+        days += [(p, *key, n) for key, n in day.items()]
+        tool_days += [(p, *key, n) for key, n in tool_day.items()]
+    _add_cells(conn, _SESSION_DAY, "session_day", days, 7, 6)
+    _add_cells(conn, _SESSION_TOOL_DAY, "session_tool_day", tool_days, 8, 7)
+    return [r for r in rows if (r[0], r[1]) not in new]
+
+
+def _activation_days(conn: psycopg.Connection, by_project: dict[int, Deltas], rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """As ``_session_days``, for the funnel subjects and ``activation_day``."""
+    new = _new_rows(conn, _NEW_SUBJECTS, rows, 8)
+    cells: list[tuple[Any, ...]] = []
+    for p, d in sorted(by_project.items()):
+        if not d.activation:
+            continue
+        keys = sorted(k for k in d.activation if (p, *k) not in new)
+        stored: dict[tuple[str, str], tuple[Any, ...]] = {}
+        if keys:
+            servers, subjects = [k[0] for k in keys], [k[1] for k in keys]
+            stored = {(r[0], r[1]): tuple(r[2:]) for r in conn.execute(_STORED_SUBJECTS, (p, servers, subjects)).fetchall()}
+        cells += [(p, *key, *counts) for key, counts in activation_moves(d.activation, stored).items()]
+    _add_cells(conn, _ACTIVATION_DAY, "activation_day", cells, 10, 4)
+    return [r for r in rows if (r[0], r[1], r[2]) not in new]

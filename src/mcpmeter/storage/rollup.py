@@ -51,6 +51,7 @@ from ..protocol import (
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
 OUTCOMES_VERSION = 10  # the schema that brought outcome classes, listings, categories, actions and activation
+DAILY_VERSION = 11  # the schema that brought the daily session, activation and per-client user rollups
 # The error names that are the server's fault (``protocol.outcome_of``: any other JSON-RPC
 # name, a code without a name, no type at all); any other name is an exception of the tool's code.
 SERVER_ERROR_NAMES = frozenset(set(ERROR_NAMES.values()) - CALLER_ERROR_TYPES | {JSONRPC_ERROR})
@@ -329,6 +330,8 @@ class Deltas:
     # Tool calls per (day, server, tool), every client together: what most reads need.
     tool_day: dict[tuple[int, str, str], Cell] = field(default_factory=dict)
     tool_day_users: dict[tuple[int, str, str], set[str]] = field(default_factory=dict)  # (day, server, tool) -> user hashes
+    # (day, server, tool, client) -> user hashes: the per-client daily user sets (schema 11).
+    client_day_users: dict[tuple[int, str, str, str], set[str]] = field(default_factory=dict)
 
 
 def _span(catalog: dict[tuple[str, str], list[Any]], key: tuple[str, str], first: int, last: int,
@@ -448,8 +451,9 @@ def aggregate(rows: Sequence[tuple[Any, ...]]) -> Deltas:
             if target is None:
                 target = d.tool_day[(day, server, tool)] = Cell()
             target.merge(cell)
-    for day, server, tool, _, user in d.user_day:
+    for day, server, tool, client, user in d.user_day:
         d.tool_day_users.setdefault((day, server, tool), set()).add(user)
+        d.client_day_users.setdefault((day, server, tool, client), set()).add(user)
     return d
 
 
@@ -557,3 +561,103 @@ def _session(srows: list[tuple[Any, ...]]) -> SessionDelta:
         s.init_ts = min((ts for ts, kind in zip(stamps, kinds) if kind in HANDSHAKE_KINDS), default=None)
         s.list_ts = min((ts for ts, kind in zip(stamps, kinds) if kind == "list_tools"), default=None)
     return s
+
+
+# ---- the daily session and activation counts (schema 11) ----------------------------------
+#
+# A stored session (and an activation subject) can still change when an event arrives late:
+# an earlier first event moves its start day, a first client name fills a missing one, a new
+# tool joins it. So its daily counts are not additive deltas of the new events alone: the
+# writer reads the stored rows of the sessions (subjects) a transaction touches before it
+# upserts them, and ``session_moves`` / ``activation_moves`` take each one out of the cells it
+# counted in and add it to the cells it counts in now (the same merge as the upserts).
+
+SessionKey = tuple[int, str, str, str, str]  # (day of first_ts, server, client, client_version, protocol_version)
+
+
+def session_key(server: str, first_ts: int, client: str | None, version: str | None, protocol: str | None) -> SessionKey:
+    """The cell of ``session_day`` a session counts in ('' for a missing name, as the other rollups)."""
+    return (first_ts - first_ts % DAY_MS, server, client or "", version or "", protocol or "")
+
+
+def _earliest(a: Any, b: Any) -> Any:
+    """The smaller of two values, None only when both are (SQL ``least`` / the upserts' ``_EARLIEST``)."""
+    if a is None:
+        return b
+    return a if b is None or a <= b else b
+
+
+def _move(cells: dict[Any, list[int]], before: dict[Any, tuple[int, ...]], after: dict[Any, tuple[int, ...]]) -> None:
+    """Take ``before`` out of ``cells`` and add ``after`` (cell key -> counts)."""
+    if before == after:
+        return
+    for sign, part in ((-1, before), (1, after)):
+        for key, counts in part.items():
+            cell = cells.get(key)
+            if cell is None:
+                cell = cells[key] = [0] * len(counts)
+            for i, n in enumerate(counts):
+                cell[i] += sign * n
+
+
+def _changed(cells: dict[Any, list[int]]) -> dict[Any, tuple[int, ...]]:
+    return {key: tuple(counts) for key, counts in cells.items() if any(counts)}
+
+
+def session_moves(sessions: dict[str, SessionDelta], stored: dict[str, tuple[Any, ...]],
+                  stored_tools: dict[str, set[str]]) -> tuple[dict[SessionKey, int], dict[tuple[Any, ...], int]]:
+    """How ``session_day`` and ``session_tool_day`` change when ``sessions`` (one transaction's
+    deltas) are upserted: ``stored`` holds the sessions already stored, session id -> (server,
+    first_ts, client, client_version, protocol_version), and ``stored_tools`` their tools.
+    Rows (day, server, client, version, protocol) -> sessions and (day, server, tool, client,
+    version, protocol) -> sessions, each a change to add (negative: sessions that moved away)."""
+    cells: dict[Any, list[int]] = {}
+
+    def parts(key: SessionKey, tools: set[str]) -> dict[Any, tuple[int, ...]]:
+        out: dict[Any, tuple[int, ...]] = {("s", *key): (1,)}
+        for tool in tools:
+            out[("t", key[0], key[1], tool, *key[2:])] = (1,)
+        return out
+
+    for sid, s in sessions.items():
+        old = stored.get(sid)
+        if old is None:
+            _move(cells, {}, parts(session_key(s.server, s.first_ts, s.client, s.client_version, s.protocol_version), s.tools))
+            continue
+        server, first_ts, client, version, protocol = old
+        tools = stored_tools.get(sid, set())
+        after = session_key(server, min(first_ts, s.first_ts), client if client is not None else s.client,
+                            version if version is not None else s.client_version,
+                            protocol if protocol is not None else s.protocol_version)
+        _move(cells, parts(session_key(*old), tools), parts(after, tools | s.tools))
+    changed = _changed(cells)
+    return ({key[1:]: n for key, (n,) in changed.items() if key[0] == "s"},
+            {key[1:]: n for key, (n,) in changed.items() if key[0] == "t"})
+
+
+ActivationKey = tuple[int, str, str]  # (day of first_ts, server, client)
+
+
+def _funnel_cell(server: str, subject: str, entry: Sequence[Any]) -> dict[Any, tuple[int, ...]]:
+    """The ``activation_day`` cell one subject counts in and what it adds there: (followed,
+    sessions, handshake, listed, called, listed but not called)."""
+    client, first_ts, handshake, listed, called = entry
+    return {(first_ts - first_ts % DAY_MS, server, client or ""): (
+        1, int(subject.startswith("s:")), int(handshake is not None), int(listed is not None), int(called is not None),
+        int(listed is not None and called is None))}
+
+
+def activation_moves(activation: dict[tuple[str, str], list[Any]],
+                     stored: dict[tuple[str, str], tuple[Any, ...]]) -> dict[ActivationKey, tuple[int, ...]]:
+    """How ``activation_day`` changes when the funnel deltas ``activation`` ((server, subject) ->
+    [client, first_ts, handshake_ts, list_ts, call_ts]) are upserted over the ``stored`` rows of
+    those subjects (the same five values): cell -> counts to add, as ``_funnel_cell``."""
+    cells: dict[Any, list[int]] = {}
+    for (server, subject), entry in activation.items():
+        old = stored.get((server, subject))
+        if old is None:
+            _move(cells, {}, _funnel_cell(server, subject, entry))
+            continue
+        merged = [_earliest(a, b) for a, b in zip(old, entry)]
+        _move(cells, _funnel_cell(server, subject, old), _funnel_cell(server, subject, merged))
+    return _changed(cells)

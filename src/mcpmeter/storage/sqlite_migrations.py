@@ -446,3 +446,63 @@ MIGRATIONS.append(
         """,
     )
 )
+
+# Schema 11: what the 30- and 90-day views still read per session or per (user, day, tool,
+# client) row, as daily cells. '' stands for a missing client, version or protocol, as in the
+# other rollups. Filled from the sessions, activation and user_day rows already stored.
+_DAY = "86400000"
+
+MIGRATIONS.append(
+    Migration(
+        11,
+        "daily rollups of sessions (per client, version and protocol; per tool), of the activation funnel, "
+        "and per-client daily user sets",
+        up=f"""
+        CREATE TABLE session_day (
+            project_id INTEGER NOT NULL, day INTEGER NOT NULL, server TEXT NOT NULL, client TEXT NOT NULL,
+            client_version TEXT NOT NULL, protocol_version TEXT NOT NULL, sessions INTEGER NOT NULL,
+            PRIMARY KEY (project_id, day, server, client, client_version, protocol_version)
+        ) WITHOUT ROWID;
+        INSERT INTO session_day
+        SELECT project_id, first_ts - first_ts % {_DAY}, server, coalesce(client, ''), coalesce(client_version, ''),
+               coalesce(protocol_version, ''), count(*)
+        FROM sessions GROUP BY 1, 2, 3, 4, 5, 6;
+        CREATE TABLE session_tool_day (
+            project_id INTEGER NOT NULL, day INTEGER NOT NULL, server TEXT NOT NULL, tool TEXT NOT NULL, client TEXT NOT NULL,
+            client_version TEXT NOT NULL, protocol_version TEXT NOT NULL, sessions INTEGER NOT NULL,
+            PRIMARY KEY (project_id, day, server, tool, client, client_version, protocol_version)
+        ) WITHOUT ROWID;
+        INSERT INTO session_tool_day
+        SELECT s.project_id, s.first_ts - s.first_ts % {_DAY}, s.server, t.tool, coalesce(s.client, ''),
+               coalesce(s.client_version, ''), coalesce(s.protocol_version, ''), count(*)
+        FROM sessions s JOIN session_tools t ON t.project_id = s.project_id AND t.session_id = s.session_id
+        GROUP BY 1, 2, 3, 4, 5, 6, 7;
+        CREATE TABLE activation_day (
+            project_id INTEGER NOT NULL, day INTEGER NOT NULL, server TEXT NOT NULL, client TEXT NOT NULL,
+            followed INTEGER NOT NULL, sessions INTEGER NOT NULL, handshake INTEGER NOT NULL, listed INTEGER NOT NULL,
+            called INTEGER NOT NULL, listed_only INTEGER NOT NULL,
+            PRIMARY KEY (project_id, day, server, client)
+        ) WITHOUT ROWID;
+        INSERT INTO activation_day
+        SELECT project_id, first_ts - first_ts % {_DAY}, server, coalesce(client, ''), count(*),
+               sum(CASE WHEN subject LIKE 's:%' THEN 1 ELSE 0 END), count(handshake_ts), count(list_ts), count(call_ts),
+               sum(CASE WHEN list_ts IS NOT NULL AND call_ts IS NULL THEN 1 ELSE 0 END)
+        FROM activation GROUP BY 1, 2, 3, 4;
+        CREATE TABLE user_client_day (
+            project_id INTEGER NOT NULL, bucket INTEGER NOT NULL, server TEXT NOT NULL, tool TEXT NOT NULL,
+            client TEXT NOT NULL, users BLOB,
+            PRIMARY KEY (project_id, bucket, server, tool, client)
+        ) WITHOUT ROWID;
+        INSERT INTO user_client_day
+        SELECT u.project_id, u.day, u.server, u.tool, u.client, user_set(n.number)
+        FROM user_day u JOIN user_number n ON n.project_id = u.project_id AND n.user_hash = u.user_hash
+        GROUP BY u.project_id, u.day, u.server, u.tool, u.client;
+        """,
+        down="""
+        DROP TABLE user_client_day;
+        DROP TABLE activation_day;
+        DROP TABLE session_tool_day;
+        DROP TABLE session_day;
+        """,
+    )
+)

@@ -9,7 +9,7 @@ from itertools import chain
 from typing import Any
 
 from .. import histogram, usersets
-from .rollup import OUTCOMES_VERSION, Cell, Deltas
+from .rollup import DAILY_VERSION, OUTCOMES_VERSION, Cell, Deltas, activation_moves, session_moves
 from .sqlite_migrations import MIGRATIONS
 
 LATEST = MIGRATIONS[-1].version
@@ -147,6 +147,38 @@ ON CONFLICT (project_id, bucket, server, tool) DO UPDATE SET
     users = users_union(users, excluded.users)
 """
 _TOOL_DAY_UPSERT_V10 = _with_outcomes(_TOOL_DAY_UPSERT)
+
+# Schema 11: the daily session, activation and per-client user cells (rollup.session_moves).
+_SESSION_DAY_UPSERT = """
+INSERT INTO session_day (project_id, day, server, client, client_version, protocol_version, sessions) VALUES (?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (project_id, day, server, client, client_version, protocol_version) DO UPDATE SET sessions = sessions + excluded.sessions
+"""
+_SESSION_TOOL_DAY_UPSERT = """
+INSERT INTO session_tool_day (project_id, day, server, tool, client, client_version, protocol_version, sessions)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (project_id, day, server, tool, client, client_version, protocol_version) DO UPDATE SET
+    sessions = sessions + excluded.sessions
+"""
+_ACTIVATION_DAY_UPSERT = """
+INSERT INTO activation_day (project_id, day, server, client, followed, sessions, handshake, listed, called, listed_only)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (project_id, day, server, client) DO UPDATE SET
+    followed = followed + excluded.followed, sessions = sessions + excluded.sessions, handshake = handshake + excluded.handshake,
+    listed = listed + excluded.listed, called = called + excluded.called, listed_only = listed_only + excluded.listed_only
+"""
+_USER_CLIENT_DAY_UPSERT = """
+INSERT INTO user_client_day (project_id, bucket, server, tool, client, users) VALUES (?, ?, ?, ?, ?, ?)
+ON CONFLICT (project_id, bucket, server, tool, client) DO UPDATE SET users = users_union(users, excluded.users)
+"""
+_EMPTIED = {  # cells a move may leave at zero, deleted so the tables hold what a rebuild would
+    "session_day": "DELETE FROM session_day WHERE project_id = ? AND day = ? AND server = ? AND client = ? "
+                   "AND client_version = ? AND protocol_version = ? AND sessions = 0",
+    "session_tool_day": "DELETE FROM session_tool_day WHERE project_id = ? AND day = ? AND server = ? AND tool = ? "
+                        "AND client = ? AND client_version = ? AND protocol_version = ? AND sessions = 0",
+    "activation_day": "DELETE FROM activation_day WHERE project_id = ? AND day = ? AND server = ? AND client = ? "
+                      "AND followed = 0",
+}
+_CHUNK = 500  # ids per IN (…) read
 
 
 # Rows go in with multi-row VALUES statements of these many rows (largest first): executemany()
@@ -366,6 +398,9 @@ def apply(conn: sqlite3.Connection, project_id: int, d: Deltas, version: int = L
             entry[0] += n
             entry[1] = max(entry[1], last)
         execute_rows(conn, _ERROR_UPSERT, [(p, *k, n, last) for k, (n, last) in merged.items()])
+    daily = version >= DAILY_VERSION
+    if d.sessions and daily:  # before the upsert: where each stored session counts now
+        _session_days(conn, p, d)
     if d.sessions:
         execute_rows(conn, _SESSION_UPSERT, [
             (p, sid, s.server, s.client, s.client_version, s.protocol_version, s.transport, s.user_hash,
@@ -393,9 +428,61 @@ def apply(conn: sqlite3.Connection, project_id: int, d: Deltas, version: int = L
              *((c.caller_errors, c.server_errors, c.cancelled) if v10 else ()))
             for key, c in d.tool_day.items()
         ])
+        if version >= DAILY_VERSION:
+            execute_rows(conn, _USER_CLIENT_DAY_UPSERT, [
+                (p, *key, usersets.encode(usersets.from_numbers(numbers[u] for u in users)))
+                for key, users in d.client_day_users.items()])
     if v10:
         if d.action_day:
             execute_rows(conn, "INSERT OR IGNORE INTO action_user_day VALUES (?, ?, ?, ?, ?)", [(p, *k) for k in d.action_day])
             execute_rows(conn, "INSERT OR IGNORE INTO action_user_hour VALUES (?, ?, ?, ?, ?)", [(p, *k) for k in d.action_hour])
+        if d.activation and daily:
+            _activation_days(conn, p, d)
         if d.activation:
             execute_rows(conn, _ACTIVATION_UPSERT, [(p, server, subject, *entry) for (server, subject), entry in d.activation.items()])
+
+
+def _stored(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...], ids: list[str]) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` (``… WHERE … AND <id column> IN ({})``, ``params`` first) for ``ids``, in chunks."""
+    rows: list[tuple[Any, ...]] = []
+    for i in range(0, len(ids), _CHUNK):
+        chunk = ids[i:i + _CHUNK]
+        rows += conn.execute(sql.format(", ".join("?" * len(chunk))), (*params, *chunk)).fetchall()
+    return rows
+
+
+def _add_cells(conn: sqlite3.Connection, table: str, upsert: str, p: int, cells: dict[Any, Any]) -> None:
+    """Add the changes ``cells`` (key -> count or counts) to ``table``, dropping the cells they empty."""
+    execute_rows(conn, upsert, [(p, *key, *(n if isinstance(n, tuple) else (n,))) for key, n in cells.items()])
+    emptied = [(p, *key) for key, n in cells.items() if min(n if isinstance(n, tuple) else (n,)) < 0]
+    if emptied:
+        conn.executemany(_EMPTIED[table], emptied)
+
+
+def _session_days(conn: sqlite3.Connection, p: int, d: Deltas) -> None:
+    """Move the sessions of ``d`` in ``session_day`` / ``session_tool_day`` (before they are upserted)."""
+    ids = sorted(d.sessions)
+    stored = {row[0]: row[1:] for row in _stored(
+        conn, "SELECT session_id, server, first_ts, client, client_version, protocol_version FROM sessions "
+              "WHERE project_id = ? AND session_id IN ({})", (p,), ids)}
+    tools: dict[str, set[str]] = {}
+    if stored:
+        for sid, tool in _stored(conn, "SELECT session_id, tool FROM session_tools WHERE project_id = ? AND session_id IN ({})",
+                                 (p,), sorted(stored)):
+            tools.setdefault(sid, set()).add(tool)
+    days, tool_days = session_moves(d.sessions, stored, tools)
+    _add_cells(conn, "session_day", _SESSION_DAY_UPSERT, p, days)
+    _add_cells(conn, "session_tool_day", _SESSION_TOOL_DAY_UPSERT, p, tool_days)
+
+
+def _activation_days(conn: sqlite3.Connection, p: int, d: Deltas) -> None:
+    """Move the funnel subjects of ``d`` in ``activation_day`` (before they are upserted)."""
+    stored: dict[tuple[str, str], tuple[Any, ...]] = {}
+    by_server: dict[str, list[str]] = {}
+    for server, subject in d.activation:
+        by_server.setdefault(server, []).append(subject)
+    for server, subjects in sorted(by_server.items()):
+        for row in _stored(conn, "SELECT subject, client, first_ts, handshake_ts, list_ts, call_ts FROM activation "
+                                 "WHERE project_id = ? AND server = ? AND subject IN ({})", (p, server), sorted(subjects)):
+            stored[(server, row[0])] = row[1:]
+    _add_cells(conn, "activation_day", _ACTIVATION_DAY_UPSERT, p, activation_moves(d.activation, stored))
