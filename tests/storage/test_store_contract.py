@@ -71,11 +71,19 @@ def _load(store: Store, now: int) -> dict[str, int]:
                        "server": ("weblab", "docs")[i % 2], "user": f"u{i % 3}"})
         events.append({"id": f"probe-{i}", "kind": ("initialize", "list_tools")[i % 2], "ts": tie + i,
                        "server": "weblab", "user": f"p{i // 2}", "client_name": ("bot", "Bot", None)[i % 3]})
-    valid, rejected = decode_batch(json.dumps(events).encode(), Limits(max_events=10_000), now_ms=now)
-    assert not rejected, rejected
+    yesterday = now - now % DAY_MS - DAY_MS  # a session that starts the day before its first call
+    events.append({"id": "x-init", "kind": "initialize", "ts": yesterday - 1000, "server": "weblab", "session_id": "s-x",
+                   "client_name": "cursor", "client_version": "2.0", "protocol_version": "2025-11-25"})
+    events.append({"id": "x-call", "kind": "tool_call", "ts": yesterday + 1000, "server": "weblab", "tool": "t1", "ok": True,
+                   "session_id": "s-x", "client_name": "cursor", "user": "u1"})
     project = store.project_by_id(p)
     assert project is not None
-    store.ingest([(p, rows_for(project, valid))])
+    late = [{"id": "late-init", "kind": "initialize", "ts": now - 6 * DAY_MS - 5000, "server": "weblab", "session_id": "s-1",
+             "client_name": "zed", "protocol_version": "2024-11-05"}]  # after the rest: s-1 starts earlier
+    for batch in (events, late):
+        valid, rejected = decode_batch(json.dumps(batch).encode(), Limits(max_events=10_000), now_ms=now)
+        assert not rejected, rejected
+        store.ingest([(p, rows_for(project, valid))])
     store.ingest_measurements(p, [(f"m{i}", "weblab", "latency", "timer", "{}", now - i * 600_000, float(i)) for i in range(30)]
                              + [(f"q{i}", ("weblab", "docs")[i % 2], "queue", "gauge", '{"region":"eu"}', tie - i * 1_800_000,
                                  float(i % 4)) for i in range(30)])
@@ -176,6 +184,12 @@ def answers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, An
         ids = [_load(s, now) for s in stores]
         assert ids[0] == ids[1]
         found = {name: (ask(stores[0], ids[0]), ask(stores[1], ids[1]), ordered) for name, (ask, ordered) in queries.items()}
+        user = ROW_FIELDS.index("user_hash") + 1
+        erased = [s.delete_user(i["default"], next(r[user] for r in s.export_events(i["default"], 0, 1000) if r[1] == "x-call"))
+                  for s, i in zip(stores, ids)]
+        found["erase"] = (erased[0], erased[1], True)
+        found.update({f"after erase: {name}": (ask(stores[0], ids[0]), ask(stores[1], ids[1]), ordered)
+                      for name, (ask, ordered) in queries.items()})
         prune = [s.prune(now - 3 * DAY_MS, now - 5 * DAY_MS) for s in stores]
         found["prune"] = (prune[0], prune[1], True)
         found.update({f"after prune: {name}": (ask(stores[0], ids[0]), ask(stores[1], ids[1]), ordered)
@@ -183,7 +197,8 @@ def answers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Any, An
     return found
 
 
-@pytest.mark.parametrize("name", list(_queries(0)) + ["prune"] + [f"after prune: {n}" for n in _queries(0)])
+@pytest.mark.parametrize("name", list(_queries(0)) + ["erase", "prune"] + [f"after {step}: {n}" for step in ("erase", "prune")
+                                                                            for n in _queries(0)])
 def test_both_backends_give_the_same_answer(answers, name):
     sqlite_answer, pg_answer, ordered = answers[name]
     if ordered:
