@@ -151,7 +151,7 @@ def _rollup_tables(path) -> dict[str, list[tuple]]:
                                          sorted(users(r[0], r[11]))) for r in conn.execute("SELECT * FROM rollup_tool_day"))
         out["user_client_day"] = sorted((*r[:5], sorted(users(r[0], r[5]))) for r in conn.execute("SELECT * FROM user_client_day"))
         for table in ("user_day", "user_hour", "user_first", "error_hour", "sessions", "session_tools", "tool_catalog",
-                      "session_day", "session_tool_day", "activation", "activation_day"):
+                      "session_day", "session_tool_day", "activation", "activation_day", "error_day"):
             out[table] = sorted(conn.execute(f"SELECT * FROM {table}").fetchall())
         out["user_number"] = sorted(conn.execute("SELECT project_id, user_hash, first_seen FROM user_number").fetchall())
     conn.close()
@@ -174,6 +174,7 @@ def test_rollups_kept_at_ingest_equal_rollups_rebuilt_from_the_raw_events(tmp_pa
     at_ingest = _rollup_tables(path)
     assert at_ingest["rollup_hour"] and at_ingest["sessions"] and at_ingest["rollup_tool_day"]
     assert at_ingest["session_day"] and at_ingest["session_tool_day"] and at_ingest["activation_day"] and at_ingest["user_client_day"]
+    assert at_ingest["error_day"]
     store._write(lambda conn: store._rebuild_rollups(conn, store.schema_version(), chunk=997))  # in Python, from raw events
     rebuilt = _rollup_tables(path)
     for table, expected in rebuilt.items():

@@ -1,9 +1,10 @@
 """The daily rollups of schema 11 answer as the rows they summarise did, on both backends.
 
-Sessions, funnel subjects and per-client users of whole-day windows are read from daily
-cells (``session_day``, ``session_tool_day``, ``activation_day``, ``user_client_day``).
-Each answer is compared with the query that read the stored sessions, funnel rows and
-``user_day`` before (kept here as the reference), for events that arrive late and out of
+Sessions, funnel subjects, error groups and per-client users of whole-day windows are read
+from daily cells (``session_day``, ``session_tool_day``, ``activation_day``, ``error_day``,
+``user_client_day``).
+Each answer is compared with the query that read the stored sessions, funnel rows,
+``error_hour`` and ``user_day`` before (kept here as the reference), for events that arrive late and out of
 order: a session's earlier handshake after its calls (its start day moves), its client
 name after its first events, a tool after the others, a session that starts the day before
 its first call; with client, tool, server and category filters; and after a user is erased.
@@ -19,6 +20,7 @@ from foundation_helpers import now_ms
 from mcpmeter.events import Limits, decode_batch
 from mcpmeter.ingest import rows_for
 from mcpmeter.storage.base import EventFilter
+from mcpmeter.storage.dialect import dims
 
 DAY_MS = 86_400_000
 FILTERS: list[dict[str, str]] = [{}, {"client": "cursor"}, {"tool": "t1"}, {"server": "weblab", "tool": "t1", "client": "cursor"},
@@ -124,6 +126,17 @@ def _ref_activation(store: Any, f: EventFilter) -> list[tuple[Any, ...]]:
     return [(s, c, *(int(n) for n in counts)) for s, c, *counts in store._fetch(f.project_id, sql + " GROUP BY server, client", params)]
 
 
+def _ref_error_groups(store: Any, f: EventFilter) -> list[tuple[Any, ...]]:
+    where, params = dims(f)
+    c = store._dialect.collate
+    rows = store._fetch(f.project_id, "SELECT server, tool, error_type, outcome, sum(count), max(last_ts) FROM error_hour "
+                                      f"WHERE project_id = ? AND bucket >= ? AND bucket < ? AND outcome <> 'cancelled'{where} "
+                                      f"GROUP BY server, tool, error_type, outcome "
+                                      f"ORDER BY sum(count) DESC, server{c}, tool{c}, error_type{c}, outcome{c}",
+                        [f.project_id, f.start_ms, f.end_ms, *params])
+    return [(server, tool, error, outcome, int(n), last) for server, tool, error, outcome, n, last in rows]
+
+
 def _same(got: list[tuple[Any, ...]], expected: list[tuple[Any, ...]], what: str) -> None:
     assert sorted(map(tuple, got), key=repr) == sorted((tuple(int(v) if isinstance(v, int) else v for v in r) for r in expected),
                                                        key=repr), what
@@ -141,6 +154,7 @@ def _check(store: Any, project_id: int, day: int) -> None:
             assert store.new_users(f, "day") == _ref_new_users(store, f), f"new_users {what}"
             _same(store.category_users(f, "day"), _ref_category_users(store, f), f"category_users {what}")
             _same(store.activation(f), _ref_activation(store, f), f"activation {what}")
+            assert store.error_groups(f) == _ref_error_groups(store, f), f"error_groups {what}"
 
 
 def test_the_daily_rollups_answer_as_the_rows_they_summarise(store):

@@ -55,15 +55,17 @@ def _change(now: float | None, before: float | None) -> float | None:
     return round((now - before) / before, 4)
 
 
-def aggregate_cells(cells: Sequence[tuple], key: Sequence[int] = ()) -> dict[tuple, Agg]:
-    """Fold rollup cells into one Agg per key (indexes into the cell tuple; () = one total)."""
+def aggregate_cells(cells: Sequence[tuple], key: Sequence[int] = (), latency: bool = True) -> dict[tuple, Agg]:
+    """Fold rollup cells into one Agg per key (indexes into the cell tuple; () = one total);
+    without ``latency`` the histograms are left out (counts only: merging them is most of the cost)."""
     out: dict[tuple, Agg] = {}
     for cell in cells:
         k = tuple(cell[i] for i in key)
         agg = out.get(k)
         if agg is None:
             agg = out[k] = Agg()
-        agg.add_cell(*cell[5:15])
+        calls, errors, dur_count, dur_sum, dur_min, dur_max, hist, caller, server, cancelled = cell[5:15]
+        agg.add_cell(calls, errors, dur_count, dur_sum, dur_min, dur_max, hist if latency else None, caller, server, cancelled)
     return out
 
 
@@ -254,7 +256,7 @@ def _session_counts(store: Store, q: Query) -> list[tuple]:
 
 def clients(store: Store, q: Query) -> dict[str, Any]:
     """Which clients call, in which versions, over which protocol versions."""
-    per_client = aggregate_cells(store.cells(q.filter, q.window.grain), (CLIENT,))
+    per_client = aggregate_cells(store.cells(q.filter, q.window.grain, latency=False), (CLIENT,), latency=False)  # counts only
     client_users = {c: n for c, n in store.users(q.filter, q.window.grain, ("client",))}
     total = sum(a.calls for a in per_client.values())
     versions: dict[tuple, int] = {}

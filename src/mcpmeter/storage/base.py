@@ -127,11 +127,12 @@ class Store(Protocol):
     def export_events(self, project_id: int, after: int = 0, limit: int = 5000) -> list[tuple[Any, ...]]: ...
 
     # rollup reads (cost grows with buckets x dimensions; ``f`` must be aligned to ``grain``)
-    def cells(self, f: EventFilter, grain: str, kinds: Sequence[str] | None = ("tool_call",)) -> list[tuple[Any, ...]]:
+    def cells(self, f: EventFilter, grain: str, kinds: Sequence[str] | None = ("tool_call",),
+              latency: bool = True) -> list[tuple[Any, ...]]:
         """(bucket, kind, server, tool, client, calls, errors, dur_count, dur_sum, dur_min, dur_max, hist,
         caller_errors, server_errors, cancelled), in no particular order (``kinds`` None: every kind);
         ``hist`` is the histogram as the backend stores it (a blob, or a ``{bin: count}`` map), which
-        ``rollup.Cell.add_cell`` and ``histogram`` read."""
+        ``rollup.Cell.add_cell`` and ``histogram`` read; None without ``latency`` (counts only)."""
         ...
     def tool_cells(self, f: EventFilter, grain: str) -> list[tuple[Any, ...]]:
         """Tool-call cells like ``cells`` but with every client together (client ''), from a

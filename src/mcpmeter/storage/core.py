@@ -42,7 +42,7 @@ _ROLLUP_TABLES = ("rollup_hour", "rollup_day", "user_day", "user_hour", "user_fi
 _NUMBERED_TABLES = ("rollup_tool_day", "user_number")  # schema 5 on
 # Schema 11 on: the daily cells of sessions, funnel subjects and per-client user sets (with the
 # funnel itself: its daily cells are kept as its rows change, so both are rebuilt together).
-_DAILY_TABLES = ("session_day", "session_tool_day", "activation", "activation_day", "user_client_day")
+_DAILY_TABLES = ("session_day", "session_tool_day", "activation", "activation_day", "error_day", "user_client_day")
 _PROJECT_COLUMNS = "id, name, user_salt, created_at"
 _OUTCOMES = "caller_errors, server_errors, cancelled"  # a cell's calls by outcome class beyond calls and errors
 # (table, time column, which cut) of what ``prune`` deletes after the raw events, in this order.
@@ -53,7 +53,7 @@ _PRUNED = (
     ("measurement_day", "day", "rollups"), ("server_events", "ts", "rollups"),
     ("measurement_hour", "hour", "rollups"), ("action_user_day", "day", "rollups"), ("action_user_hour", "hour", "rollups"),
     ("activation", "first_ts", "rollups"), ("session_day", "day", "rollups"), ("session_tool_day", "day", "rollups"),
-    ("activation_day", "day", "rollups"), ("user_client_day", "bucket", "rollups"),
+    ("activation_day", "day", "rollups"), ("error_day", "day", "rollups"), ("user_client_day", "bucket", "rollups"),
 )
 
 
@@ -303,17 +303,18 @@ class SQLStore(SecurityQueries, InsightQueries):
             return rows
         return [(*r[:11], decode(r[11]) if r[11] else None, *r[12:]) for r in rows]
 
-    def cells(self, f: EventFilter, grain: str, kinds: Sequence[str] | None = ("tool_call",)) -> list[tuple[Any, ...]]:
+    def cells(self, f: EventFilter, grain: str, kinds: Sequence[str] | None = ("tool_call",),
+              latency: bool = True) -> list[tuple[Any, ...]]:
         """Rollup cells in the window: (bucket, kind, server, tool, client, calls, errors,
         dur_count, dur_sum, dur_min, dur_max, hist, caller_errors, server_errors, cancelled);
-        ``hist`` as ``rollup.Cell.add_cell`` reads it. ``kinds`` None: every kind."""
+        ``hist`` as ``rollup.Cell.add_cell`` reads it (None without ``latency``). ``kinds`` None: every kind."""
         table = "rollup_hour" if grain == "hour" else "rollup_day"
         where, params = dims(f)
         kind_sql, kind_params = self._in("kind", list(kinds)) if kinds is not None else ("true", [])
         return self._hist_rows(self._fetch(
             f.project_id,
             f"SELECT bucket, kind, server, tool, client, calls, errors, dur_count, dur_sum, dur_min, dur_max, "
-            f"{self._dialect.hist_column}, {_OUTCOMES} FROM {table} "
+            f"{self._dialect.hist_column if latency else 'NULL'}, {_OUTCOMES} FROM {table} "
             f"WHERE project_id = ? AND bucket >= ? AND bucket < ? AND {kind_sql}{where}",
             [f.project_id, f.start_ms, f.end_ms, *kind_params, *params]))
 
@@ -409,13 +410,14 @@ class SQLStore(SecurityQueries, InsightQueries):
 
     def error_groups(self, f: EventFilter) -> list[tuple[Any, ...]]:
         """(server, tool, error_type, outcome, count, last_ts) of the errors (tool, server and caller
-        errors), most frequent first."""
+        errors), most frequent first: from the daily cells for a window of whole UTC days."""
         where, params = dims(f)
         c = self._dialect.collate
+        table, column = ("error_day", "day") if f.start_ms % DAY_MS == 0 and f.end_ms % DAY_MS == 0 else ("error_hour", "bucket")
         rows = self._fetch(
             f.project_id,
-            f"SELECT server, tool, error_type, outcome, sum(count), max(last_ts) FROM error_hour "
-            f"WHERE project_id = ? AND bucket >= ? AND bucket < ? AND outcome <> 'cancelled'{where} "
+            f"SELECT server, tool, error_type, outcome, sum(count), max(last_ts) FROM {table} "
+            f"WHERE project_id = ? AND {column} >= ? AND {column} < ? AND outcome <> 'cancelled'{where} "
             f"GROUP BY server, tool, error_type, outcome "
             f"ORDER BY sum(count) DESC, server{c}, tool{c}, error_type{c}, outcome{c}",
             [f.project_id, f.start_ms, f.end_ms, *params])

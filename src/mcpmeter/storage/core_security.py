@@ -303,7 +303,8 @@ def _delete_user(conn: Any, store: SQLBase, p: int, user: str, audit: AuditEntry
     for day in covered:
         end = day + DAY_MS
         for table, column in (("rollup_hour", "bucket"), ("rollup_day", "bucket"), ("rollup_tool_day", "bucket"),
-                              ("user_client_day", "bucket"), ("error_hour", "bucket"), ("user_day", "day"), ("user_hour", "hour")):
+                              ("user_client_day", "bucket"), ("error_hour", "bucket"), ("error_day", "day"), ("user_day", "day"),
+                              ("user_hour", "hour")):
             run(f"DELETE FROM {table} WHERE project_id = ? AND {column} >= ? AND {column} < ?", (p, day, end))
         rest = run(f"SELECT {_FIELDS} FROM events WHERE project_id = ? AND ts >= ? AND ts < ?", (p, day, end)).fetchall()
         deltas = aggregate(rest)

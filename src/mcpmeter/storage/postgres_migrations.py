@@ -639,7 +639,7 @@ MIGRATIONS.append(
     Migration(
         11,
         "daily rollups of sessions (per client, version and protocol; per tool), of the activation funnel, "
-        "and per-client daily user sets",
+        "errors per day, and per-client daily user sets",
         up=_sql(f"""
         CREATE TABLE session_day (
             project_id bigint NOT NULL, day bigint NOT NULL, server CTEXT NOT NULL, client CTEXT NOT NULL,
@@ -671,6 +671,15 @@ MIGRATIONS.append(
                sum(CASE WHEN subject LIKE 's:%' THEN 1 ELSE 0 END), count(handshake_ts), count(list_ts), count(call_ts),
                sum(CASE WHEN list_ts IS NOT NULL AND call_ts IS NULL THEN 1 ELSE 0 END)
         FROM activation GROUP BY 1, 2, 3, 4;
+        CREATE TABLE error_day (
+            project_id bigint NOT NULL, day bigint NOT NULL, server CTEXT NOT NULL, tool CTEXT NOT NULL,
+            client CTEXT NOT NULL, error_type CTEXT NOT NULL, outcome CTEXT NOT NULL, count bigint NOT NULL,
+            last_ts bigint NOT NULL,
+            PRIMARY KEY (project_id, day, server, tool, client, error_type, outcome)
+        ) WITH (fillfactor = 70);
+        INSERT INTO error_day
+        SELECT project_id, bucket - bucket % {_DAY}, server, tool, client, error_type, outcome, sum(count), max(last_ts)
+        FROM error_hour GROUP BY 1, 2, 3, 4, 5, 6, 7;
         CREATE TABLE user_client_day (
             project_id bigint NOT NULL, bucket bigint NOT NULL, server CTEXT NOT NULL, tool CTEXT NOT NULL,
             client CTEXT NOT NULL, users varbit,
@@ -680,9 +689,10 @@ MIGRATIONS.append(
         SELECT u.project_id, u.day, u.server, u.tool, u.client, mcpmeter_users_agg(mcpmeter_user_bit(n.number))
         FROM user_day u JOIN user_number n ON n.project_id = u.project_id AND n.user_hash = u.user_hash
         GROUP BY u.project_id, u.day, u.server, u.tool, u.client;
-        """ + _isolated("session_day", "session_tool_day", "activation_day", "user_client_day")),
+        """ + _isolated("session_day", "session_tool_day", "activation_day", "error_day", "user_client_day")),
         down="""
         DROP TABLE user_client_day;
+        DROP TABLE error_day;
         DROP TABLE activation_day;
         DROP TABLE session_tool_day;
         DROP TABLE session_day;

@@ -213,6 +213,7 @@ _EMPTIED = """
 DELETE FROM {table} t USING unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[]) AS c(project_id, day, server, client)
 WHERE t.project_id = c.project_id AND t.day = c.day AND t.server = c.server AND t.client = c.client AND t.{count} = 0
 """  # cells a move left at zero (a superset of keys is fine: only empty cells go), as a rebuild would hold
+_ERROR_DAY = _ERRORS_V10.replace("error_hour", "error_day").replace("bucket", "day")
 _USER_CLIENT_DAY = """
 INSERT INTO user_client_day AS r SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::varbit[])
 ON CONFLICT (project_id, bucket, server, tool, client) DO UPDATE SET users = mcpmeter_users_union(r.users, excluded.users)
@@ -317,6 +318,8 @@ def apply(conn: psycopg.Connection, by_project: dict[int, Deltas], version: int 
     _run(conn, _USER_FIRST, [(p, server, user, ts) for p, d in items for (server, user), ts in d.user_first.items()], 4)
     if v10:
         _run(conn, _ERRORS_V10, [(p, *k, n, last) for p, d in items for k, (n, last) in d.errors.items()], 9)
+        if version >= DAILY_VERSION:
+            _run(conn, _ERROR_DAY, [(p, *k, n, last) for p, d in items for k, (n, last) in d.error_day.items()], 9)
     else:  # before schema 10 error_hour had no outcome column
         merged: dict[tuple[Any, ...], list[int]] = {}
         for p, d in items:

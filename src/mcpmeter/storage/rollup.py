@@ -331,6 +331,8 @@ class Deltas:
     tool_day: dict[tuple[int, str, str], Cell] = field(default_factory=dict)
     tool_day_users: dict[tuple[int, str, str], set[str]] = field(default_factory=dict)  # (day, server, tool) -> user hashes
     # (day, server, tool, client) -> user hashes: the per-client daily user sets (schema 11).
+    # (day, server, tool, client, error_type, outcome) -> [count, last_ts]: ``errors`` per day (schema 11).
+    error_day: dict[tuple[int, str, str, str, str, str], list[int]] = field(default_factory=dict)
     client_day_users: dict[tuple[int, str, str, str], set[str]] = field(default_factory=dict)
 
 
@@ -454,6 +456,14 @@ def aggregate(rows: Sequence[tuple[Any, ...]]) -> Deltas:
     for day, server, tool, client, user in d.user_day:
         d.tool_day_users.setdefault((day, server, tool), set()).add(user)
         d.client_day_users.setdefault((day, server, tool, client), set()).add(user)
+    for (hour, server, tool, client, error_type, outcome), (n, last) in d.errors.items():
+        ekey = (hour - hour % DAY_MS, server, tool, client, error_type, outcome)
+        entry = d.error_day.get(ekey)
+        if entry is None:
+            d.error_day[ekey] = [n, last]
+        else:
+            entry[0] += n
+            entry[1] = max(entry[1], last)
     return d
 
 

@@ -456,7 +456,7 @@ MIGRATIONS.append(
     Migration(
         11,
         "daily rollups of sessions (per client, version and protocol; per tool), of the activation funnel, "
-        "and per-client daily user sets",
+        "errors per day, and per-client daily user sets",
         up=f"""
         CREATE TABLE session_day (
             project_id INTEGER NOT NULL, day INTEGER NOT NULL, server TEXT NOT NULL, client TEXT NOT NULL,
@@ -488,6 +488,15 @@ MIGRATIONS.append(
                sum(CASE WHEN subject LIKE 's:%' THEN 1 ELSE 0 END), count(handshake_ts), count(list_ts), count(call_ts),
                sum(CASE WHEN list_ts IS NOT NULL AND call_ts IS NULL THEN 1 ELSE 0 END)
         FROM activation GROUP BY 1, 2, 3, 4;
+        CREATE TABLE error_day (
+            project_id INTEGER NOT NULL, day INTEGER NOT NULL, server TEXT NOT NULL, tool TEXT NOT NULL,
+            client TEXT NOT NULL, error_type TEXT NOT NULL, outcome TEXT NOT NULL, count INTEGER NOT NULL,
+            last_ts INTEGER NOT NULL,
+            PRIMARY KEY (project_id, day, server, tool, client, error_type, outcome)
+        ) WITHOUT ROWID;
+        INSERT INTO error_day
+        SELECT project_id, bucket - bucket % {_DAY}, server, tool, client, error_type, outcome, sum(count), max(last_ts)
+        FROM error_hour GROUP BY 1, 2, 3, 4, 5, 6, 7;
         CREATE TABLE user_client_day (
             project_id INTEGER NOT NULL, bucket INTEGER NOT NULL, server TEXT NOT NULL, tool TEXT NOT NULL,
             client TEXT NOT NULL, users BLOB,
@@ -500,6 +509,7 @@ MIGRATIONS.append(
         """,
         down="""
         DROP TABLE user_client_day;
+        DROP TABLE error_day;
         DROP TABLE activation_day;
         DROP TABLE session_tool_day;
         DROP TABLE session_day;

@@ -166,6 +166,7 @@ ON CONFLICT (project_id, day, server, client) DO UPDATE SET
     followed = followed + excluded.followed, sessions = sessions + excluded.sessions, handshake = handshake + excluded.handshake,
     listed = listed + excluded.listed, called = called + excluded.called, listed_only = listed_only + excluded.listed_only
 """
+_ERROR_DAY_UPSERT = _ERROR_UPSERT_V10.replace("error_hour", "error_day").replace("bucket", "day")
 _USER_CLIENT_DAY_UPSERT = """
 INSERT INTO user_client_day (project_id, bucket, server, tool, client, users) VALUES (?, ?, ?, ?, ?, ?)
 ON CONFLICT (project_id, bucket, server, tool, client) DO UPDATE SET users = users_union(users, excluded.users)
@@ -391,6 +392,8 @@ def apply(conn: sqlite3.Connection, project_id: int, d: Deltas, version: int = L
                             [p, *chain.from_iterable(k[1:] for k in chunk)]))
     if d.errors and v10:
         execute_rows(conn, _ERROR_UPSERT_V10, [(p, *k, n, last) for k, (n, last) in d.errors.items()])
+        if version >= DAILY_VERSION:
+            execute_rows(conn, _ERROR_DAY_UPSERT, [(p, *k, n, last) for k, (n, last) in d.error_day.items()])
     elif d.errors:  # before schema 10 error_hour had no outcome column
         merged: dict[tuple[Any, ...], list[int]] = {}
         for k, (n, last) in d.errors.items():
