@@ -149,7 +149,8 @@ def _rollup_tables(path) -> dict[str, list[tuple]]:
                                 for r in conn.execute(f"SELECT * FROM {table}"))
         out["rollup_tool_day"] = sorted((*r[:6], round(r[7], 6), r[6], r[8], r[9], sorted(histogram.decode(r[10]).items()),
                                          sorted(users(r[0], r[11]))) for r in conn.execute("SELECT * FROM rollup_tool_day"))
-        out["user_client_day"] = sorted((*r[:5], sorted(users(r[0], r[5]))) for r in conn.execute("SELECT * FROM user_client_day"))
+        out["user_tool_client_day"] = sorted((*r[:5], sorted(users(r[0], r[5]))) for r in conn.execute("SELECT * FROM user_tool_client_day"))
+        out["user_client_day"] = sorted((*r[:4], sorted(users(r[0], r[4]))) for r in conn.execute("SELECT * FROM user_client_day"))
         for table in ("user_day", "user_hour", "user_first", "error_hour", "sessions", "session_tools", "tool_catalog",
                       "session_day", "session_tool_day", "activation", "activation_day", "error_day"):
             out[table] = sorted(conn.execute(f"SELECT * FROM {table}").fetchall())
@@ -173,7 +174,8 @@ def test_rollups_kept_at_ingest_equal_rollups_rebuilt_from_the_raw_events(tmp_pa
     ingest(store, project, events, NOW, seed=5, overlap=True)  # the rest, in overlapping batches
     at_ingest = _rollup_tables(path)
     assert at_ingest["rollup_hour"] and at_ingest["sessions"] and at_ingest["rollup_tool_day"]
-    assert at_ingest["session_day"] and at_ingest["session_tool_day"] and at_ingest["activation_day"] and at_ingest["user_client_day"]
+    assert at_ingest["session_day"] and at_ingest["session_tool_day"] and at_ingest["activation_day"] and at_ingest["user_tool_client_day"]
+    assert at_ingest["user_client_day"]
     assert at_ingest["error_day"]
     store._write(lambda conn: store._rebuild_rollups(conn, store.schema_version(), chunk=997))  # in Python, from raw events
     rebuilt = _rollup_tables(path)

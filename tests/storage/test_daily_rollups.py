@@ -2,7 +2,7 @@
 
 Sessions, funnel subjects, error groups and per-client users of whole-day windows are read
 from daily cells (``session_day``, ``session_tool_day``, ``activation_day``, ``error_day``,
-``user_client_day``).
+``user_client_day``, ``user_tool_client_day``).
 Each answer is compared with the query that read the stored sessions, funnel rows,
 ``error_hour`` and ``user_day`` before (kept here as the reference), for events that arrive late and out of
 order: a session's earlier handshake after its calls (its start day moves), its client
@@ -152,6 +152,8 @@ def _check(store: Any, project_id: int, day: int) -> None:
             for group in GROUPS:
                 _same(store.users(f, "day", group), _ref_users(store, f, group), f"users{group} {what}")
             assert store.new_users(f, "day") == _ref_new_users(store, f), f"new_users {what}"
+            by_day = {b: _ref_new_users(store, f._replace(start_ms=b, end_ms=b + DAY_MS)) for b in range(start, end, DAY_MS)}
+            assert store.new_users_by_bucket(f, "day") == {b: n for b, n in by_day.items() if n}, f"new_users_by_bucket {what}"
             _same(store.category_users(f, "day"), _ref_category_users(store, f), f"category_users {what}")
             _same(store.activation(f), _ref_activation(store, f), f"activation {what}")
             assert store.error_groups(f) == _ref_error_groups(store, f), f"error_groups {what}"

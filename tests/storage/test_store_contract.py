@@ -143,6 +143,7 @@ def _queries(now: int) -> dict[str, tuple[Callable[[Store, dict[str, int]], Any]
             for group in [(), ("bucket",), ("server", "tool"), ("client",)]:
                 add(f"users{group} {tag}", lambda s, ids, f=f, g=grain, group=group: s.users(f(ids), g, group), False)
             add(f"new_users {tag}", lambda s, ids, f=f, g=grain: s.new_users(f(ids), g), True)
+            add(f"new_users_by_bucket {tag}", lambda s, ids, f=f, g=grain: s.new_users_by_bucket(f(ids), g), True)
             add(f"category_users {tag}", lambda s, ids, f=f, g=grain: s.category_users(f(ids), g), False)
             add(f"action_counts {tag}", lambda s, ids, f=f, g=grain: s.action_counts(f(ids), g), False)
             add(f"action_users {tag}", lambda s, ids, f=f, g=grain: s.action_users(f(ids), g), False)

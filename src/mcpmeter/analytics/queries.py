@@ -199,11 +199,11 @@ def users(store: Store, q: Query) -> dict[str, Any]:
     """Distinct users per bucket, split into new (their first call ever falls in the bucket) and returning."""
     grain_ms = q.window.grain_ms
     active = dict(store.users(q.filter, q.window.grain, ("bucket",)))
+    new_by_bucket = store.new_users_by_bucket(q.filter, q.window.grain)
     points = []
     for bucket in range(q.window.start_ms, q.window.end_ms, grain_ms):
         n = active.get(bucket, 0)
-        one = q._replace(window=Window(bucket, bucket + grain_ms, q.window.grain))
-        new = store.new_users(one.filter, q.window.grain) if n else 0
+        new = new_by_bucket.get(bucket, 0)
         points.append({"t": iso(bucket), "users": n, "new_users": new, "returning_users": n - new})
     total = store.users(q.filter, q.window.grain)[0][0]
     new_total = store.new_users(q.filter, q.window.grain) if total else 0

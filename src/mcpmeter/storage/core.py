@@ -30,7 +30,7 @@ from .core_insights import InsightQueries
 from .core_security import SecurityQueries
 from .dialect import dims, now_ms
 from .dialect import write_audit as _audit
-from .rollup import DAILY_VERSION, DAY_MS, HOUR_MS, aggregate
+from .rollup import DAILY_VERSION, DAY_MS, HOUR_MS, USER_SETS, aggregate
 
 _KEY_COLUMNS = (
     "k.id, k.project_id, p.name, k.name, k.prefix, k.scopes, k.created_at, "
@@ -42,7 +42,8 @@ _ROLLUP_TABLES = ("rollup_hour", "rollup_day", "user_day", "user_hour", "user_fi
 _NUMBERED_TABLES = ("rollup_tool_day", "user_number")  # schema 5 on
 # Schema 11 on: the daily cells of sessions, funnel subjects and per-client user sets (with the
 # funnel itself: its daily cells are kept as its rows change, so both are rebuilt together).
-_DAILY_TABLES = ("session_day", "session_tool_day", "activation", "activation_day", "error_day", "user_client_day")
+_DAILY_TABLES = ("session_day", "session_tool_day", "activation", "activation_day", "error_day", "user_client_day",
+                 "user_tool_client_day")
 _PROJECT_COLUMNS = "id, name, user_salt, created_at"
 _OUTCOMES = "caller_errors, server_errors, cancelled"  # a cell's calls by outcome class beyond calls and errors
 # (table, time column, which cut) of what ``prune`` deletes after the raw events, in this order.
@@ -54,6 +55,7 @@ _PRUNED = (
     ("measurement_hour", "hour", "rollups"), ("action_user_day", "day", "rollups"), ("action_user_hour", "hour", "rollups"),
     ("activation", "first_ts", "rollups"), ("session_day", "day", "rollups"), ("session_tool_day", "day", "rollups"),
     ("activation_day", "day", "rollups"), ("error_day", "day", "rollups"), ("user_client_day", "bucket", "rollups"),
+    ("user_tool_client_day", "bucket", "rollups"),
 )
 
 
@@ -330,16 +332,20 @@ class SQLStore(SecurityQueries, InsightQueries):
             f"{self._dialect.hist_column}, {_OUTCOMES} FROM rollup_tool_day WHERE project_id = ? AND bucket >= ? AND bucket < ?{where}",
             [f.project_id, f.start_ms, f.end_ms, *params]))
 
-    def _user_sets(self, f: EventFilter, by_client: bool = False) -> list[tuple[Any, ...]]:
-        """(bucket, server, tool, users as an int) per day and tool of the window, from the sets of
-        every client together (no client filter); ``by_client``: (bucket, server, tool, client,
-        users) per day, tool and client (any filter)."""
-        table, keys = ("user_client_day", "bucket, server, tool, client") if by_client else ("rollup_tool_day", "bucket, server, tool")
+    def _user_sets(self, f: EventFilter, need: Sequence[str] = ()) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
+        """The daily user sets of the window from the narrowest table keyed by the columns in
+        ``need`` and those the filter asks for: (its key columns, rows (*key, users as an int))."""
+        wanted = set(need) | {"bucket", "server"}
+        if f.tool is not None or f.category is not None:
+            wanted.add("tool")
+        if f.client is not None:
+            wanted.add("client")
+        keys, table = next((k, t) for k, t in USER_SETS.items() if wanted <= set(k))
         where, params = dims(f)
         users_of = self._dialect.users_of
-        return [(*key, users_of(users)) for *key, users in self._fetch(
+        return keys, [(*key, users_of(users)) for *key, users in self._fetch(
             f.project_id,
-            f"SELECT {keys}, {self._dialect.users_column} FROM {table} "
+            f"SELECT {', '.join(keys)}, {self._dialect.users_column} FROM {table} "
             f"WHERE project_id = ? AND bucket >= ? AND bucket < ?{where}",
             [f.project_id, f.start_ms, f.end_ms, *params])]
 
@@ -363,10 +369,9 @@ class SQLStore(SecurityQueries, InsightQueries):
 
     def users(self, f: EventFilter, grain: str, group: Sequence[str] = ()) -> list[tuple[Any, ...]]:
         """Distinct users in the window, grouped by any of bucket, server, tool, client: rows (*group, count)."""
-        if grain == "day":  # unions of exact user sets: per tool, or per tool and client where a client is asked
-            if f.client is None and "client" not in group:
-                return usersets.count_grouped(self._user_sets(f), group)
-            return usersets.count_grouped(self._user_sets(f, by_client=True), group, ("bucket", "server", "tool", "client"))
+        if grain == "day":  # unions of exact daily user sets
+            keys, sets = self._user_sets(f, group)
+            return usersets.count_grouped(sets, group, keys)
         source, params = self._user_source(f, grain, need_dims=bool(set(group) & {"server", "tool", "client"}))
         cols = ", ".join(group)
         sql = f"SELECT {cols + ', ' if cols else ''}count(DISTINCT user_hash) FROM ({source}) AS s"
@@ -385,17 +390,7 @@ class SQLStore(SecurityQueries, InsightQueries):
             return int(self._one(f.project_id, "SELECT count(*) FROM user_first WHERE project_id = ? "
                                                "AND first_seen >= ? AND first_seen < ? AND server = ?", [*window, f.server]))
         if grain == "day":
-            active = 0
-            for row in self._user_sets(f, by_client=f.client is not None):
-                active |= row[-1]
-            if f.server is None:  # first call anywhere
-                first, params = "SELECT number FROM user_number WHERE project_id = ? AND first_seen >= ? AND first_seen < ?", window
-            else:
-                first = ("SELECT n.number FROM user_first u JOIN user_number n ON n.project_id = u.project_id "
-                         "AND n.user_hash = u.user_hash WHERE u.project_id = ? AND u.first_seen >= ? AND u.first_seen < ? "
-                         "AND u.server = ?")
-                params = [*window, f.server]
-            return sum(1 for (n,) in self._fetch(f.project_id, first, params) if active >> n & 1)
+            return sum(self.new_users_by_bucket(f, grain).values())
         source, params = self._user_source(f, grain)
         first = "SELECT user_hash, min(first_seen) AS first_seen FROM user_first WHERE project_id = ?"
         first_params: list[Any] = [f.project_id]
@@ -407,6 +402,29 @@ class SQLStore(SecurityQueries, InsightQueries):
             f.project_id,
             f"SELECT count(*) FROM (SELECT DISTINCT user_hash FROM ({source}) AS s) a JOIN ({first}) b USING (user_hash) "
             f"WHERE b.first_seen >= ?", [*params, *first_params, f.start_ms]))
+
+    def new_users_by_bucket(self, f: EventFilter, grain: str) -> dict[int, int]:
+        """``new_users`` of each bucket of the window, {bucket start: count} (buckets without any left
+        out): at day grain from the daily user sets and the users' first calls, two reads in all."""
+        if grain != "day":
+            counts = {b: self.new_users(f._replace(start_ms=b, end_ms=b + HOUR_MS), grain) for b in range(f.start_ms, f.end_ms, HOUR_MS)}
+            return {b: n for b, n in counts.items() if n}
+        active: dict[int, int] = {}
+        for row in self._user_sets(f)[1]:
+            active[row[0]] = active.get(row[0], 0) | row[-1]
+        window: list[Any] = [f.project_id, f.start_ms, f.end_ms]
+        if f.server is None:  # first call anywhere
+            first, params = "SELECT number, first_seen FROM user_number WHERE project_id = ? AND first_seen >= ? AND first_seen < ?", window
+        else:
+            first = ("SELECT n.number, u.first_seen FROM user_first u JOIN user_number n ON n.project_id = u.project_id "
+                     "AND n.user_hash = u.user_hash WHERE u.project_id = ? AND u.first_seen >= ? AND u.first_seen < ? AND u.server = ?")
+            params = [*window, f.server]
+        out: dict[int, int] = {}
+        for n, seen in self._fetch(f.project_id, first, params):
+            day = seen - seen % DAY_MS  # a user is new on the day of their first call, if active on it (as they are: with it)
+            if active.get(day, 0) >> n & 1:
+                out[day] = out.get(day, 0) + 1
+        return out
 
     def error_groups(self, f: EventFilter) -> list[tuple[Any, ...]]:
         """(server, tool, error_type, outcome, count, last_ts) of the errors (tool, server and caller
@@ -523,7 +541,7 @@ class SQLStore(SecurityQueries, InsightQueries):
         if grain == "day":  # unions of the per-tool (per-client) exact user sets
             category = {(s, t): c for s, t, *_, c in self.tool_catalog(f.project_id, f.server)}
             sets: dict[str | None, int] = {}
-            for _, server, tool, *_, users in self._user_sets(f, by_client=f.client is not None):
+            for _, server, tool, *_, users in self._user_sets(f, ("tool",))[1]:
                 key = category.get((server, tool))
                 sets[key] = sets.get(key, 0) | users
             return [(c, users.bit_count()) for c, users in sets.items()]

@@ -18,7 +18,7 @@ from typing import Any
 from ..events import ROW_FIELDS, Row
 from .base import AuditEntry, KeyInfo, SessionRow
 from .dialect import SQLBase, now_ms, write_audit
-from .rollup import DAY_MS, Deltas, aggregate
+from .rollup import DAY_MS, USER_SETS, Deltas, aggregate
 
 _FIELDS = ", ".join(ROW_FIELDS)
 _SESSION_CHUNK = 500  # session ids per IN list
@@ -290,7 +290,7 @@ def _delete_user(conn: Any, store: SQLBase, p: int, user: str, audit: AuditEntry
         counts[table] = run(f"DELETE FROM {table} WHERE project_id = ? AND user_hash = ?", (p, user)).rowcount
     if number is not None:  # the user's bit leaves every per-tool (and per-client) user set, however old
         n = number[0]
-        for table, keys in (("rollup_tool_day", ("bucket", "server", "tool")), ("user_client_day", ("bucket", "server", "tool", "client"))):
+        for keys, table in USER_SETS.items():
             updates = []
             for *key, stored in run(f"SELECT {', '.join(keys)}, {d.users_column} FROM {table} "
                                     "WHERE project_id = ? AND users IS NOT NULL", (p,)):
@@ -303,8 +303,8 @@ def _delete_user(conn: Any, store: SQLBase, p: int, user: str, audit: AuditEntry
     for day in covered:
         end = day + DAY_MS
         for table, column in (("rollup_hour", "bucket"), ("rollup_day", "bucket"), ("rollup_tool_day", "bucket"),
-                              ("user_client_day", "bucket"), ("error_hour", "bucket"), ("error_day", "day"), ("user_day", "day"),
-                              ("user_hour", "hour")):
+                              ("user_client_day", "bucket"), ("user_tool_client_day", "bucket"), ("error_hour", "bucket"),
+                              ("error_day", "day"), ("user_day", "day"), ("user_hour", "hour")):
             run(f"DELETE FROM {table} WHERE project_id = ? AND {column} >= ? AND {column} < ?", (p, day, end))
         rest = run(f"SELECT {_FIELDS} FROM events WHERE project_id = ? AND ts >= ? AND ts < ?", (p, day, end)).fetchall()
         deltas = aggregate(rest)

@@ -681,16 +681,26 @@ MIGRATIONS.append(
         SELECT project_id, bucket - bucket % {_DAY}, server, tool, client, error_type, outcome, sum(count), max(last_ts)
         FROM error_hour GROUP BY 1, 2, 3, 4, 5, 6, 7;
         CREATE TABLE user_client_day (
+            project_id bigint NOT NULL, bucket bigint NOT NULL, server CTEXT NOT NULL, client CTEXT NOT NULL, users varbit,
+            PRIMARY KEY (project_id, bucket, server, client)
+        ) WITH (fillfactor = 70);
+        INSERT INTO user_client_day
+        SELECT u.project_id, u.day, u.server, u.client, mcpmeter_users_agg(mcpmeter_user_bit(n.number))
+        FROM (SELECT DISTINCT project_id, day, server, client, user_hash FROM user_day) AS u
+        JOIN user_number n ON n.project_id = u.project_id AND n.user_hash = u.user_hash
+        GROUP BY u.project_id, u.day, u.server, u.client;
+        CREATE TABLE user_tool_client_day (
             project_id bigint NOT NULL, bucket bigint NOT NULL, server CTEXT NOT NULL, tool CTEXT NOT NULL,
             client CTEXT NOT NULL, users varbit,
             PRIMARY KEY (project_id, bucket, server, tool, client)
         ) WITH (fillfactor = 70);
-        INSERT INTO user_client_day
+        INSERT INTO user_tool_client_day
         SELECT u.project_id, u.day, u.server, u.tool, u.client, mcpmeter_users_agg(mcpmeter_user_bit(n.number))
         FROM user_day u JOIN user_number n ON n.project_id = u.project_id AND n.user_hash = u.user_hash
         GROUP BY u.project_id, u.day, u.server, u.tool, u.client;
-        """ + _isolated("session_day", "session_tool_day", "activation_day", "error_day", "user_client_day")),
+        """ + _isolated("session_day", "session_tool_day", "activation_day", "error_day", "user_client_day", "user_tool_client_day")),
         down="""
+        DROP TABLE user_tool_client_day;
         DROP TABLE user_client_day;
         DROP TABLE error_day;
         DROP TABLE activation_day;

@@ -215,7 +215,11 @@ WHERE t.project_id = c.project_id AND t.day = c.day AND t.server = c.server AND 
 """  # cells a move left at zero (a superset of keys is fine: only empty cells go), as a rebuild would hold
 _ERROR_DAY = _ERRORS_V10.replace("error_hour", "error_day").replace("bucket", "day")
 _USER_CLIENT_DAY = """
-INSERT INTO user_client_day AS r SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::varbit[])
+INSERT INTO user_client_day AS r SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::varbit[])
+ON CONFLICT (project_id, bucket, server, client) DO UPDATE SET users = mcpmeter_users_union(r.users, excluded.users)
+"""
+_USER_TOOL_CLIENT_DAY = """
+INSERT INTO user_tool_client_day AS r SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::varbit[])
 ON CONFLICT (project_id, bucket, server, tool, client) DO UPDATE SET users = mcpmeter_users_union(r.users, excluded.users)
 """
 
@@ -357,9 +361,9 @@ def apply(conn: psycopg.Connection, by_project: dict[int, Deltas], version: int 
                              _hist_json(c), bits(users), *((c.caller_errors, c.server_errors, c.cancelled) if v10 else ())))
         _run(conn, _TOOL_DAY_V10 if v10 else _TOOL_DAY, rows, 15 if v10 else 12, (7, 8, 9))
         if version >= DAILY_VERSION:
-            _run(conn, _USER_CLIENT_DAY, [
-                (p, *key, bits(sum(1 << numbers[p][u] for u in users)))
-                for p, d in items for key, users in d.client_day_users.items()], 6)
+            for sql, width, grain in ((_USER_CLIENT_DAY, 5, "client_day_users"), (_USER_TOOL_CLIENT_DAY, 6, "tool_client_day_users")):
+                _run(conn, sql, [(p, *key, bits(sum(1 << numbers[p][u] for u in users)))
+                                 for p, d in items for key, users in getattr(d, grain).items()], width)
     if v10:
         _run(conn, _ACTION_DAY, [(p, *k) for p, d in items for k in d.action_day], 5)
         _run(conn, _ACTION_HOUR, [(p, *k) for p, d in items for k in d.action_hour], 5)

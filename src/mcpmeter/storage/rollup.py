@@ -51,7 +51,10 @@ from ..protocol import (
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
 OUTCOMES_VERSION = 10  # the schema that brought outcome classes, listings, categories, actions and activation
-DAILY_VERSION = 11  # the schema that brought the daily session, activation and per-client user rollups
+DAILY_VERSION = 11  # the schema that brought the daily session, activation, error and per-client user rollups
+# The daily user-set tables by their key, narrowest first (a read takes the first that has the columns it needs).
+USER_SETS = {("bucket", "server", "tool"): "rollup_tool_day", ("bucket", "server", "client"): "user_client_day",
+             ("bucket", "server", "tool", "client"): "user_tool_client_day"}
 # The error names that are the server's fault (``protocol.outcome_of``: any other JSON-RPC
 # name, a code without a name, no type at all); any other name is an exception of the tool's code.
 SERVER_ERROR_NAMES = frozenset(set(ERROR_NAMES.values()) - CALLER_ERROR_TYPES | {JSONRPC_ERROR})
@@ -330,10 +333,11 @@ class Deltas:
     # Tool calls per (day, server, tool), every client together: what most reads need.
     tool_day: dict[tuple[int, str, str], Cell] = field(default_factory=dict)
     tool_day_users: dict[tuple[int, str, str], set[str]] = field(default_factory=dict)  # (day, server, tool) -> user hashes
-    # (day, server, tool, client) -> user hashes: the per-client daily user sets (schema 11).
+    # (day, server, tool, client) -> user hashes: the per-client daily user sets (schema 11), and per (day, server, client).
     # (day, server, tool, client, error_type, outcome) -> [count, last_ts]: ``errors`` per day (schema 11).
     error_day: dict[tuple[int, str, str, str, str, str], list[int]] = field(default_factory=dict)
-    client_day_users: dict[tuple[int, str, str, str], set[str]] = field(default_factory=dict)
+    tool_client_day_users: dict[tuple[int, str, str, str], set[str]] = field(default_factory=dict)
+    client_day_users: dict[tuple[int, str, str], set[str]] = field(default_factory=dict)  # (day, server, client), any tool
 
 
 def _span(catalog: dict[tuple[str, str], list[Any]], key: tuple[str, str], first: int, last: int,
@@ -455,7 +459,8 @@ def aggregate(rows: Sequence[tuple[Any, ...]]) -> Deltas:
             target.merge(cell)
     for day, server, tool, client, user in d.user_day:
         d.tool_day_users.setdefault((day, server, tool), set()).add(user)
-        d.client_day_users.setdefault((day, server, tool, client), set()).add(user)
+        d.tool_client_day_users.setdefault((day, server, tool, client), set()).add(user)
+        d.client_day_users.setdefault((day, server, client), set()).add(user)
     for (hour, server, tool, client, error_type, outcome), (n, last) in d.errors.items():
         ekey = (hour - hour % DAY_MS, server, tool, client, error_type, outcome)
         entry = d.error_day.get(ekey)

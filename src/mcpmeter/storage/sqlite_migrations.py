@@ -498,16 +498,26 @@ MIGRATIONS.append(
         SELECT project_id, bucket - bucket % {_DAY}, server, tool, client, error_type, outcome, sum(count), max(last_ts)
         FROM error_hour GROUP BY 1, 2, 3, 4, 5, 6, 7;
         CREATE TABLE user_client_day (
+            project_id INTEGER NOT NULL, bucket INTEGER NOT NULL, server TEXT NOT NULL, client TEXT NOT NULL, users BLOB,
+            PRIMARY KEY (project_id, bucket, server, client)
+        ) WITHOUT ROWID;
+        INSERT INTO user_client_day
+        SELECT u.project_id, u.day, u.server, u.client, user_set(n.number)
+        FROM (SELECT DISTINCT project_id, day, server, client, user_hash FROM user_day) AS u
+        JOIN user_number n ON n.project_id = u.project_id AND n.user_hash = u.user_hash
+        GROUP BY u.project_id, u.day, u.server, u.client;
+        CREATE TABLE user_tool_client_day (
             project_id INTEGER NOT NULL, bucket INTEGER NOT NULL, server TEXT NOT NULL, tool TEXT NOT NULL,
             client TEXT NOT NULL, users BLOB,
             PRIMARY KEY (project_id, bucket, server, tool, client)
         ) WITHOUT ROWID;
-        INSERT INTO user_client_day
+        INSERT INTO user_tool_client_day
         SELECT u.project_id, u.day, u.server, u.tool, u.client, user_set(n.number)
         FROM user_day u JOIN user_number n ON n.project_id = u.project_id AND n.user_hash = u.user_hash
         GROUP BY u.project_id, u.day, u.server, u.tool, u.client;
         """,
         down="""
+        DROP TABLE user_tool_client_day;
         DROP TABLE user_client_day;
         DROP TABLE error_day;
         DROP TABLE activation_day;

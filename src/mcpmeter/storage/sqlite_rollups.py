@@ -168,7 +168,11 @@ ON CONFLICT (project_id, day, server, client) DO UPDATE SET
 """
 _ERROR_DAY_UPSERT = _ERROR_UPSERT_V10.replace("error_hour", "error_day").replace("bucket", "day")
 _USER_CLIENT_DAY_UPSERT = """
-INSERT INTO user_client_day (project_id, bucket, server, tool, client, users) VALUES (?, ?, ?, ?, ?, ?)
+INSERT INTO user_client_day (project_id, bucket, server, client, users) VALUES (?, ?, ?, ?, ?)
+ON CONFLICT (project_id, bucket, server, client) DO UPDATE SET users = users_union(users, excluded.users)
+"""
+_USER_TOOL_CLIENT_DAY_UPSERT = """
+INSERT INTO user_tool_client_day (project_id, bucket, server, tool, client, users) VALUES (?, ?, ?, ?, ?, ?)
 ON CONFLICT (project_id, bucket, server, tool, client) DO UPDATE SET users = users_union(users, excluded.users)
 """
 _EMPTIED = {  # cells a move may leave at zero, deleted so the tables hold what a rebuild would
@@ -432,9 +436,9 @@ def apply(conn: sqlite3.Connection, project_id: int, d: Deltas, version: int = L
             for key, c in d.tool_day.items()
         ])
         if version >= DAILY_VERSION:
-            execute_rows(conn, _USER_CLIENT_DAY_UPSERT, [
-                (p, *key, usersets.encode(usersets.from_numbers(numbers[u] for u in users)))
-                for key, users in d.client_day_users.items()])
+            for sql, sets in ((_USER_CLIENT_DAY_UPSERT, d.client_day_users), (_USER_TOOL_CLIENT_DAY_UPSERT, d.tool_client_day_users)):
+                execute_rows(conn, sql, [(p, *key, usersets.encode(usersets.from_numbers(numbers[u] for u in users)))
+                                         for key, users in sets.items()])
     if v10:
         if d.action_day:
             execute_rows(conn, "INSERT OR IGNORE INTO action_user_day VALUES (?, ?, ?, ?, ?)", [(p, *k) for k in d.action_day])
