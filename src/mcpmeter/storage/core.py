@@ -390,7 +390,11 @@ class SQLStore(SecurityQueries, InsightQueries):
             return int(self._one(f.project_id, "SELECT count(*) FROM user_first WHERE project_id = ? "
                                                "AND first_seen >= ? AND first_seen < ? AND server = ?", [*window, f.server]))
         if grain == "day":
-            return sum(self.new_users_by_bucket(f, grain).values())
+            active = 0
+            for row in self._user_sets(f)[1]:
+                active |= row[-1]
+            first, params = self._first_numbers(f)
+            return sum(1 for n, _ in self._fetch(f.project_id, first, params) if active >> n & 1)
         source, params = self._user_source(f, grain)
         first = "SELECT user_hash, min(first_seen) AS first_seen FROM user_first WHERE project_id = ?"
         first_params: list[Any] = [f.project_id]
@@ -403,6 +407,16 @@ class SQLStore(SecurityQueries, InsightQueries):
             f"SELECT count(*) FROM (SELECT DISTINCT user_hash FROM ({source}) AS s) a JOIN ({first}) b USING (user_hash) "
             f"WHERE b.first_seen >= ?", [*params, *first_params, f.start_ms]))
 
+    @staticmethod
+    def _first_numbers(f: EventFilter) -> tuple[str, list[Any]]:
+        """(number, first call) of the users whose first call (on the filtered server, or anywhere) is in the window."""
+        window: list[Any] = [f.project_id, f.start_ms, f.end_ms]
+        if f.server is None:  # first call anywhere
+            return "SELECT number, first_seen FROM user_number WHERE project_id = ? AND first_seen >= ? AND first_seen < ?", window
+        return ("SELECT n.number, u.first_seen FROM user_first u JOIN user_number n ON n.project_id = u.project_id "
+                "AND n.user_hash = u.user_hash WHERE u.project_id = ? AND u.first_seen >= ? AND u.first_seen < ? AND u.server = ?",
+                [*window, f.server])
+
     def new_users_by_bucket(self, f: EventFilter, grain: str) -> dict[int, int]:
         """``new_users`` of each bucket of the window, {bucket start: count} (buckets without any left
         out): at day grain from the daily user sets and the users' first calls, two reads in all."""
@@ -412,16 +426,10 @@ class SQLStore(SecurityQueries, InsightQueries):
         active: dict[int, int] = {}
         for row in self._user_sets(f)[1]:
             active[row[0]] = active.get(row[0], 0) | row[-1]
-        window: list[Any] = [f.project_id, f.start_ms, f.end_ms]
-        if f.server is None:  # first call anywhere
-            first, params = "SELECT number, first_seen FROM user_number WHERE project_id = ? AND first_seen >= ? AND first_seen < ?", window
-        else:
-            first = ("SELECT n.number, u.first_seen FROM user_first u JOIN user_number n ON n.project_id = u.project_id "
-                     "AND n.user_hash = u.user_hash WHERE u.project_id = ? AND u.first_seen >= ? AND u.first_seen < ? AND u.server = ?")
-            params = [*window, f.server]
+        first, params = self._first_numbers(f)
         out: dict[int, int] = {}
         for n, seen in self._fetch(f.project_id, first, params):
-            day = seen - seen % DAY_MS  # a user is new on the day of their first call, if active on it (as they are: with it)
+            day = seen - seen % DAY_MS  # new on the day of their first call, if active on it (within the filter)
             if active.get(day, 0) >> n & 1:
                 out[day] = out.get(day, 0) + 1
         return out
