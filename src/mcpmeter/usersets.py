@@ -59,15 +59,3 @@ def union(a: bytes | None, b: bytes | None) -> bytes | None:
         return a
     return encode(as_int(a) | as_int(b))
 
-
-def count_grouped(rows, group, dims=("bucket", "server", "tool")) -> list[tuple]:
-    """Distinct users from user sets ``rows`` of (*dims, users as an int), e.g. per (bucket,
-    server, tool), grouped by any of ``dims``: rows (*group, count)."""
-    at = [dims.index(g) for g in group]
-    sets: dict[tuple, int] = {}
-    for row in rows:
-        key = tuple(row[i] for i in at)
-        sets[key] = sets.get(key, 0) | row[-1]
-    if not group:
-        return [(sets.get((), 0).bit_count(),)]
-    return [(*key, users.bit_count()) for key, users in sets.items() if users]

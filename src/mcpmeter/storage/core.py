@@ -22,7 +22,6 @@ import secrets
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from .. import usersets
 from ..events import ROW_FIELDS
 from ..exceptions import SchemaVersionError, StorageError
 from .base import AuditEntry, EventFilter, KeyInfo, Project
@@ -332,22 +331,26 @@ class SQLStore(SecurityQueries, InsightQueries):
             f"{self._dialect.hist_column}, {_OUTCOMES} FROM rollup_tool_day WHERE project_id = ? AND bucket >= ? AND bucket < ?{where}",
             [f.project_id, f.start_ms, f.end_ms, *params]))
 
-    def _user_sets(self, f: EventFilter, need: Sequence[str] = ()) -> tuple[tuple[str, ...], list[tuple[Any, ...]]]:
-        """The daily user sets of the window from the narrowest table keyed by the columns in
-        ``need`` and those the filter asks for: (its key columns, rows (*key, users as an int))."""
-        wanted = set(need) | {"bucket", "server"}
+    def _sets(self, f: EventFilter, group: Sequence[str], aggregate: str) -> list[tuple[Any, ...]]:
+        """Rows (*group, aggregate of the users) over the daily user sets of the window, from the
+        narrowest table keyed by ``group`` and the columns the filter asks for (``rollup.USER_SETS``);
+        the sets are united in SQL, so only one value per group leaves the database."""
+        wanted = set(group) | {"bucket", "server"}
         if f.tool is not None or f.category is not None:
             wanted.add("tool")
         if f.client is not None:
             wanted.add("client")
-        keys, table = next((k, t) for k, t in USER_SETS.items() if wanted <= set(k))
+        table = next(t for keys, t in USER_SETS.items() if wanted <= set(keys))
         where, params = dims(f)
+        cols = ", ".join(group)
+        sql = (f"SELECT {cols + ', ' if cols else ''}{aggregate.format('users')} FROM {table} "
+               f"WHERE project_id = ? AND bucket >= ? AND bucket < ?{where}")
+        return self._fetch(f.project_id, sql + (f" GROUP BY {cols}" if cols else ""), [f.project_id, f.start_ms, f.end_ms, *params])
+
+    def _user_sets(self, f: EventFilter, group: Sequence[str] = ()) -> list[tuple[Any, ...]]:
+        """The union of the window's daily user sets per ``group``: rows (*group, users as an int)."""
         users_of = self._dialect.users_of
-        return keys, [(*key, users_of(users)) for *key, users in self._fetch(
-            f.project_id,
-            f"SELECT {', '.join(keys)}, {self._dialect.users_column} FROM {table} "
-            f"WHERE project_id = ? AND bucket >= ? AND bucket < ?{where}",
-            [f.project_id, f.start_ms, f.end_ms, *params])]
+        return [(*key, users_of(users)) for *key, users in self._sets(f, group, self._dialect.users_union)]
 
     @staticmethod
     def _user_source(f: EventFilter, grain: str, need_dims: bool = False) -> tuple[str, list[Any]]:
@@ -369,9 +372,11 @@ class SQLStore(SecurityQueries, InsightQueries):
 
     def users(self, f: EventFilter, grain: str, group: Sequence[str] = ()) -> list[tuple[Any, ...]]:
         """Distinct users in the window, grouped by any of bucket, server, tool, client: rows (*group, count)."""
-        if grain == "day":  # unions of exact daily user sets
-            keys, sets = self._user_sets(f, group)
-            return usersets.count_grouped(sets, group, keys)
+        if grain == "day":  # unions of exact daily user sets, counted in SQL
+            rows = self._sets(f, group, self._dialect.users_count)
+            if not group:
+                return [(int(rows[0][0] or 0) if rows else 0,)]
+            return [(*key, int(n)) for *key, n in rows if n]
         source, params = self._user_source(f, grain, need_dims=bool(set(group) & {"server", "tool", "client"}))
         cols = ", ".join(group)
         sql = f"SELECT {cols + ', ' if cols else ''}count(DISTINCT user_hash) FROM ({source}) AS s"
@@ -391,7 +396,7 @@ class SQLStore(SecurityQueries, InsightQueries):
                                                "AND first_seen >= ? AND first_seen < ? AND server = ?", [*window, f.server]))
         if grain == "day":
             active = 0
-            for row in self._user_sets(f)[1]:
+            for row in self._user_sets(f):
                 active |= row[-1]
             first, params = self._first_numbers(f)
             return sum(1 for n, _ in self._fetch(f.project_id, first, params) if active >> n & 1)
@@ -423,9 +428,7 @@ class SQLStore(SecurityQueries, InsightQueries):
         if grain != "day":
             counts = {b: self.new_users(f._replace(start_ms=b, end_ms=b + HOUR_MS), grain) for b in range(f.start_ms, f.end_ms, HOUR_MS)}
             return {b: n for b, n in counts.items() if n}
-        active: dict[int, int] = {}
-        for row in self._user_sets(f)[1]:
-            active[row[0]] = active.get(row[0], 0) | row[-1]
+        active: dict[int, int] = dict(self._user_sets(f, ("bucket",)))
         first, params = self._first_numbers(f)
         out: dict[int, int] = {}
         for n, seen in self._fetch(f.project_id, first, params):
@@ -549,7 +552,7 @@ class SQLStore(SecurityQueries, InsightQueries):
         if grain == "day":  # unions of the per-tool (per-client) exact user sets
             category = {(s, t): c for s, t, *_, c in self.tool_catalog(f.project_id, f.server)}
             sets: dict[str | None, int] = {}
-            for _, server, tool, *_, users in self._user_sets(f, ("tool",))[1]:
+            for server, tool, users in self._user_sets(f, ("server", "tool")):
                 key = category.get((server, tool))
                 sets[key] = sets.get(key, 0) | users
             return [(c, users.bit_count()) for c, users in sets.items()]

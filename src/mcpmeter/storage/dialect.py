@@ -33,6 +33,8 @@ class Dialect(NamedTuple):
     users_of: Callable[[Any], int]  # stored user set -> int (bit n = user number n)
     users_value: Callable[[int], Any]  # int -> stored user set
     users_param: str  # the placeholder a stored user set is written through
+    users_union: str  # an aggregate of user sets ({} the column) into one, selected as ``users_column`` selects one
+    users_count: str  # an aggregate of user sets ({} the column) into the number of users in their union
     for_update: str  # row lock of a read-modify-write inside a transaction ('' where the writer is single)
 
 

@@ -89,6 +89,7 @@ DIALECT = Dialect(
     hist_column="hist::text", decode_hist=msgspec.json.Decoder(dict[int, int]).decode,  # JSONB {bin: count}
     users_column="users::text", users_of=postgres_rollups.from_bits, users_value=postgres_rollups.bits,  # varbit
     users_param="?::varbit", for_update=" FOR UPDATE",
+    users_union="mcpmeter_users_agg({})::text", users_count="bit_count(mcpmeter_users_agg({}))",
 )
 
 

@@ -38,6 +38,7 @@ _MEASUREMENT_HOUR_UPSERT = _MEASUREMENT_UPSERT.format(grain="hour")
 DIALECT = Dialect(
     seq="rowid", greatest="max", collate="", hist_column="hist", decode_hist=None,  # msgpack or dense blobs, read as stored
     users_column="users", users_of=usersets.as_int, users_value=usersets.encode, users_param="?", for_update="",
+    users_union="users_agg({})", users_count="users_count({})",  # sqlite_rollups.register_functions
 )
 
 # Events go in with multi-row INSERTs of these many rows (largest first), so SQLite runs a

@@ -258,6 +258,26 @@ class _UserSet:
         return usersets.encode(usersets.from_numbers(self.numbers))
 
 
+class _UsersUnion:
+    """Aggregate: the union of stored user sets."""
+
+    def __init__(self) -> None:
+        self.users = 0
+
+    def step(self, blob: bytes | None) -> None:
+        self.users |= usersets.as_int(blob)
+
+    def finalize(self) -> bytes | None:
+        return usersets.encode(self.users)
+
+
+class _UsersCount(_UsersUnion):
+    """Aggregate: how many users the union of stored user sets holds."""
+
+    def finalize(self) -> int:  # type: ignore[override]
+        return self.users.bit_count()
+
+
 def register_functions(conn: sqlite3.Connection) -> None:
     conn.create_function("hist_merge", 2, _hist_merge, deterministic=True)
     conn.create_function("hist_add", 2, _hist_add, deterministic=True)
@@ -265,6 +285,8 @@ def register_functions(conn: sqlite3.Connection) -> None:
     # typeshed types an aggregate as int -> int; SQLite passes and takes any of its values (here blobs and NULL)
     conn.create_aggregate("hist_sum", 1, _HistSum)  # type: ignore[arg-type]
     conn.create_aggregate("user_set", 1, _UserSet)  # type: ignore[arg-type]
+    conn.create_aggregate("users_agg", 1, _UsersUnion)  # type: ignore[arg-type]
+    conn.create_aggregate("users_count", 1, _UsersCount)  # type: ignore[arg-type]
 
 
 def _hist_blob(c: Cell) -> bytes | None:
