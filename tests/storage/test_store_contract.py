@@ -140,6 +140,8 @@ def _queries(now: int) -> dict[str, tuple[Callable[[Store, dict[str, int]], Any]
             add(f"measurement_days(name) {tag}", lambda s, ids, f=f: s.measurement_days(f(ids), "latency"), True)
             add(f"cells {tag}", lambda s, ids, f=f, g=grain: s.cells(f(ids), g, ("tool_call", "initialize")), False)
             add(f"tool_cells {tag}", lambda s, ids, f=f, g=grain: s.tool_cells(f(ids), g), False)
+            add(f"tool_cells(counts) {tag}", lambda s, ids, f=f, g=grain: s.tool_cells(f(ids), g, latency=False), False)
+            add(f"client_counts {tag}", lambda s, ids, f=f, g=grain: s.client_counts(f(ids), g), False)
             for group in [(), ("bucket",), ("server", "tool"), ("client",)]:
                 add(f"users{group} {tag}", lambda s, ids, f=f, g=grain, group=group: s.users(f(ids), g, group), False)
             add(f"new_users {tag}", lambda s, ids, f=f, g=grain: s.new_users(f(ids), g), True)

@@ -13,7 +13,7 @@ from typing import Any
 
 from ..storage.base import Store
 from .periods import DAY_MS, iso
-from .queries import SERVER, TOOL, Agg, Query, outcome_figures, tokens
+from .queries import SERVER, TOOL, Agg, Query, aggregate_cells, outcome_figures, tokens
 
 PROBE_CLIENTS = 5  # the clients named per server among those that never called a tool
 
@@ -86,7 +86,7 @@ def activation(store: Store, q: Query) -> dict[str, Any]:
         if followed > called:
             per_client = probes.setdefault(server, {})
             per_client[client or "unknown"] = per_client.get(client or "unknown", 0) + followed - called
-    per_tool = {k: a for k, a in _tool_aggs(store, q).items()}
+    per_tool = aggregate_cells(store.tool_cells(q.filter, q.window.grain, latency=False), (SERVER, TOOL), latency=False)
     users = {(s, t): n for s, t, n in store.users(q.filter, q.window.grain, ("server", "tool"))}
     latest: dict[str, int] = {}
     catalog = [r for r in store.tool_catalog(q.project_id, q.server) if r[6] is not None]
@@ -125,17 +125,6 @@ def activation(store: Store, q: Query) -> dict[str, Any]:
             "context": cost.get(server),
         })
     return {**q.describe(), "servers": servers, "tools": tools}
-
-
-def _tool_aggs(store: Store, q: Query) -> dict[tuple[str, str], Agg]:
-    out: dict[tuple[str, str], Agg] = {}
-    for cell in store.tool_cells(q.filter, q.window.grain):
-        key = (cell[SERVER], cell[TOOL])
-        agg = out.get(key)
-        if agg is None:
-            agg = out[key] = Agg()
-        agg.add_cell(*cell[5:15])
-    return out
 
 
 def metric_names(value: str | None) -> list[str]:

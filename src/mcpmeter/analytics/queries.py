@@ -256,7 +256,10 @@ def _session_counts(store: Store, q: Query) -> list[tuple]:
 
 def clients(store: Store, q: Query) -> dict[str, Any]:
     """Which clients call, in which versions, over which protocol versions."""
-    per_client = aggregate_cells(store.cells(q.filter, q.window.grain, latency=False), (CLIENT,), latency=False)  # counts only
+    per_client: dict[tuple, Agg] = {}
+    for client, calls, errors, caller, server, cancelled in store.client_counts(q.filter, q.window.grain):  # counts only
+        per_client[(client,)] = a = Agg()
+        a.add_cell(calls, errors, 0, 0.0, None, None, None, caller, server, cancelled)
     client_users = {c: n for c, n in store.users(q.filter, q.window.grain, ("client",))}
     total = sum(a.calls for a in per_client.values())
     versions: dict[tuple, int] = {}

@@ -134,7 +134,10 @@ class Store(Protocol):
         ``hist`` is the histogram as the backend stores it (a blob, or a ``{bin: count}`` map), which
         ``rollup.Cell.add_cell`` and ``histogram`` read; None without ``latency`` (counts only)."""
         ...
-    def tool_cells(self, f: EventFilter, grain: str) -> list[tuple[Any, ...]]:
+    def client_counts(self, f: EventFilter, grain: str) -> list[tuple[Any, ...]]:
+        """(client, calls, errors, caller_errors, server_errors, cancelled) of the tool calls in the window."""
+        ...
+    def tool_cells(self, f: EventFilter, grain: str, latency: bool = True) -> list[tuple[Any, ...]]:
         """Tool-call cells like ``cells`` but with every client together (client ''), from a
         per-tool rollup where the backend has one; returning ``cells(f, grain)`` is correct too."""
         ...

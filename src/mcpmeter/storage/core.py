@@ -319,16 +319,28 @@ class SQLStore(SecurityQueries, InsightQueries):
             f"WHERE project_id = ? AND bucket >= ? AND bucket < ? AND {kind_sql}{where}",
             [f.project_id, f.start_ms, f.end_ms, *kind_params, *params]))
 
-    def tool_cells(self, f: EventFilter, grain: str) -> list[tuple[Any, ...]]:
+    def client_counts(self, f: EventFilter, grain: str) -> list[tuple[Any, ...]]:
+        """Tool calls per client in the window, every other dimension summed in SQL: rows (client,
+        calls, errors, caller_errors, server_errors, cancelled)."""
+        table = "rollup_hour" if grain == "hour" else "rollup_day"
+        where, params = dims(f)
+        rows = self._fetch(
+            f.project_id,
+            f"SELECT client, sum(calls), sum(errors), sum(caller_errors), sum(server_errors), sum(cancelled) FROM {table} "
+            f"WHERE project_id = ? AND bucket >= ? AND bucket < ? AND kind = 'tool_call'{where} GROUP BY client",
+            [f.project_id, f.start_ms, f.end_ms, *params])
+        return [(client, *(int(n) for n in counts)) for client, *counts in rows]
+
+    def tool_cells(self, f: EventFilter, grain: str, latency: bool = True) -> list[tuple[Any, ...]]:
         """Tool-call cells with every client together, in the shape of ``cells`` (client ''):
         read from the per-tool daily rollup when it can answer (day grain, no client filter)."""
         if grain != "day" or f.client is not None:
-            return self.cells(f, grain)
+            return self.cells(f, grain, latency=latency)
         where, params = dims(f)
         return self._hist_rows(self._fetch(
             f.project_id,
             "SELECT bucket, 'tool_call', server, tool, '', calls, errors, dur_count, dur_sum, dur_min, dur_max, "
-            f"{self._dialect.hist_column}, {_OUTCOMES} FROM rollup_tool_day WHERE project_id = ? AND bucket >= ? AND bucket < ?{where}",
+            f"{self._dialect.hist_column if latency else 'NULL'}, {_OUTCOMES} FROM rollup_tool_day WHERE project_id = ? AND bucket >= ? AND bucket < ?{where}",
             [f.project_id, f.start_ms, f.end_ms, *params]))
 
     def _sets(self, f: EventFilter, group: Sequence[str], aggregate: str) -> list[tuple[Any, ...]]:
