@@ -176,9 +176,9 @@ def timeseries(store: Store, q: Query, by_tool: int = 8) -> dict[str, Any]:
     grain_ms = q.window.grain_ms
     cells = store.tool_cells(q.filter, q.window.grain)
     per_bucket = aggregate_cells(cells, (BUCKET,))
-    per_bucket_tool = aggregate_cells(cells, (BUCKET, TOOL))
+    per_bucket_tool = aggregate_cells(cells, (BUCKET, TOOL), latency=False)  # calls only
     users = {b: n for b, n in store.users(q.filter, q.window.grain, ("bucket",))}
-    totals = aggregate_cells(cells, (TOOL,))
+    totals = aggregate_cells(cells, (TOOL,), latency=False)
     top = [t for (t,), _ in sorted(totals.items(), key=lambda kv: (-kv[1].calls, kv[0]))[:by_tool]]
     points = []
     for bucket in range(q.window.start_ms, q.window.end_ms, grain_ms):
