@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -112,6 +113,9 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
     def __init__(self, url: str, durable: bool = True, pool_size: int = POOL_SIZE) -> None:
         self.url = redact(url)
         self._known_days: set[int] = set()
+        self._known = postgres_rollups.Known()  # rollup rows ingest may skip (see Known)
+        self._known_lock = threading.Lock()
+        self._pruning = threading.local()  # this thread is in prune: its transactions void every Known
         self._durable = durable
         try:  # one direct attempt first: its error says what is wrong (a pool would only time out)
             psycopg.connect(url, connect_timeout=10).close()
@@ -149,6 +153,8 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
         for attempt in range(_RETRIES):
             try:
                 with self._connection() as conn, conn.transaction():
+                    if getattr(self._pruning, "active", False):
+                        postgres_rollups.forget(conn)
                     return fn(conn, *args)
             except _RETRYABLE as exc:
                 if attempt == _RETRIES - 1:
@@ -217,7 +223,8 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
     def _lock_key_name(self, conn: psycopg.Connection, project_id: int, name: str) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (project_id, name))  # collectors starting together
 
-    def _lock_users(self, conn: psycopg.Connection, project_id: int) -> None:
+    def _lock_users(self, conn: psycopg.Connection, project_id: int) -> None:  # erasure: it deletes rollup rows
+        postgres_rollups.forget(conn)
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (postgres_rollups.USERS_LOCK, project_id))
 
     def _apply_rollups(self, conn: psycopg.Connection, by_project: dict[int, Deltas], version: int | None = None) -> None:
@@ -243,6 +250,9 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
 
     def _lock_migrations(self, conn: psycopg.Connection) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        row = conn.execute("SELECT to_regclass('security_state')").fetchone()
+        if row and row[0] is not None:  # a migration may delete rollup rows (a store without the table has no ingest yet)
+            postgres_rollups.forget(conn)
 
     def _run_migration(self, conn: psycopg.Connection, script: str) -> None:
         conn.execute(script)
@@ -269,12 +279,14 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
         for attempt in range(2):
             self._ensure_partitions(days)
             try:
-                results, stored = self._write(self._ingest, groups, received)
+                results, stored, learned = self._write(self._ingest, groups, received, self._known)
             except StorageError as exc:  # a partition dropped meanwhile (retention): create it and retry once
                 if attempt or not isinstance(exc.__cause__, pgerrors.CheckViolation):
                     raise
                 self._known_days.clear()
                 continue
+            with self._known_lock:
+                self._known.merge(learned)
             if stored_rows is not None:  # committed: hand the new rows to the caller (collector metrics)
                 for project_id, rows in stored.items():
                     stored_rows.setdefault(project_id, []).extend(rows)
@@ -282,8 +294,11 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
         raise AssertionError("unreachable")
 
     @staticmethod
-    def _ingest(conn: psycopg.Connection, groups: Sequence[tuple[int, Sequence[Row]]],
-                received: int) -> tuple[list[IngestResult], dict[int, list[Row]]]:
+    def _ingest(conn: psycopg.Connection, groups: Sequence[tuple[int, Sequence[Row]]], received: int,
+                known: postgres_rollups.Known) -> tuple[list[IngestResult], dict[int, list[Row]], postgres_rollups.Known]:
+        learned = postgres_rollups.Known()
+        learned.generation = postgres_rollups.generation(conn)  # first: no rollup row is deleted until we commit
+        usable = known if known.generation == learned.generation else None
         projects, ids, stamps, order = [], [], [], []
         n = 0
         for project_id, rows in groups:
@@ -294,7 +309,7 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
                 order.append(n)
                 n += 1
         # Number the calling users first: the only lock it may take must come before any row lock.
-        numbers = postgres_rollups.number_users(conn, calling_users(groups))
+        numbers = postgres_rollups.number_users(conn, calling_users(groups), usable)
         new = set(conn.execute(_NEW_IDS, (projects, ids, stamps, order)).fetchall()) if n else set()
         results = []
         stored: dict[int, list[Row]] = {}  # project -> rows really inserted, in order
@@ -315,8 +330,9 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
                     for row in rows:
                         write((project_id, *row, received))
             # One rollup delta per project for the whole group (rollups are additive).
-            postgres_rollups.apply(conn, {p: aggregate(rows) for p, rows in stored.items()}, numbers=numbers)
-        return results, stored
+            postgres_rollups.apply(conn, {p: aggregate(rows) for p, rows in stored.items()}, numbers=numbers,
+                                   known=usable, learned=learned)
+        return results, stored, learned
 
     # ---- measurements and server events ------------------------------------------------
 
@@ -348,6 +364,13 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
             return IngestResult(n, len(rows) - n)
 
         return self._write(run)
+
+    def prune(self, raw_before_ms: int, rollups_before_ms: int, chunk: int = 20_000) -> dict[str, int]:
+        self._pruning.active = True  # each of its transactions voids every store's Known first
+        try:
+            return super().prune(raw_before_ms, rollups_before_ms, chunk)
+        finally:
+            self._pruning.active = False
 
     def _prune_events(self, cut: int, chunk: int) -> int:
         removed = 0
