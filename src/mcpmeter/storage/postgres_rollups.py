@@ -68,7 +68,6 @@ _USER_HOUR = "INSERT INTO user_hour SELECT * FROM unnest(%b::bigint[], %b::bigin
 _USER_FIRST = """
 INSERT INTO user_first AS r SELECT * FROM unnest(%b::bigint[], %b::text[], %b::text[], %b::bigint[])
 ON CONFLICT (project_id, server, user_hash) DO UPDATE SET first_seen = least(r.first_seen, excluded.first_seen)
-    WHERE excluded.first_seen < r.first_seen
 """
 _ERRORS = """
 INSERT INTO error_hour AS r SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[],
@@ -147,9 +146,6 @@ ON CONFLICT (project_id, server, subject) DO UPDATE SET
     handshake_ts = least(r.handshake_ts, excluded.handshake_ts),
     list_ts = least(r.list_ts, excluded.list_ts),
     call_ts = least(r.call_ts, excluded.call_ts)
-WHERE (r.client, r.first_ts, r.handshake_ts, r.list_ts, r.call_ts) IS DISTINCT FROM
-      (least(r.client, excluded.client), least(r.first_ts, excluded.first_ts), least(r.handshake_ts, excluded.handshake_ts),
-       least(r.list_ts, excluded.list_ts), least(r.call_ts, excluded.call_ts))
 """
 # Schema 2 and 3 (a rebuild during an upgrade that has not reached schema 4; its migration fills last_called).
 _CATALOG_V2 = """
@@ -164,7 +160,6 @@ _USER_NUMBER_FIRST = """
 INSERT INTO user_number AS r (project_id, user_hash, number, first_seen)
 SELECT * FROM unnest(%b::bigint[], %b::text[], %b::int[], %b::bigint[])
 ON CONFLICT (project_id, user_hash) DO UPDATE SET first_seen = least(r.first_seen, excluded.first_seen)
-    WHERE excluded.first_seen < r.first_seen
 """
 def _tool_day_upsert(outcomes: bool = False) -> str:
     return f"""
