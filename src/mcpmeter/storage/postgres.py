@@ -330,8 +330,9 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
                     for row in rows:
                         write((project_id, *row, received))
             # One rollup delta per project for the whole group (rollups are additive).
-            postgres_rollups.apply(conn, {p: aggregate(rows) for p, rows in stored.items()}, numbers=numbers,
-                                   known=usable, learned=learned)
+            deltas = {p: aggregate(rows) for p, rows in stored.items()}
+            with conn.pipeline():  # the upserts need no answer: sent at once, row locks held for less time
+                postgres_rollups.apply(conn, deltas, numbers=numbers, known=usable, learned=learned)
         return results, stored, learned
 
     # ---- measurements and server events ------------------------------------------------
