@@ -6,7 +6,8 @@ Same Store protocol and the same answers as the SQLite store; what differs is ho
 - ingest: the ids go into ``event_ids`` (ON CONFLICT DO NOTHING RETURNING tells which
   rows are new, and a concurrent collector inserting the same id waits for ours to
   commit, then skips it), the new rows are COPYed into ``events``, and the rollup deltas
-  are added with relative upserts in key order (``postgres_rollups``); all in one
+  are added with relative upserts in key order, sent in one pipeline, skipping the rows
+  the store knows would change nothing (``postgres_rollups``, ``Known``); all in one
   transaction, so a 2xx means every part of it is durable;
 - raw events are partitioned by day (``postgres_partitions``); retention drops partitions;
 - reads of a project's data run as the ``mcpmeter_reader`` role with the project id set
