@@ -201,7 +201,7 @@ class Known:
     ran before makes it forget them all. Bounded: cleared at ``limit`` entries.
     """
 
-    def __init__(self, limit: int = 200_000) -> None:
+    def __init__(self, limit: int = 100_000) -> None:  # as SQLite's: about 20 MiB at most
         self.limit = limit
         self.generation: int | None = None
         self.user_day: set[tuple[Any, ...]] = set()
