@@ -13,7 +13,8 @@
    collectors answered ``accepted`` for (every 2xx is a committed transaction: raw event,
    id, and every rollup); the stored count is checked. The ratio is to raw COPY in this run.
    Where the CPU went during each run is reported per event: the collectors, PostgreSQL's
-   processes, and the load generator (this process), with the machine's load average, so
+   processes (the backends of the run's database and the shared background processes, not
+   another database's), and the load generator (this process), with the machine's load average, so
    the curve over 1, 2 and 4 collectors can be read against the 2 CPUs they share.
 3. Reads: the 30-day summary (``queries.summary``, as ``GET /v1/usage/summary?period=30d``)
    on a database holding 10M events of the last 30 days (1M with ``--quick``), 30 users'
@@ -175,14 +176,14 @@ def run_collectors(admin: str, n: int, bodies: list[bytes], batches: int, client
             c.getresponse().read()
             c.close()
         threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
-        cpu0 = _cpu([proc.pid for proc, _, _ in procs])
+        cpu0 = _cpu([proc.pid for proc, _, _ in procs], name)
         t0 = time.perf_counter()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         elapsed = time.perf_counter() - t0
-        cpu1 = _cpu([proc.pid for proc, _, _ in procs])
+        cpu1 = _cpu([proc.pid for proc, _, _ in procs], name)
     finally:
         for proc, _, _ in procs:
             proc.terminate()
@@ -204,8 +205,16 @@ def run_collectors(admin: str, n: int, bodies: list[bytes], batches: int, client
             "load_average": os.getloadavg()[0]}
 
 
-def _cpu(collector_pids: list[int]) -> dict[str, float]:
-    """CPU seconds used so far by the collectors, by PostgreSQL's processes, and by this process."""
+_PG_BACKGROUND = ("checkpointer", "background writer", "walwriter", "autovacuum")
+
+
+def _cpu(collector_pids: list[int], database: str) -> dict[str, float]:
+    """CPU seconds used so far by the collectors, by PostgreSQL, and by this process.
+
+    PostgreSQL's are those of the backends of ``database`` and of the shared background
+    processes (WAL writer, checkpointer, ...): another database's work on the same server
+    (another benchmark) is not counted.
+    """
     import psutil
 
     def used(p: psutil.Process) -> float:
@@ -215,7 +224,14 @@ def _cpu(collector_pids: list[int]) -> dict[str, float]:
         except psutil.Error:
             return 0.0
 
-    postgres = sum(used(p) for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("postgres"))
+    def ours(p: psutil.Process) -> bool:
+        try:
+            title = " ".join(p.cmdline())
+        except psutil.Error:
+            return False
+        return f" {database} " in title or any(f": {b}" in title for b in _PG_BACKGROUND)
+
+    postgres = sum(used(p) for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("postgres") and ours(p))
     return {"collectors": sum(used(psutil.Process(pid)) for pid in collector_pids), "postgresql": postgres,
             "load_generator": time.process_time()}
 

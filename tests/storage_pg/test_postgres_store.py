@@ -268,6 +268,53 @@ def test_concurrent_stores_writing_overlapping_batches_count_every_event_once(st
         reference.close()
 
 
+# ---- what ingest knows is stored (postgres_rollups.Known) -----------------------------------
+
+KNOWN_TABLES = ("user_day", "user_hour", "session_tools", "user_first", "user_number")  # rows ingest may skip
+
+
+def _known_rows(url: str) -> dict[str, int]:
+    with psycopg.connect(url) as conn:
+        return {t: conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in KNOWN_TABLES}
+
+
+def _calls(n: int) -> list[dict]:
+    """Calls by two users in two sessions with three tools, ten minutes ago (new ids each time)."""
+    ts = now_ms() - 600_000
+    return [event(ts=ts + i, user=f"u{i % 2}", session_id=f"s{i % 2}", tool=f"t{i % 3}") for i in range(n)]
+
+
+@postgres_only
+@pytest.mark.parametrize("removal", ["prune", "erasure"])
+@pytest.mark.parametrize("who", ["another collector", "the same store"])
+def test_rollup_rows_removed_by_a_prune_or_an_erasure_are_stored_again_by_the_next_ingest(store, who, removal):
+    """Ingest skips the user and session-tool rows it stored before; a prune or an erasure (by
+    this store or by another collector on the database) removes them, and the next ingest of
+    the same users must add them back."""
+    url = store._pool.conninfo
+    ingest(store, _calls(12))
+    ingest(store, _calls(12))  # skips what the first stored
+    before = _known_rows(url)
+    assert all(before.values()), before
+    other = open_store(url) if who == "another collector" else store
+    try:
+        if removal == "prune":
+            future = now_ms() + DAY_MS
+            other.prune(raw_before_ms=future, rollups_before_ms=future)
+        else:
+            project = store.project_by_name("default")
+            with psycopg.connect(url) as conn:
+                users = [u for (u,) in conn.execute("SELECT user_hash FROM user_number")]
+            for user in users:
+                other.delete_user(project.id, user)
+        assert _known_rows(url)["user_day"] == 0
+        ingest(store, _calls(12))
+        assert _known_rows(url) == before
+    finally:
+        if other is not store:
+            other.close()
+
+
 # ---- the same answers as SQLite ----------------------------------------------------------------
 
 

@@ -245,18 +245,19 @@ class Meter:
         cap = self.max_queue
         stats = self.stats
         meter = self
+        clock = _clock  # closure locals: cheaper than globals on every call
 
         if inspect.iscoroutinefunction(fn):
             @functools.wraps(fn)
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-                start = _clock()
+                start = clock()
                 try:
                     result = await fn(*args, **kwargs)
                 except BaseException as exc:
                     meter._failed(tool_name, category, start, exc)
                     raise
                 if len(queue) < cap:
-                    append((tool_name, category, start, _clock() - start, None, None))
+                    append((tool_name, category, start, clock() - start, None, None))
                 else:
                     stats.drop("queue_full")
                 return result
@@ -265,14 +266,14 @@ class Meter:
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            start = _clock()
+            start = clock()
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:
                 meter._failed(tool_name, category, start, exc)
                 raise
             if len(queue) < cap:
-                append((tool_name, category, start, _clock() - start, None, None))
+                append((tool_name, category, start, clock() - start, None, None))
             else:
                 stats.drop("queue_full")
             return result

@@ -6,7 +6,8 @@ Same Store protocol and the same answers as the SQLite store; what differs is ho
 - ingest: the ids go into ``event_ids`` (ON CONFLICT DO NOTHING RETURNING tells which
   rows are new, and a concurrent collector inserting the same id waits for ours to
   commit, then skips it), the new rows are COPYed into ``events``, and the rollup deltas
-  are added with relative upserts in key order (``postgres_rollups``); all in one
+  are added with relative upserts in key order, sent in one pipeline, skipping the rows
+  the store knows would change nothing (``postgres_rollups``, ``Known``); all in one
   transaction, so a 2xx means every part of it is durable;
 - raw events are partitioned by day (``postgres_partitions``); retention drops partitions;
 - reads of a project's data run as the ``mcpmeter_reader`` role with the project id set
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -113,6 +115,9 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
     def __init__(self, url: str, durable: bool = True, pool_size: int = POOL_SIZE) -> None:
         self.url = redact(url)
         self._known_days: set[int] = set()
+        self._known = postgres_rollups.Known()  # rollup rows ingest may skip (see Known)
+        self._known_lock = threading.Lock()
+        self._pruning = threading.local()  # this thread is in prune: its transactions void every Known
         self._durable = durable
         try:  # one direct attempt first: its error says what is wrong (a pool would only time out)
             psycopg.connect(url, connect_timeout=10).close()
@@ -150,6 +155,8 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
         for attempt in range(_RETRIES):
             try:
                 with self._connection() as conn, conn.transaction():
+                    if getattr(self._pruning, "active", False):
+                        postgres_rollups.forget(conn)
                     return fn(conn, *args)
             except _RETRYABLE as exc:
                 if attempt == _RETRIES - 1:
@@ -218,7 +225,8 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
     def _lock_key_name(self, conn: psycopg.Connection, project_id: int, name: str) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (project_id, name))  # collectors starting together
 
-    def _lock_users(self, conn: psycopg.Connection, project_id: int) -> None:
+    def _lock_users(self, conn: psycopg.Connection, project_id: int) -> None:  # erasure: it deletes rollup rows
+        postgres_rollups.forget(conn)
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (postgres_rollups.USERS_LOCK, project_id))
 
     def _apply_rollups(self, conn: psycopg.Connection, by_project: dict[int, Deltas], version: int | None = None) -> None:
@@ -244,6 +252,9 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
 
     def _lock_migrations(self, conn: psycopg.Connection) -> None:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+        row = conn.execute("SELECT to_regclass('security_state')").fetchone()
+        if row and row[0] is not None:  # a migration may delete rollup rows (a store without the table has no ingest yet)
+            postgres_rollups.forget(conn)
 
     def _run_migration(self, conn: psycopg.Connection, script: str) -> None:
         conn.execute(script)
@@ -270,12 +281,14 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
         for attempt in range(2):
             self._ensure_partitions(days)
             try:
-                results, stored = self._write(self._ingest, groups, received)
+                results, stored, learned = self._write(self._ingest, groups, received, self._known)
             except StorageError as exc:  # a partition dropped meanwhile (retention): create it and retry once
                 if attempt or not isinstance(exc.__cause__, pgerrors.CheckViolation):
                     raise
                 self._known_days.clear()
                 continue
+            with self._known_lock:
+                self._known.merge(learned)
             if stored_rows is not None:  # committed: hand the new rows to the caller (collector metrics)
                 for project_id, rows in stored.items():
                     stored_rows.setdefault(project_id, []).extend(rows)
@@ -283,8 +296,11 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
         raise AssertionError("unreachable")
 
     @staticmethod
-    def _ingest(conn: psycopg.Connection, groups: Sequence[tuple[int, Sequence[Row]]],
-                received: int) -> tuple[list[IngestResult], dict[int, list[Row]]]:
+    def _ingest(conn: psycopg.Connection, groups: Sequence[tuple[int, Sequence[Row]]], received: int,
+                known: postgres_rollups.Known) -> tuple[list[IngestResult], dict[int, list[Row]], postgres_rollups.Known]:
+        learned = postgres_rollups.Known()
+        learned.generation = postgres_rollups.generation(conn)  # first: no rollup row is deleted until we commit
+        usable = known if known.generation == learned.generation else None
         projects, ids, stamps, order = [], [], [], []
         n = 0
         for project_id, rows in groups:
@@ -295,7 +311,7 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
                 order.append(n)
                 n += 1
         # Number the calling users first: the only lock it may take must come before any row lock.
-        numbers = postgres_rollups.number_users(conn, calling_users(groups))
+        numbers = postgres_rollups.number_users(conn, calling_users(groups), usable)
         new = set(conn.execute(_NEW_IDS, (projects, ids, stamps, order)).fetchall()) if n else set()
         results = []
         stored: dict[int, list[Row]] = {}  # project -> rows really inserted, in order
@@ -316,8 +332,10 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
                     for row in rows:
                         write((project_id, *row, received))
             # One rollup delta per project for the whole group (rollups are additive).
-            postgres_rollups.apply(conn, {p: aggregate(rows) for p, rows in stored.items()}, numbers=numbers)
-        return results, stored
+            deltas = {p: aggregate(rows) for p, rows in stored.items()}
+            with conn.pipeline():  # the upserts need no answer: sent at once, row locks held for less time
+                postgres_rollups.apply(conn, deltas, numbers=numbers, known=usable, learned=learned)
+        return results, stored, learned
 
     # ---- measurements and server events ------------------------------------------------
 
@@ -349,6 +367,13 @@ class PostgresStore(SQLStore):  # every query is in core.py / core_security.py
             return IngestResult(n, len(rows) - n)
 
         return self._write(run)
+
+    def prune(self, raw_before_ms: int, rollups_before_ms: int, chunk: int = 20_000) -> dict[str, int]:
+        self._pruning.active = True  # each of its transactions voids every store's Known first
+        try:
+            return super().prune(raw_before_ms, rollups_before_ms, chunk)
+        finally:
+            self._pruning.active = False
 
     def _prune_events(self, cut: int, chunk: int) -> int:
         removed = 0

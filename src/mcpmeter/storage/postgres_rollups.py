@@ -6,11 +6,14 @@ counts), never a read-modify-write in Python. One statement per table carries th
 of every project of the transaction as arrays, in ascending key order, and the tables are
 always visited in the same order: two transactions wanting the same rows lock them in the
 same order, so they queue instead of deadlocking.
+
+Most users and sessions of a group were in the previous groups too: ``Known`` holds the rows
+a store's own committed ingests stored, and ingest skips the rows that would change nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -181,7 +184,8 @@ ON CONFLICT (project_id, bucket, server, tool) DO UPDATE SET
 # before the upsert, locked: new rows go in first (ON CONFLICT DO NOTHING RETURNING: a row
 # another collector is inserting makes this one wait, then counts as stored), the stored
 # rows are then read FOR UPDATE, and only then upserted. Every collector changes a session's
-# cells while it holds that session's row lock, so their moves never cross.
+# cells while it holds that session's row lock, so their moves never cross. (Inside ingest's
+# pipeline these reads are the two points where it waits for answers.)
 _NEW_SESSIONS = _SESSIONS.split("ON CONFLICT")[0] + "ON CONFLICT DO NOTHING RETURNING project_id, session_id"
 _NEW_SUBJECTS = _ACTIVATION.split("ON CONFLICT")[0] + "ON CONFLICT DO NOTHING RETURNING project_id, server, subject"
 _STORED_SESSIONS = ("SELECT session_id, server, first_ts, client, client_version, protocol_version FROM sessions "
@@ -226,6 +230,83 @@ ON CONFLICT (project_id, bucket, server, tool, client) DO UPDATE SET users = mcp
 _TOOL_DAY = _tool_day_upsert()
 _TOOL_DAY_V10 = _tool_day_upsert(outcomes=True)
 USERS_LOCK = 0x6D63_7075  # with the project id: numbering a project's new users, one transaction at a time
+FORGET_LOCK = 0x6D63_6667  # shared by ingest; exclusive by a transaction that deletes rollup rows (Known)
+_DELETIONS = "rollup_deletions"  # the security_state row counting those transactions
+
+
+class Known:
+    """Rollup rows a store knows are stored, so ingest skips the rows that would change nothing.
+
+    Which (day, server, tool, client, user), (hour, user) and (session, tool) rows exist, and
+    for first-seen and activation rows an upper bound of each stored time (they only ever go
+    down: ``least``). Only what a committed ingest of this store sent is added (``merge``).
+
+    Other collectors only add rows, which leaves every fact true; only deleting rows (prune,
+    erasure, migrations) can make one false. Such a transaction takes ``FORGET_LOCK``
+    exclusively and counts itself in ``security_state`` (``forget``); every ingest takes the
+    lock shared and reads the count first (``generation``) and uses the facts only if they were
+    learned at that count. So no deletion runs while an ingest relies on them, and any that
+    ran before makes it forget them all. Bounded: cleared at ``limit`` entries.
+    """
+
+    def __init__(self, limit: int = 100_000) -> None:  # as SQLite's: about 20 MiB at most
+        self.limit = limit
+        self.generation: int | None = None
+        self.user_day: set[tuple[Any, ...]] = set()
+        self.user_hour: set[tuple[Any, ...]] = set()
+        self.session_tools: set[tuple[Any, ...]] = set()
+        self.user_first: dict[tuple[int, str, str], int] = {}  # (project, server, user) -> stored first_seen is <= this
+        self.numbers: dict[tuple[int, str], tuple[int, int]] = {}  # (project, user) -> (number, stored first_seen <= this)
+        # (project, server, subject) -> bounds of (client, first_ts, handshake_ts, list_ts, call_ts); None: may be unset
+        self.activation: dict[tuple[int, str, str], tuple[Any, ...]] = {}
+
+    def __len__(self) -> int:
+        return sum(map(len, (self.user_day, self.user_hour, self.session_tools, self.user_first, self.numbers, self.activation)))
+
+    def clear(self) -> None:
+        self.generation = None
+        for part in (self.user_day, self.user_hour, self.session_tools, self.user_first, self.numbers, self.activation):
+            part.clear()
+
+    def merge(self, learned: Known) -> None:
+        """Add what a committed ingest learned (at ``learned.generation``; facts of an older
+        generation than held may be void: dropped)."""
+        if learned.generation is None or (self.generation is not None and learned.generation < self.generation):
+            return
+        if learned.generation != self.generation or len(self) + len(learned) > self.limit:
+            self.clear()
+            self.generation = learned.generation
+        self.user_day |= learned.user_day
+        self.user_hour |= learned.user_hour
+        self.session_tools |= learned.session_tools
+        for first_key, ts in learned.user_first.items():
+            self.user_first[first_key] = min(ts, self.user_first.get(first_key, ts))
+        for user_key, (number, ts) in learned.numbers.items():
+            self.numbers[user_key] = (number, min(ts, self.numbers.get(user_key, (number, ts))[1]))
+        for subject_key, bounds in learned.activation.items():
+            old = self.activation.get(subject_key)
+            self.activation[subject_key] = bounds if old is None else tuple(
+                b if a is None else a if b is None else min(a, b) for a, b in zip(old, bounds))
+
+
+def generation(conn: psycopg.Connection) -> int:
+    """Ingest's first statement: no rollup row is deleted until it commits; how many
+    deleting transactions committed so far (``Known``)."""
+    row = conn.execute("SELECT pg_advisory_xact_lock_shared(%s), (SELECT value FROM security_state WHERE name = %s)",
+                       (FORGET_LOCK, _DELETIONS)).fetchone()
+    return int(row[1]) if row and row[1] is not None else 0
+
+
+def forget(conn: psycopg.Connection) -> None:
+    """In a transaction that may delete rollup rows, before it does: every store's ``Known`` is void."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s)", (FORGET_LOCK,))
+    conn.execute("INSERT INTO security_state AS s VALUES (%s, 1) ON CONFLICT (name) DO UPDATE SET value = s.value + 1",
+                 (_DELETIONS,))
+
+
+def _no_change(entry: Sequence[Any], bounds: Sequence[Any]) -> bool:
+    """Whether ``least`` of stored values under ``bounds`` and ``entry`` leaves them as they are."""
+    return all(v is None or (b is not None and v >= b) for v, b in zip(entry, bounds))
 
 
 def bits(users: int) -> str | None:
@@ -248,7 +329,8 @@ def first_calls(by_project: dict[int, Deltas]) -> dict[int, dict[str, int]]:
     return out
 
 
-def number_users(conn: psycopg.Connection, users: dict[int, dict[str, int]]) -> dict[int, dict[str, int]]:
+def number_users(conn: psycopg.Connection, users: dict[int, dict[str, int]],
+                 known: Known | None = None) -> dict[int, dict[str, int]]:
     """Each user's number in its project, numbering new users 0, 1, 2 … in order of first call.
 
     Runs first in the ingest transaction. Only a transaction that meets a user never seen
@@ -257,23 +339,32 @@ def number_users(conn: psycopg.Connection, users: dict[int, dict[str, int]]) -> 
     it cannot be part of a deadlock.
     """
     numbers: dict[int, dict[str, int]] = {}
+    cached = known.numbers if known is not None else {}
     for p in sorted(users):
-        wanted = sorted(users[p])
-        known: dict[str, int] = dict(conn.execute("SELECT user_hash, number FROM user_number WHERE project_id = %s AND user_hash = ANY(%b)",
-                                                  (p, wanted)).fetchall())
-        if len(known) < len(wanted):
-            conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (USERS_LOCK, p))
-            known = dict(conn.execute("SELECT user_hash, number FROM user_number WHERE project_id = %s AND user_hash = ANY(%b)",
-                                      (p, wanted)).fetchall())
-            new = sorted((u for u in wanted if u not in known), key=lambda u: (users[p][u], u))
-            if new:
-                row = conn.execute("SELECT coalesce(max(number), -1) FROM user_number WHERE project_id = %s", (p,)).fetchone()
-                top = int(row[0]) if row else -1
-                known.update((u, top + 1 + i) for i, u in enumerate(new))
-                conn.execute("INSERT INTO user_number (project_id, user_hash, number, first_seen) "
-                             "SELECT %s, * FROM unnest(%b::text[], %b::int[], %b::bigint[])",
-                             (p, new, [known[u] for u in new], [users[p][u] for u in new]))
-        numbers[p] = known
+        mine: dict[str, int] = {}
+        wanted = []
+        for u in sorted(users[p]):
+            entry = cached.get((p, u))
+            if entry is None:
+                wanted.append(u)
+            else:
+                mine[u] = entry[0]
+        if wanted:
+            select = "SELECT user_hash, number FROM user_number WHERE project_id = %s AND user_hash = ANY(%b)"
+            stored: dict[str, int] = dict(conn.execute(select, (p, wanted)).fetchall())
+            if len(stored) < len(wanted):
+                conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (USERS_LOCK, p))
+                stored = dict(conn.execute(select, (p, wanted)).fetchall())
+                new = sorted((u for u in wanted if u not in stored), key=lambda u: (users[p][u], u))
+                if new:
+                    row = conn.execute("SELECT coalesce(max(number), -1) FROM user_number WHERE project_id = %s", (p,)).fetchone()
+                    top = int(row[0]) if row else -1
+                    stored.update((u, top + 1 + i) for i, u in enumerate(new))
+                    conn.execute("INSERT INTO user_number (project_id, user_hash, number, first_seen) "
+                                 "SELECT %s, * FROM unnest(%b::text[], %b::int[], %b::bigint[])",
+                                 (p, new, [stored[u] for u in new], [users[p][u] for u in new]))
+            mine.update(stored)
+        numbers[p] = mine
     return numbers
 
 
@@ -308,18 +399,31 @@ def _cells(by_project: dict[int, Deltas], grain: str, outcomes: bool) -> list[tu
     ]
 
 
-def apply(conn: psycopg.Connection, by_project: dict[int, Deltas], version: int = LATEST, numbers: dict[int, dict[str, int]] | None = None) -> None:
+def apply(conn: psycopg.Connection, by_project: dict[int, Deltas], version: int = LATEST, numbers: dict[int, dict[str, int]] | None = None,
+          known: Known | None = None, learned: Known | None = None) -> None:
     """Add the deltas of every project to the rollups of a store at schema ``version``
     (older only while upgrading), table by table, in key order. From schema 5 on,
-    ``numbers`` (``number_users``) must hold every calling user's number."""
+    ``numbers`` (``number_users``) must hold every calling user's number.
+
+    With ``known``, the rows it says would change nothing are skipped; the rows of those
+    tables that are sent go into ``learned``, for the caller to merge once committed."""
     items = by_project.items()
+    skip = known if known is not None else Known()  # empty: nothing skipped
+    out = learned if learned is not None else Known()
     v10 = version >= OUTCOMES_VERSION
     width = 16 if v10 else 13
     _run(conn, _HOUR_UPSERT_V10 if v10 else _HOUR_UPSERT, _cells(by_project, "hour", v10), width, (9, 10, 11))
     _run(conn, _DAY_UPSERT_V10 if v10 else _DAY_UPSERT, _cells(by_project, "day", v10), width, (9, 10, 11))
-    _run(conn, _USER_DAY, [(p, *k) for p, d in items for k in d.user_day], 6)
-    _run(conn, _USER_HOUR, [(p, *k) for p, d in items for k in d.user_hour], 3)
-    _run(conn, _USER_FIRST, [(p, server, user, ts) for p, d in items for (server, user), ts in d.user_first.items()], 4)
+    user_day = [r for r in ((p, *key) for p, d in items for key in d.user_day) if r not in skip.user_day]
+    user_hour = [r for r in ((p, *key) for p, d in items for key in d.user_hour) if r not in skip.user_hour]
+    user_first = [(p, server, user, ts) for p, d in items for (server, user), ts in d.user_first.items()
+                  if ts < skip.user_first.get((p, server, user), ts + 1)]
+    _run(conn, _USER_DAY, user_day, 6)
+    _run(conn, _USER_HOUR, user_hour, 3)
+    _run(conn, _USER_FIRST, user_first, 4)
+    out.user_day.update(user_day)
+    out.user_hour.update(user_hour)
+    out.user_first.update(((p, server, user), ts) for p, server, user, ts in user_first)
     if v10:
         _run(conn, _ERRORS_V10, [(p, *k, n, last) for p, d in items for k, (n, last) in d.errors.items()], 9)
         if version >= DAILY_VERSION:
@@ -336,10 +440,13 @@ def apply(conn: psycopg.Connection, by_project: dict[int, Deltas], version: int 
                  s.first_ts, s.last_ts, s.calls, s.errors, s.init_ts, s.list_ts, s.first_call_ts)
                 for p, d in items for sid, s in d.sessions.items()]
     daily = version >= DAILY_VERSION
-    if daily:
+    if daily:  # the new sessions go in here; the stored ones are read, locked, and moved in the daily cells
         sessions = _session_days(conn, by_project, sessions)
     _run(conn, _SESSIONS, sessions, 15)
-    _run(conn, _SESSION_TOOLS, [(p, sid, tool) for p, d in items for sid, s in d.sessions.items() for tool in s.tools], 3)
+    session_tools = [r for r in ((p, sid, tool) for p, d in items for sid, s in d.sessions.items() for tool in s.tools)
+                     if r not in skip.session_tools]
+    _run(conn, _SESSION_TOOLS, session_tools, 3)
+    out.session_tools.update(session_tools)
     if v10:
         _run(conn, _CATALOG_V10, [(p, server, tool, *span) for p, d in items for (server, tool), span in d.catalog.items()], 11)
     elif version >= 4:
@@ -349,7 +456,10 @@ def apply(conn: psycopg.Connection, by_project: dict[int, Deltas], version: int 
     if version >= 5:
         assert numbers is not None, "schema 5 rollups need the users' numbers"
         firsts = first_calls(by_project)
-        _run(conn, _USER_NUMBER_FIRST, [(p, user, numbers[p][user], ts) for p, users in firsts.items() for user, ts in users.items()], 4)
+        first_rows = [(p, user, numbers[p][user], ts) for p, users in firsts.items() for user, ts in users.items()
+                      if ts < skip.numbers.get((p, user), (0, ts + 1))[1]]
+        _run(conn, _USER_NUMBER_FIRST, first_rows, 4)
+        out.numbers.update(((p, user), (number, ts)) for p, user, number, ts in first_rows)
         rows = []
         for p, d in items:
             number = numbers.get(p, {})
@@ -367,10 +477,11 @@ def apply(conn: psycopg.Connection, by_project: dict[int, Deltas], version: int 
     if v10:
         _run(conn, _ACTION_DAY, [(p, *k) for p, d in items for k in d.action_day], 5)
         _run(conn, _ACTION_HOUR, [(p, *k) for p, d in items for k in d.action_hour], 5)
-        subjects = [(p, server, subject, *entry) for p, d in items for (server, subject), entry in d.activation.items()]
-        if daily:
-            subjects = _activation_days(conn, by_project, subjects)
-        _run(conn, _ACTIVATION, subjects, 8)
+        activation = [(p, server, subject, *entry) for p, d in items for (server, subject), entry in d.activation.items()
+                      if (bounds := skip.activation.get((p, server, subject))) is None or not _no_change(entry, bounds)]
+        stored = _activation_days(conn, activation) if daily else activation  # as the sessions
+        _run(conn, _ACTIVATION, stored, 8)
+        out.activation.update(((p, server, subject), tuple(entry)) for p, server, subject, *entry in activation)
 
 
 
@@ -417,18 +528,19 @@ def _session_days(conn: psycopg.Connection, by_project: dict[int, Deltas], rows:
     return [r for r in rows if (r[0], r[1]) not in new]
 
 
-def _activation_days(conn: psycopg.Connection, by_project: dict[int, Deltas], rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """As ``_session_days``, for the funnel subjects and ``activation_day``."""
+def _activation_days(conn: psycopg.Connection, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """As ``_session_days``, for the funnel rows ``rows`` (project, server, subject, *entry) and ``activation_day``."""
     new = _new_rows(conn, _NEW_SUBJECTS, rows, 8)
+    by_project: dict[int, dict[tuple[str, str], list[Any]]] = {}
+    for p, server, subject, *entry in rows:
+        by_project.setdefault(p, {})[(server, subject)] = entry
     cells: list[tuple[Any, ...]] = []
-    for p, d in sorted(by_project.items()):
-        if not d.activation:
-            continue
-        keys = sorted(k for k in d.activation if (p, *k) not in new)
+    for p, activation in sorted(by_project.items()):
+        keys = sorted(k for k in activation if (p, *k) not in new)
         stored: dict[tuple[str, str], tuple[Any, ...]] = {}
         if keys:
             servers, subjects = [k[0] for k in keys], [k[1] for k in keys]
             stored = {(r[0], r[1]): tuple(r[2:]) for r in conn.execute(_STORED_SUBJECTS, (p, servers, subjects)).fetchall()}
-        cells += [(p, *key, *counts) for key, counts in activation_moves(d.activation, stored).items()]
+        cells += [(p, *key, *counts) for key, counts in activation_moves(activation, stored).items()]
     _add_cells(conn, _ACTIVATION_DAY, "activation_day", cells, 10, 4)
     return [r for r in rows if (r[0], r[1], r[2]) not in new]

@@ -4,13 +4,13 @@
 // One JSON request per panel group; every panel draws as soon as its answer arrives.
 
 import { showAlerts } from "./alerts.js";
-import { dimensions, getJSON, overviewURL, toolURL } from "./api.js";
+import { overviewURL, toolURL } from "./api.js";
 import { rebuildAll } from "./charts.js";
 import { filterBar } from "./filters.js";
 import { esc, int, pct, when } from "./format.js";
-import { connectLive, Feed } from "./live.js";
+import { Feed } from "./live.js";
 import {
-  applyLive, bars, chart, errorsTable, finishLoad, KPI_LAYOUT, markersList, panelError, renderKpis, timeSpecs, usersSpec,
+  bars, chart, errorsTable, KPI_LAYOUT, markersList, panelPage, renderKpis, timeSpecs, usersSpec,
 } from "./panels.js";
 import { actionsPanel, activationPanel, callerErrorsPanel, categoriesPanel, INSIGHTS_LAYOUT, metricsPanel } from "./insights.js";
 import { initShell } from "./shell.js";
@@ -94,55 +94,14 @@ const PANEL_TARGET = { summary: "chart-tools", timeseries: "chart-calls", users:
                        errors: "recent-errors", clients: "chart-clients", categories: "chart-categories", actions: "chart-actions",
                        activation: "activation", measurements: "metrics" };
 
-async function load() {
-  const generation = ++page.generation;
-  page.ready = false;
-  const alerts = showAlerts(document.getElementById("alerts"));
-  const jobs = Object.keys(panels).map(async (name) => {
-    try {
-      const answer = await getJSON(`/v1/usage/${name}`, filters);
-      if (generation !== page.generation) return;
-      data[name] = answer;
-      panels[name](answer);
-    } catch (error) {
-      if (generation === page.generation && error.status !== 401) panelError(PANEL_TARGET[name], error);
-    }
-  });
-  await Promise.all([...jobs, alerts]);
-  await finishLoad(page, generation);
-}
-
-// Live: counters and charts move with every accepted call; exact figures are re-read a few
-// seconds after a burst (distinct users and percentiles cannot be added up in the browser).
-let refreshTimer = null;
-function refreshSoon(delay) {
-  if (refreshTimer) return;
-  refreshTimer = setTimeout(() => { refreshTimer = null; load(); }, delay);
-}
-
-let redraw = 0;
-function onCalls(message) {
-  feed.add(message.recent);
-  const fresh = applyLive(message, data);
-  if (!redraw) {
-    redraw = requestAnimationFrame(() => {
-      redraw = 0;
-      if (data.summary) panels.summary(data.summary);
-      if (data.timeseries) panels.timeseries(data.timeseries);
-    });
-  }
-  refreshSoon(fresh ? 8000 : 0);
-}
-
-let closeLive = null;
-let liveKey = null;
-function reconnect() {
-  const key = JSON.stringify(dimensions(filters));
-  if (key === liveKey) return;
-  liveKey = key;
-  closeLive?.();
-  closeLive = connectLive(filters, { onCalls, onResync: () => refreshSoon(0) });
-}
+const { load, reconnect } = panelPage({
+  page, panels, data, feed, targets: PANEL_TARGET, filters: () => filters,
+  also: () => [showAlerts(document.getElementById("alerts"))],
+  redraw() {
+    if (data.summary) panels.summary(data.summary);
+    if (data.timeseries) panels.timeseries(data.timeseries);
+  },
+});
 
 addEventListener("mcpmeter:theme", rebuildAll);
 initShell("overview").catch(() => {});

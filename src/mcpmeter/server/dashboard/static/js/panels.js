@@ -1,9 +1,10 @@
 // Panels shared by the overview and the tool page: KPI cards, the time charts built from
 // /v1/usage/timeseries and /v1/usage/users, error tables, server events, live increments.
 
-import { toolURL } from "./api.js";
+import { dimensions, getJSON, toolURL } from "./api.js";
 import { barList, PALETTE, timeChart } from "./charts.js";
 import { change, compact, esc, int, ms, pct, when } from "./format.js";
+import { connectLive } from "./live.js";
 
 export const secs = (iso) => Date.parse(iso) / 1000;
 export const grainSeconds = (grain) => (grain === "hour" ? 3600 : 86400);
@@ -205,4 +206,55 @@ export async function finishLoad(page, generation) {
   }
   page.ready = true;
   document.body.dataset.ready = String(generation);
+}
+
+// The load and live cycle a page of panels goes through (the overview and the tool page):
+// one JSON request per panel, each drawn as its answer arrives; live messages move the feed,
+// counters and charts at once (``redraw``), and the exact figures are re-read a few seconds
+// after a burst (distinct users and percentiles cannot be added up in the browser).
+// ``filters`` is a function: the filter bar replaces the page's filters.
+export function panelPage({ page, panels, targets, data, filters, feed, redraw, also = () => [] }) {
+  let refreshTimer = null;
+  let frame = 0;
+  let closeLive = null;
+  let liveKey = null;
+
+  async function load() {
+    const generation = ++page.generation;
+    page.ready = false;
+    const jobs = Object.keys(panels).map(async (name) => {
+      try {
+        const answer = await getJSON(`/v1/usage/${name}`, filters());
+        if (generation !== page.generation) return;
+        data[name] = answer;
+        panels[name](answer);
+      } catch (error) {
+        if (generation === page.generation && error.status !== 401) panelError(targets[name], error);
+      }
+    });
+    await Promise.all([...jobs, ...also()]);
+    await finishLoad(page, generation);
+  }
+
+  function refreshSoon(delay) {
+    if (refreshTimer) return;
+    refreshTimer = setTimeout(() => { refreshTimer = null; load(); }, delay);
+  }
+
+  function onCalls(message) {
+    feed.add(message.recent);
+    const fresh = applyLive(message, data);
+    if (!frame) frame = requestAnimationFrame(() => { frame = 0; redraw(); });
+    refreshSoon(fresh ? 8000 : 0);
+  }
+
+  function reconnect() {
+    const key = JSON.stringify(dimensions(filters()));
+    if (key === liveKey) return;
+    liveKey = key;
+    closeLive?.();
+    closeLive = connectLive(filters(), { onCalls, onResync: () => refreshSoon(0) });
+  }
+
+  return { load, reconnect };
 }

@@ -1,13 +1,13 @@
 // One tool (/tools/<name>): its calls, errors and success rate, latency, users, error types,
 // recent errors and clients over the chosen period, with its own live feed.
 
-import { dimensions, getJSON, overviewURL } from "./api.js";
+import { overviewURL } from "./api.js";
 import { rebuildAll } from "./charts.js";
 import { filterBar } from "./filters.js";
 import { esc, int, pct } from "./format.js";
-import { connectLive, Feed } from "./live.js";
+import { Feed } from "./live.js";
 import {
-  applyLive, bars, chart, errorsTable, finishLoad, KPI_LAYOUT, markersList, panelError, renderKpis, timeSpecs, usersSpec,
+  bars, chart, errorsTable, KPI_LAYOUT, markersList, panelPage, renderKpis, timeSpecs, usersSpec,
 } from "./panels.js";
 import { initShell } from "./shell.js";
 
@@ -75,52 +75,13 @@ const panels = {
 };
 const PANEL_TARGET = { summary: "tool-servers", timeseries: "chart-calls", users: "chart-users", errors: "recent-errors", clients: "chart-clients" };
 
-async function load() {
-  const generation = ++page.generation;
-  page.ready = false;
-  await Promise.all(Object.keys(panels).map(async (name) => {
-    try {
-      const answer = await getJSON(`/v1/usage/${name}`, filters);
-      if (generation !== page.generation) return;
-      data[name] = answer;
-      panels[name](answer);
-    } catch (error) {
-      if (generation === page.generation && error.status !== 401) panelError(PANEL_TARGET[name], error);
-    }
-  }));
-  await finishLoad(page, generation);
-}
-
-let refreshTimer = null;
-function refreshSoon(delay) {
-  if (refreshTimer) return;
-  refreshTimer = setTimeout(() => { refreshTimer = null; load(); }, delay);
-}
-
-let redraw = 0;
-let closeLive = null;
-let liveKey = null;
-function reconnect() {
-  const key = JSON.stringify(dimensions(filters));
-  if (key === liveKey) return;
-  liveKey = key;
-  closeLive?.();
-  closeLive = connectLive(filters, {
-    onResync: () => refreshSoon(0),
-    onCalls(message) {
-      feed.add(message.recent);
-      const fresh = applyLive(message, data);
-      if (!redraw) {
-        redraw = requestAnimationFrame(() => {
-          redraw = 0;
-          if (data.summary) renderKpis(data.summary);
-          if (data.timeseries) panels.timeseries(data.timeseries);
-        });
-      }
-      refreshSoon(fresh ? 8000 : 0);
-    },
-  });
-}
+const { load, reconnect } = panelPage({
+  page, panels, data, feed, targets: PANEL_TARGET, filters: () => filters,
+  redraw() {
+    if (data.summary) renderKpis(data.summary);
+    if (data.timeseries) panels.timeseries(data.timeseries);
+  },
+});
 
 addEventListener("mcpmeter:theme", rebuildAll);
 initShell("tool").catch(() => {});
