@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from .postgres_migrations import MIGRATIONS
-from .rollup import DAILY_VERSION, OUTCOMES_VERSION, Cell, Deltas, activation_moves, session_moves
+from .rollup import DAILY_VERSION, OUTCOMES_VERSION, Cell, Deltas, activation_moves, client_user_sets, session_moves
 
 if TYPE_CHECKING:
     import psycopg
@@ -471,9 +471,8 @@ def apply(conn: psycopg.Connection, by_project: dict[int, Deltas], version: int 
                              _hist_json(c), bits(users), *((c.caller_errors, c.server_errors, c.cancelled) if v10 else ())))
         _run(conn, _TOOL_DAY_V10 if v10 else _TOOL_DAY, rows, 15 if v10 else 12, (7, 8, 9))
         if version >= DAILY_VERSION:
-            for sql, width, grain in ((_USER_CLIENT_DAY, 5, "client_day_users"), (_USER_TOOL_CLIENT_DAY, 6, "tool_client_day_users")):
-                _run(conn, sql, [(p, *key, bits(sum(1 << numbers[p][u] for u in users)))
-                                 for p, d in items for key, users in getattr(d, grain).items()], width)
+            for sql, width, sets in zip((_USER_CLIENT_DAY, _USER_TOOL_CLIENT_DAY), (5, 6), client_user_sets(user_day)):
+                _run(conn, sql, [(*key, bits(sum(1 << numbers[key[0]][u] for u in users))) for key, users in sets.items()], width)
     if v10:
         _run(conn, _ACTION_DAY, [(p, *k) for p, d in items for k in d.action_day], 5)
         _run(conn, _ACTION_HOUR, [(p, *k) for p, d in items for k in d.action_hour], 5)

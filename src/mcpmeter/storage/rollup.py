@@ -457,10 +457,8 @@ def aggregate(rows: Sequence[tuple[Any, ...]]) -> Deltas:
             if target is None:
                 target = d.tool_day[(day, server, tool)] = Cell()
             target.merge(cell)
-    for day, server, tool, client, user in d.user_day:
+    for day, server, tool, _, user in d.user_day:
         d.tool_day_users.setdefault((day, server, tool), set()).add(user)
-        d.tool_client_day_users.setdefault((day, server, tool, client), set()).add(user)
-        d.client_day_users.setdefault((day, server, client), set()).add(user)
     for (hour, server, tool, client, error_type, outcome), (n, last) in d.errors.items():
         ekey = (hour - hour % DAY_MS, server, tool, client, error_type, outcome)
         entry = d.error_day.get(ekey)
@@ -595,7 +593,7 @@ def session_key(server: str, first_ts: int, client: str | None, version: str | N
     return (first_ts - first_ts % DAY_MS, server, client or "", version or "", protocol or "")
 
 
-def _earliest(a: Any, b: Any) -> Any:
+def earliest(a: Any, b: Any) -> Any:
     """The smaller of two values, None only when both are (SQL ``least`` / the upserts' ``_EARLIEST``)."""
     if a is None:
         return b
@@ -650,6 +648,19 @@ def session_moves(sessions: dict[str, SessionDelta], stored: dict[str, tuple[Any
             {key[1:]: n for key, (n,) in changed.items() if key[0] == "t"})
 
 
+def client_user_sets(user_day: Iterable[tuple[Any, ...]]) -> tuple[dict[tuple[Any, ...], set[str]], dict[tuple[Any, ...], set[str]]]:
+    """The users to add to ``user_client_day`` and ``user_tool_client_day`` for the ``user_day``
+    rows (project, day, server, tool, client, user) a transaction stores: each user goes into the
+    sets of its rows' cells (a row already stored means its user is in both sets already, so
+    the writers pass only the rows they do not know are stored)."""
+    by_client: dict[tuple[Any, ...], set[str]] = {}
+    by_tool: dict[tuple[Any, ...], set[str]] = {}
+    for p, day, server, tool, client, user in user_day:
+        by_client.setdefault((p, day, server, client), set()).add(user)
+        by_tool.setdefault((p, day, server, tool, client), set()).add(user)
+    return by_client, by_tool
+
+
 ActivationKey = tuple[int, str, str]  # (day of first_ts, server, client)
 
 
@@ -673,6 +684,6 @@ def activation_moves(activation: dict[tuple[str, str], list[Any]],
         if old is None:
             _move(cells, {}, _funnel_cell(server, subject, entry))
             continue
-        merged = [_earliest(a, b) for a, b in zip(old, entry)]
+        merged = [earliest(a, b) for a, b in zip(old, entry)]
         _move(cells, _funnel_cell(server, subject, old), _funnel_cell(server, subject, merged))
     return _changed(cells)

@@ -9,7 +9,7 @@ from itertools import chain
 from typing import Any
 
 from .. import histogram, usersets
-from .rollup import DAILY_VERSION, OUTCOMES_VERSION, Cell, Deltas, activation_moves, session_moves
+from .rollup import DAILY_VERSION, OUTCOMES_VERSION, Cell, Deltas, activation_moves, client_user_sets, earliest, session_moves
 from .sqlite_migrations import MIGRATIONS
 
 LATEST = MIGRATIONS[-1].version
@@ -326,13 +326,19 @@ class Known:
         self.session_tools: set[tuple[Any, ...]] = set()
         self.user_first: dict[tuple[int, str, str], int] = {}  # (project, server, user) -> stored first_seen
         self.numbers: dict[tuple[int, str], tuple[int, int]] = {}  # (project, user) -> (number, stored first_seen)
+        # Schema 11: what a stored session and funnel subject hold (rollup.session_moves, activation_moves).
+        self.sessions: dict[tuple[int, str], tuple[tuple[Any, ...], frozenset[str]]] = {}  # (project, id) -> (row, tools)
+        self.activation: dict[tuple[int, str, str], tuple[Any, ...]] = {}  # (project, server, subject) -> row
+
+    def _parts(self) -> tuple[Any, ...]:
+        return (self.user_day, self.user_hour, self.session_tools, self.user_first, self.numbers, self.sessions, self.activation)
 
     def __len__(self) -> int:
-        return len(self.user_day) + len(self.user_hour) + len(self.session_tools) + len(self.user_first) + len(self.numbers)
+        return sum(map(len, self._parts()))
 
     def clear(self) -> None:
         self.data_version = None
-        for part in (self.user_day, self.user_hour, self.session_tools, self.user_first, self.numbers):
+        for part in self._parts():
             part.clear()
 
     def merge(self, other: Known) -> None:
@@ -345,6 +351,8 @@ class Known:
         self.session_tools |= other.session_tools
         self.user_first.update(other.user_first)  # values already the stored minimum
         self.numbers.update(other.numbers)
+        self.sessions.update(other.sessions)  # what this connection stored last
+        self.activation.update(other.activation)
 
 
 def _user_numbers(conn: sqlite3.Connection, p: int, d: Deltas, known: Known | None = None,
@@ -392,6 +400,7 @@ def apply(conn: sqlite3.Connection, project_id: int, d: Deltas, version: int = L
     v10 = version >= OUTCOMES_VERSION
     execute_rows(conn, _HOUR_UPSERT_V10 if v10 else _HOUR_UPSERT, _cells(p, d.hour, v10))
     execute_rows(conn, _DAY_UPSERT_V10 if v10 else _DAY_UPSERT, _cells(p, d.day, v10))
+    user_day: list[tuple[Any, ...]] = []
     if d.user_day:
         user_day = [(p, *k) for k in d.user_day]
         user_hour = [(p, *k) for k in d.user_hour]
@@ -429,7 +438,7 @@ def apply(conn: sqlite3.Connection, project_id: int, d: Deltas, version: int = L
         execute_rows(conn, _ERROR_UPSERT, [(p, *k, n, last) for k, (n, last) in merged.items()])
     daily = version >= DAILY_VERSION
     if d.sessions and daily:  # before the upsert: where each stored session counts now
-        _session_days(conn, p, d)
+        _session_days(conn, p, d, known, learned)
     if d.sessions:
         execute_rows(conn, _SESSION_UPSERT, [
             (p, sid, s.server, s.client, s.client_version, s.protocol_version, s.transport, s.user_hash,
@@ -458,15 +467,15 @@ def apply(conn: sqlite3.Connection, project_id: int, d: Deltas, version: int = L
             for key, c in d.tool_day.items()
         ])
         if version >= DAILY_VERSION:
-            for sql, sets in ((_USER_CLIENT_DAY_UPSERT, d.client_day_users), (_USER_TOOL_CLIENT_DAY_UPSERT, d.tool_client_day_users)):
-                execute_rows(conn, sql, [(p, *key, usersets.encode(usersets.from_numbers(numbers[u] for u in users)))
+            for sql, sets in zip((_USER_CLIENT_DAY_UPSERT, _USER_TOOL_CLIENT_DAY_UPSERT), client_user_sets(user_day)):
+                execute_rows(conn, sql, [(*key, usersets.encode(usersets.from_numbers(numbers[u] for u in users)))
                                          for key, users in sets.items()])
     if v10:
         if d.action_day:
             execute_rows(conn, "INSERT OR IGNORE INTO action_user_day VALUES (?, ?, ?, ?, ?)", [(p, *k) for k in d.action_day])
             execute_rows(conn, "INSERT OR IGNORE INTO action_user_hour VALUES (?, ?, ?, ?, ?)", [(p, *k) for k in d.action_hour])
         if d.activation and daily:
-            _activation_days(conn, p, d)
+            _activation_days(conn, p, d, known, learned)
         if d.activation:
             execute_rows(conn, _ACTIVATION_UPSERT, [(p, server, subject, *entry) for (server, subject), entry in d.activation.items()])
 
@@ -488,30 +497,59 @@ def _add_cells(conn: sqlite3.Connection, table: str, upsert: str, p: int, cells:
         conn.executemany(_EMPTIED[table], emptied)
 
 
-def _session_days(conn: sqlite3.Connection, p: int, d: Deltas) -> None:
-    """Move the sessions of ``d`` in ``session_day`` / ``session_tool_day`` (before they are upserted)."""
-    ids = sorted(d.sessions)
-    stored = {row[0]: row[1:] for row in _stored(
-        conn, "SELECT session_id, server, first_ts, client, client_version, protocol_version FROM sessions "
-              "WHERE project_id = ? AND session_id IN ({})", (p,), ids)}
+def _session_days(conn: sqlite3.Connection, p: int, d: Deltas, known: Known | None, learned: Known | None) -> None:
+    """Move the sessions of ``d`` in ``session_day`` / ``session_tool_day`` (before they are upserted).
+
+    What a session holds is read from the store, unless this connection stored it last (``known``);
+    what it holds afterwards goes into ``learned``."""
+    cached = known.sessions if known is not None else {}
+    stored: dict[str, tuple[Any, ...]] = {}
     tools: dict[str, set[str]] = {}
-    if stored:
-        for sid, tool in _stored(conn, "SELECT session_id, tool FROM session_tools WHERE project_id = ? AND session_id IN ({})",
-                                 (p,), sorted(stored)):
-            tools.setdefault(sid, set()).add(tool)
+    unknown = []
+    for sid in sorted(d.sessions):
+        entry = cached.get((p, sid))
+        if entry is None:
+            unknown.append(sid)
+        else:
+            stored[sid], tools[sid] = entry[0], set(entry[1])
+    if unknown:
+        read = {row[0]: row[1:] for row in _stored(
+            conn, "SELECT session_id, server, first_ts, client, client_version, protocol_version FROM sessions "
+                  "WHERE project_id = ? AND session_id IN ({})", (p,), unknown)}
+        stored.update(read)
+        if read:
+            for sid, tool in _stored(conn, "SELECT session_id, tool FROM session_tools WHERE project_id = ? AND session_id IN ({})",
+                                     (p,), sorted(read)):
+                tools.setdefault(sid, set()).add(tool)
     days, tool_days = session_moves(d.sessions, stored, tools)
     _add_cells(conn, "session_day", _SESSION_DAY_UPSERT, p, days)
     _add_cells(conn, "session_tool_day", _SESSION_TOOL_DAY_UPSERT, p, tool_days)
+    if learned is not None:
+        for sid, s in d.sessions.items():
+            old = stored.get(sid)
+            row = (s.server, s.first_ts, s.client, s.client_version, s.protocol_version) if old is None else (
+                old[0], min(old[1], s.first_ts), *(a if a is not None else b for a, b in
+                                                   zip(old[2:], (s.client, s.client_version, s.protocol_version))))
+            learned.sessions[(p, sid)] = (row, frozenset(tools.get(sid, set()) | s.tools))
 
 
-def _activation_days(conn: sqlite3.Connection, p: int, d: Deltas) -> None:
-    """Move the funnel subjects of ``d`` in ``activation_day`` (before they are upserted)."""
+def _activation_days(conn: sqlite3.Connection, p: int, d: Deltas, known: Known | None, learned: Known | None) -> None:
+    """Move the funnel subjects of ``d`` in ``activation_day`` (before they are upserted), as ``_session_days``."""
+    cached = known.activation if known is not None else {}
     stored: dict[tuple[str, str], tuple[Any, ...]] = {}
     by_server: dict[str, list[str]] = {}
     for server, subject in d.activation:
-        by_server.setdefault(server, []).append(subject)
+        entry = cached.get((p, server, subject))
+        if entry is None:
+            by_server.setdefault(server, []).append(subject)
+        else:
+            stored[(server, subject)] = entry
     for server, subjects in sorted(by_server.items()):
         for row in _stored(conn, "SELECT subject, client, first_ts, handshake_ts, list_ts, call_ts FROM activation "
                                  "WHERE project_id = ? AND server = ? AND subject IN ({})", (p, server), sorted(subjects)):
             stored[(server, row[0])] = row[1:]
     _add_cells(conn, "activation_day", _ACTIVATION_DAY_UPSERT, p, activation_moves(d.activation, stored))
+    if learned is not None:
+        for key, funnel in d.activation.items():
+            old = stored.get(key)
+            learned.activation[(p, *key)] = tuple(funnel) if old is None else tuple(earliest(a, b) for a, b in zip(old, funnel))
