@@ -315,6 +315,76 @@ def test_rollup_rows_removed_by_a_prune_or_an_erasure_are_stored_again_by_the_ne
             other.close()
 
 
+def _session_cells(url: str) -> tuple[list[tuple], list[tuple]]:
+    with psycopg.connect(url) as conn:
+        return (sorted(conn.execute("SELECT day, server, client, client_version, protocol_version, sessions FROM session_day")),
+                sorted(conn.execute("SELECT day, server, tool, client, client_version, protocol_version, sessions "
+                                    "FROM session_tool_day")))
+
+
+def _rebuilt_session_cells(events: list[dict]) -> tuple[list[tuple], list[tuple]]:
+    """The session cells of ``events`` (each session names its client at most once)."""
+    sessions: dict[str, dict] = {}
+    for e in events:
+        s = sessions.setdefault(e["session_id"], {"first": e["ts"], "server": e["server"], "tools": set()})
+        s["first"] = min(s["first"], e["ts"])
+        for name in ("client_name", "client_version", "protocol_version"):
+            if e.get(name):
+                assert s.get(name, e[name]) == e[name]
+                s[name] = e[name]
+        if e["kind"] == "tool_call":
+            s["tools"].add(e["tool"])
+    days: dict[tuple, int] = {}
+    tool_days: dict[tuple, int] = {}
+    for s in sessions.values():
+        names = tuple(s.get(n, "") for n in ("client_name", "client_version", "protocol_version"))
+        day = s["first"] - s["first"] % DAY_MS
+        days[(day, s["server"], *names)] = days.get((day, s["server"], *names), 0) + 1
+        for tool in s["tools"]:
+            key = (day, s["server"], tool, *names)
+            tool_days[key] = tool_days.get(key, 0) + 1
+    return sorted((*k, n) for k, n in days.items()), sorted((*k, n) for k, n in tool_days.items())
+
+
+@postgres_only
+def test_a_session_another_collector_moved_moves_right_when_this_one_knows_it(store):
+    """Store A skips reading a session it stored before when its new events cannot move it
+    (Known.sessions); store B moves that session meanwhile (an earlier handshake that names
+    its client), then A brings events that stay, a new tool, an earlier start, a client: the
+    daily session cells must be those of all the events, whichever store brought each."""
+    url = store._pool.conninfo
+    now = now_ms()
+    day = now - now % DAY_MS - 10 * DAY_MS
+    named = {"client_name": "claude-code", "client_version": "2.0", "protocol_version": "2025-11-25"}
+
+    def call(sid: str, ts: int, tool: str = "t0", **more) -> dict:
+        return event(kind="tool_call", ts=ts, session_id=sid, tool=tool, user="u1", **more)
+
+    other = open_store(url)
+    sent: list[dict] = []
+    try:
+        steps = [
+            (store, [call("x", day + 2 * DAY_MS + 5000), call("y", day + 3 * DAY_MS)]),
+            (other, [event(kind="initialize", ts=day + DAY_MS + 7000, session_id="x", tool=None, duration_ms=None, ok=None, **named),
+                     call("z", day + 4 * DAY_MS, client_name="cursor")]),
+            (store, [call("x", day + 2 * DAY_MS + 20_000), call("y", day + 3 * DAY_MS + 500)]),  # nothing moves
+            (store, [call("x", day + 2 * DAY_MS + 30_000, tool="t1")]),  # a tool it had not called
+            (store, [event(kind="list_tools", ts=day + 500, session_id="x", tool=None, duration_ms=None, ok=None)]),  # a day earlier
+            (store, [call("y", day + 3 * DAY_MS + 1000, client_name="cursor")]),  # its client, unknown so far
+            (store, [call("z", day + 4 * DAY_MS + 1000, tool="t2"), call("z", day + 4 * DAY_MS + 2000, tool="t2")]),
+            (other, [call("x", day + 2 * DAY_MS + 40_000, tool="t1"), call("y", day + 2 * DAY_MS)]),
+            (store, [call("x", day + 2 * DAY_MS + 50_000, tool="t1"), call("y", day + 3 * DAY_MS + 2000)]),
+        ]
+        for i, (writer, batch) in enumerate(steps):
+            ingest(writer, batch, now=now)
+            sent += batch
+            assert _session_cells(url) == _rebuilt_session_cells(sent), f"after step {i}"
+        project = store.project_by_name("default").id
+        assert {(project, "x"), (project, "y"), (project, "z")} <= set(store._known.sessions)
+    finally:
+        other.close()
+
+
 # ---- the same answers as SQLite ----------------------------------------------------------------
 
 

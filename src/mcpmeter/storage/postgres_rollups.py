@@ -19,7 +19,16 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from .postgres_migrations import MIGRATIONS
-from .rollup import DAILY_VERSION, OUTCOMES_VERSION, Cell, Deltas, activation_moves, client_user_sets, session_moves
+from .rollup import (
+    DAILY_VERSION,
+    OUTCOMES_VERSION,
+    Cell,
+    Deltas,
+    activation_moves,
+    client_user_sets,
+    session_moves,
+    session_stays,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -188,8 +197,11 @@ ON CONFLICT (project_id, bucket, server, tool) DO UPDATE SET
 # pipeline these reads are the two points where it waits for answers.)
 _NEW_SESSIONS = _SESSIONS.split("ON CONFLICT")[0] + "ON CONFLICT DO NOTHING RETURNING project_id, session_id"
 _NEW_SUBJECTS = _ACTIVATION.split("ON CONFLICT")[0] + "ON CONFLICT DO NOTHING RETURNING project_id, server, subject"
-_STORED_SESSIONS = ("SELECT session_id, server, first_ts, client, client_version, protocol_version FROM sessions "
-                    "WHERE project_id = %s AND session_id = ANY(%b) ORDER BY session_id FOR UPDATE")
+# The stored sessions of a transaction are locked in one statement, in key order; only those of
+# the second list are read (the others are known: _session_days).
+_STORED_SESSIONS = ("WITH locked AS MATERIALIZED (SELECT session_id, server, first_ts, client, client_version, protocol_version "
+                    "FROM sessions WHERE project_id = %s AND session_id = ANY(%b::text[]) ORDER BY session_id FOR UPDATE) "
+                    "SELECT * FROM locked WHERE session_id = ANY(%b::text[])")
 _STORED_TOOLS = "SELECT session_id, tool FROM session_tools WHERE project_id = %s AND session_id = ANY(%b)"
 _STORED_SUBJECTS = ("SELECT server, subject, client, first_ts, handshake_ts, list_ts, call_ts FROM activation "
                     "WHERE project_id = %s AND (server, subject) IN (SELECT * FROM unnest(%b::text[], %b::text[])) "
@@ -259,13 +271,19 @@ class Known:
         self.numbers: dict[tuple[int, str], tuple[int, int]] = {}  # (project, user) -> (number, stored first_seen <= this)
         # (project, server, subject) -> bounds of (client, first_ts, handshake_ts, list_ts, call_ts); None: may be unset
         self.activation: dict[tuple[int, str, str], tuple[Any, ...]] = {}
+        # (project, session) -> bounds of what picks its daily cells (rollup.session_stays): stored first_ts is <= this;
+        # whether client, client_version, protocol_version are set (True: set for good; False: may be unset); tools it has
+        self.sessions: dict[tuple[int, str], tuple[int, tuple[bool, ...], frozenset[str]]] = {}
+
+    def _parts(self) -> tuple[Any, ...]:
+        return (self.user_day, self.user_hour, self.session_tools, self.user_first, self.numbers, self.activation, self.sessions)
 
     def __len__(self) -> int:
-        return sum(map(len, (self.user_day, self.user_hour, self.session_tools, self.user_first, self.numbers, self.activation)))
+        return sum(map(len, self._parts()))
 
     def clear(self) -> None:
         self.generation = None
-        for part in (self.user_day, self.user_hour, self.session_tools, self.user_first, self.numbers, self.activation):
+        for part in self._parts():
             part.clear()
 
     def merge(self, learned: Known) -> None:
@@ -287,6 +305,10 @@ class Known:
             old = self.activation.get(subject_key)
             self.activation[subject_key] = bounds if old is None else tuple(
                 b if a is None else a if b is None else min(a, b) for a, b in zip(old, bounds))
+        for session_key, (first, named, tools) in learned.sessions.items():
+            held = self.sessions.get(session_key)
+            self.sessions[session_key] = (first, named, tools) if held is None else (
+                min(first, held[0]), tuple(a or b for a, b in zip(named, held[1])), tools | held[2])
 
 
 def generation(conn: psycopg.Connection) -> int:
@@ -441,7 +463,7 @@ def apply(conn: psycopg.Connection, by_project: dict[int, Deltas], version: int 
                 for p, d in items for sid, s in d.sessions.items()]
     daily = version >= DAILY_VERSION
     if daily:  # the new sessions go in here; the stored ones are read, locked, and moved in the daily cells
-        sessions = _session_days(conn, by_project, sessions)
+        sessions = _session_days(conn, by_project, sessions, skip, out)
     _run(conn, _SESSIONS, sessions, 15)
     session_tools = [r for r in ((p, sid, tool) for p, d in items for sid, s in d.sessions.items() for tool in s.tools)
                      if r not in skip.session_tools]
@@ -503,25 +525,61 @@ def _add_cells(conn: psycopg.Connection, sql: str, table: str, rows: list[tuple[
         conn.execute(_EMPTIED.format(table=table, count=count), _columns(emptied, 4))
 
 
-def _session_days(conn: psycopg.Connection, by_project: dict[int, Deltas], rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+def _session_days(conn: psycopg.Connection, by_project: dict[int, Deltas], rows: list[tuple[Any, ...]],
+                  known: Known, learned: Known) -> list[tuple[Any, ...]]:
     """Insert the new sessions of ``rows``, lock and read the stored ones, and move every one
-    in ``session_day`` / ``session_tool_day``; returns the rows still to upsert (the stored ones)."""
-    new = _new_rows(conn, _NEW_SESSIONS, rows, 15)
+    in ``session_day`` / ``session_tool_day``; returns the rows still to upsert (the stored ones).
+
+    A session ``known`` holds and whose delta cannot move it (``rollup.session_stays``) is
+    neither inserted nor read, only locked with the others (no answer awaited). Exact with
+    other collectors writing: what ``known`` holds came from this store's committed ingests at
+    the current generation, so the session is stored (no deletion since; none until we commit)
+    and its first_ts, names and tools are bounds that only other writes can make tighter;
+    if the delta stays within them, the upsert leaves the session in the cells it is in,
+    whoever put it there. Why still lock it: every session's row lock comes before the daily
+    cells' locks (see ``_NEW_SESSIONS``); its upsert after them could deadlock with a
+    collector that moves it. When no session of the transaction may move, no daily cell is
+    touched and the upsert alone locks them."""
+    cached = known.sessions
+    held: set[tuple[int, str]] = set()  # known to be stored: not inserted
+    stays: set[tuple[int, str]] = set()  # … and not moved: not read
+    for p, d in by_project.items():
+        for sid, s in d.sessions.items():
+            entry = cached.get((p, sid))
+            if entry is not None:
+                held.add((p, sid))
+                if session_stays(s, *entry):
+                    stays.add((p, sid))
+    if len(stays) == len(rows):
+        return rows
+    new = _new_rows(conn, _NEW_SESSIONS, [r for r in rows if (r[0], r[1]) not in held], 15)
     days: list[tuple[Any, ...]] = []
     tool_days: list[tuple[Any, ...]] = []
     for p, d in sorted(by_project.items()):
         if not d.sessions:
             continue
         ids = sorted(sid for sid in d.sessions if (p, sid) not in new)
+        wanted = [sid for sid in ids if (p, sid) not in stays]
         stored: dict[str, tuple[Any, ...]] = {}
         tools: dict[str, set[str]] = {}
         if ids:
-            stored = {r[0]: tuple(r[1:]) for r in conn.execute(_STORED_SESSIONS, (p, ids)).fetchall()}
-            for sid, tool in conn.execute(_STORED_TOOLS, (p, ids)).fetchall():
-                tools.setdefault(sid, set()).add(tool)
-        day, tool_day = session_moves(d.sessions, stored, tools)
+            locked = conn.execute(_STORED_SESSIONS, (p, ids, wanted))
+            if wanted:
+                stored = {r[0]: tuple(r[1:]) for r in locked.fetchall()}
+                for sid, tool in conn.execute(_STORED_TOOLS, (p, wanted)).fetchall():
+                    tools.setdefault(sid, set()).add(tool)
+        moving = {sid: s for sid, s in d.sessions.items() if (p, sid) not in stays}
+        day, tool_day = session_moves(moving, stored, tools)
         days += [(p, *key, n) for key, n in day.items()]
         tool_days += [(p, *key, n) for key, n in tool_day.items()]
+        for sid, s in moving.items():  # what the session holds once this commits (at least, for other collectors')
+            old = stored.get(sid)
+            names = (s.client, s.client_version, s.protocol_version)
+            first = s.first_ts if old is None else min(old[1], s.first_ts)
+            named = tuple(v is not None for v in names) if old is None else tuple(
+                a is not None or b is not None for a, b in zip(old[2:], names))
+            learned.sessions[(p, sid)] = (first, named, frozenset(tools.get(sid, set()) | s.tools))
+            learned.session_tools.update((p, sid, tool) for tool in tools.get(sid, ()))
     _add_cells(conn, _SESSION_DAY, "session_day", days, 7, 6)
     _add_cells(conn, _SESSION_TOOL_DAY, "session_tool_day", tool_days, 8, 7)
     return [r for r in rows if (r[0], r[1]) not in new]

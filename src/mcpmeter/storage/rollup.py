@@ -8,7 +8,7 @@ additive upserts in the same transaction as the raw rows.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from math import ceil, log2
@@ -646,6 +646,17 @@ def session_moves(sessions: dict[str, SessionDelta], stored: dict[str, tuple[Any
     changed = _changed(cells)
     return ({key[1:]: n for key, (n,) in changed.items() if key[0] == "s"},
             {key[1:]: n for key, (n,) in changed.items() if key[0] == "t"})
+
+
+def session_stays(s: SessionDelta, first_ts: int, named: Sequence[bool], tools: Container[str]) -> bool:
+    """Whether upserting ``s`` over a stored session leaves it in the cells it counts in, knowing
+    only bounds of that session: its ``first_ts`` is at most this, its client, client version
+    and protocol are set where ``named`` says so, and it has at least ``tools``. Each of those
+    only moves one way in the upsert (``least`` / ``coalesce`` of a set value keeps it / tools
+    are only added), so the bounds stay true whatever else is stored meanwhile; then ``s``
+    changes the cell only if it starts earlier, names what may be unset, or brings a tool."""
+    return (s.first_ts >= first_ts and all(set_ or v is None for set_, v in zip(named, (s.client, s.client_version, s.protocol_version)))
+            and all(t in tools for t in s.tools))
 
 
 def client_user_sets(user_day: Iterable[tuple[Any, ...]]) -> tuple[dict[tuple[Any, ...], set[str]], dict[tuple[Any, ...], set[str]]]:
