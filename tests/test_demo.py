@@ -23,7 +23,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from conftest import MCPMETER, Collector, start_collector, stop_collector
+from conftest import MCPMETER, Collector, free_port, start_collector, stop_collector
 from mcpmeter.analytics.questions import QUESTIONS
 from mcpmeter.cli.main import cli
 
@@ -215,3 +215,31 @@ def test_no_dashboard_panel_is_empty(site, browser):
         finally:
             page.close()
     assert not problems, problems
+
+
+def test_make_run_fills_an_empty_store_and_says_so_in_a_few_lines(tmp_path):
+    """`make run`'s command (`serve --demo`) on an empty home, at its default log level: the
+    demo's real MCP traffic is recorded and served, and the output stays a few lines (the MCP
+    client's one log line per HTTP request, over a thousand of them, is kept out of it)."""
+    env = {**os.environ, **{k: "" for k in os.environ if k.startswith("MCPMETER_")}, "MCPMETER_HOME": str(tmp_path / "home")}
+    port = free_port()
+    out = tmp_path / "serve.out"
+    with open(out, "wb") as fh:
+        proc = subprocess.Popen([*MCPMETER, "serve", "--demo", "--port", str(port)], stdout=fh, stderr=subprocess.STDOUT, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        summary = httpx.get(f"http://127.0.0.1:{port}/v1/usage/summary", params={"period": "7d"}, timeout=30).json()
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    text = out.read_text()
+    assert summary["calls"] > 0 and summary["users"] > 0, text
+    assert "recorded from real MCP traffic" in text
+    assert "HTTP Request:" not in text
+    assert len(text.splitlines()) < 20, text

@@ -70,6 +70,8 @@ STDIO_SESSIONS = 3  # each costs two processes: the history gets at most this ma
 REQUIRES = (("mcp", "mcp"), ("uvicorn", "server"), ("starlette", "server"), ("httpx", "server"))
 Progress = Callable[[str, int, int], None]
 
+_QUIET_LOGGERS = ("mcp", "httpx", "httpx2", "httpcore")
+
 
 @dataclass
 class Conversation:
@@ -305,9 +307,12 @@ class Capture:
         by_server: dict[str, list[Conversation]] = {}
         for c in conversations:
             by_server.setdefault(c.server, []).append(c)
-        mcp_log = logging.getLogger("mcp")
-        level = mcp_log.level
-        mcp_log.setLevel(logging.CRITICAL)  # the servers' own log lines about the demo's failing tools
+        # Quiet while the demo drives its servers: the servers' own lines about the demo's failing
+        # tools, and one line per HTTP request of the MCP client (httpx / httpx2 at INFO).
+        quiet = {name: logging.getLogger(name) for name in _QUIET_LOGGERS}
+        levels = {name: log.level for name, log in quiet.items()}
+        for log in quiet.values():
+            log.setLevel(logging.CRITICAL)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self.weblab, by_server.get("weblab", []))
@@ -315,7 +320,8 @@ class Capture:
                 tg.start_soon(self.archon, by_server.get("archon", []))
                 tg.start_soon(self.time, by_server.get("time", []))
         finally:
-            mcp_log.setLevel(level)
+            for name, log in quiet.items():
+                log.setLevel(levels[name])
 
     async def weblab(self, conversations: list[Conversation]) -> None:
         """``meter.instrument``, one server per version; who the user is, ``instrument(user=...)``
