@@ -249,6 +249,8 @@ def main() -> int:
     parser.add_argument("--ref-runs", type=int, default=3, help="timed reference-SQL runs per size")
     parser.add_argument("--cache", default="/tmp/mcpmeter-bench-analytics", help="where the filled stores are kept")
     parser.add_argument("--refill", action="store_true", help="rebuild the cached stores")
+    parser.add_argument("--users", type=int, default=USERS, help=f"distinct users in the stores (default {USERS:,}; "
+                        "bench_dashboard.py fills 10M events with 5,000)")
     parser.add_argument("--json", help="write the results to this file")
     args = parser.parse_args()
     sizes = [1_000_000] if args.quick else [int(s) for s in args.sizes.split(",")]
@@ -256,7 +258,7 @@ def main() -> int:
 
     results = []
     for size in sizes:
-        path, meta = cached(Path(args.cache), size, args.refill)
+        path, meta = cached(Path(args.cache), size, args.refill, users=args.users)
         log(f"{size:,} events: measuring …")
         results.append(measure(path, meta, args.runs, args.ref_runs))
 
