@@ -194,7 +194,8 @@ ON CONFLICT (project_id, bucket, server, tool) DO UPDATE SET
 # another collector is inserting makes this one wait, then counts as stored), the stored
 # rows are then read FOR UPDATE, and only then upserted. Every collector changes a session's
 # cells while it holds that session's row lock, so their moves never cross. (Inside ingest's
-# pipeline these reads are the two points where it waits for answers.)
+# pipeline these reads are the two points where it waits for answers; a transaction whose
+# sessions are all known not to move skips both: _session_days.)
 _NEW_SESSIONS = _SESSIONS.split("ON CONFLICT")[0] + "ON CONFLICT DO NOTHING RETURNING project_id, session_id"
 _NEW_SUBJECTS = _ACTIVATION.split("ON CONFLICT")[0] + "ON CONFLICT DO NOTHING RETURNING project_id, server, subject"
 # The stored sessions of a transaction are locked in one statement, in key order; only those of
@@ -572,7 +573,7 @@ def _session_days(conn: psycopg.Connection, by_project: dict[int, Deltas], rows:
         day, tool_day = session_moves(moving, stored, tools)
         days += [(p, *key, n) for key, n in day.items()]
         tool_days += [(p, *key, n) for key, n in tool_day.items()]
-        for sid, s in moving.items():  # what the session holds once this commits (at least, for other collectors')
+        for sid, s in moving.items():  # bounds of what the session holds once this commits
             old = stored.get(sid)
             names = (s.client, s.client_version, s.protocol_version)
             first = s.first_ts if old is None else min(old[1], s.first_ts)
