@@ -344,3 +344,29 @@ def test_rollup_rows_removed_by_any_other_write_are_stored_again_by_the_next_ing
     store.close()
     if pruner is not store:
         pruner.close()
+
+
+def test_stores_opening_one_new_file_at_once_all_open(tmp_path):
+    """Two meters or processes starting together on a new local store: switching the new file
+    to WAL answers "database is locked" at once (no busy wait) to all but one of them; each
+    must still open it, within the busy timeout, instead of failing to record."""
+    failures: list[str] = []
+    for round_ in range(100):
+        path = tmp_path / f"new-{round_}.db"
+        gate = threading.Barrier(4)
+
+        def open_it(path=path, gate=gate) -> None:
+            gate.wait()
+            try:
+                open_store(str(path)).close()
+            except StorageError as exc:
+                failures.append(str(exc))
+
+        threads = [threading.Thread(target=open_it) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not failures, failures[:3]
+    with closing(sqlite3.connect(tmp_path / "new-0.db")) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -10,6 +10,7 @@ import functools
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Sequence
 from itertools import chain
 from pathlib import Path
@@ -76,6 +77,22 @@ def _insert_events(conn: sqlite3.Connection, chunks: tuple[int, ...], project_id
     return inserted
 
 
+def _wal(conn: sqlite3.Connection, busy: float) -> None:
+    """Put the file in WAL mode. Switching a new file's journal mode answers "database is
+    locked" at once, without the busy handler, while another connection is opening it too
+    (two processes or meters starting together): retried until the busy timeout."""
+    deadline = time.monotonic() + busy
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
+
+
 class SQLiteStore(SQLStore):  # every query is in core.py / core_security.py
     def __init__(self, path: Path, durable: bool = True) -> None:
         self.path = Path(path)
@@ -95,7 +112,7 @@ class SQLiteStore(SQLStore):  # every query is in core.py / core_security.py
     def _connect(self) -> sqlite3.Connection:
         busy = settings.get("MCPMETER_BUSY_TIMEOUT_SECONDS")  # then StorageError: the collector answers 503
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=busy)
-        conn.execute("PRAGMA journal_mode=WAL")
+        _wal(conn, busy)
         conn.execute(f"PRAGMA synchronous={self._synchronous}")
         conn.execute(f"PRAGMA busy_timeout={int(busy * 1000)}")
         sqlite_rollups.register_functions(conn)
