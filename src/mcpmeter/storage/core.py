@@ -27,7 +27,7 @@ from ..exceptions import SchemaVersionError, StorageError
 from .base import AuditEntry, EventFilter, KeyInfo, Project
 from .core_insights import InsightQueries
 from .core_security import SecurityQueries
-from .dialect import dims, now_ms
+from .dialect import dims, now_ms, whole_days
 from .dialect import write_audit as _audit
 from .rollup import DAILY_VERSION, DAY_MS, HOUR_MS, USER_SETS, aggregate
 
@@ -454,7 +454,7 @@ class SQLStore(SecurityQueries, InsightQueries):
         errors), most frequent first: from the daily cells for a window of whole UTC days."""
         where, params = dims(f)
         c = self._dialect.collate
-        table, column = ("error_day", "day") if f.start_ms % DAY_MS == 0 and f.end_ms % DAY_MS == 0 else ("error_hour", "bucket")
+        table, column = ("error_day", "day") if whole_days(f) else ("error_hour", "bucket")
         rows = self._fetch(
             f.project_id,
             f"SELECT server, tool, error_type, outcome, sum(count), max(last_ts) FROM {table} "
@@ -499,7 +499,7 @@ class SQLStore(SecurityQueries, InsightQueries):
         A window of whole UTC days reads the daily session cells (with a tool filter, the
         sessions that called the tool), unless it asks for a category: a session that called
         two tools of it would count twice there, so that one reads the sessions."""
-        if f.category is None and f.start_ms % DAY_MS == 0 and f.end_ms % DAY_MS == 0:
+        if f.category is None and whole_days(f):
             table = "session_day" if f.tool is None else "session_tool_day"
             where, params = dims(f)
             rows = self._fetch(

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from .base import EventFilter
-from .dialect import SQLBase, dims
-from .rollup import DAY_MS, PROTOCOL_KINDS
+from .dialect import SQLBase, dims, whole_days
+from .rollup import PROTOCOL_KINDS
 
 
 class InsightQueries(SQLBase):
@@ -47,7 +47,7 @@ class InsightQueries(SQLBase):
         window, per (server, client): rows (server, client, followed, sessions, handshake, listed,
         called, listed_not_called). Only the server and client filters apply. A window of whole
         UTC days reads the daily cells, any other the rows of whom it follows."""
-        daily = f.start_ms % DAY_MS == 0 and f.end_ms % DAY_MS == 0
+        daily = whole_days(f)
         if daily:
             sql = ("SELECT server, client, sum(followed), sum(sessions), sum(handshake), sum(listed), sum(called), "
                    "sum(listed_only) FROM activation_day WHERE project_id = ? AND day >= ? AND day < ?")

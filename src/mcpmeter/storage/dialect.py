@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 from .base import AuditEntry, EventFilter, KeyInfo, Migration
-from .rollup import Deltas
+from .rollup import DAY_MS, Deltas
 
 T = TypeVar("T")
 
@@ -40,6 +40,11 @@ class Dialect(NamedTuple):
 
 # Tools of a category (the latest category recorded for each: ``tool_catalog.category``).
 _IN_CATEGORY = "({prefix}server, {prefix}tool) IN (SELECT server, tool FROM tool_catalog WHERE project_id = ? AND category = ?)"
+
+
+def whole_days(f: EventFilter) -> bool:
+    """Whether the filter's window is whole UTC days: then the daily cells can answer it."""
+    return f.start_ms % DAY_MS == 0 and f.end_ms % DAY_MS == 0
 
 
 def dims(f: EventFilter, client_column: str = "client", prefix: str = "") -> tuple[str, list[Any]]:
