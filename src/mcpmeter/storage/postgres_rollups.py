@@ -26,6 +26,7 @@ from .rollup import (
     Deltas,
     activation_moves,
     client_user_sets,
+    session_after,
     session_moves,
     session_stays,
 )
@@ -574,12 +575,9 @@ def _session_days(conn: psycopg.Connection, by_project: dict[int, Deltas], rows:
         days += [(p, *key, n) for key, n in day.items()]
         tool_days += [(p, *key, n) for key, n in tool_day.items()]
         for sid, s in moving.items():  # bounds of what the session holds once this commits
-            old = stored.get(sid)
-            names = (s.client, s.client_version, s.protocol_version)
-            first = s.first_ts if old is None else min(old[1], s.first_ts)
-            named = tuple(v is not None for v in names) if old is None else tuple(
-                a is not None or b is not None for a, b in zip(old[2:], names))
-            learned.sessions[(p, sid)] = (first, named, frozenset(tools.get(sid, set()) | s.tools))
+            after = session_after(stored.get(sid), s)
+            named = tuple(v is not None for v in after[2:])
+            learned.sessions[(p, sid)] = (after[1], named, frozenset(tools.get(sid, set()) | s.tools))
             learned.session_tools.update((p, sid, tool) for tool in tools.get(sid, ()))
     _add_cells(conn, _SESSION_DAY, "session_day", days, 7, 6)
     _add_cells(conn, _SESSION_TOOL_DAY, "session_tool_day", tool_days, 8, 7)

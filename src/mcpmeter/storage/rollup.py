@@ -617,6 +617,16 @@ def _changed(cells: dict[Any, list[int]]) -> dict[Any, tuple[int, ...]]:
     return {key: tuple(counts) for key, counts in cells.items() if any(counts)}
 
 
+def session_after(old: Sequence[Any] | None, s: SessionDelta) -> tuple[Any, ...]:
+    """What a stored session holds once ``s`` is upserted over ``old`` (None: not stored yet):
+    (server, first_ts, client, client_version, protocol_version), by the sessions upsert's rules
+    (the earliest first_ts; a client, version or protocol once set is kept)."""
+    if old is None:
+        return (s.server, s.first_ts, s.client, s.client_version, s.protocol_version)
+    return (old[0], min(old[1], s.first_ts),
+            *(a if a is not None else b for a, b in zip(old[2:], (s.client, s.client_version, s.protocol_version))))
+
+
 def session_moves(sessions: dict[str, SessionDelta], stored: dict[str, tuple[Any, ...]],
                   stored_tools: dict[str, set[str]]) -> tuple[dict[SessionKey, int], dict[tuple[Any, ...], int]]:
     """How ``session_day`` and ``session_tool_day`` change when ``sessions`` (one transaction's
@@ -635,14 +645,10 @@ def session_moves(sessions: dict[str, SessionDelta], stored: dict[str, tuple[Any
     for sid, s in sessions.items():
         old = stored.get(sid)
         if old is None:
-            _move(cells, {}, parts(session_key(s.server, s.first_ts, s.client, s.client_version, s.protocol_version), s.tools))
+            _move(cells, {}, parts(session_key(*session_after(None, s)), s.tools))
             continue
-        server, first_ts, client, version, protocol = old
         tools = stored_tools.get(sid, set())
-        after = session_key(server, min(first_ts, s.first_ts), client if client is not None else s.client,
-                            version if version is not None else s.client_version,
-                            protocol if protocol is not None else s.protocol_version)
-        _move(cells, parts(session_key(*old), tools), parts(after, tools | s.tools))
+        _move(cells, parts(session_key(*old), tools), parts(session_key(*session_after(old, s)), tools | s.tools))
     changed = _changed(cells)
     return ({key[1:]: n for key, (n,) in changed.items() if key[0] == "s"},
             {key[1:]: n for key, (n,) in changed.items() if key[0] == "t"})

@@ -9,7 +9,7 @@ from itertools import chain
 from typing import Any
 
 from .. import histogram, usersets
-from .rollup import DAILY_VERSION, OUTCOMES_VERSION, Cell, Deltas, activation_moves, client_user_sets, earliest, session_moves
+from .rollup import DAILY_VERSION, OUTCOMES_VERSION, Cell, Deltas, activation_moves, client_user_sets, earliest, session_after, session_moves
 from .sqlite_migrations import MIGRATIONS
 
 LATEST = MIGRATIONS[-1].version
@@ -526,11 +526,7 @@ def _session_days(conn: sqlite3.Connection, p: int, d: Deltas, known: Known | No
     _add_cells(conn, "session_tool_day", _SESSION_TOOL_DAY_UPSERT, p, tool_days)
     if learned is not None:
         for sid, s in d.sessions.items():
-            old = stored.get(sid)
-            row = (s.server, s.first_ts, s.client, s.client_version, s.protocol_version) if old is None else (
-                old[0], min(old[1], s.first_ts), *(a if a is not None else b for a, b in
-                                                   zip(old[2:], (s.client, s.client_version, s.protocol_version))))
-            learned.sessions[(p, sid)] = (row, frozenset(tools.get(sid, set()) | s.tools))
+            learned.sessions[(p, sid)] = (session_after(stored.get(sid), s), frozenset(tools.get(sid, set()) | s.tools))
 
 
 def _activation_days(conn: sqlite3.Connection, p: int, d: Deltas, known: Known | None, learned: Known | None) -> None:
