@@ -97,3 +97,30 @@ def test_measurements_and_server_events_are_stored(filled):
     assert sum(row[6] for row in timer) == pytest.approx(sum(rag))
     assert {(row[1], row[2]) for row in store.server_events(f)} == {
         ("weblab", "deploy"), ("weblab", "restart"), ("archon", "config_change"), ("time", "deploy"), ("kb", "restart")}
+
+
+def test_the_daily_rollups_answer_as_the_captured_sessions_and_users_do(filled):
+    """Real traffic on each backend: the long views' daily cells (sessions by client, version and
+    protocol; users per client) give what the stored sessions and raw events give."""
+    store, _, events, _, started = filled
+    project = store.project_by_name("default")
+    end = started - started % demo.DAY_MS + demo.DAY_MS
+    whole = EventFilter(project.id, end - (DAYS + 2) * demo.DAY_MS, end)  # whole UTC days: the daily cells answer
+
+    def by_session_rows(f: EventFilter) -> Counter:
+        return Counter((r[2], r[3], r[4]) for r in store.sessions(f))
+
+    counts = store.session_counts(whole)
+    assert sum(n for *_, n in counts) >= 5  # the legacy generation's sessions (2026-07-28 has none)
+    assert Counter({(c, v, p): n for c, v, p, n in counts}) == by_session_rows(whole)
+    tool = Counter(e["tool"] for e in events if e["kind"] == "tool_call" and e["session_id"]).most_common(1)[0][0]
+    with_tool = whole._replace(tool=tool)
+    assert Counter({(c, v, p): n for c, v, p, n in store.session_counts(with_tool)}) == by_session_rows(with_tool)
+
+    calls = [e for e in events if e["kind"] == "tool_call" and e["user_hash"] and whole.start_ms <= e["ts"] < end]
+    per_client: dict[str, set[str]] = {}
+    for e in calls:
+        per_client.setdefault(e["client_name"] or "", set()).add(e["user_hash"])
+    assert dict(store.users(whole, "day", ("client",))) == {c: len(u) for c, u in per_client.items()}
+    client = max(per_client, key=lambda c: len(per_client[c]))
+    assert store.users(whole._replace(client=client), "day")[0][0] == len(per_client[client])
